@@ -1,0 +1,442 @@
+//! A connection: one external identity source of one user pool, with the settings that steer the
+//! decision. `ConnectionSpec` is the unvalidated shape (config file, admin API); `ConnectionSettings`
+//! is what the rest of the program works with.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Contract default for `binding_ttl`.
+pub const DEFAULT_BINDING_TTL: Duration = Duration::from_secs(72 * 3600);
+/// A binding left open for more than a year is a configuration mistake, not a policy.
+const MAX_BINDING_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+const MAX_POOL_ID_LEN: usize = 128;
+const MAX_TEXT_LEN: usize = 256;
+
+/// `lowercase letters, digits and -, 1 to 31 characters`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ConnectionId(String);
+
+impl ConnectionId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let ok_len = (1..=31).contains(&raw.len());
+        let ok_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok_len && ok_chars {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(format!(
+                "{raw:?} is not a valid identifier (lowercase letters, digits and '-', 1 to 31 characters)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user pool (tenant) id as the identity platform names it, e.g. `pool-1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserPoolId(String);
+
+impl UserPoolId {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > MAX_POOL_ID_LEN {
+            return Err(format!("user pool id must be 1 to {MAX_POOL_ID_LEN} bytes"));
+        }
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("user pool id must not contain whitespace or control characters".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserPoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A calling code such as `86`, with the region used to read national numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountryCode {
+    code: u16,
+    region: phonenumber::country::Id,
+}
+
+impl CountryCode {
+    /// Accepts `86` or `+86`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let digits = raw.trim().trim_start_matches('+');
+        let code: u16 = digits
+            .parse()
+            .ok()
+            .filter(|_| (1..=3).contains(&digits.len()))
+            .ok_or_else(|| format!("{raw:?} is not a calling code (1 to 3 digits, e.g. \"86\")"))?;
+        let region = super::phone::region_for_calling_code(code)
+            .ok_or_else(|| format!("{raw:?} is not a known calling code"))?;
+        Ok(Self { code, region })
+    }
+
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    pub(crate) fn region(&self) -> phonenumber::country::Id {
+        self.region
+    }
+}
+
+impl fmt::Display for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(raw: &str) -> Result<Self, String> {
+                match raw {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "{other:?} is not one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What happens to an identity that maps to no existing account.
+    LoginMode { Normal => "normal", LoginOnly => "login_only" }
+);
+string_enum!(
+    /// How an unknown identity is associated with existing accounts.
+    Association {
+        Disabled => "disabled",
+        FieldMatching => "field_matching",
+        AskBinding => "ask_binding",
+    }
+);
+string_enum!(
+    /// A user field compared during association.
+    MatchField { Email => "email", Phone => "phone", Username => "username" }
+);
+
+/// A connection as written in the config file or sent to the admin API, not yet validated.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSpec {
+    pub identifier: Option<String>,
+    pub user_pool_id: Option<String>,
+    pub display_name: Option<String>,
+    pub provider: Option<String>,
+    pub login_mode: Option<String>,
+    pub association: Option<String>,
+    pub match_fields: Option<Vec<String>>,
+    pub require_verified: Option<bool>,
+    pub default_country_code: Option<String>,
+    pub binding_ttl: Option<String>,
+}
+
+/// A validation failure that names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    pub identifier: ConnectionId,
+    pub user_pool_id: UserPoolId,
+    pub display_name: String,
+    pub provider: String,
+    pub login_mode: LoginMode,
+    pub association: Association,
+    /// Ordered and free of repeats; never empty.
+    pub match_fields: Vec<MatchField>,
+    pub require_verified: bool,
+    pub default_country_code: Option<CountryCode>,
+    pub binding_ttl: Duration,
+}
+
+impl ConnectionSettings {
+    pub fn validate(spec: &ConnectionSpec) -> Result<Self, FieldError> {
+        let identifier = spec
+            .identifier
+            .as_deref()
+            .ok_or_else(|| FieldError::new("identifier", "is required"))
+            .and_then(|raw| {
+                ConnectionId::parse(raw).map_err(|m| FieldError::new("identifier", m))
+            })?;
+        let user_pool_id = spec
+            .user_pool_id
+            .as_deref()
+            .ok_or_else(|| FieldError::new("user_pool_id", "is required"))
+            .and_then(|raw| {
+                UserPoolId::parse(raw).map_err(|m| FieldError::new("user_pool_id", m))
+            })?;
+        let display_name = bounded_text("display_name", spec.display_name.as_deref())?
+            .unwrap_or_else(|| identifier.as_str().to_owned());
+        let provider = bounded_text("provider", spec.provider.as_deref())?.unwrap_or_default();
+        let login_mode =
+            parse_opt("login_mode", spec.login_mode.as_deref())?.unwrap_or(LoginMode::Normal);
+        let association =
+            parse_opt("association", spec.association.as_deref())?.unwrap_or(Association::Disabled);
+        let match_fields = match &spec.match_fields {
+            None => vec![MatchField::Email],
+            Some(raw) => {
+                if raw.is_empty() {
+                    return Err(FieldError::new(
+                        "match_fields",
+                        "must name at least one field",
+                    ));
+                }
+                let mut fields = Vec::with_capacity(raw.len());
+                for name in raw {
+                    let field: MatchField = name
+                        .parse()
+                        .map_err(|m| FieldError::new("match_fields", m))?;
+                    if fields.contains(&field) {
+                        return Err(FieldError::new(
+                            "match_fields",
+                            format!("{name:?} is listed twice"),
+                        ));
+                    }
+                    fields.push(field);
+                }
+                fields
+            }
+        };
+        let default_country_code = match spec.default_country_code.as_deref() {
+            None | Some("") => None,
+            Some(raw) => Some(
+                CountryCode::parse(raw).map_err(|m| FieldError::new("default_country_code", m))?,
+            ),
+        };
+        let binding_ttl = match spec.binding_ttl.as_deref() {
+            None => DEFAULT_BINDING_TTL,
+            Some(raw) => {
+                let ttl = humantime::parse_duration(raw).map_err(|e| {
+                    FieldError::new("binding_ttl", format!("{raw:?} is not a duration ({e})"))
+                })?;
+                if ttl.is_zero() || ttl > MAX_BINDING_TTL {
+                    return Err(FieldError::new(
+                        "binding_ttl",
+                        "must be longer than zero and at most 366 days",
+                    ));
+                }
+                ttl
+            }
+        };
+        Ok(Self {
+            identifier,
+            user_pool_id,
+            display_name,
+            provider,
+            login_mode,
+            association,
+            match_fields,
+            require_verified: spec.require_verified.unwrap_or(true),
+            default_country_code,
+            binding_ttl,
+        })
+    }
+
+    /// The unvalidated shape of these settings, as the admin API and the config file write them.
+    pub fn to_spec(&self) -> ConnectionSpec {
+        ConnectionSpec {
+            identifier: Some(self.identifier.as_str().to_owned()),
+            user_pool_id: Some(self.user_pool_id.as_str().to_owned()),
+            display_name: Some(self.display_name.clone()),
+            provider: Some(self.provider.clone()),
+            login_mode: Some(self.login_mode.as_str().to_owned()),
+            association: Some(self.association.as_str().to_owned()),
+            match_fields: Some(
+                self.match_fields
+                    .iter()
+                    .map(|f| f.as_str().to_owned())
+                    .collect(),
+            ),
+            require_verified: Some(self.require_verified),
+            default_country_code: self.default_country_code.as_ref().map(|c| c.to_string()),
+            binding_ttl: Some(humantime::format_duration(self.binding_ttl).to_string()),
+        }
+    }
+}
+
+fn bounded_text(field: &'static str, raw: Option<&str>) -> Result<Option<String>, FieldError> {
+    match raw {
+        None => Ok(None),
+        Some(text) if text.chars().count() > MAX_TEXT_LEN => Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_TEXT_LEN} characters"),
+        )),
+        Some(text) if text.chars().any(char::is_control) => Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        )),
+        Some(text) => Ok(Some(text.to_owned())),
+    }
+}
+
+fn parse_opt<T: FromStr<Err = String>>(
+    field: &'static str,
+    raw: Option<&str>,
+) -> Result<Option<T>, FieldError> {
+    raw.map(|r| r.parse().map_err(|m| FieldError::new(field, m)))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(identifier: &str) -> ConnectionSpec {
+        ConnectionSpec {
+            identifier: Some(identifier.into()),
+            user_pool_id: Some("pool-1".into()),
+            ..ConnectionSpec::default()
+        }
+    }
+
+    #[test]
+    fn identifier_rules() {
+        for ok in ["a", "dingtalk-corp", "x1-2-3", &"a".repeat(31)] {
+            assert!(ConnectionId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Dingtalk",
+            "ding_talk",
+            "ding talk",
+            &"a".repeat(32),
+            "é",
+        ] {
+            assert!(ConnectionId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let settings = ConnectionSettings::validate(&spec("dingtalk")).unwrap();
+        assert_eq!(settings.login_mode, LoginMode::Normal);
+        assert_eq!(settings.association, Association::Disabled);
+        assert_eq!(settings.match_fields, vec![MatchField::Email]);
+        assert!(settings.require_verified);
+        assert_eq!(settings.default_country_code, None);
+        assert_eq!(settings.binding_ttl, Duration::from_secs(72 * 3600));
+        assert_eq!(settings.display_name, "dingtalk");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut bad = spec("ok");
+        bad.association = Some("sometimes".into());
+        assert_eq!(
+            ConnectionSettings::validate(&bad).unwrap_err().field,
+            "association"
+        );
+
+        let mut bad = spec("ok");
+        bad.match_fields = Some(vec!["email".into(), "shoe_size".into()]);
+        assert_eq!(
+            ConnectionSettings::validate(&bad).unwrap_err().field,
+            "match_fields"
+        );
+
+        let mut bad = spec("ok");
+        bad.match_fields = Some(vec!["email".into(), "email".into()]);
+        assert_eq!(
+            ConnectionSettings::validate(&bad).unwrap_err().field,
+            "match_fields"
+        );
+
+        let mut bad = spec("ok");
+        bad.default_country_code = Some("999".into());
+        assert_eq!(
+            ConnectionSettings::validate(&bad).unwrap_err().field,
+            "default_country_code"
+        );
+
+        let mut bad = spec("ok");
+        bad.binding_ttl = Some("soon".into());
+        assert_eq!(
+            ConnectionSettings::validate(&bad).unwrap_err().field,
+            "binding_ttl"
+        );
+
+        assert_eq!(
+            ConnectionSettings::validate(&spec("Bad_Id"))
+                .unwrap_err()
+                .field,
+            "identifier"
+        );
+    }
+
+    #[test]
+    fn spec_round_trips() {
+        let mut full = spec("wecom");
+        full.login_mode = Some("login_only".into());
+        full.association = Some("field_matching".into());
+        full.match_fields = Some(vec!["phone".into(), "email".into()]);
+        full.require_verified = Some(false);
+        full.default_country_code = Some("+86".into());
+        full.binding_ttl = Some("1h 30m".into());
+        let settings = ConnectionSettings::validate(&full).unwrap();
+        assert_eq!(settings.binding_ttl, Duration::from_secs(5400));
+        assert_eq!(settings.default_country_code.as_ref().unwrap().code(), 86);
+        assert_eq!(
+            ConnectionSettings::validate(&settings.to_spec()).unwrap(),
+            settings
+        );
+    }
+}

@@ -1,0 +1,573 @@
+use chrono::{Duration, TimeZone};
+
+use super::*;
+use crate::domain::connection::ConnectionSpec;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()
+}
+
+fn settings(association: &str, login_mode: &str, match_fields: &[&str]) -> ConnectionSettings {
+    ConnectionSettings::validate(&ConnectionSpec {
+        identifier: Some("dingtalk".into()),
+        user_pool_id: Some("pool-1".into()),
+        association: Some(association.into()),
+        login_mode: Some(login_mode.into()),
+        match_fields: Some(match_fields.iter().map(|f| f.to_string()).collect()),
+        default_country_code: Some("86".into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn email(raw: &str) -> Option<Email> {
+    Some(Email::parse(raw).unwrap())
+}
+
+fn phone(raw: &str) -> Option<Phone> {
+    Some(Phone::parse(raw, None).unwrap())
+}
+
+fn username(raw: &str) -> Option<Username> {
+    Some(Username::parse(raw).unwrap())
+}
+
+/// A verified login with an email, a phone and a username.
+fn login() -> NormalizedFields {
+    NormalizedFields {
+        email: email("zhang@example.com"),
+        email_verified: true,
+        phone: phone("+8613800138000"),
+        phone_verified: true,
+        username: username("zhangsan"),
+        name: Some("张三".into()),
+    }
+}
+
+fn user(n: u128) -> PoolUser {
+    PoolUser {
+        id: Uuid::from_u128(n),
+        email: None,
+        phone: None,
+        username: None,
+        linked_on_connection: false,
+    }
+}
+
+fn by_email(n: u128) -> PoolUser {
+    PoolUser {
+        email: email("zhang@example.com"),
+        ..user(n)
+    }
+}
+
+fn by_phone(n: u128) -> PoolUser {
+    PoolUser {
+        phone: phone("+8613800138000"),
+        ..user(n)
+    }
+}
+
+fn with_users(users: Vec<PoolUser>) -> Situation {
+    Situation {
+        pool_users: users,
+        ..Situation::default()
+    }
+}
+
+/// Association mode x login mode x zero, one or several candidates: the contract's table.
+#[test]
+fn every_mode_and_candidate_count() {
+    let created = |action: &Action| matches!(action, Action::CreateUser(_));
+    type Check = fn(&Action) -> bool;
+    let cases: Vec<(&str, &str, Vec<PoolUser>, Check)> = vec![
+        // disabled: candidates are never looked at.
+        ("disabled", "normal", vec![], |a| {
+            matches!(a, Action::CreateUser(_))
+        }),
+        ("disabled", "normal", vec![by_email(1)], |a| {
+            matches!(a, Action::CreateUser(_))
+        }),
+        ("disabled", "normal", vec![by_email(1), by_phone(2)], |a| {
+            matches!(a, Action::CreateUser(_))
+        }),
+        ("disabled", "login_only", vec![], |a| *a == Action::Reject),
+        ("disabled", "login_only", vec![by_email(1)], |a| {
+            *a == Action::Reject
+        }),
+        (
+            "disabled",
+            "login_only",
+            vec![by_email(1), by_phone(2)],
+            |a| *a == Action::Reject,
+        ),
+        // field_matching
+        ("field_matching", "normal", vec![], |a| {
+            matches!(a, Action::CreateUser(_))
+        }),
+        ("field_matching", "normal", vec![by_email(1)], |a| {
+            *a == Action::Link {
+                user_id: Uuid::from_u128(1),
+                matched_on: vec![MatchField::Email],
+            }
+        }),
+        (
+            "field_matching",
+            "normal",
+            vec![by_email(1), by_phone(2)],
+            |a| {
+                *a == Action::OpenBinding {
+                    candidates: vec![Uuid::from_u128(1), Uuid::from_u128(2)],
+                    reason: BindingReason::AmbiguousMatch,
+                }
+            },
+        ),
+        ("field_matching", "login_only", vec![], |a| {
+            *a == Action::Reject
+        }),
+        ("field_matching", "login_only", vec![by_email(1)], |a| {
+            *a == Action::Link {
+                user_id: Uuid::from_u128(1),
+                matched_on: vec![MatchField::Email],
+            }
+        }),
+        (
+            "field_matching",
+            "login_only",
+            vec![by_email(1), by_phone(2)],
+            |a| {
+                matches!(
+                    a,
+                    Action::OpenBinding {
+                        reason: BindingReason::AmbiguousMatch,
+                        ..
+                    }
+                )
+            },
+        ),
+        // ask_binding
+        ("ask_binding", "normal", vec![], |a| {
+            matches!(a, Action::CreateUser(_))
+        }),
+        ("ask_binding", "normal", vec![by_email(1)], |a| {
+            *a == Action::OpenBinding {
+                candidates: vec![Uuid::from_u128(1)],
+                reason: BindingReason::AskBinding,
+            }
+        }),
+        (
+            "ask_binding",
+            "normal",
+            vec![by_email(1), by_phone(2)],
+            |a| {
+                *a == Action::OpenBinding {
+                    candidates: vec![Uuid::from_u128(1), Uuid::from_u128(2)],
+                    reason: BindingReason::AskBinding,
+                }
+            },
+        ),
+        ("ask_binding", "login_only", vec![], |a| {
+            *a == Action::Reject
+        }),
+        ("ask_binding", "login_only", vec![by_email(1)], |a| {
+            matches!(
+                a,
+                Action::OpenBinding {
+                    reason: BindingReason::AskBinding,
+                    ..
+                }
+            )
+        }),
+        (
+            "ask_binding",
+            "login_only",
+            vec![by_email(1), by_phone(2)],
+            |a| {
+                matches!(
+                    a,
+                    Action::OpenBinding {
+                        reason: BindingReason::AskBinding,
+                        ..
+                    }
+                )
+            },
+        ),
+    ];
+    assert_eq!(cases.len(), 18);
+    for (association, mode, users, check) in cases {
+        let n = users.len();
+        let s = settings(association, mode, &["email", "phone"]);
+        let decision = decide(&login(), &s, &with_users(users), now());
+        assert!(
+            check(&decision.action),
+            "{association}/{mode}/{n} candidates: got {:?}",
+            decision.action
+        );
+        assert_eq!(decision.expire_binding, None);
+        if mode == "login_only" {
+            assert!(!created(&decision.action), "login_only never creates");
+        }
+    }
+}
+
+#[test]
+fn outcomes_match_actions() {
+    assert_eq!(
+        Action::ExistingUser {
+            user_id: Uuid::nil()
+        }
+        .outcome(),
+        Outcome::ExistingUser
+    );
+    assert_eq!(Action::Reject.outcome(), Outcome::Rejected);
+    assert_eq!(
+        Action::CreateUser(NewUserFields::default()).outcome(),
+        Outcome::UserCreated
+    );
+    assert_eq!(
+        Action::Link {
+            user_id: Uuid::nil(),
+            matched_on: vec![]
+        }
+        .outcome(),
+        Outcome::UserLinked
+    );
+    assert_eq!(
+        Action::OpenBinding {
+            candidates: vec![],
+            reason: BindingReason::AskBinding
+        }
+        .outcome(),
+        Outcome::BindingPending
+    );
+    assert_eq!(
+        Action::StillPending {
+            binding_id: Uuid::nil(),
+            reason: BindingReason::AskBinding
+        }
+        .outcome(),
+        Outcome::BindingPending
+    );
+    for outcome in Outcome::ALL {
+        assert_eq!(Outcome::parse(outcome.as_str()), Some(*outcome));
+        assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.as_str());
+    }
+}
+
+#[test]
+fn already_linked_wins_over_everything() {
+    let s = settings("field_matching", "login_only", &["email"]);
+    let situation = Situation {
+        linked_user: Some(Uuid::from_u128(7)),
+        pending_binding: Some(PendingBinding {
+            id: Uuid::from_u128(9),
+            reason: BindingReason::AskBinding,
+            expires_at: now() + Duration::hours(1),
+        }),
+        pool_users: vec![by_email(1)],
+    };
+    let decision = decide(&login(), &s, &situation, now());
+    assert_eq!(
+        decision.action,
+        Action::ExistingUser {
+            user_id: Uuid::from_u128(7)
+        }
+    );
+}
+
+#[test]
+fn pending_binding_is_reported_again() {
+    let s = settings("ask_binding", "normal", &["email"]);
+    let situation = Situation {
+        pending_binding: Some(PendingBinding {
+            id: Uuid::from_u128(9),
+            reason: BindingReason::AmbiguousMatch,
+            expires_at: now() + Duration::seconds(1),
+        }),
+        pool_users: vec![by_email(1)],
+        ..Situation::default()
+    };
+    let decision = decide(&login(), &s, &situation, now());
+    assert_eq!(
+        decision.action,
+        Action::StillPending {
+            binding_id: Uuid::from_u128(9),
+            reason: BindingReason::AmbiguousMatch
+        }
+    );
+}
+
+#[test]
+fn expired_binding_expires_and_the_login_starts_afresh() {
+    let s = settings("field_matching", "normal", &["email"]);
+    let situation = Situation {
+        pending_binding: Some(PendingBinding {
+            id: Uuid::from_u128(9),
+            reason: BindingReason::AskBinding,
+            expires_at: now(),
+        }),
+        pool_users: vec![by_email(1)],
+        ..Situation::default()
+    };
+    let decision = decide(&login(), &s, &situation, now());
+    assert_eq!(decision.expire_binding, Some(Uuid::from_u128(9)));
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(1),
+            matched_on: vec![MatchField::Email]
+        }
+    );
+}
+
+#[test]
+fn single_candidate_already_linked_on_connection_opens_a_binding() {
+    let s = settings("field_matching", "normal", &["email"]);
+    let linked = PoolUser {
+        linked_on_connection: true,
+        ..by_email(1)
+    };
+    let decision = decide(&login(), &s, &with_users(vec![linked]), now());
+    assert_eq!(
+        decision.action,
+        Action::OpenBinding {
+            candidates: vec![Uuid::from_u128(1)],
+            reason: BindingReason::CandidateAlreadyLinked
+        }
+    );
+}
+
+#[test]
+fn one_user_matching_on_several_fields_is_one_candidate() {
+    let s = settings("field_matching", "normal", &["phone", "email", "username"]);
+    let both = PoolUser {
+        email: email("zhang@example.com"),
+        phone: phone("+8613800138000"),
+        ..user(1)
+    };
+    let decision = decide(&login(), &s, &with_users(vec![both]), now());
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(1),
+            matched_on: vec![MatchField::Phone, MatchField::Email],
+        },
+        "matched_on follows match_fields order"
+    );
+}
+
+#[test]
+fn only_configured_match_fields_count() {
+    let s = settings("field_matching", "login_only", &["email"]);
+    let decision = decide(&login(), &s, &with_users(vec![by_phone(2)]), now());
+    assert_eq!(
+        decision.action,
+        Action::Reject,
+        "a phone match does not count when only email is matched"
+    );
+}
+
+#[test]
+fn unverified_fields_do_not_match_when_verification_is_required() {
+    let s = settings("field_matching", "login_only", &["email", "phone"]);
+    let unverified = NormalizedFields {
+        email_verified: false,
+        phone_verified: false,
+        ..login()
+    };
+    let decision = decide(
+        &unverified,
+        &s,
+        &with_users(vec![by_email(1), by_phone(2)]),
+        now(),
+    );
+    assert_eq!(decision.action, Action::Reject);
+
+    let only_phone_verified = NormalizedFields {
+        email_verified: false,
+        ..login()
+    };
+    let decision = decide(
+        &only_phone_verified,
+        &s,
+        &with_users(vec![by_email(1), by_phone(2)]),
+        now(),
+    );
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(2),
+            matched_on: vec![MatchField::Phone]
+        }
+    );
+}
+
+#[test]
+fn unverified_fields_match_when_verification_is_not_required() {
+    let mut s = settings("field_matching", "normal", &["email"]);
+    s.require_verified = false;
+    let unverified = NormalizedFields {
+        email_verified: false,
+        ..login()
+    };
+    let decision = decide(&unverified, &s, &with_users(vec![by_email(1)]), now());
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(1),
+            matched_on: vec![MatchField::Email]
+        }
+    );
+}
+
+#[test]
+fn username_needs_no_verification() {
+    let s = settings("field_matching", "normal", &["username"]);
+    let no_verified = NormalizedFields {
+        email_verified: false,
+        phone_verified: false,
+        ..login()
+    };
+    let by_username = PoolUser {
+        username: username("zhangsan"),
+        ..user(3)
+    };
+    let decision = decide(&no_verified, &s, &with_users(vec![by_username]), now());
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(3),
+            matched_on: vec![MatchField::Username]
+        }
+    );
+}
+
+#[test]
+fn missing_fields_never_match_missing_fields() {
+    let s = settings(
+        "field_matching",
+        "login_only",
+        &["email", "phone", "username"],
+    );
+    let empty = NormalizedFields::default();
+    let decision = decide(&empty, &s, &with_users(vec![user(1)]), now());
+    assert_eq!(decision.action, Action::Reject);
+}
+
+#[test]
+fn new_user_gets_valid_verified_unheld_fields() {
+    let s = settings("disabled", "normal", &["email"]);
+    let decision = decide(&login(), &s, &Situation::default(), now());
+    assert_eq!(
+        decision.action,
+        Action::CreateUser(NewUserFields {
+            email: email("zhang@example.com"),
+            email_verified: true,
+            phone: phone("+8613800138000"),
+            phone_verified: true,
+            username: username("zhangsan"),
+            name: Some("张三".into()),
+        })
+    );
+}
+
+#[test]
+fn held_fields_are_left_off_the_new_user() {
+    // Association disabled: the holders are not candidates, but their fields stay theirs.
+    let s = settings("disabled", "normal", &["email"]);
+    let holder = PoolUser {
+        username: username("zhangsan"),
+        ..by_email(1)
+    };
+    let decision = decide(&login(), &s, &with_users(vec![holder]), now());
+    let Action::CreateUser(fields) = decision.action else {
+        panic!("expected a new user")
+    };
+    assert_eq!(fields.email, None);
+    assert!(!fields.email_verified);
+    assert_eq!(fields.username, None);
+    assert_eq!(
+        fields.phone,
+        phone("+8613800138000"),
+        "the phone is free and verified"
+    );
+}
+
+#[test]
+fn unverified_fields_are_left_off_the_new_user() {
+    let s = settings("field_matching", "normal", &["email"]);
+    let unverified = NormalizedFields {
+        email_verified: false,
+        phone_verified: false,
+        ..login()
+    };
+    let decision = decide(&unverified, &s, &Situation::default(), now());
+    let Action::CreateUser(fields) = decision.action else {
+        panic!("expected a new user")
+    };
+    assert_eq!(fields.email, None);
+    assert_eq!(fields.phone, None);
+    assert_eq!(fields.username, username("zhangsan"));
+}
+
+#[test]
+fn unverified_fields_are_kept_unverified_when_verification_is_not_required() {
+    let mut s = settings("disabled", "normal", &["email"]);
+    s.require_verified = false;
+    let unverified = NormalizedFields {
+        email_verified: false,
+        ..login()
+    };
+    let decision = decide(&unverified, &s, &Situation::default(), now());
+    let Action::CreateUser(fields) = decision.action else {
+        panic!("expected a new user")
+    };
+    assert_eq!(fields.email, email("zhang@example.com"));
+    assert!(!fields.email_verified);
+    assert!(fields.phone_verified);
+}
+
+#[test]
+fn unverified_holder_field_still_blocks_the_new_user_field_but_is_not_a_candidate() {
+    // The login's email is unverified, so the user holding it is not a candidate; the new user
+    // must still not receive the email (it is unverified and held anyway).
+    let s = settings("field_matching", "normal", &["email"]);
+    let unverified = NormalizedFields {
+        email_verified: false,
+        ..login()
+    };
+    let decision = decide(&unverified, &s, &with_users(vec![by_email(1)]), now());
+    let Action::CreateUser(fields) = decision.action else {
+        panic!("expected a new user")
+    };
+    assert_eq!(fields.email, None);
+}
+
+#[test]
+fn ambiguous_match_lists_every_candidate_once() {
+    let s = settings("field_matching", "normal", &["email", "phone", "username"]);
+    let a = PoolUser {
+        username: username("zhangsan"),
+        ..by_email(1)
+    };
+    let b = by_phone(2);
+    let decision = decide(&login(), &s, &with_users(vec![b, a]), now());
+    assert_eq!(
+        decision.action,
+        Action::OpenBinding {
+            candidates: vec![Uuid::from_u128(1), Uuid::from_u128(2)],
+            reason: BindingReason::AmbiguousMatch,
+        }
+    );
+}
+
+#[test]
+fn binding_reasons_round_trip() {
+    for reason in [
+        BindingReason::AskBinding,
+        BindingReason::AmbiguousMatch,
+        BindingReason::CandidateAlreadyLinked,
+    ] {
+        assert_eq!(BindingReason::parse(reason.as_str()), Some(reason));
+    }
+}

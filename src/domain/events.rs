@@ -1,0 +1,269 @@
+//! What identity-sync says to the outside world: the reply to a login (contract 3.2) and the
+//! outbound CloudEvents (contract 3.4). The shapes here are the public format; change them only
+//! together with the contract.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::connection::MatchField;
+use super::decision::Outcome;
+
+pub const SOURCE: &str = "identity-sync";
+
+/// The reply to a login that asked for one (AMQP `reply_to`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub event_id: Option<String>,
+    pub outcome: Outcome,
+    pub user_id: Option<Uuid>,
+    pub binding_id: Option<Uuid>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "user.created")]
+    UserCreated,
+    #[serde(rename = "user.linked")]
+    UserLinked,
+    #[serde(rename = "user.unlinked")]
+    UserUnlinked,
+    #[serde(rename = "login.rejected")]
+    LoginRejected,
+    #[serde(rename = "binding.pending")]
+    BindingPending,
+    #[serde(rename = "binding.resolved")]
+    BindingResolved,
+    #[serde(rename = "binding.expired")]
+    BindingExpired,
+}
+
+impl EventType {
+    pub const ALL: &'static [EventType] = &[
+        Self::UserCreated,
+        Self::UserLinked,
+        Self::UserUnlinked,
+        Self::LoginRejected,
+        Self::BindingPending,
+        Self::BindingResolved,
+        Self::BindingExpired,
+    ];
+
+    /// Also the routing key on the events exchange.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserCreated => "user.created",
+            Self::UserLinked => "user.linked",
+            Self::UserUnlinked => "user.unlinked",
+            Self::LoginRejected => "login.rejected",
+            Self::BindingPending => "binding.pending",
+            Self::BindingResolved => "binding.resolved",
+            Self::BindingExpired => "binding.expired",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|t| t.as_str() == raw)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRef {
+    pub connection: String,
+    pub external_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub username: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserCreated<'a> {
+    pub user_pool_id: &'a str,
+    pub user: UserSummary,
+    pub identity: IdentityRef,
+    pub cause_event_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkMethod {
+    FieldMatching,
+    Binding,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserLinked<'a> {
+    pub user_pool_id: &'a str,
+    pub user_id: Uuid,
+    pub identity: IdentityRef,
+    pub method: LinkMethod,
+    pub matched_on: Vec<MatchField>,
+    pub cause_event_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserUnlinked<'a> {
+    pub user_pool_id: &'a str,
+    pub user_id: Uuid,
+    pub identity: IdentityRef,
+    pub unlinked_by: &'a str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginRejected<'a> {
+    pub user_pool_id: &'a str,
+    pub identity: IdentityRef,
+    pub reason: &'a str,
+    pub cause_event_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingPending<'a> {
+    pub binding_id: Uuid,
+    pub user_pool_id: &'a str,
+    pub identity: IdentityRef,
+    pub candidates: Vec<Uuid>,
+    pub reason: &'a str,
+    #[serde(serialize_with = "rfc3339")]
+    pub expires_at: DateTime<Utc>,
+    pub cause_event_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Linked,
+    Created,
+    Rejected,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linked => "linked",
+            Self::Created => "created",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Linked, Self::Created, Self::Rejected]
+            .into_iter()
+            .find(|r| r.as_str() == raw)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingResolved<'a> {
+    pub binding_id: Uuid,
+    pub user_pool_id: &'a str,
+    pub resolution: Resolution,
+    pub user_id: Option<Uuid>,
+    pub resolved_by: &'a str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingExpired<'a> {
+    pub binding_id: Uuid,
+    pub user_pool_id: &'a str,
+    pub identity: IdentityRef,
+}
+
+/// One outbound event, ready to be stored in the outbox and published as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundEvent {
+    pub id: Uuid,
+    pub kind: EventType,
+    pub time: DateTime<Utc>,
+    pub subject: String,
+    /// The full CloudEvents envelope.
+    pub body: Value,
+}
+
+impl OutboundEvent {
+    pub fn new(
+        kind: EventType,
+        subject: impl ToString,
+        data: impl Serialize,
+        time: DateTime<Utc>,
+    ) -> Self {
+        let id = Uuid::now_v7();
+        let subject = subject.to_string();
+        let body = serde_json::json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": SOURCE,
+            "type": kind.as_str(),
+            "time": time.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "subject": subject,
+            "datacontenttype": "application/json",
+            "data": serde_json::to_value(data).expect("event data serialises"),
+        });
+        Self {
+            id,
+            kind,
+            time,
+            subject,
+            body,
+        }
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn envelope_has_every_contract_field() {
+        let time = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        let data = LoginRejected {
+            user_pool_id: "pool-1",
+            identity: IdentityRef {
+                connection: "dingtalk".into(),
+                external_id: "x".into(),
+            },
+            reason: "unknown_user",
+            cause_event_id: Some("e-1"),
+        };
+        let event = OutboundEvent::new(EventType::LoginRejected, "pool-1/dingtalk/x", data, time);
+        let body = &event.body;
+        assert_eq!(body["specversion"], "1.0");
+        assert_eq!(body["id"], event.id.to_string());
+        assert_eq!(body["source"], "identity-sync");
+        assert_eq!(body["type"], "login.rejected");
+        assert_eq!(body["time"], "2026-11-24T12:00:00.000Z");
+        assert_eq!(body["subject"], "pool-1/dingtalk/x");
+        assert_eq!(body["datacontenttype"], "application/json");
+        assert_eq!(body["data"]["identity"]["external_id"], "x");
+        assert_eq!(body["data"]["cause_event_id"], "e-1");
+    }
+
+    #[test]
+    fn event_types_round_trip() {
+        for kind in EventType::ALL {
+            assert_eq!(EventType::parse(kind.as_str()), Some(*kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let time = Utc::now();
+        let a = OutboundEvent::new(EventType::BindingExpired, "b", serde_json::json!({}), time);
+        let b = OutboundEvent::new(EventType::BindingExpired, "b", serde_json::json!({}), time);
+        assert_ne!(a.id, b.id);
+    }
+}

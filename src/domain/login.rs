@@ -1,0 +1,514 @@
+//! The inbound `login.completed` CloudEvent: size limit, decoding and validation. An event that
+//! fails here is dead-lettered with the `Rejection`'s reason and never touches the database.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::connection::{ConnectionId, ConnectionSettings, UserPoolId};
+use super::{Email, Phone, Username};
+
+pub const EVENT_TYPE: &str = "login.completed";
+const MAX_ID_CHARS: usize = 128;
+const MAX_SOURCE_CHARS: usize = 512;
+const MAX_EXTERNAL_ID_CHARS: usize = 256;
+
+/// Why a message cannot be processed. Each kind is permanent: retrying cannot change the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", kind.code())]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectionKind {
+    TooLarge,
+    NotJson,
+    NotCloudEvents,
+    WrongType,
+    InvalidEvent,
+    UnknownConnection,
+    UntrustedPublisher,
+}
+
+impl RejectionKind {
+    pub const ALL: &'static [RejectionKind] = &[
+        Self::TooLarge,
+        Self::NotJson,
+        Self::NotCloudEvents,
+        Self::WrongType,
+        Self::InvalidEvent,
+        Self::UnknownConnection,
+        Self::UntrustedPublisher,
+    ];
+
+    /// The stable, machine-readable part of the reason (`x-idsync-error` starts with it).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::NotJson => "not_json",
+            Self::NotCloudEvents => "not_cloudevents",
+            Self::WrongType => "wrong_type",
+            Self::InvalidEvent => "invalid_event",
+            Self::UnknownConnection => "unknown_connection",
+            Self::UntrustedPublisher => "untrusted_publisher",
+        }
+    }
+}
+
+impl Rejection {
+    pub fn new(kind: RejectionKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The text of the `x-idsync-error` header and of an error reply's `reason`.
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A decoded, validated login. The profile is kept whole (it becomes the identity's snapshot);
+/// the typed fields below are what the decision reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginEvent {
+    pub id: String,
+    pub source: String,
+    pub user_pool_id: UserPoolId,
+    pub connection: ConnectionId,
+    pub external_id: String,
+    pub profile: Profile,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Profile {
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub phone: Option<String>,
+    pub phone_verified: bool,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    /// The profile object exactly as received, unknown fields included.
+    pub raw: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    specversion: Option<Value>,
+    id: Option<Value>,
+    source: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    data: Option<Value>,
+}
+
+/// Decodes and validates one message body. `max_bytes` is checked before any parsing so that an
+/// oversized body costs nothing but its length.
+pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
+    if body.len() > max_bytes {
+        return Err(Rejection::new(
+            RejectionKind::TooLarge,
+            format!("body is {} bytes, the limit is {max_bytes}", body.len()),
+        ));
+    }
+    let raw: RawEvent = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            Rejection::new(
+                RejectionKind::NotCloudEvents,
+                format!("not a CloudEvents envelope: {e}"),
+            )
+        } else {
+            Rejection::new(RejectionKind::NotJson, e.to_string())
+        }
+    })?;
+
+    match raw.specversion {
+        Some(Value::String(v)) if v == "1.0" => {}
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectionKind::NotCloudEvents,
+                format!("specversion must be \"1.0\", got {}", brief(&other)),
+            ));
+        }
+        None => {
+            return Err(Rejection::new(
+                RejectionKind::NotCloudEvents,
+                "specversion is missing",
+            ));
+        }
+    }
+    let id = required_string(raw.id.as_ref(), "id", MAX_ID_CHARS)?;
+    let source = required_string(raw.source.as_ref(), "source", MAX_SOURCE_CHARS)?;
+    match raw.kind {
+        Some(Value::String(t)) if t == EVENT_TYPE => {}
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectionKind::WrongType,
+                format!("type must be \"{EVENT_TYPE}\", got {}", brief(&other)),
+            ));
+        }
+        None => return Err(invalid("type is missing")),
+    }
+
+    let data = match raw.data {
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(invalid("data must be an object")),
+        None => return Err(invalid("data is missing")),
+    };
+    let user_pool_id = required_string(data.get("user_pool_id"), "data.user_pool_id", 128)?;
+    let user_pool_id =
+        UserPoolId::parse(&user_pool_id).map_err(|m| invalid(format!("data.user_pool_id: {m}")))?;
+    let connection = required_string(data.get("connection"), "data.connection", 31)?;
+    let connection =
+        ConnectionId::parse(&connection).map_err(|m| invalid(format!("data.connection: {m}")))?;
+    let external_id = required_string(
+        data.get("external_id"),
+        "data.external_id",
+        MAX_EXTERNAL_ID_CHARS,
+    )?;
+
+    let profile = match data.get("profile") {
+        None | Some(Value::Null) => Profile::default(),
+        Some(Value::Object(map)) => profile(map)?,
+        Some(_) => return Err(invalid("data.profile must be an object")),
+    };
+
+    Ok(LoginEvent {
+        id,
+        source,
+        user_pool_id,
+        connection,
+        external_id,
+        profile,
+    })
+}
+
+fn profile(map: &Map<String, Value>) -> Result<Profile, Rejection> {
+    if contains_nul(map) {
+        return Err(invalid(
+            "data.profile contains a NUL character, which cannot be stored",
+        ));
+    }
+    Ok(Profile {
+        email: optional_string(map, "email")?,
+        email_verified: optional_bool(map, "email_verified")?,
+        phone: optional_string(map, "phone")?,
+        phone_verified: optional_bool(map, "phone_verified")?,
+        username: optional_string(map, "username")?,
+        name: optional_string(map, "name")?,
+        raw: map.clone(),
+    })
+}
+
+fn contains_nul(map: &Map<String, Value>) -> bool {
+    fn value(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(value),
+            Value::Object(map) => contains_nul(map),
+            _ => false,
+        }
+    }
+    map.iter().any(|(k, v)| k.contains('\0') || value(v))
+}
+
+fn required_string(
+    value: Option<&Value>,
+    field: &str,
+    max_chars: usize,
+) -> Result<String, Rejection> {
+    match value {
+        Some(Value::String(s)) => {
+            if s.is_empty() {
+                Err(invalid(format!("{field} must not be empty")))
+            } else if s.chars().count() > max_chars {
+                Err(invalid(format!(
+                    "{field} is longer than {max_chars} characters"
+                )))
+            } else if s.contains('\0') {
+                Err(invalid(format!("{field} contains a NUL character")))
+            } else {
+                Ok(s.clone())
+            }
+        }
+        None | Some(Value::Null) => Err(invalid(format!("{field} is missing"))),
+        Some(other) => Err(invalid(format!(
+            "{field} must be a string, got {}",
+            brief(other)
+        ))),
+    }
+}
+
+fn optional_string(map: &Map<String, Value>, field: &str) -> Result<Option<String>, Rejection> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(invalid(format!(
+            "data.profile.{field} must be a string, got {}",
+            brief(other)
+        ))),
+    }
+}
+
+fn optional_bool(map: &Map<String, Value>, field: &str) -> Result<bool, Rejection> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(invalid(format!(
+            "data.profile.{field} must be a boolean, got {}",
+            brief(other)
+        ))),
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> Rejection {
+    Rejection::new(RejectionKind::InvalidEvent, detail)
+}
+
+/// A short description of a JSON value for error messages, never echoing large input.
+fn brief(value: &Value) -> String {
+    match value {
+        Value::String(s) if s.chars().count() <= 40 => format!("{s:?}"),
+        Value::String(_) => "a long string".into(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// The login's fields normalised with its connection's settings: what matching compares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NormalizedFields {
+    pub email: Option<Email>,
+    pub email_verified: bool,
+    pub phone: Option<Phone>,
+    pub phone_verified: bool,
+    pub username: Option<Username>,
+    pub name: Option<String>,
+}
+
+impl NormalizedFields {
+    /// Malformed email or phone values are dropped here: they take part in nothing, and the event
+    /// is still processed.
+    pub fn of(profile: &Profile, settings: &ConnectionSettings) -> Self {
+        Self {
+            email: profile.email.as_deref().and_then(|e| Email::parse(e).ok()),
+            email_verified: profile.email_verified,
+            phone: profile
+                .phone
+                .as_deref()
+                .and_then(|p| Phone::parse(p, settings.default_country_code.as_ref()).ok()),
+            phone_verified: profile.phone_verified,
+            username: profile
+                .username
+                .as_deref()
+                .and_then(|u| Username::parse(u).ok()),
+            name: profile.name.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMIT: usize = 64 * 1024;
+
+    fn valid() -> Value {
+        json!({
+            "specversion": "1.0",
+            "id": "9d1c6f0e-2b1a-4c55-a3a8-1f7f3b2b9e10",
+            "source": "urn:authing:userpool:pool-1",
+            "type": "login.completed",
+            "time": "2026-11-24T12:00:00Z",
+            "data": {
+                "user_pool_id": "pool-1",
+                "connection": "dingtalk-corp",
+                "external_id": "dingtalk-unionid-abc123",
+                "profile": {
+                    "email": "Zhang.San@Example.com", "email_verified": true,
+                    "phone": "138 0013 8000", "phone_verified": true,
+                    "username": "zhangsan", "name": "张三", "nickname": "San",
+                    "attributes": { "userid": "manager4230", "dept": "sales" }
+                }
+            }
+        })
+    }
+
+    fn decode_value(v: &Value) -> Result<LoginEvent, Rejection> {
+        decode(&serde_json::to_vec(v).unwrap(), LIMIT)
+    }
+
+    fn kind_of(v: &Value) -> RejectionKind {
+        decode_value(v).unwrap_err().kind
+    }
+
+    #[test]
+    fn decodes_the_contract_example() {
+        let event = decode_value(&valid()).unwrap();
+        assert_eq!(event.id, "9d1c6f0e-2b1a-4c55-a3a8-1f7f3b2b9e10");
+        assert_eq!(event.user_pool_id.as_str(), "pool-1");
+        assert_eq!(event.connection.as_str(), "dingtalk-corp");
+        assert_eq!(
+            event.profile.email.as_deref(),
+            Some("Zhang.San@Example.com")
+        );
+        assert!(event.profile.email_verified && event.profile.phone_verified);
+        assert_eq!(event.profile.raw["attributes"]["dept"], "sales");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_profile_is_optional() {
+        let mut v = valid();
+        v["extension"] = json!({"any": "thing"});
+        v["data"]["future_field"] = json!(1);
+        v["data"].as_object_mut().unwrap().remove("profile");
+        let event = decode_value(&v).unwrap();
+        assert_eq!(event.profile, Profile::default());
+    }
+
+    #[test]
+    fn oversized_body_is_rejected_before_parsing() {
+        let body = vec![b'x'; LIMIT + 1];
+        let err = decode(&body, LIMIT).unwrap_err();
+        assert_eq!(err.kind, RejectionKind::TooLarge);
+        assert!(err.reason().starts_with("too_large: "));
+    }
+
+    #[test]
+    fn not_json() {
+        for body in [&b"not json"[..], b"{\"id\": ", b"\xff\xfe", b""] {
+            assert_eq!(
+                decode(body, LIMIT).unwrap_err().kind,
+                RejectionKind::NotJson,
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deeply_nested_json_is_refused_without_overflow() {
+        let body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = decode(body.as_bytes(), usize::MAX).unwrap_err();
+        assert_eq!(err.kind, RejectionKind::NotJson);
+    }
+
+    #[test]
+    fn not_cloudevents() {
+        let mut v = valid();
+        v["specversion"] = json!("0.3");
+        assert_eq!(kind_of(&v), RejectionKind::NotCloudEvents);
+        v.as_object_mut().unwrap().remove("specversion");
+        assert_eq!(kind_of(&v), RejectionKind::NotCloudEvents);
+        assert_eq!(kind_of(&json!([1, 2])), RejectionKind::NotCloudEvents);
+        assert_eq!(kind_of(&json!("1.0")), RejectionKind::NotCloudEvents);
+    }
+
+    #[test]
+    fn wrong_type() {
+        let mut v = valid();
+        v["type"] = json!("logout.completed");
+        assert_eq!(kind_of(&v), RejectionKind::WrongType);
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        for path in ["id", "source", "type", "data"] {
+            let mut v = valid();
+            v.as_object_mut().unwrap().remove(path);
+            let err = decode_value(&v).unwrap_err();
+            assert_eq!(err.kind, RejectionKind::InvalidEvent, "{path}");
+            assert!(err.detail.contains(path), "{path}: {}", err.detail);
+        }
+        for field in ["user_pool_id", "connection", "external_id"] {
+            let mut v = valid();
+            v["data"].as_object_mut().unwrap().remove(field);
+            let err = decode_value(&v).unwrap_err();
+            assert_eq!(err.kind, RejectionKind::InvalidEvent);
+            assert!(err.detail.contains(field), "{}", err.detail);
+        }
+    }
+
+    #[test]
+    fn oversized_required_fields() {
+        let mut v = valid();
+        v["id"] = json!("x".repeat(129));
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+        let mut v = valid();
+        v["id"] = json!("é".repeat(128));
+        assert!(
+            decode_value(&v).is_ok(),
+            "128 characters are allowed whatever their bytes"
+        );
+        let mut v = valid();
+        v["data"]["external_id"] = json!("x".repeat(257));
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+        let mut v = valid();
+        v["data"]["external_id"] = json!("");
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+    }
+
+    #[test]
+    fn wrongly_typed_fields() {
+        let mut v = valid();
+        v["id"] = json!(42);
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+        let mut v = valid();
+        v["data"]["profile"]["email"] = json!(["a@b"]);
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+        let mut v = valid();
+        v["data"]["profile"]["email_verified"] = json!("yes");
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+        let mut v = valid();
+        v["data"]["connection"] = json!("DingTalk");
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        let mut v = valid();
+        v["data"]["profile"]["attributes"]["dept"] = json!("sa\u{0}les");
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+        let mut v = valid();
+        v["data"]["external_id"] = json!("a\u{0}b");
+        assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+    }
+
+    #[test]
+    fn normalises_with_the_connection() {
+        let event = decode_value(&valid()).unwrap();
+        let settings = ConnectionSettings::validate(&crate::domain::connection::ConnectionSpec {
+            identifier: Some("dingtalk-corp".into()),
+            user_pool_id: Some("pool-1".into()),
+            default_country_code: Some("86".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let fields = NormalizedFields::of(&event.profile, &settings);
+        assert_eq!(fields.email.unwrap().as_str(), "zhang.san@example.com");
+        assert_eq!(fields.phone.unwrap().as_str(), "+8613800138000");
+        assert_eq!(fields.username.unwrap().as_str(), "zhangsan");
+    }
+
+    #[test]
+    fn malformed_contact_fields_are_dropped_not_fatal() {
+        let mut v = valid();
+        v["data"]["profile"]["email"] = json!("not-an-email");
+        v["data"]["profile"]["phone"] = json!("12");
+        let event = decode_value(&v).unwrap();
+        let settings = ConnectionSettings::validate(&crate::domain::connection::ConnectionSpec {
+            identifier: Some("dingtalk-corp".into()),
+            user_pool_id: Some("pool-1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let fields = NormalizedFields::of(&event.profile, &settings);
+        assert_eq!(fields.email, None);
+        assert_eq!(fields.phone, None);
+    }
+}

@@ -1,0 +1,3 @@
+//! identity-sync: decides which account an external identity belongs to after a login.
+
+pub mod domain;
