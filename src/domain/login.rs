@@ -29,6 +29,8 @@ pub enum RejectionKind {
     InvalidEvent,
     UnknownConnection,
     UntrustedPublisher,
+    /// The database refused the event's data for a reason retrying cannot cure.
+    ProcessingFailed,
 }
 
 impl RejectionKind {
@@ -40,6 +42,7 @@ impl RejectionKind {
         Self::InvalidEvent,
         Self::UnknownConnection,
         Self::UntrustedPublisher,
+        Self::ProcessingFailed,
     ];
 
     /// The stable, machine-readable part of the reason (`x-idsync-error` starts with it).
@@ -52,6 +55,7 @@ impl RejectionKind {
             Self::InvalidEvent => "invalid_event",
             Self::UnknownConnection => "unknown_connection",
             Self::UntrustedPublisher => "untrusted_publisher",
+            Self::ProcessingFailed => "processing_failed",
         }
     }
 }

@@ -1,0 +1,192 @@
+//! Creating accounts outside the login flow: `users import` and the admin API. A new account is
+//! normalised like an event's fields and written under the same advisory locks as the worker's,
+//! so it can never slip between a login's read and its write.
+
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::db::{
+    locks::LockSet,
+    users::{self, UserRecord},
+};
+use crate::domain::{CountryCode, Email, Phone, Username, connection::UserPoolId};
+
+/// One account as `users import` reads it (one JSON object per line) and `POST /v1/users` takes it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountInput {
+    pub user_pool_id: Option<String>,
+    pub id: Option<Uuid>,
+    pub email: Option<String>,
+    #[serde(default)]
+    pub email_verified: bool,
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub phone_verified: bool,
+    pub username: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The input is malformed; the message names the field.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// A field or the id is already held by another user.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> AccountError {
+    AccountError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Added(Uuid),
+    /// The same account already exists (a re-import): nothing was written.
+    Unchanged(Uuid),
+}
+
+impl AccountInput {
+    /// Validates and normalises. `default_country` reads phone numbers given without `+`.
+    pub fn normalise(
+        &self,
+        default_country: Option<&CountryCode>,
+    ) -> Result<UserRecord, AccountError> {
+        let pool = self
+            .user_pool_id
+            .as_deref()
+            .ok_or_else(|| invalid("user_pool_id", "is required"))?;
+        let pool = UserPoolId::parse(pool).map_err(|m| invalid("user_pool_id", m))?;
+        let email = self
+            .email
+            .as_deref()
+            .map(Email::parse)
+            .transpose()
+            .map_err(|e| invalid("email", e.to_string()))?;
+        let phone = self
+            .phone
+            .as_deref()
+            .map(|p| Phone::parse(p, default_country))
+            .transpose()
+            .map_err(|e| invalid("phone", e.to_string()))?;
+        let username = self
+            .username
+            .as_deref()
+            .map(Username::parse)
+            .transpose()
+            .map_err(|e| invalid("username", e.to_string()))?;
+        if let Some(name) = &self.name
+            && (name.chars().count() > 256 || name.contains('\0'))
+        {
+            return Err(invalid(
+                "name",
+                "must be at most 256 characters without NUL",
+            ));
+        }
+        if self.id.is_none() && email.is_none() && phone.is_none() && username.is_none() {
+            return Err(invalid(
+                "id",
+                "an account needs an id or at least one of email, phone and username, so that \
+                 importing it again is recognised",
+            ));
+        }
+        Ok(UserRecord {
+            id: self.id.unwrap_or_else(Uuid::now_v7),
+            user_pool_id: pool.as_str().to_owned(),
+            email_verified: email.is_some() && self.email_verified,
+            email: email.map(Email::into_inner),
+            phone_verified: phone.is_some() && self.phone_verified,
+            phone: phone.map(Phone::into_inner),
+            username: username.map(Username::into_inner),
+            name: self.name.clone(),
+        })
+    }
+}
+
+/// Creates the account in its own transaction.
+pub async fn create(
+    pool: &PgPool,
+    record: &UserRecord,
+    explicit_id: bool,
+) -> Result<Created, AccountError> {
+    let mut tx = pool.begin().await?;
+    let created = create_in(&mut tx, record, explicit_id).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+pub async fn create_in(
+    conn: &mut PgConnection,
+    record: &UserRecord,
+    explicit_id: bool,
+) -> Result<Created, AccountError> {
+    let pool = record.user_pool_id.as_str();
+    let mut locks = LockSet::new();
+    locks.user(record.id);
+    if let Some(email) = &record.email {
+        locks.email(pool, &Email::parse(email).expect("normalised"));
+    }
+    if let Some(phone) = &record.phone {
+        locks.phone(pool, &Phone::from_e164(phone.clone()));
+    }
+    if let Some(username) = &record.username {
+        locks.username(pool, &Username::parse(username).expect("normalised"));
+    }
+    locks.acquire(conn).await?;
+
+    if explicit_id && let Some(existing) = users::get(conn, record.id).await? {
+        return if existing.record() == *record {
+            Ok(Created::Unchanged(record.id))
+        } else {
+            Err(AccountError::Conflict(format!(
+                "user id {} already exists with other fields",
+                record.id
+            )))
+        };
+    }
+    let holders = users::find_holders(
+        conn,
+        pool,
+        record.email.as_deref(),
+        record.phone.as_deref(),
+        record.username.as_deref(),
+    )
+    .await?;
+    if let [holder] = holders.as_slice() {
+        let same = UserRecord {
+            id: holder.id,
+            ..record.clone()
+        } == holder.record();
+        if same && !explicit_id {
+            return Ok(Created::Unchanged(holder.id));
+        }
+    }
+    if !holders.is_empty() {
+        let mut taken = Vec::new();
+        for holder in &holders {
+            if record.email.is_some() && holder.email == record.email {
+                taken.push(format!("email is held by user {}", holder.id));
+            }
+            if record.phone.is_some() && holder.phone == record.phone {
+                taken.push(format!("phone is held by user {}", holder.id));
+            }
+            if record.username.is_some() && holder.username == record.username {
+                taken.push(format!("username is held by user {}", holder.id));
+            }
+        }
+        return Err(AccountError::Conflict(taken.join("; ")));
+    }
+    users::insert_one(conn, record).await?;
+    Ok(Created::Added(record.id))
+}

@@ -1,0 +1,491 @@
+//! The worker: consumes `login.completed`, decides each batch through the pipeline, dead-letters
+//! what cannot be processed, and acks only after the batch's transaction has committed. It owns its
+//! reconnect loop: a lost connection or an ended consumer means reconnect, re-declare, re-consume.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_lite::{StreamExt, future::poll_once};
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    db::is_transient,
+    domain::{
+        decision::Outcome,
+        events::Reply,
+        login::{self, Rejection, RejectionKind},
+        mask,
+    },
+    health::Health,
+    metrics::{Metrics, OutcomeLabel, ReasonLabel},
+    pipeline::{Inbound, Pipeline, Verdict},
+    settings::Settings,
+};
+
+use super::{connect, json_properties, topology};
+
+/// The header carrying the reason of a dead-lettered message.
+pub const ERROR_HEADER: &str = "x-idsync-error";
+/// Conflicts (unique or serialization failures) retried before the batch is split up.
+const MAX_CONFLICT_RETRIES: u32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    ConsumerEnded,
+    #[error("the broker refused a publish (nack)")]
+    Nacked,
+    #[error("stopping while the database is unavailable")]
+    Stopped,
+}
+
+pub struct Worker {
+    settings: Arc<Settings>,
+    pipeline: Pipeline,
+    metrics: Metrics,
+    health: Health,
+    relay_wake: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    pub fn new(
+        settings: Arc<Settings>,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        health: Health,
+        relay_wake: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            settings,
+            pipeline,
+            metrics,
+            health,
+            relay_wake,
+            shutdown,
+        }
+    }
+
+    /// Runs until the shutdown token is cancelled, reconnecting with backoff on any broker failure.
+    pub async fn run(self) {
+        let mut backoff = reconnect_backoff(self.settings.worker.max_retry_delay);
+        while !self.shutdown.is_cancelled() {
+            let started = Instant::now();
+            let result = self.session().await;
+            self.health.set_consumer(false);
+            match result {
+                Ok(()) | Err(SessionError::Stopped) => break,
+                Err(error) => {
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = reconnect_backoff(self.settings.worker.max_retry_delay);
+                    }
+                    self.metrics.transient("consumer");
+                    let delay = backoff
+                        .next()
+                        .unwrap_or(self.settings.worker.max_retry_delay);
+                    tracing::warn!(%error, retry_in = ?delay, "consumer session ended; reconnecting");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("consumer stopped");
+    }
+
+    async fn session(&self) -> Result<(), SessionError> {
+        let amqp = &self.settings.amqp;
+        let connection = connect(&amqp.url, "worker").await?;
+        let channel = connection.create_channel().await?;
+        topology::declare(&channel, amqp).await?;
+        // Dead letters and error replies are published here, with confirms.
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channel
+            .basic_qos(amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("identity-sync-{}", self.pipeline.origin());
+        let mut consumer = channel
+            .basic_consume(
+                amqp.work_queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.health.set_consumer(true);
+        tracing::info!(queue = %amqp.work_queue, prefetch = amqp.prefetch, "consuming");
+
+        let batch_size = self.settings.worker.batch_size;
+        let result = loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => next,
+            };
+            let first = match first {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => break Err(error.into()),
+                None => break Err(SessionError::ConsumerEnded),
+            };
+            // Take what has already arrived, up to a batch; never wait for more.
+            let mut batch = vec![first];
+            let mut pending_error = None;
+            while batch.len() < batch_size {
+                match poll_once(consumer.next()).await {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(error))) => {
+                        pending_error = Some(error);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            if let Err(error) = self.handle(&publisher, batch).await {
+                break Err(error);
+            }
+            if let Some(error) = pending_error {
+                break Err(error.into());
+            }
+        };
+
+        // Deliveries received but not handled go back to the queue when the channel closes.
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        let _ = connection
+            .close(200, "identity-sync worker stopping".into())
+            .await;
+        result
+    }
+
+    async fn handle(
+        &self,
+        publisher: &Channel,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), SessionError> {
+        let received = Instant::now();
+        let span = tracing::debug_span!("batch", size = deliveries.len());
+        async {
+            let mut inbound = Vec::with_capacity(deliveries.len());
+            let mut slots = Vec::with_capacity(deliveries.len());
+            for delivery in &deliveries {
+                match self.check(delivery) {
+                    Ok(event) => {
+                        slots.push(Ok(inbound.len()));
+                        inbound.push(Inbound {
+                            event,
+                            reply_to: delivery
+                                .properties
+                                .reply_to()
+                                .as_ref()
+                                .map(|r| r.to_string()),
+                            correlation_id: delivery
+                                .properties
+                                .correlation_id()
+                                .as_ref()
+                                .map(|c| c.to_string()),
+                        });
+                    }
+                    Err(rejection) => slots.push(Err(rejection)),
+                }
+            }
+            let verdicts = if inbound.is_empty() {
+                Vec::new()
+            } else {
+                self.decide(&inbound).await?
+            };
+            self.metrics.batch_size.observe(inbound.len() as f64);
+
+            for (delivery, slot) in deliveries.iter().zip(slots) {
+                let (verdict, event_id) = match slot {
+                    Ok(i) => (verdicts[i].clone(), Some(inbound[i].event.id.clone())),
+                    Err(rejection) => {
+                        let id = undecoded_event_id(delivery, &rejection);
+                        (Verdict::Rejected(rejection), id)
+                    }
+                };
+                let span =
+                    tracing::info_span!("login", event_id = event_id.as_deref().unwrap_or("-"));
+                let _guard = span.enter();
+                match verdict {
+                    Verdict::Decided { reply, duplicate } => {
+                        self.metrics
+                            .decisions
+                            .get_or_create(&OutcomeLabel {
+                                outcome: reply.outcome.as_str(),
+                            })
+                            .inc();
+                        if duplicate {
+                            self.metrics.duplicates.inc();
+                        }
+                        tracing::info!(
+                            outcome = reply.outcome.as_str(),
+                            user_id = ?reply.user_id,
+                            binding_id = ?reply.binding_id,
+                            duplicate,
+                            "decided"
+                        );
+                    }
+                    Verdict::Rejected(rejection) => {
+                        drop(_guard);
+                        self.dead_letter(publisher, delivery, &rejection, event_id)
+                            .await?;
+                    }
+                }
+            }
+            // Everything up to the last delivery is settled: one ack covers the batch.
+            if let Some(last) = deliveries.last() {
+                last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            self.relay_wake.notify_one();
+            let elapsed = received.elapsed().as_secs_f64();
+            for _ in 0..deliveries.len() {
+                self.metrics.processing_seconds.observe(elapsed);
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Steps 1 of the decision: permanent checks that need no database.
+    fn check(&self, delivery: &Delivery) -> Result<login::LoginEvent, Rejection> {
+        let trusted = &self.settings.amqp.trusted_publishers;
+        if !trusted.is_empty() {
+            let user = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+            if !user.is_some_and(|u| trusted.iter().any(|t| t == u)) {
+                return Err(Rejection::new(
+                    RejectionKind::UntrustedPublisher,
+                    match user {
+                        Some(u) => format!("publisher {u:?} is not in amqp.trusted_publishers"),
+                        None => "the message has no user_id property".to_owned(),
+                    },
+                ));
+            }
+        }
+        login::decode(&delivery.data, self.settings.worker.max_message_bytes)
+    }
+
+    /// Decides a batch, retrying transient failures for as long as it takes (the deliveries stay
+    /// unacknowledged meanwhile, so nothing else is taken from the queue). A batch that fails for
+    /// another reason is split so that one bad event cannot hold back the others.
+    async fn decide(&self, batch: &[Inbound]) -> Result<Vec<Verdict>, SessionError> {
+        match self.decide_with_retry(batch).await {
+            Ok(verdicts) => Ok(verdicts),
+            Err(None) => Err(SessionError::Stopped),
+            Err(Some(error)) if batch.len() == 1 => Ok(vec![processing_failed(&error)]),
+            Err(Some(error)) => {
+                tracing::warn!(%error, size = batch.len(), "batch failed; deciding its events one by one");
+                let mut verdicts = Vec::with_capacity(batch.len());
+                for message in batch {
+                    match self.decide_with_retry(std::slice::from_ref(message)).await {
+                        Ok(mut one) => verdicts.push(one.remove(0)),
+                        Err(None) => return Err(SessionError::Stopped),
+                        Err(Some(error)) => verdicts.push(processing_failed(&error)),
+                    }
+                }
+                Ok(verdicts)
+            }
+        }
+    }
+
+    /// `Err(None)`: shutdown requested while retrying. `Err(Some(e))`: a failure retrying cannot cure.
+    async fn decide_with_retry(
+        &self,
+        batch: &[Inbound],
+    ) -> Result<Vec<Verdict>, Option<sqlx::Error>> {
+        let mut backoff = reconnect_backoff(self.settings.worker.max_retry_delay);
+        let mut conflicts = 0;
+        loop {
+            match self.pipeline.process(batch).await {
+                Ok(verdicts) => {
+                    self.health.set_database(true);
+                    return Ok(verdicts);
+                }
+                Err(error) if is_transient(&error) => {
+                    if is_conflict(&error) {
+                        conflicts += 1;
+                        if conflicts > MAX_CONFLICT_RETRIES {
+                            return Err(Some(error));
+                        }
+                    } else {
+                        self.health.set_database(false);
+                    }
+                    self.metrics.transient("database");
+                    let delay = backoff
+                        .next()
+                        .unwrap_or(self.settings.worker.max_retry_delay);
+                    tracing::warn!(%error, retry_in = ?delay, "deciding a batch failed; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(error) => return Err(Some(error)),
+            }
+        }
+    }
+
+    /// Publishes the original message, with its body and properties and the reason in a header, to
+    /// the dead-letter exchange, answers the requester if it asked, and waits for both confirms.
+    async fn dead_letter(
+        &self,
+        publisher: &Channel,
+        delivery: &Delivery,
+        rejection: &Rejection,
+        event_id: Option<String>,
+    ) -> Result<(), SessionError> {
+        let reason = rejection.reason();
+        tracing::warn!(
+            event_id = event_id.as_deref().unwrap_or("-"),
+            reason = %mask_reason(&reason),
+            "dead-lettering"
+        );
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ERROR_HEADER.into(),
+            AMQPValue::LongString(LongString::from(reason.as_str())),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
+        let confirm = publisher
+            .basic_publish(
+                self.settings.amqp.dead_letter_exchange.as_str().into(),
+                delivery.routing_key.clone(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+        if !confirm.is_ack() {
+            return Err(SessionError::Nacked);
+        }
+        self.metrics
+            .dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: rejection.kind.code(),
+            })
+            .inc();
+        self.metrics
+            .decisions
+            .get_or_create(&OutcomeLabel {
+                outcome: Outcome::Error.as_str(),
+            })
+            .inc();
+
+        if let Some(reply_to) = delivery.properties.reply_to() {
+            let reply = Reply {
+                event_id,
+                outcome: Outcome::Error,
+                user_id: None,
+                binding_id: None,
+                reason: Some(reason),
+            };
+            let body = serde_json::to_vec(&reply).expect("reply serialises");
+            let mut properties = json_properties(&uuid::Uuid::now_v7().to_string());
+            if let Some(correlation_id) = delivery.properties.correlation_id() {
+                properties = properties.with_correlation_id(correlation_id.clone());
+            }
+            // The requester may be gone; that is not worth failing over, only a nack is.
+            let confirm = publisher
+                .basic_publish(
+                    ShortString::from(""),
+                    reply_to.clone(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await?
+                .await?;
+            if !confirm.is_ack() {
+                return Err(SessionError::Nacked);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reconnect_backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn is_conflict(error: &sqlx::Error) -> bool {
+    matches!(
+        error.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23505" | "40001" | "40P01")
+    )
+}
+
+fn processing_failed(error: &sqlx::Error) -> Verdict {
+    tracing::error!(%error, "event failed permanently in the database");
+    // The database's message can quote the event's data; keep only its class.
+    let detail = match error.as_database_error() {
+        Some(db) => format!(
+            "the database refused the event (SQLSTATE {})",
+            db.code().unwrap_or_default()
+        ),
+        None => "the event could not be stored".to_owned(),
+    };
+    Verdict::Rejected(Rejection::new(RejectionKind::ProcessingFailed, detail))
+}
+
+/// The id of a message that could not be decoded, when its body is JSON with a usable `id`.
+fn undecoded_event_id(delivery: &Delivery, rejection: &Rejection) -> Option<String> {
+    if rejection.kind == RejectionKind::TooLarge {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<serde_json::Value>,
+    }
+    let parsed: IdOnly = serde_json::from_slice(&delivery.data).ok()?;
+    match parsed.id? {
+        serde_json::Value::String(id) if id.chars().count() <= 128 => Some(id),
+        _ => None,
+    }
+}
+
+/// Reasons can quote profile values (an email that failed a type check, say); mask anything that
+/// looks like contact data before it reaches an info-level log.
+fn mask_reason(reason: &str) -> String {
+    reason
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| c == '"' || c == ',' || c == '.');
+            if bare.contains('@') {
+                mask::email(bare)
+            } else if bare.chars().filter(char::is_ascii_digit).count() >= 7 {
+                mask::phone(bare)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,88 @@
+//! The command line: `run`, `migrate`, `users import` and `send-login`.
+
+mod import;
+mod send_login;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{db, settings::Settings, startup::Application};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "identity-sync",
+    version,
+    about = "Links external identities to accounts after each login"
+)]
+pub struct Cli {
+    /// TOML configuration file (defaults, then this file, then IDSYNC__SECTION__KEY variables).
+    #[arg(long, global = true, value_name = "FILE", env = "IDSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker, the outbox relay and the HTTP side until SIGTERM or SIGINT.
+    Run,
+    /// Create the database if needed and apply the migrations.
+    Migrate,
+    /// Manage accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Publish one login.completed event and print the decision and the events it caused.
+    SendLogin(send_login::SendLoginArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Import accounts from a JSON-lines file (one account per line).
+    Import(import::ImportArgs),
+}
+
+pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run => {
+            let app = Application::build(settings).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let pool = db::connect_and_migrate(&settings.database).await?;
+            let applied = db::MIGRATOR.iter().count();
+            println!("database is up to date ({applied} migrations)");
+            pool.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users {
+            command: UsersCommand::Import(args),
+        } => import::run(args, &settings).await,
+        Command::SendLogin(args) => send_login::run(args, &settings).await,
+    }
+}
+
+async fn stop_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")
+            .expect("signal handlers can be installed");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("stop requested");
+    token.cancel();
+}

@@ -1,0 +1,120 @@
+//! The `identities` table: external identities (pool, connection, external id) linked to users,
+//! with the last profile seen and the last login time.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// `(pool, connection, external_id)` triples, as parallel columns.
+#[derive(Debug, Default, Clone)]
+pub struct IdentityKeys {
+    pub pools: Vec<String>,
+    pub connections: Vec<String>,
+    pub external_ids: Vec<String>,
+}
+
+impl IdentityKeys {
+    pub fn push(&mut self, pool: &str, connection: &str, external_id: &str) {
+        self.pools.push(pool.to_owned());
+        self.connections.push(connection.to_owned());
+        self.external_ids.push(external_id.to_owned());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+}
+
+pub struct LinkRow {
+    pub user_pool_id: String,
+    pub connection: String,
+    pub external_id: String,
+    pub user_id: Uuid,
+}
+
+pub async fn find_links(
+    conn: &mut PgConnection,
+    keys: &IdentityKeys,
+) -> sqlx::Result<Vec<LinkRow>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as!(
+        LinkRow,
+        r#"SELECT i.user_pool_id, i.connection, i.external_id, i.user_id
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS k(pool, connection, external_id)
+           JOIN identities i ON i.user_pool_id = k.pool AND i.connection = k.connection
+                            AND i.external_id = k.external_id"#,
+        &keys.pools,
+        &keys.connections,
+        &keys.external_ids,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Identities to create or to refresh, as parallel columns.
+#[derive(Debug, Default)]
+pub struct IdentityWrites {
+    pub keys: IdentityKeys,
+    pub user_ids: Vec<Uuid>,
+    pub profiles: Vec<Value>,
+}
+
+impl IdentityWrites {
+    pub fn push(
+        &mut self,
+        pool: &str,
+        connection: &str,
+        external_id: &str,
+        user_id: Uuid,
+        profile: Value,
+    ) {
+        self.keys.push(pool, connection, external_id);
+        self.user_ids.push(user_id);
+        self.profiles.push(profile);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+pub async fn insert_many(conn: &mut PgConnection, rows: &IdentityWrites) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])"#,
+        &rows.keys.pools,
+        &rows.keys.connections,
+        &rows.keys.external_ids,
+        &rows.user_ids,
+        &rows.profiles,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores the latest profile snapshot and login time of already linked identities.
+pub async fn touch_many(conn: &mut PgConnection, rows: &IdentityWrites) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"UPDATE identities i SET profile = v.profile, last_login_at = now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+                AS v(pool, connection, external_id, profile)
+           WHERE i.user_pool_id = v.pool AND i.connection = v.connection
+             AND i.external_id = v.external_id"#,
+        &rows.keys.pools,
+        &rows.keys.connections,
+        &rows.keys.external_ids,
+        &rows.profiles,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

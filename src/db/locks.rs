@@ -1,0 +1,69 @@
+//! Transaction-scoped advisory locks that serialise writers touching the same identity or the same
+//! normalised email, phone or username of a pool. Every writer of users, identities or bindings
+//! takes them first, so that the state it reads cannot change under it before it commits.
+
+use sqlx::PgConnection;
+
+use crate::domain::{Email, Phone, Username};
+
+/// Lock keys are text, hashed by PostgreSQL (`hashtextextended` is stable across versions, so
+/// processes of different builds agree on them).
+#[derive(Debug, Default, Clone)]
+pub struct LockSet(Vec<String>);
+
+const SEP: char = '\u{1f}';
+
+impl LockSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn identity(&mut self, pool: &str, connection: &str, external_id: &str) -> &mut Self {
+        self.0.push(format!(
+            "identity{SEP}{pool}{SEP}{connection}{SEP}{external_id}"
+        ));
+        self
+    }
+
+    pub fn email(&mut self, pool: &str, email: &Email) -> &mut Self {
+        self.0.push(format!("email{SEP}{pool}{SEP}{email}"));
+        self
+    }
+
+    pub fn phone(&mut self, pool: &str, phone: &Phone) -> &mut Self {
+        self.0.push(format!("phone{SEP}{pool}{SEP}{phone}"));
+        self
+    }
+
+    pub fn username(&mut self, pool: &str, username: &Username) -> &mut Self {
+        self.0.push(format!("username{SEP}{pool}{SEP}{username}"));
+        self
+    }
+
+    /// A user's own row, for writers that change a user without knowing its fields in advance.
+    pub fn user(&mut self, id: uuid::Uuid) -> &mut Self {
+        self.0.push(format!("user{SEP}{id}"));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Takes every lock, in one round trip, in ascending hash order: two transactions locking
+    /// overlapping sets always queue instead of deadlocking.
+    pub async fn acquire(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        sqlx::query!(
+            r#"SELECT count(pg_advisory_xact_lock(h)) AS "locked!"
+               FROM (SELECT DISTINCT hashtextextended(k, 0) AS h
+                     FROM unnest($1::text[]) AS k ORDER BY 1) AS ordered"#,
+            &self.0
+        )
+        .fetch_one(conn)
+        .await?;
+        Ok(())
+    }
+}

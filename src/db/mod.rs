@@ -1,0 +1,125 @@
+//! PostgreSQL adapter: the pool, migrations, and one repository module per table. Repository
+//! functions take a `&mut PgConnection` (usually a transaction) so that one transaction can span
+//! every write of a batch.
+
+pub mod bindings;
+pub mod connections;
+pub mod identities;
+pub mod locks;
+pub mod outbox;
+pub mod processed;
+pub mod users;
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use secrecy::ExposeSecret;
+use sqlx::{
+    ConnectOptions, PgPool,
+    migrate::MigrateDatabase,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::settings::DatabaseSettings;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database url is invalid: {0}")]
+    Url(sqlx::Error),
+    #[error("database unreachable after {0:?}: {1}")]
+    Unreachable(Duration, sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, DbError> {
+    let options: PgConnectOptions = settings.url.expose_secret().parse().map_err(DbError::Url)?;
+    // The broker ack that follows a commit relies on the commit being durable, whatever the
+    // server's default says.
+    Ok(options
+        .application_name("identity-sync")
+        .options([("synchronous_commit", "on")])
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+}
+
+/// Creates the database if needed, connects (retrying until `startup_timeout`) and migrates.
+pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    let options = connect_options(settings)?;
+    let url = settings.url.expose_secret().to_owned();
+    let create = || async {
+        if !sqlx::Postgres::database_exists(&url).await? {
+            tracing::info!("creating database");
+            // Two processes may race here; losing that race is fine.
+            if let Err(e) = sqlx::Postgres::create_database(&url).await
+                && !sqlx::Postgres::database_exists(&url).await?
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    with_startup_retry(settings.startup_timeout, create).await?;
+
+    let pool_options = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .idle_timeout(Duration::from_secs(300));
+    let connect = || pool_options.clone().connect_with(options.clone());
+    let pool = with_startup_retry(settings.startup_timeout, connect).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+async fn with_startup_retry<T, F, Fut>(limit: Duration, f: F) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let started = std::time::Instant::now();
+    f.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_total_delay(Some(limit))
+            .without_max_times()
+            .with_jitter(),
+    )
+    .when(is_transient)
+    .notify(|e, delay| tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet"))
+    .await
+    .map_err(|e| {
+        if is_transient(&e) {
+            DbError::Unreachable(started.elapsed(), e)
+        } else {
+            DbError::Url(e)
+        }
+    })
+}
+
+/// Failures that retrying the same work can cure: the database being unreachable or restarting,
+/// serialization failures and deadlocks, and unique violations caused by a concurrent writer
+/// (the retry sees the other writer's row).
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // 40001 serialization_failure, 40P01 deadlock_detected, 23505 unique_violation,
+            // 08xxx connection exceptions, 57P0x admin/crash shutdown, 53xxx insufficient
+            // resources, 55P03 lock_not_available.
+            matches!(code, "40001" | "40P01" | "23505" | "55P03")
+                || code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+        }
+        _ => false,
+    }
+}

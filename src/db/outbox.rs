@@ -1,0 +1,148 @@
+//! The `outbox` table: events and replies committed with the decision that caused them, waiting
+//! for the relay to publish them.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub const KIND_EVENT: &str = "event";
+pub const KIND_REPLY: &str = "reply";
+
+#[derive(Debug, Default)]
+pub struct NewOutbox {
+    pub kinds: Vec<&'static str>,
+    pub routing_keys: Vec<String>,
+    pub message_ids: Vec<Uuid>,
+    pub correlation_ids: Vec<Option<String>>,
+    pub payloads: Vec<Value>,
+    pub created_at: Vec<DateTime<Utc>>,
+}
+
+impl NewOutbox {
+    pub fn event(&mut self, event: crate::domain::events::OutboundEvent) {
+        self.kinds.push(KIND_EVENT);
+        self.routing_keys.push(event.kind.as_str().to_owned());
+        self.message_ids.push(event.id);
+        self.correlation_ids.push(None);
+        self.payloads.push(event.body);
+        self.created_at.push(event.time);
+    }
+
+    pub fn reply(&mut self, reply_to: &str, correlation_id: Option<&str>, body: Value) {
+        self.kinds.push(KIND_REPLY);
+        self.routing_keys.push(reply_to.to_owned());
+        self.message_ids.push(Uuid::now_v7());
+        self.correlation_ids.push(correlation_id.map(str::to_owned));
+        self.payloads.push(body);
+        self.created_at.push(Utc::now());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kinds.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.kinds.len()
+    }
+}
+
+/// Rows get ascending ids in the order they were pushed.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    origin: Uuid,
+    rows: &NewOutbox,
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<String> = rows.kinds.iter().map(|k| (*k).to_owned()).collect();
+    sqlx::query!(
+        r#"INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload, created_at)
+           SELECT $1, kind, routing_key, message_id, correlation_id, payload, created_at
+           FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::timestamptz[])
+                WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload, created_at, n)
+           ORDER BY n"#,
+        origin,
+        &kinds,
+        &rows.routing_keys,
+        &rows.message_ids,
+        &rows.correlation_ids as &[Option<String>],
+        &rows.payloads,
+        &rows.created_at,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub kind: String,
+    pub routing_key: String,
+    pub message_id: Uuid,
+    pub correlation_id: Option<String>,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Locks up to `limit` unpublished rows in id order: this process's own rows, and rows of other
+/// processes left unpublished for longer than `orphan_after_secs`. Rows locked by another relay
+/// are skipped, never waited for.
+pub async fn claim(
+    conn: &mut PgConnection,
+    origin: Uuid,
+    orphan_after_secs: f64,
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as!(
+        OutboxRow,
+        r#"SELECT id, kind, routing_key, message_id, correlation_id, payload, created_at
+           FROM outbox
+           WHERE published_at IS NULL
+             AND (origin = $1 OR created_at < now() - make_interval(secs => $2))
+           ORDER BY id
+           LIMIT $3
+           FOR UPDATE SKIP LOCKED"#,
+        origin,
+        orphan_after_secs,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Records the outcome of a publish round: events are kept (for replay) and marked published,
+/// replies are deleted.
+pub async fn settle(
+    conn: &mut PgConnection,
+    published_events: &[i64],
+    unrouted_events: &[i64],
+    done_replies: &[i64],
+) -> sqlx::Result<()> {
+    if !published_events.is_empty() || !unrouted_events.is_empty() {
+        sqlx::query!(
+            r#"UPDATE outbox SET published_at = now(), unrouted = (id = ANY($2))
+               WHERE id = ANY($1) OR id = ANY($2)"#,
+            published_events,
+            unrouted_events
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !done_replies.is_empty() {
+        sqlx::query!("DELETE FROM outbox WHERE id = ANY($1)", done_replies)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Rows committed but not yet published.
+pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
+    let row = sqlx::query!(r#"SELECT count(*) AS "count!" FROM outbox WHERE published_at IS NULL"#)
+        .fetch_one(pool)
+        .await?;
+    Ok(row.count)
+}

@@ -1,0 +1,86 @@
+//! The `processed_events` table: the dedupe record of every decided login event, keyed by its
+//! CloudEvents `source` and `id`, holding the decision that is replayed to a duplicate.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub struct ProcessedRow {
+    pub source: String,
+    pub event_id: String,
+    pub outcome: String,
+    pub user_id: Option<Uuid>,
+    pub binding_id: Option<Uuid>,
+    pub reason: Option<String>,
+}
+
+pub async fn find_many(
+    conn: &mut PgConnection,
+    sources: &[String],
+    event_ids: &[String],
+) -> sqlx::Result<Vec<ProcessedRow>> {
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as!(
+        ProcessedRow,
+        r#"SELECT p.source, p.event_id, p.outcome, p.user_id, p.binding_id, p.reason
+           FROM unnest($1::text[], $2::text[]) AS k(source, event_id)
+           JOIN processed_events p ON p.source = k.source AND p.event_id = k.event_id"#,
+        sources,
+        event_ids,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+#[derive(Debug, Default)]
+pub struct NewProcessed {
+    pub sources: Vec<String>,
+    pub event_ids: Vec<String>,
+    pub outcomes: Vec<String>,
+    pub user_ids: Vec<Option<Uuid>>,
+    pub binding_ids: Vec<Option<Uuid>>,
+    pub reasons: Vec<Option<String>>,
+}
+
+impl NewProcessed {
+    pub fn push(
+        &mut self,
+        source: &str,
+        event_id: &str,
+        outcome: &str,
+        user_id: Option<Uuid>,
+        binding_id: Option<Uuid>,
+        reason: Option<String>,
+    ) {
+        self.sources.push(source.to_owned());
+        self.event_ids.push(event_id.to_owned());
+        self.outcomes.push(outcome.to_owned());
+        self.user_ids.push(user_id);
+        self.binding_ids.push(binding_id);
+        self.reasons.push(reason);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+}
+
+pub async fn insert_many(conn: &mut PgConnection, rows: &NewProcessed) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::text[])"#,
+        &rows.sources,
+        &rows.event_ids,
+        &rows.outcomes,
+        &rows.user_ids as &[Option<Uuid>],
+        &rows.binding_ids as &[Option<Uuid>],
+        &rows.reasons as &[Option<String>],
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

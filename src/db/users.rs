@@ -1,0 +1,209 @@
+//! The `users` table. Emails, phones and usernames are stored normalised and are unique per pool.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// A user as matching sees it, with the connections it already holds an identity of.
+#[derive(Debug, Clone)]
+pub struct MatchRow {
+    pub id: Uuid,
+    pub user_pool_id: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub username: Option<String>,
+    pub linked_connections: Vec<String>,
+}
+
+/// `(pool, value)` pairs to look up, one list per field.
+#[derive(Debug, Default)]
+pub struct FieldKeys {
+    pub email_pools: Vec<String>,
+    pub emails: Vec<String>,
+    pub phone_pools: Vec<String>,
+    pub phones: Vec<String>,
+    pub username_pools: Vec<String>,
+    pub usernames: Vec<String>,
+}
+
+/// Every user holding one of the given normalised values in the given pool. Three index lookups
+/// joined by UNION, so the cost follows the number of keys, not the size of the table.
+pub async fn find_by_fields(
+    conn: &mut PgConnection,
+    keys: &FieldKeys,
+) -> sqlx::Result<Vec<MatchRow>> {
+    if keys.emails.is_empty() && keys.phones.is_empty() && keys.usernames.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as!(
+        MatchRow,
+        r#"SELECT u.id, u.user_pool_id, u.email, u.phone, u.username,
+                  ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id) AS "linked_connections!"
+           FROM users u
+           WHERE u.id IN (
+               SELECT u.id FROM unnest($1::text[], $2::text[]) AS k(pool, v)
+                 JOIN users u ON u.user_pool_id = k.pool AND u.email = k.v
+               UNION
+               SELECT u.id FROM unnest($3::text[], $4::text[]) AS k(pool, v)
+                 JOIN users u ON u.user_pool_id = k.pool AND u.phone = k.v
+               UNION
+               SELECT u.id FROM unnest($5::text[], $6::text[]) AS k(pool, v)
+                 JOIN users u ON u.user_pool_id = k.pool AND u.username = k.v)"#,
+        &keys.email_pools,
+        &keys.emails,
+        &keys.phone_pools,
+        &keys.phones,
+        &keys.username_pools,
+        &keys.usernames,
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// New users, as parallel columns.
+#[derive(Debug, Default)]
+pub struct NewUsers {
+    pub ids: Vec<Uuid>,
+    pub pools: Vec<String>,
+    pub emails: Vec<Option<String>>,
+    pub email_verified: Vec<bool>,
+    pub phones: Vec<Option<String>>,
+    pub phone_verified: Vec<bool>,
+    pub usernames: Vec<Option<String>>,
+    pub names: Vec<Option<String>>,
+}
+
+impl NewUsers {
+    pub fn push(&mut self, user: &UserRecord) {
+        self.ids.push(user.id);
+        self.pools.push(user.user_pool_id.clone());
+        self.emails.push(user.email.clone());
+        self.email_verified.push(user.email_verified);
+        self.phones.push(user.phone.clone());
+        self.phone_verified.push(user.phone_verified);
+        self.usernames.push(user.username.clone());
+        self.names.push(user.name.clone());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+pub async fn insert_many(conn: &mut PgConnection, users: &NewUsers) -> sqlx::Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[],
+                                $6::bool[], $7::text[], $8::text[])"#,
+        &users.ids,
+        &users.pools,
+        &users.emails as &[Option<String>],
+        &users.email_verified,
+        &users.phones as &[Option<String>],
+        &users.phone_verified,
+        &users.usernames as &[Option<String>],
+        &users.names as &[Option<String>],
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A whole user row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub user_pool_id: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub phone: Option<String>,
+    pub phone_verified: bool,
+    pub username: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub user_pool_id: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub phone: Option<String>,
+    pub phone_verified: bool,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    pub fn record(&self) -> UserRecord {
+        UserRecord {
+            id: self.id,
+            user_pool_id: self.user_pool_id.clone(),
+            email: self.email.clone(),
+            email_verified: self.email_verified,
+            phone: self.phone.clone(),
+            phone_verified: self.phone_verified,
+            username: self.username.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
+                  created_at, updated_at
+           FROM users WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Users of a pool holding any of the given normalised values (each may be absent).
+pub async fn find_holders(
+    conn: &mut PgConnection,
+    pool: &str,
+    email: Option<&str>,
+    phone: Option<&str>,
+    username: Option<&str>,
+) -> sqlx::Result<Vec<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
+                  created_at, updated_at
+           FROM users
+           WHERE user_pool_id = $1 AND (email = $2 OR phone = $3 OR username = $4)
+           ORDER BY id"#,
+        pool,
+        email,
+        phone,
+        username
+    )
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<()> {
+    sqlx::query!(
+        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        user.id,
+        user.user_pool_id,
+        user.email,
+        user.email_verified,
+        user.phone,
+        user.phone_verified,
+        user.username,
+        user.name,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Liveness of the process's dependencies, written by the worker and the relay, read by
+//! `/readyz`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use serde::Serialize;
+
+#[derive(Clone, Default)]
+pub struct Health(Arc<Flags>);
+
+#[derive(Default)]
+struct Flags {
+    database: AtomicBool,
+    consumer: AtomicBool,
+    publisher: AtomicBool,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// The last database operation succeeded.
+    pub database: bool,
+    /// Connected to the broker, topology declared, consuming.
+    pub consumer: bool,
+    /// The outbox relay is connected with publisher confirms.
+    pub publisher: bool,
+}
+
+impl Health {
+    pub fn set_database(&self, up: bool) {
+        self.0.database.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_consumer(&self, up: bool) {
+        self.0.consumer.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_publisher(&self, up: bool) {
+        self.0.publisher.store(up, Ordering::Relaxed);
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let database = self.0.database.load(Ordering::Relaxed);
+        let consumer = self.0.consumer.load(Ordering::Relaxed);
+        let publisher = self.0.publisher.load(Ordering::Relaxed);
+        Readiness {
+            ready: database && consumer && publisher,
+            database,
+            consumer,
+            publisher,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Prometheus metrics of the worker and the relay, served at `/metrics` (OpenMetrics text).
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabel {
+    pub component: &'static str,
+}
+
+/// Cheap to clone: every metric is an `Arc` inside.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub decisions: Family<OutcomeLabel, Counter>,
+    pub duplicates: Counter,
+    pub dead_letters: Family<ReasonLabel, Counter>,
+    pub processing_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub transient_errors: Family<ComponentLabel, Counter>,
+    pub outbox_backlog: Gauge,
+    pub outbox_published: Family<KindLabel, Counter>,
+    pub outbox_unrouted: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let decisions = Family::<OutcomeLabel, Counter>::default();
+        let duplicates = Counter::default();
+        let dead_letters = Family::<ReasonLabel, Counter>::default();
+        // 0.5 ms to ~16 s.
+        let processing_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        let transient_errors = Family::<ComponentLabel, Counter>::default();
+        let outbox_backlog = Gauge::default();
+        let outbox_published = Family::<KindLabel, Counter>::default();
+        let outbox_unrouted = Counter::default();
+
+        let mut registry = Registry::with_prefix("idsync");
+        registry.register(
+            "decisions",
+            "Login events decided, by outcome (duplicates included, dead letters excluded)",
+            decisions.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Login events already processed, answered with their first decision",
+            duplicates.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages dead-lettered, by reason",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "processing_seconds",
+            "Time from receiving a login event to acknowledging it",
+            processing_seconds.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Login events decided per transaction",
+            batch_size.clone(),
+        );
+        registry.register(
+            "transient_errors",
+            "Failures retried with backoff (database or broker unavailable), by component",
+            transient_errors.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Outbox rows committed and not yet published",
+            outbox_backlog.clone(),
+        );
+        registry.register(
+            "outbox_published",
+            "Outbox rows published with a broker confirm, by kind (event, reply)",
+            outbox_published.clone(),
+        );
+        registry.register(
+            "outbox_unrouted",
+            "Events the broker accepted but no queue was bound for",
+            outbox_unrouted.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            decisions,
+            duplicates,
+            dead_letters,
+            processing_seconds,
+            batch_size,
+            transient_errors,
+            outbox_backlog,
+            outbox_published,
+            outbox_unrouted,
+        }
+    }
+
+    pub fn transient(&self, component: &'static str) {
+        self.transient_errors
+            .get_or_create(&ComponentLabel { component })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,435 @@
+//! The application core: decides a batch of login events in one database transaction. It loads
+//! what the decision needs in a few set-based queries, decides each event in order against an
+//! in-memory view of the batch, and writes every effect (users, identities, bindings, dedupe
+//! records, outbox rows) in a few more. Broker concerns stay with the caller.
+
+mod state;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::db::{
+    bindings::{self, NewBindings},
+    connections,
+    identities::{self, IdentityKeys, IdentityWrites},
+    locks::LockSet,
+    outbox::{self, NewOutbox},
+    processed::{self, NewProcessed},
+    users::{self, FieldKeys, NewUsers, UserRecord},
+};
+use crate::domain::{
+    ConnectionSettings,
+    decision::{self, Action, Outcome, UNKNOWN_USER},
+    events::{
+        BindingExpired, BindingPending, EventType, IdentityRef, LinkMethod, LoginRejected,
+        OutboundEvent, Reply, UserCreated, UserLinked, UserSummary,
+    },
+    login::{LoginEvent, NormalizedFields, Rejection, RejectionKind},
+};
+use state::{BatchState, identity_key};
+
+/// One login, decoded and validated, with where its reply goes.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub event: LoginEvent,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+/// What became of one login of a committed batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Decided now (or earlier, for a duplicate); effects and reply are committed.
+    Decided { reply: Reply, duplicate: bool },
+    /// Cannot be processed: dead-letter it. Nothing was written for it.
+    Rejected(Rejection),
+}
+
+#[derive(Clone)]
+pub struct Pipeline {
+    pool: PgPool,
+    /// This process's id, stamped on outbox rows.
+    origin: Uuid,
+}
+
+impl Pipeline {
+    pub fn new(pool: PgPool, origin: Uuid) -> Self {
+        Self { pool, origin }
+    }
+
+    pub fn origin(&self) -> Uuid {
+        self.origin
+    }
+
+    /// Decides `batch` in one transaction, in order. On error nothing is committed.
+    pub async fn process(&self, batch: &[Inbound]) -> sqlx::Result<Vec<Verdict>> {
+        let mut tx = self.pool.begin().await?;
+        let verdicts = decide_batch(&mut tx, self.origin, batch, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(verdicts)
+    }
+}
+
+async fn decide_batch(
+    conn: &mut PgConnection,
+    origin: Uuid,
+    batch: &[Inbound],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Verdict>> {
+    // Connections first: phone normalisation depends on their settings.
+    let mut pairs: Vec<(&str, &str)> = batch
+        .iter()
+        .map(|m| (m.event.user_pool_id.as_str(), m.event.connection.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (pools, idents): (Vec<String>, Vec<String>) = pairs
+        .iter()
+        .map(|(p, c)| ((*p).to_owned(), (*c).to_owned()))
+        .unzip();
+    let settings: HashMap<(String, String), ConnectionSettings> =
+        connections::find_many(conn, &pools, &idents)
+            .await?
+            .into_iter()
+            .map(|c| {
+                (
+                    (
+                        c.user_pool_id.as_str().to_owned(),
+                        c.identifier.as_str().to_owned(),
+                    ),
+                    c,
+                )
+            })
+            .collect();
+
+    let mut locks = LockSet::new();
+    let mut id_keys = IdentityKeys::default();
+    let mut field_keys = FieldKeys::default();
+    let mut sources = Vec::new();
+    let mut event_ids = Vec::new();
+    // Per message: its connection and normalised fields, or why it cannot be processed.
+    let mut prepared: Vec<Result<(&ConnectionSettings, NormalizedFields), Rejection>> =
+        Vec::with_capacity(batch.len());
+    for message in batch {
+        let event = &message.event;
+        let pool = event.user_pool_id.as_str();
+        let Some(settings) = settings.get(&(pool.to_owned(), event.connection.as_str().to_owned()))
+        else {
+            prepared.push(Err(Rejection::new(
+                RejectionKind::UnknownConnection,
+                format!(
+                    "no connection {:?} in user pool {:?}",
+                    event.connection.as_str(),
+                    pool
+                ),
+            )));
+            continue;
+        };
+        let fields = NormalizedFields::of(&event.profile, settings);
+        locks.identity(pool, event.connection.as_str(), &event.external_id);
+        id_keys.push(pool, event.connection.as_str(), &event.external_id);
+        sources.push(event.source.clone());
+        event_ids.push(event.id.clone());
+        if let Some(email) = &fields.email {
+            locks.email(pool, email);
+            field_keys.email_pools.push(pool.to_owned());
+            field_keys.emails.push(email.as_str().to_owned());
+        }
+        if let Some(phone) = &fields.phone {
+            locks.phone(pool, phone);
+            field_keys.phone_pools.push(pool.to_owned());
+            field_keys.phones.push(phone.as_str().to_owned());
+        }
+        if let Some(username) = &fields.username {
+            locks.username(pool, username);
+            field_keys.username_pools.push(pool.to_owned());
+            field_keys.usernames.push(username.as_str().to_owned());
+        }
+        prepared.push(Ok((settings, fields)));
+    }
+
+    // After the locks, every read below sees the commits of whoever held them before us.
+    locks.acquire(conn).await?;
+    let processed_rows = processed::find_many(conn, &sources, &event_ids).await?;
+    let links = identities::find_links(conn, &id_keys).await?;
+    let pending = bindings::find_pending(conn, &id_keys).await?;
+    let pool_users = users::find_by_fields(conn, &field_keys).await?;
+    let mut state = BatchState::load(processed_rows, links, pending, pool_users);
+
+    let mut writes = Writes::default();
+    let mut verdicts = Vec::with_capacity(batch.len());
+    for (message, prepared) in batch.iter().zip(prepared) {
+        let verdict = match prepared {
+            Err(rejection) => Verdict::Rejected(rejection),
+            Ok((settings, fields)) => {
+                decide_one(message, settings, &fields, &mut state, &mut writes, now)
+            }
+        };
+        if let (Verdict::Decided { reply, .. }, Some(reply_to)) = (&verdict, &message.reply_to) {
+            writes.outbox.reply(
+                reply_to,
+                message.correlation_id.as_deref(),
+                serde_json::to_value(reply).expect("reply serialises"),
+            );
+        }
+        verdicts.push(verdict);
+    }
+
+    writes.flush(conn, origin).await?;
+    Ok(verdicts)
+}
+
+/// Every write of a batch, gathered while deciding and flushed in a fixed order.
+#[derive(Default)]
+struct Writes {
+    expired: Vec<Uuid>,
+    users: NewUsers,
+    new_identities: IdentityWrites,
+    touched: IdentityWrites,
+    touched_index: HashMap<(String, String, String), usize>,
+    bindings: NewBindings,
+    processed: NewProcessed,
+    outbox: NewOutbox,
+}
+
+impl Writes {
+    fn touch(&mut self, event: &LoginEvent, user_id: Uuid, profile: Value) {
+        let key = identity_key(event);
+        // The same identity twice in a batch: its latest profile wins.
+        if let Some(&i) = self.touched_index.get(&key) {
+            self.touched.profiles[i] = profile;
+            return;
+        }
+        self.touched_index.insert(key, self.touched.user_ids.len());
+        self.touched.push(
+            event.user_pool_id.as_str(),
+            event.connection.as_str(),
+            &event.external_id,
+            user_id,
+            profile,
+        );
+    }
+
+    async fn flush(&self, conn: &mut PgConnection, origin: Uuid) -> sqlx::Result<()> {
+        // Expiring first frees the one-pending-binding-per-identity slot for a new binding.
+        bindings::expire(conn, &self.expired).await?;
+        users::insert_many(conn, &self.users).await?;
+        identities::insert_many(conn, &self.new_identities).await?;
+        identities::touch_many(conn, &self.touched).await?;
+        bindings::insert_many(conn, &self.bindings).await?;
+        processed::insert_many(conn, &self.processed).await?;
+        outbox::insert_many(conn, origin, &self.outbox).await?;
+        Ok(())
+    }
+}
+
+fn identity_ref(event: &LoginEvent) -> IdentityRef {
+    IdentityRef {
+        connection: event.connection.as_str().to_owned(),
+        external_id: event.external_id.clone(),
+    }
+}
+
+fn decide_one(
+    message: &Inbound,
+    settings: &ConnectionSettings,
+    fields: &NormalizedFields,
+    state: &mut BatchState,
+    writes: &mut Writes,
+    now: DateTime<Utc>,
+) -> Verdict {
+    let event = &message.event;
+    if let Some(prior) = state.processed(event) {
+        return Verdict::Decided {
+            reply: prior.clone(),
+            duplicate: true,
+        };
+    }
+    let pool = event.user_pool_id.as_str();
+    let key = identity_key(event);
+    let profile = Value::Object(event.profile.raw.clone());
+    let decision = decision::decide(fields, settings, &state.situation(event, fields), now);
+
+    if let Some(binding_id) = decision.expire_binding {
+        state.expire_binding(&key);
+        writes.expired.push(binding_id);
+        let data = BindingExpired {
+            binding_id,
+            user_pool_id: pool,
+            identity: identity_ref(event),
+        };
+        writes.outbox.event(OutboundEvent::new(
+            EventType::BindingExpired,
+            binding_id,
+            data,
+            now,
+        ));
+    }
+
+    let outcome = decision.action.outcome();
+    let mut reply = Reply {
+        event_id: Some(event.id.clone()),
+        outcome,
+        user_id: None,
+        binding_id: None,
+        reason: None,
+    };
+    let cause = Some(event.id.as_str());
+    match decision.action {
+        Action::ExistingUser { user_id } => {
+            writes.touch(event, user_id, profile);
+            reply.user_id = Some(user_id);
+        }
+        Action::StillPending { binding_id, reason } => {
+            reply.binding_id = Some(binding_id);
+            reply.reason = Some(reason.as_str().to_owned());
+        }
+        Action::Link {
+            user_id,
+            matched_on,
+        } => {
+            writes
+                .new_identities
+                .push(pool, key.1.as_str(), &key.2, user_id, profile);
+            state.link(key, user_id);
+            let data = UserLinked {
+                user_pool_id: pool,
+                user_id,
+                identity: identity_ref(event),
+                method: LinkMethod::FieldMatching,
+                matched_on,
+                cause_event_id: cause,
+            };
+            writes.outbox.event(OutboundEvent::new(
+                EventType::UserLinked,
+                user_id,
+                data,
+                now,
+            ));
+            reply.user_id = Some(user_id);
+        }
+        Action::OpenBinding { candidates, reason } => {
+            let binding_id = Uuid::now_v7();
+            let expires_at = now
+                + chrono::Duration::from_std(settings.binding_ttl)
+                    .unwrap_or(chrono::Duration::hours(72));
+            writes.bindings.push(
+                binding_id,
+                pool,
+                &key.1,
+                &key.2,
+                profile,
+                reason.as_str(),
+                &candidates,
+                cause,
+                expires_at,
+            );
+            state.open_binding(
+                key,
+                decision::PendingBinding {
+                    id: binding_id,
+                    reason,
+                    expires_at,
+                },
+            );
+            let data = BindingPending {
+                binding_id,
+                user_pool_id: pool,
+                identity: identity_ref(event),
+                candidates,
+                reason: reason.as_str(),
+                expires_at,
+                cause_event_id: cause,
+            };
+            writes.outbox.event(OutboundEvent::new(
+                EventType::BindingPending,
+                binding_id,
+                data,
+                now,
+            ));
+            reply.binding_id = Some(binding_id);
+            reply.reason = Some(reason.as_str().to_owned());
+        }
+        Action::Reject => {
+            let data = LoginRejected {
+                user_pool_id: pool,
+                identity: identity_ref(event),
+                reason: UNKNOWN_USER,
+                cause_event_id: cause,
+            };
+            let subject = format!("{}/{}", key.1, key.2);
+            writes.outbox.event(OutboundEvent::new(
+                EventType::LoginRejected,
+                subject,
+                data,
+                now,
+            ));
+            reply.reason = Some(UNKNOWN_USER.to_owned());
+        }
+        Action::CreateUser(new) => {
+            let user_id = Uuid::now_v7();
+            let record = UserRecord {
+                id: user_id,
+                user_pool_id: pool.to_owned(),
+                email: new.email.as_ref().map(|e| e.as_str().to_owned()),
+                email_verified: new.email_verified,
+                phone: new.phone.as_ref().map(|p| p.as_str().to_owned()),
+                phone_verified: new.phone_verified,
+                username: new.username.as_ref().map(|u| u.as_str().to_owned()),
+                name: new.name.clone(),
+            };
+            writes.users.push(&record);
+            state.add_user(user_id, pool, new.email, new.phone, new.username);
+            writes
+                .new_identities
+                .push(pool, &key.1, &key.2, user_id, profile);
+            state.link(key, user_id);
+            let data = UserCreated {
+                user_pool_id: pool,
+                user: UserSummary {
+                    id: user_id,
+                    email: record.email,
+                    phone: record.phone,
+                    username: record.username,
+                    name: record.name,
+                },
+                identity: identity_ref(event),
+                cause_event_id: cause,
+            };
+            writes.outbox.event(OutboundEvent::new(
+                EventType::UserCreated,
+                user_id,
+                data,
+                now,
+            ));
+            reply.user_id = Some(user_id);
+        }
+    }
+    debug_assert_ne!(outcome, Outcome::Error);
+    writes.processed.push(
+        &event.source,
+        &event.id,
+        outcome.as_str(),
+        reply.user_id,
+        reply.binding_id,
+        reply.reason.clone(),
+    );
+    state.record_processed(event, reply.clone());
+    Verdict::Decided {
+        reply,
+        duplicate: false,
+    }
+}
+
+/// Writes a connection from the config file or the admin API.
+pub async fn upsert_connections(pool: &PgPool, list: &[ConnectionSettings]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    for c in list {
+        connections::upsert(&mut tx, c).await?;
+    }
+    tx.commit().await
+}

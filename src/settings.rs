@@ -1,0 +1,258 @@
+//! Configuration: built-in defaults, then the `--config` TOML file, then `IDSYNC__SECTION__KEY`
+//! environment variables. Validated once at start; a bad value stops the program with one line.
+
+use std::{path::Path, time::Duration};
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::connection::{ConnectionSettings, ConnectionSpec};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub admin: AdminSettings,
+    pub worker: WorkerSettings,
+    pub outbox: OutboxSettings,
+    pub log: LogSettings,
+    pub connections: Vec<ConnectionSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    /// The worker holds one connection for its batch transaction, the outbox relay one, the
+    /// background jobs and the admin API the rest; 10 leaves room for admin bursts without
+    /// taking a large share of PostgreSQL's default 100 connections per worker process.
+    pub max_connections: u32,
+    /// How long `run` and `migrate` keep retrying an unreachable database at start.
+    #[serde(deserialize_with = "duration")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/identity_sync"),
+            max_connections: 10,
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpSettings {
+    /// The vhost is part of the URL (`%2f` is the default vhost `/`).
+    pub url: SecretString,
+    /// Unacknowledged deliveries the broker may push to one worker. Large enough to fill a batch
+    /// while the previous batch commits, small enough that a crash redelivers little.
+    pub prefetch: u16,
+    pub inbound_exchange: String,
+    pub routing_key: String,
+    pub work_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub events_exchange: String,
+    /// `x-delivery-limit` of the work queue: after this many redeliveries (crashes, connection
+    /// losses) a message is dead-lettered by the broker.
+    pub delivery_limit: u32,
+    /// When not empty, only messages whose AMQP `user_id` is in this list are accepted.
+    pub trusted_publishers: Vec<String>,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            prefetch: 256,
+            inbound_exchange: "idsync.in".into(),
+            routing_key: "login.completed".into(),
+            work_queue: "idsync.login-completed".into(),
+            dead_letter_exchange: "idsync.dlx".into(),
+            dead_letter_queue: "idsync.login-completed.dlq".into(),
+            events_exchange: "idsync.events".into(),
+            delivery_limit: 20,
+            trusted_publishers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// `host:port`; port 0 picks a free port, which is logged.
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    pub max_message_bytes: usize,
+    /// Most login events decided in one database transaction.
+    pub batch_size: usize,
+    /// Longest wait between retries of a transient failure (database or broker unavailable).
+    #[serde(deserialize_with = "duration")]
+    pub max_retry_delay: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 65536,
+            batch_size: 64,
+            max_retry_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Rows published per relay round.
+    pub batch_size: i64,
+    /// Fallback wake-up of the relay when no commit signalled it.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Unpublished rows of another process older than this are adopted (their writer stopped).
+    #[serde(deserialize_with = "duration")]
+    pub orphan_after: Duration,
+    /// `false` (default): an event no queue is bound for is recorded as published and unrouted
+    /// (replayable later). `true`: it is held and retried until a queue is bound.
+    pub retry_unroutable: bool,
+    /// How long an unconfirmed publish may take before the round is retried.
+    #[serde(deserialize_with = "duration")]
+    pub confirm_timeout: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            poll_interval: Duration::from_secs(1),
+            orphan_after: Duration::from_secs(30),
+            retry_unroutable: false,
+            confirm_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `file`, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(SettingsError::Invalid(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("IDSYNC")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("amqp.trusted_publishers"),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |m: String| Err(SettingsError::Invalid(m));
+        if self.amqp.prefetch == 0 {
+            return invalid("amqp.prefetch must be at least 1".into());
+        }
+        if self.worker.batch_size == 0 {
+            return invalid("worker.batch_size must be at least 1".into());
+        }
+        if self.worker.max_message_bytes == 0 {
+            return invalid("worker.max_message_bytes must be at least 1".into());
+        }
+        if self.database.max_connections < 3 {
+            return invalid("database.max_connections must be at least 3".into());
+        }
+        if self.outbox.batch_size < 1 {
+            return invalid("outbox.batch_size must be at least 1".into());
+        }
+        if self.amqp.delivery_limit < 1 {
+            return invalid("amqp.delivery_limit must be at least 1".into());
+        }
+        self.connection_settings().map(|_| ())
+    }
+
+    /// The `[[connections]]` tables, validated; an error names the table and the field.
+    pub fn connection_settings(&self) -> Result<Vec<ConnectionSettings>, SettingsError> {
+        let mut out: Vec<ConnectionSettings> = Vec::with_capacity(self.connections.len());
+        for (i, spec) in self.connections.iter().enumerate() {
+            let name = spec.identifier.as_deref().unwrap_or("?");
+            let settings = ConnectionSettings::validate(spec)
+                .map_err(|e| SettingsError::Invalid(format!("connections[{i}] ({name}): {e}")))?;
+            if out.iter().any(|c| {
+                c.identifier == settings.identifier && c.user_pool_id == settings.user_pool_id
+            }) {
+                return Err(SettingsError::Invalid(format!(
+                    "connections[{i}] ({name}): defined twice for user pool {}",
+                    settings.user_pool_id
+                )));
+            }
+            out.push(settings);
+        }
+        Ok(out)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    humantime::parse_duration(&raw)
+        .map_err(|e| serde::de::Error::custom(format!("{raw:?} is not a duration: {e}")))
+}

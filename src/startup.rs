@@ -1,0 +1,129 @@
+//! Wiring: `Application::build` connects, migrates, applies the configured connections and binds
+//! the HTTP listener; `run_until_stopped` runs the worker, the outbox relay and the HTTP side
+//! until the shutdown token is cancelled, then stops them in order.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    amqp::consumer::Worker,
+    db,
+    health::Health,
+    http::{self, AppState},
+    metrics::Metrics,
+    pipeline::{self, Pipeline},
+    relay::Relay,
+    settings::Settings,
+};
+
+/// Everything in flight must be finished within this after a stop is requested.
+const STOP_DEADLINE: Duration = Duration::from_secs(9);
+
+pub struct Application {
+    settings: Arc<Settings>,
+    pool: PgPool,
+    listener: TcpListener,
+    address: SocketAddr,
+    origin: Uuid,
+    metrics: Metrics,
+    health: Health,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let connections = settings.connection_settings()?;
+        let pool = db::connect_and_migrate(&settings.database).await?;
+        pipeline::upsert_connections(&pool, &connections)
+            .await
+            .context("applying [[connections]] from the configuration")?;
+        let listener = TcpListener::bind(&settings.admin.listen)
+            .await
+            .with_context(|| format!("admin.listen: cannot listen on {}", settings.admin.listen))?;
+        let address = listener.local_addr()?;
+        let health = Health::default();
+        health.set_database(true);
+        Ok(Self {
+            settings: Arc::new(settings),
+            pool,
+            listener,
+            address,
+            origin: Uuid::now_v7(),
+            metrics: Metrics::new(),
+            health,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(address = %self.address, origin = %self.origin, "identity-sync running");
+        let relay_wake = Arc::new(Notify::new());
+        let relay_stop = CancellationToken::new();
+        let http_stop = CancellationToken::new();
+
+        let pipeline = Pipeline::new(self.pool.clone(), self.origin);
+        let worker = Worker::new(
+            self.settings.clone(),
+            pipeline,
+            self.metrics.clone(),
+            self.health.clone(),
+            relay_wake.clone(),
+            shutdown.clone(),
+        );
+        let relay = Relay::new(
+            self.settings.clone(),
+            self.pool.clone(),
+            self.origin,
+            relay_wake,
+            self.metrics.clone(),
+            self.health.clone(),
+            relay_stop.clone(),
+        );
+        let router = http::router(AppState {
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let http_shutdown = http_stop.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .await
+        });
+        let mut worker = tokio::spawn(worker.run());
+        let mut relay = tokio::spawn(relay.run());
+
+        shutdown.cancelled().await;
+        tracing::info!("stopping: finishing messages in flight");
+        let stop = async {
+            // The worker first, so that the relay's last round includes its last commits.
+            let _ = (&mut worker).await;
+            relay_stop.cancel();
+            let _ = (&mut relay).await;
+        };
+        if tokio::time::timeout(STOP_DEADLINE, stop).await.is_err() {
+            tracing::warn!("stop deadline reached; unacknowledged messages will be redelivered");
+            worker.abort();
+            relay.abort();
+        }
+        http_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        self.pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
