@@ -1,0 +1,132 @@
+//! Correctness under concurrency: many copies of one new identity, or several identities with the
+//! same new email, spread over prefetched batches and two worker processes on one queue.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::*;
+use identity_sync::domain::decision::Outcome;
+
+async fn outcomes(broker: &mut Broker, pending: Vec<String>) -> HashMap<Outcome, usize> {
+    let mut seen = HashMap::new();
+    for correlation_id in pending {
+        *seen
+            .entry(broker.reply(&correlation_id).await.outcome)
+            .or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn forty_copies_of_one_new_identity_with_two_workers_give_one_user() {
+    let services = Services::new().await;
+    let mut broker = Broker::connect(&services).await;
+    let first = TestApp::spawn(&services).await;
+    let second = TestApp::spawn(&services).await;
+    let db = services.db().await;
+
+    let mut pending = Vec::new();
+    for _ in 0..40 {
+        // Distinct event ids: these are 40 logins of one person, not one login redelivered.
+        let event = login(
+            "matching",
+            "the-same-person",
+            json!({"email": "one@example.com", "email_verified": true}),
+        );
+        pending.push(broker.request(&event).await);
+    }
+    let seen = outcomes(&mut broker, pending).await;
+    assert_eq!(seen.get(&Outcome::UserCreated), Some(&1), "{seen:?}");
+    assert_eq!(seen.get(&Outcome::ExistingUser), Some(&39), "{seen:?}");
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM identities").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM processed_events").await,
+        40
+    );
+    let created = broker.next_event().await;
+    assert_eq!(created.body["type"], "user.created");
+    broker.no_more_events().await;
+    let decided = first
+        .metric("idsync_decisions_total{outcome=\"existing_user\"}")
+        .await
+        + second
+            .metric("idsync_decisions_total{outcome=\"existing_user\"}")
+            .await;
+    assert_eq!(decided, 39.0);
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn identities_sharing_a_new_email_end_on_one_account() {
+    let services = Services::new().await;
+    let mut broker = Broker::connect(&services).await;
+    let first = TestApp::spawn(&services).await;
+    let second = TestApp::spawn(&services).await;
+    let db = services.db().await;
+
+    // Two identities (two field-matching connections) with one new email, ten logins each.
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        for connection in ["matching", "trusting"] {
+            let event = login(
+                connection,
+                "shared",
+                json!({"email": "Shared@Example.com", "email_verified": true}),
+            );
+            pending.push(broker.request(&event).await);
+        }
+    }
+    let seen = outcomes(&mut broker, pending).await;
+    assert_eq!(seen.get(&Outcome::UserCreated), Some(&1), "{seen:?}");
+    assert_eq!(seen.get(&Outcome::UserLinked), Some(&1), "{seen:?}");
+    assert_eq!(seen.get(&Outcome::ExistingUser), Some(&18), "{seen:?}");
+    let users: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM users")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 1);
+    let linked: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM identities")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(linked, vec![users[0], users[0]]);
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_email_goes_to_exactly_one_of_several_new_accounts() {
+    let services = Services::new().await;
+    let mut broker = Broker::connect(&services).await;
+    let first = TestApp::spawn(&services).await;
+    let second = TestApp::spawn(&services).await;
+    let db = services.db().await;
+
+    // Association disabled: five different people claim the same verified email.
+    let mut pending = Vec::new();
+    for n in 0..5 {
+        let event = login(
+            "plain",
+            &format!("person-{n}"),
+            json!({"email": "contested@example.com", "email_verified": true}),
+        );
+        pending.push(broker.request(&event).await);
+    }
+    let seen = outcomes(&mut broker, pending).await;
+    assert_eq!(seen.get(&Outcome::UserCreated), Some(&5));
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 5);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM users WHERE email = 'contested@example.com'"
+        )
+        .await,
+        1
+    );
+    first.stop().await;
+    second.stop().await;
+}

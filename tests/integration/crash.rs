@@ -1,0 +1,121 @@
+//! Nothing is lost: events published while no worker runs, and a worker killed with kill -9 in
+//! the middle of a stream, all end decided exactly once.
+
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn events_published_while_the_worker_is_down_are_processed_after_start() {
+    let services = Services::new().await;
+    let broker = Broker::connect(&services).await;
+    for n in 0..200 {
+        broker
+            .send(&login("plain", &format!("early-{n}"), json!({})))
+            .await;
+    }
+    assert_eq!(broker.queue_depth(broker.work_queue()).await, 200);
+    let app = TestApp::spawn(&services).await;
+    let db = services.db().await;
+    wait_until(WAIT, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == 200
+    })
+    .await
+    .expect("every waiting event decided");
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 200);
+    wait_until(WAIT, || async {
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        )
+        .await
+            == 0
+    })
+    .await
+    .expect("every event published");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_redelivers_without_double_effects() {
+    let services = Services::new().await;
+    let mut broker = Broker::connect(&services).await;
+    let db = services.migrate().await;
+
+    // 600 people, each logging in three times: 1800 events, 600 users expected.
+    let people = 600;
+    for round in 0..3 {
+        for n in 0..people {
+            broker
+                .send(&login(
+                    "plain",
+                    &format!("p-{n}"),
+                    json!({"name": format!("round {round}")}),
+                ))
+                .await;
+        }
+    }
+    let total = people * 3;
+    let mut kills = 0;
+    for threshold in [200, 700, 1200] {
+        let mut worker = WorkerProcess::start(&services);
+        let reached = wait_until(WAIT, || async {
+            count(&db, "SELECT count(*) FROM processed_events").await >= threshold
+        })
+        .await;
+        worker.kill();
+        if reached.is_ok() {
+            kills += 1;
+        }
+    }
+    assert_eq!(kills, 3, "the worker made progress before each kill");
+    let mut worker = WorkerProcess::start(&services);
+    wait_until(WAIT * 2, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == total as i64
+    })
+    .await
+    .expect("every event decided once the worker runs again");
+    wait_until(WAIT, || async {
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        )
+        .await
+            == 0
+    })
+    .await
+    .expect("the outbox drained, orphaned rows included");
+
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM users").await,
+        people as i64,
+        "no duplicate account"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM identities").await,
+        people as i64
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox WHERE kind = 'event'").await,
+        people as i64,
+        "one user.created per person"
+    );
+    // Consumers dedupe on the event id: every user.created id seen is one of the 600.
+    let mut ids = HashSet::new();
+    while let Some(event) = broker
+        .next_event_within(std::time::Duration::from_secs(2))
+        .await
+    {
+        assert_eq!(event.body["type"], "user.created");
+        ids.insert(event.body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        ids.len(),
+        people,
+        "every user.created published, none with a second id"
+    );
+    assert_eq!(broker.queue_depth(broker.work_queue()).await, 0);
+    assert_eq!(worker.terminate().code(), Some(0), "graceful stop exits 0");
+}

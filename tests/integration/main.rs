@@ -1,0 +1,12 @@
+//! Integration tests against the real PostgreSQL and RabbitMQ of the machine. Each test has its
+//! own database and vhost (see `helpers`), so they run in parallel and leave nothing behind.
+
+mod helpers;
+
+mod cli;
+mod concurrency;
+mod crash;
+mod dead_letters;
+mod dedupe;
+mod http;
+mod outcomes;
