@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile with the committed `.sqlx/` query data (no database needed), then
+# ship the binary alone on a slim Debian image as an unprivileged user.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so that editing the code does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY .sqlx .sqlx
+COPY migrations migrations
+COPY src src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home identity-sync
+COPY --from=build /src/target/release/identity-sync /usr/local/bin/identity-sync
+USER identity-sync
+ENV IDSYNC__ADMIN__LISTEN=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["identity-sync"]
+CMD ["run"]
