@@ -237,8 +237,7 @@ impl Relay {
                     } else if outbox_settings.retry_unroutable {
                         held += 1;
                     } else {
-                        tracing::warn!(event_type = %row.routing_key, event_id = %row.message_id, "no queue is bound for this event type; kept for replay");
-                        self.metrics.outbox_unrouted.inc();
+                        tracing::debug!(event_type = %row.routing_key, event_id = %row.message_id, "unroutable event");
                         unrouted.push(row.id);
                     }
                 }
@@ -247,6 +246,13 @@ impl Relay {
                     held += 1;
                 }
             }
+        }
+        if !unrouted.is_empty() {
+            self.metrics.outbox_unrouted.inc_by(unrouted.len() as u64);
+            tracing::warn!(
+                count = unrouted.len(),
+                "events published with no queue bound for their type; kept for replay"
+            );
         }
         outbox::settle(&mut tx, &published, &unrouted, &replies).await?;
         tx.commit().await?;
