@@ -72,10 +72,12 @@ fn pg_base() -> String {
     std::env::var("IDSYNC_BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 fn amqp_base() -> String {
-    std::env::var("IDSYNC_BENCH_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+    std::env::var("IDSYNC_BENCH_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
 }
 fn rabbit_api() -> String {
-    std::env::var("IDSYNC_BENCH_RABBITMQ_API").unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
+    std::env::var("IDSYNC_BENCH_RABBITMQ_API")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
 }
 
 /// An isolated database and vhost, removed on drop.
@@ -160,13 +162,24 @@ match_fields = ["email"]
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let (db_name, vhost, config) = (self.db_name.clone(), self.vhost.clone(), self.config.clone());
+        let (db_name, vhost, config) = (
+            self.db_name.clone(),
+            self.vhost.clone(),
+            self.config.clone(),
+        );
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&format!("{}/postgres", pg_base())).await {
+                if let Ok(mut conn) =
+                    PgConnection::connect(&format!("{}/postgres", pg_base())).await
+                {
                     let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
                 }
                 let _ = reqwest::Client::new()
                     .delete(format!("{}/vhosts/{vhost}", rabbit_api()))
@@ -197,7 +210,13 @@ impl Mix {
         let links = events * 15 / 100;
         let asks = events / 20;
         let returning = events - fresh - links - asks;
-        Self { returning, fresh, links, asks, known: (returning / 3).max(1) }
+        Self {
+            returning,
+            fresh,
+            links,
+            asks,
+            known: (returning / 3).max(1),
+        }
     }
 
     fn users(&self) -> usize {
@@ -251,18 +270,34 @@ fn events(mix: &Mix) -> Vec<Vec<u8>> {
     };
     for i in 0..mix.returning {
         let k = i % mix.known;
-        push("returning", format!("r{k}"), json!({"email": format!("u{k}@bench.example"), "email_verified": true, "name": "Returning"}));
+        push(
+            "returning",
+            format!("r{k}"),
+            json!({"email": format!("u{k}@bench.example"), "email_verified": true, "name": "Returning"}),
+        );
     }
     for i in 0..mix.fresh {
-        push("fresh", format!("f{i}"), json!({"email": format!("new{i}@bench.example"), "email_verified": true, "name": "New"}));
+        push(
+            "fresh",
+            format!("f{i}"),
+            json!({"email": format!("new{i}@bench.example"), "email_verified": true, "name": "New"}),
+        );
     }
     for i in 0..mix.links {
         let k = mix.known + i;
-        push("match", format!("m{i}"), json!({"email": format!("U{k}@Bench.example"), "email_verified": true}));
+        push(
+            "match",
+            format!("m{i}"),
+            json!({"email": format!("U{k}@Bench.example"), "email_verified": true}),
+        );
     }
     for i in 0..mix.asks {
         let k = mix.known + mix.links + i;
-        push("ask", format!("a{i}"), json!({"email": format!("u{k}@bench.example"), "email_verified": true}));
+        push(
+            "ask",
+            format!("a{i}"),
+            json!({"email": format!("u{k}@bench.example"), "email_verified": true}),
+        );
     }
     // A fixed-seed shuffle (xorshift) so that kinds interleave as they would in real traffic.
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -275,14 +310,25 @@ fn events(mix: &Mix) -> Vec<Vec<u8>> {
     out
 }
 
-async fn publish_all(channel: &Channel, exchange: &str, routing_key: &str, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
+async fn publish_all(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    bodies: &[Vec<u8>],
+) -> anyhow::Result<()> {
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
     for chunk in bodies.chunks(1000) {
         for body in chunk {
             channel
-                .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, properties.clone())
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
                 .await?;
         }
         let returned = channel.wait_for_confirms().await?;
@@ -312,16 +358,30 @@ fn proc_stats(pid: u32) -> (f64, f64) {
     // Fields after the command name (which may contain spaces): utime and stime are 14 and 15.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     (hwm_kib / 1024.0, ticks / 100.0)
 }
 
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap_or(-1)
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
 }
 
-async fn run_worker(args: &DrainArgs, env: &Env, db: &PgPool, total: usize) -> anyhow::Result<WorkerRun> {
+async fn run_worker(
+    args: &DrainArgs,
+    env: &Env,
+    db: &PgPool,
+    total: usize,
+) -> anyhow::Result<WorkerRun> {
     let mut children: Vec<Child> = (0..args.workers)
         .map(|_| {
             Command::new(&args.worker_bin)
@@ -363,7 +423,9 @@ async fn run_worker(args: &DrainArgs, env: &Env, db: &PgPool, total: usize) -> a
         cpu += seconds;
     }
     for child in &mut children {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let _ = child.wait();
     }
     let seconds = (finished - started).as_secs_f64();
@@ -378,25 +440,52 @@ async fn run_worker(args: &DrainArgs, env: &Env, db: &PgPool, total: usize) -> a
 
 /// The broker's own limit for this work: the same messages, the same prefetch, consumed,
 /// republished with confirms and acked in batches like the worker does, with nothing else.
-async fn baseline(env: &Env, bodies: &[Vec<u8>], prefetch: u16, batch_size: usize) -> anyhow::Result<f64> {
+async fn baseline(
+    env: &Env,
+    bodies: &[Vec<u8>],
+    prefetch: u16,
+    batch_size: usize,
+) -> anyhow::Result<f64> {
     let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
     let setup = connection.create_channel().await?;
-    setup.confirm_select(ConfirmSelectOptions::default()).await?;
+    setup
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
     args.insert("x-delivery-limit".into(), AMQPValue::LongInt(20));
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    setup.queue_declare("baseline.in".into(), durable, args.clone()).await?;
-    setup.queue_declare("baseline.out".into(), durable, args).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    setup
+        .queue_declare("baseline.in".into(), durable, args.clone())
+        .await?;
+    setup
+        .queue_declare("baseline.out".into(), durable, args)
+        .await?;
     publish_all(&setup, "", "baseline.in", bodies).await?;
 
-    let consumer_connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
+    let consumer_connection =
+        Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
     let channel = consumer_connection.create_channel().await?;
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
     let publisher = connection.create_channel().await?;
-    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mut consumer = channel
-        .basic_consume("baseline.in".into(), "baseline".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "baseline.in".into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut done = 0;
     let mut started = None;
@@ -414,7 +503,13 @@ async fn baseline(env: &Env, bodies: &[Vec<u8>], prefetch: u16, batch_size: usiz
         for delivery in &batch {
             confirms.push(
                 publisher
-                    .basic_publish("".into(), "baseline.out".into(), BasicPublishOptions::default(), &delivery.data, delivery.properties.clone())
+                    .basic_publish(
+                        "".into(),
+                        "baseline.out".into(),
+                        BasicPublishOptions::default(),
+                        &delivery.data,
+                        delivery.properties.clone(),
+                    )
                     .await?,
             );
         }
@@ -423,7 +518,12 @@ async fn baseline(env: &Env, bodies: &[Vec<u8>], prefetch: u16, batch_size: usiz
                 bail!("baseline publish nacked");
             }
         }
-        batch.last().unwrap().acker.ack(BasicAckOptions { multiple: true }).await?;
+        batch
+            .last()
+            .unwrap()
+            .acker
+            .ack(BasicAckOptions { multiple: true })
+            .await?;
         done += batch.len();
     }
     let seconds = started.unwrap().elapsed().as_secs_f64();
@@ -434,7 +534,10 @@ async fn baseline(env: &Env, bodies: &[Vec<u8>], prefetch: u16, batch_size: usiz
 
 async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     if !args.worker_bin.exists() {
-        bail!("{} not found: cargo build --release first", args.worker_bin.display());
+        bail!(
+            "{} not found: cargo build --release first",
+            args.worker_bin.display()
+        );
     }
     let env = Env::create(&args).await?;
     eprintln!("bench {}: preparing database and backlog", env.id);
@@ -457,8 +560,13 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let settings = identity_sync::settings::Settings::load(Some(&env.config))?;
     identity_sync::amqp::topology::declare(&channel, &settings.amqp).await?;
     // A downstream subscriber: every outbound event is routed somewhere, as in production.
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare("bench.subscriber".into(), durable, FieldTable::default()).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare("bench.subscriber".into(), durable, FieldTable::default())
+        .await?;
     channel
         .queue_bind(
             "bench.subscriber".into(),
@@ -468,11 +576,24 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    publish_all(&channel, &settings.amqp.inbound_exchange, &settings.amqp.routing_key, &bodies).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    publish_all(
+        &channel,
+        &settings.amqp.inbound_exchange,
+        &settings.amqp.routing_key,
+        &bodies,
+    )
+    .await?;
     let _ = connection.close(200, "published".into()).await;
 
-    eprintln!("bench {}: {} events queued; starting {} worker(s)", env.id, bodies.len(), args.workers);
+    eprintln!(
+        "bench {}: {} events queued; starting {} worker(s)",
+        env.id,
+        bodies.len(),
+        args.workers
+    );
     let run = run_worker(&args, &env, &db, bodies.len()).await?;
 
     // Every event got exactly one decision, of the expected kind.
@@ -488,7 +609,9 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
         ("user_linked", mix.links),
     ];
     let ok = decided == bodies.len() as i64
-        && expected.iter().all(|(o, n)| outcomes.iter().any(|(k, c)| k == o && *c == *n as i64));
+        && expected
+            .iter()
+            .all(|(o, n)| outcomes.iter().any(|(k, c)| k == o && *c == *n as i64));
     db.close().await;
 
     let baseline_eps = if args.no_baseline {
@@ -501,9 +624,15 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     println!("identity-sync drain benchmark");
     println!("  events                 {}", bodies.len());
     println!("  workers                {}", args.workers);
-    println!("  prefetch / batch       {} / {}", args.prefetch, args.batch_size);
+    println!(
+        "  prefetch / batch       {} / {}",
+        args.prefetch, args.batch_size
+    );
     println!("  drain time             {:.2} s", run.seconds);
-    println!("  identity-sync          {:.0} events/s", run.events_per_second);
+    println!(
+        "  identity-sync          {:.0} events/s",
+        run.events_per_second
+    );
     if let Some(b) = baseline_eps {
         println!("  raw broker baseline    {b:.0} events/s");
         println!("  ratio                  {:.2}", run.events_per_second / b);
@@ -511,7 +640,14 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     println!("  outbox drained after   {:.2} s", run.outbox_drain_seconds);
     println!("  worker peak RSS        {:.1} MiB", run.peak_rss_mib);
     println!("  worker CPU per event   {:.0} us", run.cpu_us_per_event);
-    println!("  decisions              {}", outcomes.iter().map(|(o, c)| format!("{o}={c}")).collect::<Vec<_>>().join(" "));
+    println!(
+        "  decisions              {}",
+        outcomes
+            .iter()
+            .map(|(o, c)| format!("{o}={c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!("  one decision per event {}", if ok { "yes" } else { "NO" });
     if let Some(path) = &args.json {
         let report = json!({

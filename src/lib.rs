@@ -4,6 +4,7 @@
 //! `amqp`, `db` and `http` are the adapters; `startup` wires them into the running service.
 
 pub mod accounts;
+pub mod admin;
 pub mod amqp;
 pub mod cli;
 pub mod db;

@@ -4,8 +4,8 @@
 use std::{path::Path, time::Duration};
 
 use config::{Config, Environment, File, FileFormat};
-use secrecy::SecretString;
-use serde::{Deserialize, Deserializer};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::domain::connection::{ConnectionSettings, ConnectionSpec};
 
@@ -87,13 +87,62 @@ impl Default for AmqpSettings {
 pub struct AdminSettings {
     /// `host:port`; port 0 picks a free port, which is logged.
     pub listen: String,
+    /// Bearer tokens of the admin API.
+    pub tokens: Vec<TokenSettings>,
+    /// How often pending bindings past their expiry are looked for.
+    #[serde(deserialize_with = "duration")]
+    pub expiry_sweep_interval: Duration,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            tokens: Vec::new(),
+            expiry_sweep_interval: Duration::from_secs(10),
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Read and write.
+    Admin,
+}
+
+/// One admin API token: `token` in the file, or `token_env` naming the environment variable that
+/// holds it (so that the file can be shared without the secret).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Recorded in the audit log as the actor.
+    pub name: String,
+    pub role: Role,
+    pub token: Option<SecretString>,
+    pub token_env: Option<String>,
+}
+
+/// Shortest token accepted: anything shorter is guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl TokenSettings {
+    pub fn secret(&self) -> Result<SecretString, String> {
+        let secret = match (&self.token, &self.token_env) {
+            (Some(token), None) => token.clone(),
+            (None, Some(var)) => std::env::var(var)
+                .map(SecretString::from)
+                .map_err(|_| format!("environment variable {var} is not set"))?,
+            _ => return Err("set exactly one of token and token_env".into()),
+        };
+        if secret.expose_secret().chars().count() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the token must be at least {MIN_TOKEN_LEN} characters"
+            ));
+        }
+        Ok(secret)
     }
 }
 
@@ -226,6 +275,15 @@ impl Settings {
         }
         if self.amqp.delivery_limit < 1 {
             return invalid("amqp.delivery_limit must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in self.admin.tokens.iter().enumerate() {
+            if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
+                return invalid(format!("admin.tokens[{i}]: name must be set and unique"));
+            }
+            if let Err(m) = token.secret() {
+                return invalid(format!("admin.tokens[{i}] ({}): {m}", token.name));
+            }
         }
         self.connection_settings().map(|_| ())
     }

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    admin::Admin,
     amqp::consumer::Worker,
     db,
     health::Health,
-    http::{self, AppState},
+    http::{self, AppState, auth::Tokens},
     metrics::Metrics,
     pipeline::{self, Pipeline},
     relay::Relay,
@@ -89,14 +90,21 @@ impl Application {
             self.settings.clone(),
             self.pool.clone(),
             self.origin,
-            relay_wake,
+            relay_wake.clone(),
             self.metrics.clone(),
             self.health.clone(),
             relay_stop.clone(),
         );
+        let admin = Admin::new(self.pool.clone(), self.origin, relay_wake.clone());
+        let expiry = tokio::spawn(admin.clone().run_expiry(
+            self.settings.admin.expiry_sweep_interval,
+            relay_stop.clone(),
+        ));
         let router = http::router(AppState {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
+            admin,
+            tokens: Tokens::new(&self.settings.admin.tokens),
         });
         let http_shutdown = http_stop.clone();
         let server = tokio::spawn(async move {
@@ -113,6 +121,7 @@ impl Application {
             // The worker first, so that the relay's last round includes its last commits.
             let _ = (&mut worker).await;
             relay_stop.cancel();
+            let _ = expiry.await;
             let _ = (&mut relay).await;
         };
         if tokio::time::timeout(STOP_DEADLINE, stop).await.is_err() {

@@ -11,7 +11,11 @@ pub fn init(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new("info"))
         // lapin logs every returned (unroutable) message with its whole body, which holds
         // personal data; the relay reports those itself, without the body.
-        .add_directive("lapin::returned_messages=error".parse().expect("valid directive"));
+        .add_directive(
+            "lapin::returned_messages=error"
+                .parse()
+                .expect("valid directive"),
+        );
     let registry = tracing_subscriber::registry().with(filter);
     // A second initialisation (tests run several applications in one process) is harmless.
     let _ = match settings.format {

@@ -1,5 +1,6 @@
 //! The command line: `run`, `migrate`, `users import` and `send-login`.
 
+mod admin_client;
 mod import;
 mod send_login;
 
@@ -38,12 +39,26 @@ pub enum Command {
     },
     /// Publish one login.completed event and print the decision and the events it caused.
     SendLogin(send_login::SendLoginArgs),
+    /// Pending bindings, through the admin API.
+    Bindings {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(subcommand)]
+        command: admin_client::BindingsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
     /// Import accounts from a JSON-lines file (one account per line).
     Import(import::ImportArgs),
+    /// Find an account by email, phone or username, through the admin API.
+    Find {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(flatten)]
+        find: admin_client::FindArgs,
+    },
 }
 
 pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
@@ -65,7 +80,11 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         Command::Users {
             command: UsersCommand::Import(args),
         } => import::run(args, &settings).await,
+        Command::Users {
+            command: UsersCommand::Find { api, find },
+        } => admin_client::find_users(find, api, &settings).await,
         Command::SendLogin(args) => send_login::run(args, &settings).await,
+        Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
     }
 }
 

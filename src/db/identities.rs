@@ -118,3 +118,48 @@ pub async fn touch_many(conn: &mut PgConnection, rows: &IdentityWrites) -> sqlx:
     .await?;
     Ok(())
 }
+
+#[derive(Debug, Clone)]
+pub struct IdentityRow {
+    pub user_pool_id: String,
+    pub connection: String,
+    pub external_id: String,
+    pub user_id: Uuid,
+    pub profile: Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub last_login_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Identities of the given users, by user then connection.
+pub async fn of_users(
+    conn: &mut PgConnection,
+    user_ids: &[Uuid],
+) -> sqlx::Result<Vec<IdentityRow>> {
+    sqlx::query_as!(
+        IdentityRow,
+        r#"SELECT user_pool_id, connection, external_id, user_id, profile, created_at, last_login_at
+           FROM identities WHERE user_id = ANY($1) ORDER BY user_id, connection, external_id"#,
+        user_ids
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Removes one identity of a user; returns it if it existed.
+pub async fn delete(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    connection: &str,
+    external_id: &str,
+) -> sqlx::Result<Option<IdentityRow>> {
+    sqlx::query_as!(
+        IdentityRow,
+        r#"DELETE FROM identities WHERE user_id = $1 AND connection = $2 AND external_id = $3
+           RETURNING user_pool_id, connection, external_id, user_id, profile, created_at, last_login_at"#,
+        user_id,
+        connection,
+        external_id
+    )
+    .fetch_optional(conn)
+    .await
+}

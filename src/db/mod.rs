@@ -2,6 +2,7 @@
 //! functions take a `&mut PgConnection` (usually a transaction) so that one transaction can span
 //! every write of a batch.
 
+pub mod audit;
 pub mod bindings;
 pub mod connections;
 pub mod identities;

@@ -207,3 +207,16 @@ pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Res
     .await?;
     Ok(())
 }
+
+/// Users by id, in no particular order.
+pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
+                  created_at, updated_at
+           FROM users WHERE id = ANY($1)"#,
+        ids
+    )
+    .fetch_all(conn)
+    .await
+}

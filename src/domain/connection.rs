@@ -308,8 +308,21 @@ impl ConnectionSettings {
             ),
             require_verified: Some(self.require_verified),
             default_country_code: self.default_country_code.as_ref().map(|c| c.to_string()),
-            binding_ttl: Some(humantime::format_duration(self.binding_ttl).to_string()),
+            binding_ttl: Some(format_ttl(self.binding_ttl)),
         }
+    }
+}
+
+/// `72h`, `90m` or `45s`: the largest unit that divides the duration (sub-second parts are not
+/// kept: a TTL that precise is not a policy).
+pub fn format_ttl(ttl: Duration) -> String {
+    let secs = ttl.as_secs();
+    if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
     }
 }
 
@@ -433,6 +446,9 @@ mod tests {
         full.binding_ttl = Some("1h 30m".into());
         let settings = ConnectionSettings::validate(&full).unwrap();
         assert_eq!(settings.binding_ttl, Duration::from_secs(5400));
+        assert_eq!(format_ttl(settings.binding_ttl), "90m");
+        assert_eq!(format_ttl(Duration::from_secs(72 * 3600)), "72h");
+        assert_eq!(format_ttl(Duration::from_secs(61)), "61s");
         assert_eq!(settings.default_country_code.as_ref().unwrap().code(), 86);
         assert_eq!(
             ConnectionSettings::validate(&settings.to_spec()).unwrap(),

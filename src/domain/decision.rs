@@ -256,20 +256,10 @@ fn candidates<'a>(
     settings: &ConnectionSettings,
     pool_users: &'a [PoolUser],
 ) -> Vec<(&'a PoolUser, Vec<MatchField>)> {
-    let fields: Vec<MatchField> = settings
-        .match_fields
-        .iter()
-        .copied()
-        .filter(|f| usable(login, settings, *f))
-        .collect();
     let mut found: Vec<(&PoolUser, Vec<MatchField>)> = pool_users
         .iter()
         .filter_map(|user| {
-            let matched: Vec<MatchField> = fields
-                .iter()
-                .copied()
-                .filter(|f| field_matches(login, user, *f))
-                .collect();
+            let matched = matched_fields(login, settings, user);
             (!matched.is_empty()).then_some((user, matched))
         })
         .collect();
@@ -286,12 +276,17 @@ fn no_candidate(
     if settings.login_mode == LoginMode::LoginOnly {
         return Action::Reject;
     }
-    let held = |field: MatchField| {
-        situation
-            .pool_users
-            .iter()
-            .any(|u| field_matches(login, u, field))
-    };
+    Action::CreateUser(new_user_fields(login, settings, &situation.pool_users))
+}
+
+/// What a new account receives from a login: each field only where it is valid, verified (when
+/// the connection requires it) and not held by another user of the pool.
+pub fn new_user_fields(
+    login: &NormalizedFields,
+    settings: &ConnectionSettings,
+    pool_users: &[PoolUser],
+) -> NewUserFields {
+    let held = |field: MatchField| pool_users.iter().any(|u| field_matches(login, u, field));
     let verified_ok = |verified: bool| verified || !settings.require_verified;
     let email = login
         .email
@@ -305,14 +300,29 @@ fn no_candidate(
         .username
         .clone()
         .filter(|_| !held(MatchField::Username));
-    Action::CreateUser(NewUserFields {
+    NewUserFields {
         email_verified: email.is_some() && login.email_verified,
         email,
         phone_verified: phone.is_some() && login.phone_verified,
         phone,
         username,
         name: login.name.clone(),
-    })
+    }
+}
+
+/// The connection's match fields (in order) on which `user` matches the login, counting only
+/// fields the login may match on.
+pub fn matched_fields(
+    login: &NormalizedFields,
+    settings: &ConnectionSettings,
+    user: &PoolUser,
+) -> Vec<MatchField> {
+    settings
+        .match_fields
+        .iter()
+        .copied()
+        .filter(|f| usable(login, settings, *f) && field_matches(login, user, *f))
+        .collect()
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
 
     let profile = match data.get("profile") {
         None | Some(Value::Null) => Profile::default(),
-        Some(Value::Object(map)) => profile(map)?,
+        Some(Value::Object(map)) => Profile::from_map(map)?,
         Some(_) => return Err(invalid("data.profile must be an object")),
     };
 
@@ -189,21 +189,24 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
     })
 }
 
-fn profile(map: &Map<String, Value>) -> Result<Profile, Rejection> {
-    if contains_nul(map) {
-        return Err(invalid(
-            "data.profile contains a NUL character, which cannot be stored",
-        ));
+impl Profile {
+    /// Reads the typed fields of a profile object (the event's, or a stored snapshot).
+    pub fn from_map(map: &Map<String, Value>) -> Result<Self, Rejection> {
+        if contains_nul(map) {
+            return Err(invalid(
+                "data.profile contains a NUL character, which cannot be stored",
+            ));
+        }
+        Ok(Profile {
+            email: optional_string(map, "email")?,
+            email_verified: optional_bool(map, "email_verified")?,
+            phone: optional_string(map, "phone")?,
+            phone_verified: optional_bool(map, "phone_verified")?,
+            username: optional_string(map, "username")?,
+            name: optional_string(map, "name")?,
+            raw: map.clone(),
+        })
     }
-    Ok(Profile {
-        email: optional_string(map, "email")?,
-        email_verified: optional_bool(map, "email_verified")?,
-        phone: optional_string(map, "phone")?,
-        phone_verified: optional_bool(map, "phone_verified")?,
-        username: optional_string(map, "username")?,
-        name: optional_string(map, "name")?,
-        raw: map.clone(),
-    })
 }
 
 fn contains_nul(map: &Map<String, Value>) -> bool {

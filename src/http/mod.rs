@@ -1,17 +1,71 @@
-//! The HTTP side served by `run` on `admin.listen`: health, readiness and metrics.
+//! The HTTP side served by `run` on `admin.listen`: health, readiness and metrics (open), the
+//! admin API under `/v1` (bearer tokens), its OpenAPI document and the web console.
 
+pub mod audit;
+pub mod auth;
+pub mod bindings;
+pub mod connections;
+mod console;
+pub mod error;
+mod extract;
+pub mod openapi;
 mod ops;
+pub mod users;
 
-use axum::Router;
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    middleware,
+    routing::{delete, get, post},
+};
 
-use crate::{health::Health, metrics::Metrics};
+use crate::{admin::Admin, health::Health, metrics::Metrics};
+
+/// Admin request bodies are small; anything bigger is refused before it is read.
+const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
     pub health: Health,
     pub metrics: Metrics,
+    pub admin: Admin,
+    pub tokens: auth::Tokens,
 }
 
 pub fn router(state: AppState) -> Router {
-    ops::routes().with_state(state)
+    let api = Router::new()
+        .route("/v1/bindings", get(bindings::list))
+        .route("/v1/bindings/{id}", get(bindings::show))
+        .route("/v1/bindings/{id}/resolve", post(bindings::resolve))
+        .route("/v1/users", get(users::find).post(users::create))
+        .route("/v1/users/{id}", get(users::show))
+        .route(
+            "/v1/users/{id}/identities/{connection}/{external_id}",
+            delete(users::unlink),
+        )
+        .route("/v1/connections", get(connections::list))
+        .route(
+            "/v1/connections/{user_pool_id}/{identifier}",
+            get(connections::show).put(connections::put),
+        )
+        .route("/v1/audit", get(audit::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ));
+    ops::routes()
+        .route("/openapi.json", get(openapi::document))
+        .route("/admin", get(console::page))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
 }

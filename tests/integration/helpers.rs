@@ -84,7 +84,18 @@ provider = "saml"
 association = "field_matching"
 match_fields = ["email"]
 require_verified = false
+
+[[connections]]
+identifier = "brief"
+user_pool_id = "pool-1"
+provider = "feishu"
+association = "ask_binding"
+match_fields = ["email"]
+binding_ttl = "1s"
 "#;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const VIEWER_TOKEN: &str = "test-viewer-token-0123456789";
 
 /// A database and a vhost of one test, removed on drop.
 pub struct Services {
@@ -154,6 +165,17 @@ prefetch = 64
 
 [admin]
 listen = "127.0.0.1:0"
+expiry_sweep_interval = "200ms"
+
+[[admin.tokens]]
+name = "ops-alice"
+role = "admin"
+token = "{admin_token}"
+
+[[admin.tokens]]
+name = "bob-viewer"
+role = "viewer"
+token = "{viewer_token}"
 
 [worker]
 max_retry_delay = "1s"
@@ -169,6 +191,8 @@ orphan_after = "2s"
             amqp = self.amqp_url,
             extra = self.extra_config,
             connections = CONNECTIONS,
+            admin_token = ADMIN_TOKEN,
+            viewer_token = VIEWER_TOKEN,
         )
     }
 
@@ -295,6 +319,80 @@ impl TestApp {
             .unwrap()
             .unwrap();
     }
+}
+
+impl TestApp {
+    /// The admin API, as the admin token.
+    pub fn api(&self) -> Api {
+        Api {
+            base: self.url(""),
+            token: Some(ADMIN_TOKEN.to_owned()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn api_as(&self, token: Option<&str>) -> Api {
+        Api {
+            base: self.url(""),
+            token: token.map(str::to_owned),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A small client of the admin API returning (status, JSON body).
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+/// The error code of an API error body.
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an API error: {body}"))
 }
 
 pub fn metric_value(text: &str, name: &str) -> f64 {

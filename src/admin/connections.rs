@@ -1,0 +1,104 @@
+//! Reading, creating and updating connections. A change applies to the next event: the worker
+//! reads the connections of every batch inside its transaction.
+
+use super::{Actor, Admin, AdminError, views::ConnectionView};
+use crate::db::{audit, connections};
+use crate::domain::connection::{ConnectionSettings, ConnectionSpec};
+
+impl Admin {
+    pub async fn list_connections(&self) -> Result<Vec<ConnectionView>, AdminError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(connections::list(&mut conn)
+            .await?
+            .iter()
+            .map(ConnectionView::from)
+            .collect())
+    }
+
+    pub async fn get_connection(
+        &self,
+        pool: &str,
+        identifier: &str,
+    ) -> Result<ConnectionView, AdminError> {
+        let mut conn = self.pool.acquire().await?;
+        connections::get(&mut conn, pool, identifier)
+            .await?
+            .map(|c| ConnectionView::from(&c))
+            .ok_or_else(|| {
+                AdminError::NotFound(format!("no connection {identifier} in user pool {pool}"))
+            })
+    }
+
+    /// Creates or replaces a connection; returns it and whether it was created. The identifier and
+    /// pool come from the path: a body naming others is refused.
+    pub async fn put_connection(
+        &self,
+        pool: &str,
+        identifier: &str,
+        mut spec: ConnectionSpec,
+        actor: &Actor,
+    ) -> Result<(ConnectionView, bool), AdminError> {
+        for (field, given, fixed) in [
+            ("identifier", spec.identifier.as_deref(), identifier),
+            ("user_pool_id", spec.user_pool_id.as_deref(), pool),
+        ] {
+            if let Some(given) = given
+                && given != fixed
+            {
+                return Err(AdminError::invalid(
+                    "invalid_field",
+                    Some(field),
+                    format!("{field}: is fixed by the path ({fixed:?}), the body says {given:?}"),
+                ));
+            }
+        }
+        spec.identifier = Some(identifier.to_owned());
+        spec.user_pool_id = Some(pool.to_owned());
+        let settings = ConnectionSettings::validate(&spec)
+            .map_err(|e| AdminError::invalid("invalid_field", Some(e.field), e.to_string()))?;
+
+        let mut tx = self.pool.begin().await?;
+        let before = connections::get(&mut tx, pool, identifier)
+            .await?
+            .map(|c| ConnectionView::from(&c));
+        connections::upsert(&mut tx, &settings).await?;
+        let after = ConnectionView::from(&settings);
+        audit::record(
+            &mut tx,
+            &actor.name,
+            if before.is_some() {
+                "connection.update"
+            } else {
+                "connection.create"
+            },
+            &format!("connection/{pool}/{identifier}"),
+            before
+                .as_ref()
+                .map(|b| serde_json::to_value(b).expect("serialises")),
+            Some(serde_json::to_value(&after).expect("serialises")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((after, before.is_none()))
+    }
+
+    pub async fn audit(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<super::views::Page<super::views::AuditView>, AdminError> {
+        let limit = limit.clamp(1, super::bindings::MAX_PAGE);
+        let mut conn = self.pool.acquire().await?;
+        let mut rows = audit::list(&mut conn, before, limit + 1).await?;
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
+        Ok(super::views::Page {
+            items: rows.into_iter().map(Into::into).collect(),
+            next_cursor,
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! What admins (and the platform) do outside the login flow: resolve pending bindings, look up,
+//! create and unlink accounts, manage connections, read the audit log, and expire overdue
+//! bindings. Every write takes the same advisory locks as the worker, commits its rows, its
+//! outbox events and its audit record in one transaction, and wakes the relay.
+
+pub mod bindings;
+pub mod connections;
+pub mod expiry;
+pub mod users;
+pub mod views;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Why an admin operation did not happen. The HTTP layer maps each kind to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the operation conflicts with the current state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// 422: the request is well-formed but names something unacceptable.
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        field: Option<&'static str>,
+        message: String,
+    },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl AdminError {
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(
+        code: &'static str,
+        field: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            code,
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Who is acting: the name of the admin token, recorded in the audit log and in events.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    pub(crate) pool: PgPool,
+    origin: Uuid,
+    relay_wake: Arc<Notify>,
+}
+
+impl Admin {
+    pub fn new(pool: PgPool, origin: Uuid, relay_wake: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            origin,
+            relay_wake,
+        }
+    }
+
+    fn committed(&self) {
+        self.relay_wake.notify_one();
+    }
+}

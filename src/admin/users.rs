@@ -1,0 +1,200 @@
+//! Looking accounts up, creating one, and unlinking an identity.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{Actor, Admin, AdminError, views::UserView};
+use crate::accounts::{self, AccountError, AccountInput, Created};
+use crate::db::{
+    audit, identities,
+    locks::LockSet,
+    outbox::{self, NewOutbox},
+    users,
+};
+use crate::domain::{
+    Email, Phone, Username,
+    events::{EventType, IdentityRef, OutboundEvent, UserUnlinked},
+};
+
+/// One of the fields an account can be looked up by.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Email(String),
+    Phone(String),
+    Username(String),
+}
+
+impl Admin {
+    /// Exact lookup of a normalised email, phone (E.164, or with `+`) or username in a pool.
+    pub async fn find_users(
+        &self,
+        pool: &str,
+        lookup: Lookup,
+    ) -> Result<Vec<UserView>, AdminError> {
+        let bad =
+            |field: &'static str, e: String| AdminError::invalid("invalid_query", Some(field), e);
+        let (email, phone, username) = match &lookup {
+            Lookup::Email(raw) => (
+                Some(
+                    Email::parse(raw)
+                        .map_err(|e| bad("email", e.to_string()))?
+                        .into_inner(),
+                ),
+                None,
+                None,
+            ),
+            Lookup::Phone(raw) => (
+                None,
+                Some(
+                    Phone::parse(raw, None)
+                        .map_err(|e| bad("phone", e.to_string()))?
+                        .into_inner(),
+                ),
+                None,
+            ),
+            Lookup::Username(raw) => (
+                None,
+                None,
+                Some(
+                    Username::parse(raw)
+                        .map_err(|e| bad("username", e.to_string()))?
+                        .into_inner(),
+                ),
+            ),
+        };
+        let mut conn = self.pool.acquire().await?;
+        let found = users::find_holders(
+            &mut conn,
+            pool,
+            email.as_deref(),
+            phone.as_deref(),
+            username.as_deref(),
+        )
+        .await?;
+        let ids: Vec<Uuid> = found.iter().map(|u| u.id).collect();
+        let links = identities::of_users(&mut conn, &ids).await?;
+        Ok(found
+            .into_iter()
+            .map(|u| UserView::new(u, &links))
+            .collect())
+    }
+
+    pub async fn get_user(&self, id: Uuid) -> Result<UserView, AdminError> {
+        let mut conn = self.pool.acquire().await?;
+        let user = users::get(&mut conn, id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
+        let links = identities::of_users(&mut conn, &[id]).await?;
+        Ok(UserView::new(user, &links))
+    }
+
+    /// Creates one account; a field already held (even by an identical account) is a conflict.
+    pub async fn create_user(
+        &self,
+        input: &AccountInput,
+        actor: &Actor,
+    ) -> Result<UserView, AdminError> {
+        let record = input.normalise(None).map_err(|e| match e {
+            AccountError::Invalid { field, message } => {
+                AdminError::invalid("invalid_field", Some(field), format!("{field}: {message}"))
+            }
+            other => AdminError::invalid("invalid_field", None, other.to_string()),
+        })?;
+        let mut tx = self.pool.begin().await?;
+        match accounts::create_in(&mut tx, &record, input.id.is_some()).await {
+            Ok(Created::Added(_)) => {}
+            Ok(Created::Unchanged(existing)) => {
+                return Err(AdminError::conflict(
+                    "user_exists",
+                    format!("user {existing} already has these fields"),
+                ));
+            }
+            Err(AccountError::Conflict(message)) => {
+                return Err(AdminError::conflict("field_taken", message));
+            }
+            Err(AccountError::Database(e)) => return Err(e.into()),
+            Err(other) => {
+                return Err(AdminError::invalid(
+                    "invalid_field",
+                    None,
+                    other.to_string(),
+                ));
+            }
+        }
+        let user = users::get(&mut tx, record.id)
+            .await?
+            .expect("just inserted");
+        let view = UserView::new(user, &[]);
+        audit::record(
+            &mut tx,
+            &actor.name,
+            "user.create",
+            &format!("user/{}", record.id),
+            None,
+            Some(serde_json::to_value(&view).expect("serialises")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Removes an identity from its account and publishes `user.unlinked`. A later login of that
+    /// identity is decided afresh.
+    pub async fn unlink(
+        &self,
+        user_id: Uuid,
+        connection: &str,
+        external_id: &str,
+        actor: &Actor,
+    ) -> Result<UserView, AdminError> {
+        let mut tx = self.pool.begin().await?;
+        let user = users::get(&mut tx, user_id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no user {user_id}")))?;
+        let mut locks = LockSet::new();
+        locks
+            .identity(&user.user_pool_id, connection, external_id)
+            .user(user_id);
+        locks.acquire(&mut tx).await?;
+        let before_links = identities::of_users(&mut tx, &[user_id]).await?;
+        let before = UserView::new(user.clone(), &before_links);
+        let removed = identities::delete(&mut tx, user_id, connection, external_id)
+            .await?
+            .ok_or_else(|| {
+                AdminError::NotFound(format!(
+                    "user {user_id} has no identity {connection}/{external_id}"
+                ))
+            })?;
+        let data = UserUnlinked {
+            user_pool_id: &removed.user_pool_id,
+            user_id,
+            identity: IdentityRef {
+                connection: removed.connection.clone(),
+                external_id: removed.external_id.clone(),
+            },
+            unlinked_by: &actor.name,
+        };
+        let mut outbox = NewOutbox::default();
+        outbox.event(OutboundEvent::new(
+            EventType::UserUnlinked,
+            user_id,
+            data,
+            Utc::now(),
+        ));
+        outbox::insert_many(&mut tx, self.origin, &outbox).await?;
+        let after_links = identities::of_users(&mut tx, &[user_id]).await?;
+        let after = UserView::new(user, &after_links);
+        audit::record(
+            &mut tx,
+            &actor.name,
+            "identity.unlink",
+            &format!("user/{user_id}/identities/{connection}/{external_id}"),
+            Some(serde_json::to_value(&before).expect("serialises")),
+            Some(serde_json::to_value(&after).expect("serialises")),
+        )
+        .await?;
+        tx.commit().await?;
+        self.committed();
+        Ok(after)
+    }
+}

@@ -1,0 +1,225 @@
+//! The JSON shapes of the admin API (and of the audit log's before/after).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::db::{audit::AuditRow, bindings::BindingRow, identities::IdentityRow, users::UserRow};
+use crate::domain::{ConnectionSettings, mask};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IdentityRefView {
+    pub connection: String,
+    pub external_id: String,
+}
+
+/// A candidate account of a binding, with its contact fields masked.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CandidateView {
+    pub id: Uuid,
+    /// Masked, e.g. `z***@example.com`.
+    pub email: Option<String>,
+    /// Masked, e.g. `+86*******8000`.
+    pub phone: Option<String>,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    /// The identities the account already holds.
+    pub identities: Vec<IdentityRefView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BindingView {
+    pub id: Uuid,
+    pub user_pool_id: String,
+    pub connection: String,
+    pub external_id: String,
+    /// `pending`, `resolved` or `expired`.
+    pub status: String,
+    /// `ask_binding`, `ambiguous_match` or `candidate_already_linked`.
+    pub reason: String,
+    pub candidates: Vec<CandidateView>,
+    /// The external identity's profile, as the login carried it.
+    #[schema(value_type = Object)]
+    pub profile: Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `linked`, `created` or `rejected`, once resolved.
+    pub resolution: Option<String>,
+    /// The account linked or created, once resolved.
+    pub user_id: Option<Uuid>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// The reason given with a rejection.
+    pub resolution_reason: Option<String>,
+}
+
+impl BindingView {
+    pub fn new(row: BindingRow, candidates: Vec<CandidateView>) -> Self {
+        Self {
+            id: row.id,
+            user_pool_id: row.user_pool_id,
+            connection: row.connection,
+            external_id: row.external_id,
+            status: row.status,
+            reason: row.reason,
+            candidates,
+            profile: row.profile,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            resolution: row.resolution,
+            user_id: row.user_id,
+            resolved_by: row.resolved_by,
+            resolved_at: row.resolved_at,
+            resolution_reason: row.resolution_reason,
+        }
+    }
+}
+
+impl CandidateView {
+    pub fn new(user: &UserRow, identities: &[IdentityRow]) -> Self {
+        Self {
+            id: user.id,
+            email: user.email.as_deref().map(mask::email),
+            phone: user.phone.as_deref().map(mask::phone),
+            username: user.username.clone(),
+            name: user.name.clone(),
+            identities: identities
+                .iter()
+                .filter(|i| i.user_id == user.id)
+                .map(|i| IdentityRefView {
+                    connection: i.connection.clone(),
+                    external_id: i.external_id.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IdentityView {
+    pub connection: String,
+    pub external_id: String,
+    #[schema(value_type = Object)]
+    pub profile: Value,
+    pub created_at: DateTime<Utc>,
+    pub last_login_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub user_pool_id: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub phone: Option<String>,
+    pub phone_verified: bool,
+    pub username: Option<String>,
+    pub name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub identities: Vec<IdentityView>,
+}
+
+impl UserView {
+    pub fn new(user: UserRow, identities: &[IdentityRow]) -> Self {
+        Self {
+            identities: identities
+                .iter()
+                .filter(|i| i.user_id == user.id)
+                .map(|i| IdentityView {
+                    connection: i.connection.clone(),
+                    external_id: i.external_id.clone(),
+                    profile: i.profile.clone(),
+                    created_at: i.created_at,
+                    last_login_at: i.last_login_at,
+                })
+                .collect(),
+            id: user.id,
+            user_pool_id: user.user_pool_id,
+            email: user.email,
+            email_verified: user.email_verified,
+            phone: user.phone,
+            phone_verified: user.phone_verified,
+            username: user.username,
+            name: user.name,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionView {
+    pub user_pool_id: String,
+    pub identifier: String,
+    pub display_name: String,
+    pub provider: String,
+    /// `normal` or `login_only`.
+    pub login_mode: String,
+    /// `disabled`, `field_matching` or `ask_binding`.
+    pub association: String,
+    /// Ordered subset of `email`, `phone`, `username`.
+    pub match_fields: Vec<String>,
+    pub require_verified: bool,
+    pub default_country_code: Option<String>,
+    /// A duration such as `72h`.
+    pub binding_ttl: String,
+}
+
+impl From<&ConnectionSettings> for ConnectionView {
+    fn from(c: &ConnectionSettings) -> Self {
+        Self {
+            user_pool_id: c.user_pool_id.as_str().to_owned(),
+            identifier: c.identifier.as_str().to_owned(),
+            display_name: c.display_name.clone(),
+            provider: c.provider.clone(),
+            login_mode: c.login_mode.as_str().to_owned(),
+            association: c.association.as_str().to_owned(),
+            match_fields: c
+                .match_fields
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
+            require_verified: c.require_verified,
+            default_country_code: c.default_country_code.as_ref().map(|cc| cc.to_string()),
+            binding_ttl: crate::domain::connection::format_ttl(c.binding_ttl),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    /// The name of the token that made the change.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<Value>,
+    pub at: DateTime<Utc>,
+}
+
+impl From<AuditRow> for AuditView {
+    fn from(r: AuditRow) -> Self {
+        Self {
+            id: r.id,
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            before: r.before,
+            after: r.after,
+            at: r.at,
+        }
+    }
+}
+
+/// A page of a list, newest first; pass `next_cursor` as `cursor` for the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}

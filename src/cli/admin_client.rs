@@ -1,0 +1,410 @@
+//! `identity-sync bindings ...` and `identity-sync users find`: the admin API from the command
+//! line (reqwest), printing aligned tables or, with `--json`, the API's JSON.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::settings::{Role, Settings};
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Admin API address; defaults to http://<admin.listen>.
+    #[arg(long, global = true, env = "IDSYNC_API_URL", value_name = "URL")]
+    pub api: Option<String>,
+    /// Bearer token; defaults to the first admin token of the configuration.
+    #[arg(
+        long,
+        global = true,
+        env = "IDSYNC_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BindingsCommand {
+    /// List bindings, newest first (pending ones by default).
+    List {
+        #[arg(long)]
+        pool: Option<String>,
+        /// pending, resolved, expired or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[arg(long)]
+        connection: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one binding with its candidates.
+    Show { id: String },
+    /// Resolve a pending binding.
+    Resolve {
+        id: String,
+        /// Link the identity to this account.
+        #[arg(long, value_name = "USER_ID", group = "action")]
+        link: Option<String>,
+        /// Create a new account with this identity.
+        #[arg(long, group = "action")]
+        create: bool,
+        /// Reject the identity.
+        #[arg(long, group = "action")]
+        reject: bool,
+        /// Why (with --reject).
+        #[arg(long, requires = "reject")]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    #[arg(long)]
+    pub pool: String,
+    #[arg(long, group = "field", required = true)]
+    pub email: Option<String>,
+    #[arg(long, group = "field")]
+    pub phone: Option<String>,
+    #[arg(long, group = "field")]
+    pub username: Option<String>,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: &ApiArgs, settings: &Settings) -> anyhow::Result<Self> {
+        let base = match &args.api {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let listen = settings.admin.listen.replace("0.0.0.0", "127.0.0.1");
+                if listen.ends_with(":0") {
+                    bail!("admin.listen picks a random port: pass --api URL");
+                }
+                format!("http://{listen}")
+            }
+        };
+        let token = match &args.token {
+            Some(token) => token.clone(),
+            None => {
+                let tokens = &settings.admin.tokens;
+                let chosen = tokens
+                    .iter()
+                    .find(|t| t.role == Role::Admin)
+                    .or(tokens.first());
+                chosen
+                    .and_then(|t| t.secret().ok())
+                    .map(|s| s.expose_secret().to_owned())
+                    .ok_or_else(|| anyhow!("no token: pass --token or set IDSYNC_ADMIN_TOKEN"))?
+            }
+        };
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base,
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("calling the admin API at {}", self.base))?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let code = value
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Err(ApiFailure {
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }
+        .into())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{} {code}: {message}", status.as_u16())]
+struct ApiFailure {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+pub async fn bindings(
+    command: BindingsCommand,
+    args: ApiArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args, settings)?;
+    let value = match command {
+        BindingsCommand::List {
+            pool,
+            status,
+            connection,
+            limit,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            if status != "all" {
+                query.push(("status", status));
+            }
+            if let Some(pool) = pool {
+                query.push(("user_pool_id", pool));
+            }
+            if let Some(connection) = connection {
+                query.push(("connection", connection));
+            }
+            let page = client
+                .call(Method::GET, "/v1/bindings", &query, None)
+                .await?;
+            if !args.json {
+                print_bindings(&page);
+                return Ok(ExitCode::SUCCESS);
+            }
+            page
+        }
+        BindingsCommand::Show { id } => {
+            client
+                .call(Method::GET, &format!("/v1/bindings/{id}"), &[], None)
+                .await?
+        }
+        BindingsCommand::Resolve {
+            id,
+            link,
+            create,
+            reject,
+            reason,
+        } => {
+            let body = match (link, create, reject) {
+                (Some(user_id), _, _) => json!({"action": "link", "user_id": user_id}),
+                (None, true, _) => json!({"action": "create"}),
+                (None, false, true) => json!({"action": "reject", "reason": reason}),
+                _ => bail!("say how to resolve: --link USER_ID, --create or --reject"),
+            };
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/bindings/{id}/resolve"),
+                    &[],
+                    Some(body),
+                )
+                .await?
+        }
+    };
+    if args.json {
+        println!("{value}");
+    } else {
+        print_binding(&value);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn find_users(
+    find: FindArgs,
+    args: ApiArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args, settings)?;
+    let mut query = vec![("user_pool_id", find.pool)];
+    if let Some(v) = find.email {
+        query.push(("email", v));
+    }
+    if let Some(v) = find.phone {
+        query.push(("phone", v));
+    }
+    if let Some(v) = find.username {
+        query.push(("username", v));
+    }
+    let page = client.call(Method::GET, "/v1/users", &query, None).await?;
+    if args.json {
+        println!("{page}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no such user");
+        return Ok(ExitCode::from(1));
+    }
+    let rows = items
+        .iter()
+        .map(|u| {
+            vec![
+                text(&u["id"]),
+                text(&u["email"]),
+                text(&u["phone"]),
+                text(&u["username"]),
+                text(&u["name"]),
+                identities(&u["identities"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "EMAIL", "PHONE", "USERNAME", "NAME", "IDENTITIES"],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn identities(value: &Value) -> String {
+    let list: Vec<String> = value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| format!("{}/{}", text(&i["connection"]), text(&i["external_id"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() {
+        "-".into()
+    } else {
+        list.join(",")
+    }
+}
+
+fn print_bindings(page: &Value) {
+    let rows: Vec<Vec<String>> = page["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|b| {
+                    vec![
+                        text(&b["id"]),
+                        text(&b["user_pool_id"]),
+                        text(&b["connection"]),
+                        text(&b["external_id"]),
+                        text(&b["status"]),
+                        text(&b["reason"]),
+                        b["candidates"].as_array().map_or(0, Vec::len).to_string(),
+                        text(&b["created_at"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        println!("no bindings");
+        return;
+    }
+    print_table(
+        &[
+            "ID",
+            "POOL",
+            "CONNECTION",
+            "EXTERNAL ID",
+            "STATUS",
+            "REASON",
+            "CANDIDATES",
+            "CREATED",
+        ],
+        rows,
+    );
+    if let Some(cursor) = page["next_cursor"].as_str() {
+        println!("(more: --json and the API's cursor={cursor})");
+    }
+}
+
+fn print_binding(b: &Value) {
+    for key in [
+        "id",
+        "user_pool_id",
+        "connection",
+        "external_id",
+        "status",
+        "reason",
+        "created_at",
+        "expires_at",
+        "resolution",
+        "user_id",
+        "resolved_by",
+        "resolved_at",
+        "resolution_reason",
+    ] {
+        println!("{:<18} {}", format!("{key}:"), text(&b[key]));
+    }
+    println!("{:<18} {}", "profile:", b["profile"]);
+    let rows = b["candidates"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|u| {
+                    vec![
+                        text(&u["id"]),
+                        text(&u["email"]),
+                        text(&u["phone"]),
+                        text(&u["username"]),
+                        text(&u["name"]),
+                        identities(&u["identities"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("candidates:");
+    print_table(
+        &["ID", "EMAIL", "PHONE", "USERNAME", "NAME", "IDENTITIES"],
+        rows,
+    );
+}
+
+/// Left-aligned columns separated by two spaces, widths by the widest cell (in characters).
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}

@@ -1,0 +1,107 @@
+//! Bearer-token authentication of the admin API. Tokens are compared as SHA-256 digests in
+//! constant time, against every configured token, so neither the match nor its position leaks
+//! through timing.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Request, State},
+    http::{Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use ring::digest::{SHA256, digest};
+use secrecy::ExposeSecret;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use super::{AppState, error::ApiError};
+use crate::{
+    admin::Actor,
+    settings::{Role, TokenSettings},
+};
+
+struct Token {
+    name: String,
+    role: Role,
+    digest: [u8; 32],
+}
+
+#[derive(Clone, Default)]
+pub struct Tokens(Arc<Vec<Token>>);
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    digest(&SHA256, bytes)
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+impl Tokens {
+    /// Settings were validated at load: every token resolves.
+    pub fn new(settings: &[TokenSettings]) -> Self {
+        Self(Arc::new(
+            settings
+                .iter()
+                .filter_map(|t| {
+                    let secret = t.secret().ok()?;
+                    Some(Token {
+                        name: t.name.clone(),
+                        role: t.role,
+                        digest: sha256(secret.expose_secret().as_bytes()),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    fn find(&self, presented: &str) -> Option<(&str, Role)> {
+        let presented = sha256(presented.as_bytes());
+        let mut found = u32::MAX;
+        for (i, token) in self.0.iter().enumerate() {
+            let equal = token.digest.ct_eq(&presented);
+            found = u32::conditional_select(&found, &(i as u32), equal);
+        }
+        self.0
+            .get(found as usize)
+            .map(|t| (t.name.as_str(), t.role))
+    }
+}
+
+/// 401 without a known token, 403 for a viewer writing; otherwise the token's name becomes the
+/// request's actor.
+pub async fn authorize(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some((name, role)) = presented.and_then(|t| state.tokens.find(t)) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or unknown bearer token",
+        )
+        .into_response();
+    };
+    let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+    if role == Role::Viewer && !reading {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may only read",
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(Actor {
+        name: name.to_owned(),
+    });
+    next.run(request).await
+}

@@ -1,0 +1,101 @@
+//! `/v1/connections`: read, create and update connections.
+
+use axum::{Extension, Json, extract::State, http::StatusCode};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::{ApiJson, ApiPath},
+};
+use crate::admin::{
+    Actor,
+    views::{ConnectionView, Page},
+};
+use crate::domain::connection::ConnectionSpec;
+
+/// Every connection of every pool.
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", security(("bearer" = [])),
+    responses((status = 200, body = Page<ConnectionView>), (status = 401, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Page<ConnectionView>>, ApiError> {
+    Ok(Json(Page {
+        items: state.admin.list_connections().await?,
+        next_cursor: None,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/connections/{user_pool_id}/{identifier}", tag = "connections",
+    params(("user_pool_id" = String, Path), ("identifier" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = ConnectionView), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    ApiPath((pool, identifier)): ApiPath<(String, String)>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    Ok(Json(state.admin.get_connection(&pool, &identifier).await?))
+}
+
+/// A connection's settings; absent keys take the contract's defaults.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionBody {
+    /// Optional; must equal the path's.
+    pub identifier: Option<String>,
+    /// Optional; must equal the path's.
+    pub user_pool_id: Option<String>,
+    pub display_name: Option<String>,
+    pub provider: Option<String>,
+    /// `normal` (default) or `login_only`.
+    pub login_mode: Option<String>,
+    /// `disabled` (default), `field_matching` or `ask_binding`.
+    pub association: Option<String>,
+    /// Ordered subset of `email`, `phone`, `username`; default `["email"]`.
+    pub match_fields: Option<Vec<String>>,
+    /// Default true.
+    pub require_verified: Option<bool>,
+    /// e.g. `"86"`.
+    pub default_country_code: Option<String>,
+    /// A duration such as `72h` (default).
+    pub binding_ttl: Option<String>,
+}
+
+/// Create (201) or update (200) a connection; the identifier is fixed by the path. A change
+/// applies to the next event, without a restart. 422 names the bad field.
+#[utoipa::path(put, path = "/v1/connections/{user_pool_id}/{identifier}", tag = "connections",
+    params(("user_pool_id" = String, Path), ("identifier" = String, Path)),
+    request_body = ConnectionBody, security(("bearer" = [])),
+    responses((status = 200, body = ConnectionView), (status = 201, body = ConnectionView),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiPath((pool, identifier)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<ConnectionBody>,
+) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
+    let spec = ConnectionSpec {
+        identifier: body.identifier,
+        user_pool_id: body.user_pool_id,
+        display_name: body.display_name,
+        provider: body.provider,
+        login_mode: body.login_mode,
+        association: body.association,
+        match_fields: body.match_fields,
+        require_verified: body.require_verified,
+        default_country_code: body.default_country_code,
+        binding_ttl: body.binding_ttl,
+    };
+    let (view, created) = state
+        .admin
+        .put_connection(&pool, &identifier, spec, &actor)
+        .await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(view),
+    ))
+}

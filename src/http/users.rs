@@ -1,0 +1,137 @@
+//! `/v1/users`: look accounts up, create one, unlink an identity.
+
+use axum::{Extension, Json, extract::State, http::StatusCode};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::{ApiJson, ApiPath, ApiQuery},
+};
+use crate::accounts::AccountInput;
+use crate::admin::{
+    Actor,
+    users::Lookup,
+    views::{Page, UserView},
+};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FindQuery {
+    pub user_pool_id: Option<String>,
+    /// Exactly one of email, phone and username; normalised like events.
+    pub email: Option<String>,
+    /// With its `+` country code.
+    pub phone: Option<String>,
+    pub username: Option<String>,
+}
+
+/// Exact lookup by a normalised field: `{"items": [...]}` with zero or one account.
+#[utoipa::path(get, path = "/v1/users", tag = "users", params(FindQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<UserView>), (status = 401, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn find(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<FindQuery>,
+) -> Result<Json<Page<UserView>>, ApiError> {
+    let pool = q.user_pool_id.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::unprocessable(
+            "invalid_query",
+            Some("user_pool_id"),
+            "user_pool_id is required",
+        )
+    })?;
+    let lookup = match (q.email, q.phone, q.username) {
+        (Some(e), None, None) => Lookup::Email(e),
+        (None, Some(p), None) => Lookup::Phone(p),
+        (None, None, Some(u)) => Lookup::Username(u),
+        _ => {
+            return Err(ApiError::unprocessable(
+                "invalid_query",
+                None,
+                "give exactly one of email, phone and username",
+            ));
+        }
+    };
+    let items = state.admin.find_users(&pool, lookup).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
+}
+
+/// An account with its identities.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(("id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(state.admin.get_user(id).await?))
+}
+
+/// The fields of a new account (as `users import` reads them).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub user_pool_id: String,
+    pub id: Option<Uuid>,
+    pub email: Option<String>,
+    #[serde(default)]
+    pub email_verified: bool,
+    /// With its `+` country code.
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub phone_verified: bool,
+    pub username: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Create one account; 409 when its email, phone, username or id is taken.
+#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = NewUser, security(("bearer" = [])),
+    responses((status = 201, body = UserView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let input = AccountInput {
+        user_pool_id: Some(body.user_pool_id),
+        id: body.id,
+        email: body.email,
+        email_verified: body.email_verified,
+        phone: body.phone,
+        phone_verified: body.phone_verified,
+        username: body.username,
+        name: body.name,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(state.admin.create_user(&input, &actor).await?),
+    ))
+}
+
+/// Unlink an identity from its account; publishes `user.unlinked`. Returns the account.
+#[utoipa::path(delete, path = "/v1/users/{id}/identities/{connection}/{external_id}", tag = "users",
+    params(("id" = Uuid, Path), ("connection" = String, Path), ("external_id" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn unlink(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiPath((id, connection, external_id)): ApiPath<(Uuid, String, String)>,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(
+        state
+            .admin
+            .unlink(id, &connection, &external_id, &actor)
+            .await?,
+    ))
+}
