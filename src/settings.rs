@@ -281,8 +281,18 @@ impl Settings {
             if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
                 return invalid(format!("admin.tokens[{i}]: name must be set and unique"));
             }
-            if let Err(m) = token.secret() {
+            // A token given by environment is read when `run` starts: client commands sharing
+            // this file need not have it.
+            if token.token_env.is_none()
+                && let Err(m) = token.secret()
+            {
                 return invalid(format!("admin.tokens[{i}] ({}): {m}", token.name));
+            }
+            if token.token.is_some() && token.token_env.is_some() {
+                return invalid(format!(
+                    "admin.tokens[{i}] ({}): set exactly one of token and token_env",
+                    token.name
+                ));
             }
         }
         self.connection_settings().map(|_| ())

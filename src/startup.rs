@@ -33,11 +33,14 @@ pub struct Application {
     origin: Uuid,
     metrics: Metrics,
     health: Health,
+    tokens: Tokens,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let connections = settings.connection_settings()?;
+        let tokens = Tokens::new(&settings.admin.tokens)
+            .map_err(|m| anyhow::anyhow!("configuration: {m}"))?;
         let pool = db::connect_and_migrate(&settings.database).await?;
         pipeline::upsert_connections(&pool, &connections)
             .await
@@ -56,6 +59,7 @@ impl Application {
             origin: Uuid::now_v7(),
             metrics: Metrics::new(),
             health,
+            tokens,
         })
     }
 
@@ -104,7 +108,7 @@ impl Application {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
             admin,
-            tokens: Tokens::new(&self.settings.admin.tokens),
+            tokens: self.tokens,
         });
         let http_shutdown = http_stop.clone();
         let server = tokio::spawn(async move {

@@ -37,21 +37,24 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 impl Tokens {
-    /// Settings were validated at load: every token resolves.
-    pub fn new(settings: &[TokenSettings]) -> Self {
-        Self(Arc::new(
-            settings
-                .iter()
-                .filter_map(|t| {
-                    let secret = t.secret().ok()?;
-                    Some(Token {
-                        name: t.name.clone(),
-                        role: t.role,
-                        digest: sha256(secret.expose_secret().as_bytes()),
-                    })
+    /// Reads every token (from the file or the environment); an unusable one is an error that
+    /// names it.
+    pub fn new(settings: &[TokenSettings]) -> Result<Self, String> {
+        let tokens = settings
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let secret = t
+                    .secret()
+                    .map_err(|m| format!("admin.tokens[{i}] ({}): {m}", t.name))?;
+                Ok(Token {
+                    name: t.name.clone(),
+                    role: t.role,
+                    digest: sha256(secret.expose_secret().as_bytes()),
                 })
-                .collect(),
-        ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self(Arc::new(tokens)))
     }
 
     fn find(&self, presented: &str) -> Option<(&str, Role)> {

@@ -248,3 +248,101 @@ async fn send_login_prints_the_decision_and_its_events() {
     assert!(stdout.contains("unknown_connection"), "{stdout}");
     app.stop().await;
 }
+
+// The binary blocks this thread while the application serves it from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_and_users_from_the_command_line() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let user = create_user(&db, Some("cli-admin@example.com"), None, Some("cliadmin")).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let reply = broker
+        .login(&login(
+            "asking",
+            "wc-cli",
+            serde_json::json!({"email": "cli-admin@example.com", "email_verified": true}),
+        ))
+        .await;
+    let binding = reply.binding_id.unwrap().to_string();
+    let api = app.url("");
+    let admin = |args: &[&str]| {
+        let mut command = services.command();
+        command.args(args).args(["--api", &api]);
+        run(&mut command)
+    };
+
+    // The token comes from the configuration's first admin token.
+    let (code, stdout, stderr) = admin(&["bindings", "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut lines = stdout.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("CONNECTION") && header.contains("CANDIDATES"),
+        "{header}"
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with(&binding) && row.contains("wc-cli") && row.contains("ask_binding"),
+        "{row}"
+    );
+    let column = header.find("CONNECTION").unwrap();
+    assert_eq!(&row[column..column + 6], "asking", "columns are aligned");
+
+    let (code, stdout, _) = admin(&["bindings", "show", &binding]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("status:") && stdout.contains("pending"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("c***@example.com"),
+        "candidates are masked: {stdout}"
+    );
+
+    let (code, stdout, _) = admin(&["bindings", "list", "--json"]);
+    assert_eq!(code, 0);
+    let page: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(page["items"][0]["id"], binding);
+
+    let (code, _, stderr) = admin(&[
+        "bindings",
+        "resolve",
+        &binding,
+        "--link",
+        &user.to_string(),
+        "--token",
+        VIEWER_TOKEN,
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("403 forbidden"), "{stderr}");
+    let (code, stdout, stderr) =
+        admin(&["bindings", "resolve", &binding, "--link", &user.to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("resolved") && stdout.contains("ops-alice"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = admin(&[
+        "bindings", "resolve", &binding, "--reject", "--reason", "late",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("409 binding_not_pending"), "{stderr}");
+
+    let (code, stdout, _) = admin(&[
+        "users",
+        "find",
+        "--pool",
+        "pool-1",
+        "--email",
+        "CLI-Admin@example.com",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&user.to_string()) && stdout.contains("asking/wc-cli"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = admin(&["users", "find", "--pool", "pool-1", "--username", "nobody"]);
+    assert_eq!((code, stdout.trim()), (1, "no such user"));
+    app.stop().await;
+}

@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod cli;
 mod concurrency;
+mod console;
 mod crash;
 mod dead_letters;
 mod dedupe;

@@ -1,0 +1,81 @@
+//! The web console in a real headless browser (Debian's Chromium driven by Playwright, see
+//! tests/browser): sign in, find the pending binding, link it, see it leave the list; then the
+//! events it published are checked here. `scripts/browser-deps` installs what it needs.
+
+use std::{path::Path, process::Command};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use identity_sync::domain::decision::Outcome;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_resolves_a_binding() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/browser/console.mjs");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists(),
+        "Playwright is not installed: run scripts/browser-deps"
+    );
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let user = create_user(
+        &db,
+        Some("browser@example.com"),
+        Some("+8613511112222"),
+        Some("browser"),
+    )
+    .await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let reply = broker
+        .login(&login(
+            "asking",
+            "wc-browser",
+            json!({"email": "Browser@Example.com", "email_verified": true, "name": "Li Lei"}),
+        ))
+        .await;
+    assert_eq!(reply.outcome, Outcome::BindingPending);
+    let binding = reply.binding_id.unwrap();
+    broker.next_event().await;
+
+    let screenshot = std::env::var("IDSYNC_CONSOLE_SCREENSHOT")
+        .unwrap_or_else(|_| services.dir.join("console.png").display().to_string());
+    let output = tokio::task::spawn_blocking({
+        let url = app.url("/admin");
+        move || {
+            Command::new("node")
+                .arg(&script)
+                .env("CONSOLE_URL", url)
+                .env("TOKEN", ADMIN_TOKEN)
+                .env("EXPECT_BINDING", "asking / wc-browser")
+                .env("SCREENSHOT", &screenshot)
+                .output()
+                .expect("node runs")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["resolved"], true);
+
+    let (_, shown) = app.api().get(&format!("/v1/bindings/{binding}")).await;
+    assert_eq!(shown["status"], "resolved");
+    assert_eq!(shown["user_id"], user.to_string());
+    let resolved = broker.next_event().await;
+    assert_eq!(resolved.routing_key, "binding.resolved");
+    assert_eq!(resolved.body["data"]["resolved_by"], "ops-alice");
+    assert_eq!(resolved.body["data"]["resolution"], "linked");
+    let linked = broker.next_event().await;
+    assert_eq!(linked.routing_key, "user.linked");
+    assert_eq!(linked.body["data"]["user_id"], user.to_string());
+    assert_eq!(linked.body["data"]["method"], "binding");
+    app.stop().await;
+}
