@@ -3,7 +3,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicI64, Ordering},
 };
 
 use serde::Serialize;
@@ -16,6 +16,8 @@ struct Flags {
     database: AtomicBool,
     consumer: AtomicBool,
     publisher: AtomicBool,
+    /// Outbox rows not yet published, as the relay last counted them.
+    outbox_backlog: AtomicI64,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -40,6 +42,19 @@ impl Health {
 
     pub fn set_publisher(&self, up: bool) {
         self.0.publisher.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_outbox_backlog(&self, rows: i64) {
+        self.0.outbox_backlog.store(rows, Ordering::Relaxed);
+    }
+
+    /// Rows committed (positive) or published (negative) since the last count.
+    pub fn add_outbox_backlog(&self, rows: i64) {
+        self.0.outbox_backlog.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    pub fn outbox_backlog(&self) -> i64 {
+        self.0.outbox_backlog.load(Ordering::Relaxed)
     }
 
     pub fn readiness(&self) -> Readiness {

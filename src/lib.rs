@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod relay;
+pub mod retention;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

@@ -20,9 +20,17 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::execute(args.command, settings)) {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("identity-sync: {error:#}");
-            ExitCode::FAILURE
+            // A configuration mistake found late (a token variable missing, say) exits like one
+            // found at load.
+            if error
+                .downcast_ref::<identity_sync::settings::SettingsError>()
+                .is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub outbox_backlog: Gauge,
     pub outbox_published: Family<KindLabel, Counter>,
     pub outbox_unrouted: Counter,
+    pub throttled: Counter,
+    pub requeued: Counter,
+    pub pruned: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,9 @@ impl Metrics {
         let outbox_backlog = Gauge::default();
         let outbox_published = Family::<KindLabel, Counter>::default();
         let outbox_unrouted = Counter::default();
+        let throttled = Counter::default();
+        let requeued = Counter::default();
+        let pruned = Family::<KindLabel, Counter>::default();
 
         let mut registry = Registry::with_prefix("idsync");
         registry.register(
@@ -113,6 +119,21 @@ impl Metrics {
             "Events the broker accepted but no queue was bound for",
             outbox_unrouted.clone(),
         );
+        registry.register(
+            "throttled",
+            "Times consumption paused because the outbox backlog exceeded outbox.max_backlog",
+            throttled.clone(),
+        );
+        registry.register(
+            "requeued",
+            "Events handed back to the broker after conflicting on every retry",
+            requeued.clone(),
+        );
+        registry.register(
+            "pruned_rows",
+            "Rows removed by retention, by kind (event, processed)",
+            pruned.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             decisions,
@@ -124,6 +145,9 @@ impl Metrics {
             outbox_backlog,
             outbox_published,
             outbox_unrouted,
+            throttled,
+            requeued,
+            pruned,
         }
     }
 

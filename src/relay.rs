@@ -121,42 +121,42 @@ impl Relay {
 
     async fn publish_loop(&self, channel: &Channel) -> Result<(), RelayError> {
         let poll = self.settings.outbox.poll_interval;
-        let mut held_backoff = backoff(self.settings.worker.max_retry_delay);
-        let mut last_backlog = Instant::now() - Duration::from_secs(60);
+        let mut counted = Instant::now() - Duration::from_secs(60);
         loop {
             let stopping = self.stop.is_cancelled();
-            // Publish until nothing is left or only held rows remain.
-            let mut held = false;
+            // Publish until nothing is due. Rows the broker did not take are set aside with a
+            // backoff (`outbox::hold`), so they neither block the rows behind them nor spin.
             loop {
                 let round = self.round(channel).await?;
-                if round.claimed == 0 {
+                self.count_backlog(&mut counted, false).await;
+                if round.claimed == 0 || round.held == round.claimed {
                     break;
                 }
-                if round.held == round.claimed {
-                    held = true;
-                    break;
-                }
-                held_backoff = backoff(self.settings.worker.max_retry_delay);
             }
-            if last_backlog.elapsed() >= Duration::from_secs(1) || held {
-                last_backlog = Instant::now();
-                if let Ok(count) = outbox::backlog(&self.pool).await {
-                    self.metrics.outbox_backlog.set(count);
-                }
-            }
+            // A worker paused on the backlog resumes as soon as the relay has caught up.
+            let paused = self.health.outbox_backlog() > 0;
+            self.count_backlog(&mut counted, paused).await;
             if stopping {
                 return Ok(());
             }
-            let wait = if held {
-                held_backoff.next().unwrap_or(poll)
-            } else {
-                poll
-            };
             tokio::select! {
-                _ = self.wake.notified(), if !held => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = self.stop.cancelled() => {}
             }
+        }
+    }
+
+    /// Counts unpublished rows for the metric and the worker's throttle: at most once a second
+    /// unless `now`.
+    async fn count_backlog(&self, counted: &mut Instant, now: bool) {
+        if !now && counted.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        *counted = Instant::now();
+        if let Ok(count) = outbox::backlog(&self.pool).await {
+            self.metrics.outbox_backlog.set(count);
+            self.health.set_outbox_backlog(count);
         }
     }
 
@@ -214,7 +214,7 @@ impl Relay {
         let mut published = Vec::new();
         let mut unrouted = Vec::new();
         let mut replies = Vec::new();
-        let mut held = 0;
+        let mut held = Vec::new();
         let timeout = outbox_settings.confirm_timeout;
         for (row, confirm) in rows.iter().zip(confirms) {
             let confirmation = tokio::time::timeout(timeout, confirm)
@@ -235,7 +235,7 @@ impl Relay {
                         tracing::debug!(queue = %row.routing_key, "reply queue no longer exists");
                         replies.push(row.id);
                     } else if outbox_settings.retry_unroutable {
-                        held += 1;
+                        held.push(row.id);
                     } else {
                         tracing::debug!(event_type = %row.routing_key, event_id = %row.message_id, "unroutable event");
                         unrouted.push(row.id);
@@ -243,7 +243,7 @@ impl Relay {
                 }
                 Confirmation::Nack(_) => {
                     tracing::warn!(id = row.id, "broker refused a publish; it will be retried");
-                    held += 1;
+                    held.push(row.id);
                 }
             }
         }
@@ -255,7 +255,10 @@ impl Relay {
             );
         }
         outbox::settle(&mut tx, &published, &unrouted, &replies).await?;
+        outbox::hold(&mut tx, &held).await?;
         tx.commit().await?;
+        self.health
+            .add_outbox_backlog(-((published.len() + unrouted.len() + replies.len()) as i64));
         self.health.set_database(true);
         let events = (published.len() + unrouted.len()) as u64;
         if events > 0 {
@@ -272,7 +275,7 @@ impl Relay {
         }
         Ok(Round {
             claimed: rows.len(),
-            held,
+            held: held.len(),
         })
     }
 }

@@ -155,6 +155,11 @@ pub struct WorkerSettings {
     /// Longest wait between retries of a transient failure (database or broker unavailable).
     #[serde(deserialize_with = "duration")]
     pub max_retry_delay: Duration,
+    /// How long the dedupe record of a processed event is kept. Unset (the default): for ever, as
+    /// the contract's "already processed" rule asks. Set, an event re-sent later than this is
+    /// decided again (it then usually finds its identity linked: `existing_user`).
+    #[serde(deserialize_with = "optional_duration")]
+    pub dedupe_retention: Option<Duration>,
 }
 
 impl Default for WorkerSettings {
@@ -163,6 +168,7 @@ impl Default for WorkerSettings {
             max_message_bytes: 65536,
             batch_size: 64,
             max_retry_delay: Duration::from_secs(5),
+            dedupe_retention: None,
         }
     }
 }
@@ -184,6 +190,15 @@ pub struct OutboxSettings {
     /// How long an unconfirmed publish may take before the round is retried.
     #[serde(deserialize_with = "duration")]
     pub confirm_timeout: Duration,
+    /// Unpublished rows above which the worker stops taking logins until the relay catches up,
+    /// so that a stalled downstream throttles consumption instead of growing the backlog.
+    pub max_backlog: i64,
+    /// Published events are kept this long for `events replay`, then pruned.
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    /// How often the pruning runs.
+    #[serde(deserialize_with = "duration")]
+    pub prune_interval: Duration,
 }
 
 impl Default for OutboxSettings {
@@ -194,6 +209,9 @@ impl Default for OutboxSettings {
             orphan_after: Duration::from_secs(30),
             retry_unroutable: false,
             confirm_timeout: Duration::from_secs(30),
+            max_backlog: 10_000,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -258,6 +276,12 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |m: String| Err(SettingsError::Invalid(m));
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(format!(
+                "log.level: {:?} is not a valid filter: {e}",
+                self.log.level
+            ));
+        }
         if self.amqp.prefetch == 0 {
             return invalid("amqp.prefetch must be at least 1".into());
         }
@@ -317,6 +341,10 @@ impl Settings {
         }
         Ok(out)
     }
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -19,7 +19,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{self, Pipeline},
     relay::Relay,
-    settings::Settings,
+    settings::{Settings, SettingsError},
 };
 
 /// Everything in flight must be finished within this after a stop is requested.
@@ -39,8 +39,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let connections = settings.connection_settings()?;
-        let tokens = Tokens::new(&settings.admin.tokens)
-            .map_err(|m| anyhow::anyhow!("configuration: {m}"))?;
+        let tokens = Tokens::new(&settings.admin.tokens).map_err(SettingsError::Invalid)?;
         let pool = db::connect_and_migrate(&settings.database).await?;
         pipeline::upsert_connections(&pool, &connections)
             .await
@@ -100,6 +99,12 @@ impl Application {
             relay_stop.clone(),
         );
         let admin = Admin::new(self.pool.clone(), self.origin, relay_wake.clone());
+        let retention = tokio::spawn(crate::retention::run(
+            self.pool.clone(),
+            self.settings.clone(),
+            self.metrics.clone(),
+            relay_stop.clone(),
+        ));
         let expiry = tokio::spawn(admin.clone().run_expiry(
             self.settings.admin.expiry_sweep_interval,
             relay_stop.clone(),
@@ -126,6 +131,7 @@ impl Application {
             let _ = (&mut worker).await;
             relay_stop.cancel();
             let _ = expiry.await;
+            let _ = retention.await;
             let _ = (&mut relay).await;
         };
         if tokio::time::timeout(STOP_DEADLINE, stop).await.is_err() {

@@ -61,15 +61,15 @@ impl Admin {
         let before = connections::get(&mut tx, pool, identifier)
             .await?
             .map(|c| ConnectionView::from(&c));
-        connections::upsert(&mut tx, &settings).await?;
+        let created = connections::upsert(&mut tx, &settings).await?;
         let after = ConnectionView::from(&settings);
         audit::record(
             &mut tx,
             &actor.name,
-            if before.is_some() {
-                "connection.update"
-            } else {
+            if created {
                 "connection.create"
+            } else {
+                "connection.update"
             },
             &format!("connection/{pool}/{identifier}"),
             before
@@ -79,7 +79,7 @@ impl Admin {
         )
         .await?;
         tx.commit().await?;
-        Ok((after, before.is_none()))
+        Ok((after, created))
     }
 
     pub async fn audit(

@@ -16,6 +16,13 @@ use crate::domain::{
     events::{EventType, IdentityRef, OutboundEvent, UserUnlinked},
 };
 
+fn restore_plus(raw: &str) -> String {
+    match raw.strip_prefix(' ') {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => format!("+{rest}"),
+        _ => raw.to_owned(),
+    }
+}
+
 /// One of the fields an account can be looked up by.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -46,7 +53,8 @@ impl Admin {
             Lookup::Phone(raw) => (
                 None,
                 Some(
-                    Phone::parse(raw, None)
+                    // An unencoded `+` in a query string arrives as a space.
+                    Phone::parse(&restore_plus(raw), None)
                         .map_err(|e| bad("phone", e.to_string()))?
                         .into_inner(),
                 ),

@@ -200,7 +200,7 @@ pub struct AuditView {
     pub before: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
-    pub at: DateTime<Utc>,
+    pub time: DateTime<Utc>,
 }
 
 impl From<AuditRow> for AuditView {
@@ -212,7 +212,7 @@ impl From<AuditRow> for AuditView {
             target: r.target,
             before: r.before,
             after: r.after,
-            at: r.at,
+            time: r.at,
         }
     }
 }

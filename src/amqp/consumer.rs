@@ -13,8 +13,8 @@ use lapin::{
     Channel,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -40,8 +40,28 @@ use super::{connect, json_properties, topology};
 
 /// The header carrying the reason of a dead-lettered message.
 pub const ERROR_HEADER: &str = "x-idsync-error";
-/// Conflicts (unique or serialization failures) retried before the batch is split up.
+/// Conflicts (unique or serialization failures, deadlocks) retried in place before a batch is
+/// split up, or a single event handed back to the broker.
 const MAX_CONFLICT_RETRIES: u32 = 10;
+
+/// Why deciding a batch did not succeed.
+#[derive(Debug)]
+enum Failure {
+    /// A stop was requested while retrying.
+    Stopped,
+    /// Conflicts that did not clear after `MAX_CONFLICT_RETRIES` tries.
+    Conflicting(sqlx::Error),
+    /// A failure retrying cannot cure (the database refuses the data).
+    Permanent(sqlx::Error),
+}
+
+/// How one delivery of a batch is settled.
+#[derive(Debug)]
+enum Settle {
+    Verdict(Verdict),
+    /// Back to the queue (counts toward its delivery limit).
+    Requeue,
+}
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -138,6 +158,9 @@ impl Worker {
 
         let batch_size = self.settings.worker.batch_size;
         let result = loop {
+            if !self.wait_for_outbox().await {
+                break Ok(());
+            }
             let first = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break Ok(()),
@@ -179,6 +202,33 @@ impl Worker {
         result
     }
 
+    /// Holds off while the outbox backlog is above `outbox.max_backlog` (a stalled downstream):
+    /// deliveries already prefetched wait unacknowledged, nothing more is taken. `false` when a
+    /// stop was requested meanwhile.
+    async fn wait_for_outbox(&self) -> bool {
+        let max = self.settings.outbox.max_backlog;
+        if self.health.outbox_backlog() <= max {
+            return true;
+        }
+        tracing::warn!(
+            backlog = self.health.outbox_backlog(),
+            max,
+            "outbox backlog too large; consumption paused"
+        );
+        self.metrics.throttled.inc();
+        while self.health.outbox_backlog() > max {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        tracing::info!(
+            backlog = self.health.outbox_backlog(),
+            "outbox caught up; consumption resumed"
+        );
+        true
+    }
+
     async fn handle(
         &self,
         publisher: &Channel,
@@ -210,21 +260,41 @@ impl Worker {
                     Err(rejection) => slots.push(Err(rejection)),
                 }
             }
-            let verdicts = if inbound.is_empty() {
+            let mut settled = if inbound.is_empty() {
                 Vec::new()
             } else {
                 self.decide(&inbound).await?
             };
             self.metrics.batch_size.observe(inbound.len() as f64);
 
+            // The highest delivery acknowledged; a multiple-ack up to it covers the batch
+            // (deliveries handed back were settled already).
+            let mut ack_up_to: Option<&Delivery> = None;
             for (delivery, slot) in deliveries.iter().zip(slots) {
                 let (verdict, event_id) = match slot {
-                    Ok(i) => (verdicts[i].clone(), Some(inbound[i].event.id.clone())),
+                    Ok(i) => {
+                        let id = Some(inbound[i].event.id.clone());
+                        match std::mem::replace(&mut settled[i], Settle::Requeue) {
+                            Settle::Verdict(verdict) => (verdict, id),
+                            Settle::Requeue => {
+                                self.metrics.requeued.inc();
+                                delivery
+                                    .acker
+                                    .nack(BasicNackOptions {
+                                        requeue: true,
+                                        multiple: false,
+                                    })
+                                    .await?;
+                                continue;
+                            }
+                        }
+                    }
                     Err(rejection) => {
                         let id = undecoded_event_id(delivery, &rejection);
                         (Verdict::Rejected(rejection), id)
                     }
                 };
+                ack_up_to = Some(delivery);
                 let span =
                     tracing::info_span!("login", event_id = event_id.as_deref().unwrap_or("-"));
                 let _guard = span.enter();
@@ -254,8 +324,7 @@ impl Worker {
                     }
                 }
             }
-            // Everything up to the last delivery is settled: one ack covers the batch.
-            if let Some(last) = deliveries.last() {
+            if let Some(last) = ack_up_to {
                 last.acker.ack(BasicAckOptions { multiple: true }).await?;
             }
             self.relay_wake.notify_one();
@@ -288,48 +357,61 @@ impl Worker {
     }
 
     /// Decides a batch, retrying transient failures for as long as it takes (the deliveries stay
-    /// unacknowledged meanwhile, so nothing else is taken from the queue). A batch that fails for
-    /// another reason is split so that one bad event cannot hold back the others.
-    async fn decide(&self, batch: &[Inbound]) -> Result<Vec<Verdict>, SessionError> {
+    /// unacknowledged meanwhile, so nothing else is taken from the queue). A batch that keeps
+    /// failing is split so that one event cannot hold back the others: an event the database
+    /// refuses is dead-lettered `processing_failed`; an event that keeps conflicting is handed
+    /// back to the broker, whose delivery limit bounds how often that can happen.
+    async fn decide(&self, batch: &[Inbound]) -> Result<Vec<Settle>, SessionError> {
+        let single = |failure: Failure| match failure {
+            Failure::Stopped => Err(SessionError::Stopped),
+            Failure::Conflicting(error) => {
+                tracing::warn!(%error, "an event keeps conflicting; handing it back to the broker");
+                Ok(Settle::Requeue)
+            }
+            Failure::Permanent(error) => Ok(Settle::Verdict(processing_failed(&error))),
+        };
         match self.decide_with_retry(batch).await {
-            Ok(verdicts) => Ok(verdicts),
-            Err(None) => Err(SessionError::Stopped),
-            Err(Some(error)) if batch.len() == 1 => Ok(vec![processing_failed(&error)]),
-            Err(Some(error)) => {
-                tracing::warn!(%error, size = batch.len(), "batch failed; deciding its events one by one");
-                let mut verdicts = Vec::with_capacity(batch.len());
+            Ok(verdicts) => Ok(verdicts.into_iter().map(Settle::Verdict).collect()),
+            Err(Failure::Stopped) => Err(SessionError::Stopped),
+            Err(failure) if batch.len() == 1 => Ok(vec![single(failure)?]),
+            Err(failure) => {
+                tracing::warn!(
+                    ?failure,
+                    size = batch.len(),
+                    "batch failed; deciding its events one by one"
+                );
+                let mut settled = Vec::with_capacity(batch.len());
                 for message in batch {
-                    match self.decide_with_retry(std::slice::from_ref(message)).await {
-                        Ok(mut one) => verdicts.push(one.remove(0)),
-                        Err(None) => return Err(SessionError::Stopped),
-                        Err(Some(error)) => verdicts.push(processing_failed(&error)),
-                    }
+                    settled.push(
+                        match self.decide_with_retry(std::slice::from_ref(message)).await {
+                            Ok(mut one) => Settle::Verdict(one.remove(0)),
+                            Err(failure) => single(failure)?,
+                        },
+                    );
                 }
-                Ok(verdicts)
+                Ok(settled)
             }
         }
     }
 
-    /// `Err(None)`: shutdown requested while retrying. `Err(Some(e))`: a failure retrying cannot cure.
-    async fn decide_with_retry(
-        &self,
-        batch: &[Inbound],
-    ) -> Result<Vec<Verdict>, Option<sqlx::Error>> {
+    async fn decide_with_retry(&self, batch: &[Inbound]) -> Result<Vec<Verdict>, Failure> {
         let mut backoff = reconnect_backoff(self.settings.worker.max_retry_delay);
         let mut conflicts = 0;
         loop {
             match self.pipeline.process(batch).await {
-                Ok(verdicts) => {
+                Ok(processed) => {
                     self.health.set_database(true);
-                    return Ok(verdicts);
+                    self.health.add_outbox_backlog(processed.outbox_rows as i64);
+                    return Ok(processed.verdicts);
                 }
                 Err(error) if is_transient(&error) => {
                     if is_conflict(&error) {
                         conflicts += 1;
                         if conflicts > MAX_CONFLICT_RETRIES {
-                            return Err(Some(error));
+                            return Err(Failure::Conflicting(error));
                         }
                     } else {
+                        // Unavailable, not conflicting: retried in place for as long as it takes.
                         self.health.set_database(false);
                     }
                     self.metrics.transient("database");
@@ -338,11 +420,11 @@ impl Worker {
                         .unwrap_or(self.settings.worker.max_retry_delay);
                     tracing::warn!(%error, retry_in = ?delay, "deciding a batch failed; retrying");
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return Err(None),
+                        _ = self.shutdown.cancelled() => return Err(Failure::Stopped),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                Err(error) => return Err(Some(error)),
+                Err(error) => return Err(Failure::Permanent(error)),
             }
         }
     }

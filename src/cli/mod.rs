@@ -2,6 +2,7 @@
 
 mod admin_client;
 mod import;
+mod replay;
 mod send_login;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -39,6 +40,11 @@ pub enum Command {
     },
     /// Publish one login.completed event and print the decision and the events it caused.
     SendLogin(send_login::SendLoginArgs),
+    /// Stored outbound events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Pending bindings, through the admin API.
     Bindings {
         #[command(flatten)]
@@ -46,6 +52,12 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_client::BindingsCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Publish stored events again, with their original ids.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,9 +76,14 @@ pub enum UsersCommand {
 pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => {
-            let app = Application::build(settings).await?;
+            // Listening first: a stop requested while starting (the database may be slow to come
+            // up) is a clean exit too.
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
+            let app = tokio::select! {
+                app = Application::build(settings) => app?,
+                _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+            };
             app.run_until_stopped(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -84,6 +101,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             command: UsersCommand::Find { api, find },
         } => admin_client::find_users(find, api, &settings).await,
         Command::SendLogin(args) => send_login::run(args, &settings).await,
+        Command::Events {
+            command: EventsCommand::Replay(args),
+        } => replay::run(args, &settings).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
     }
 }

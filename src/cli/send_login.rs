@@ -14,6 +14,7 @@ use lapin::{
     },
     types::FieldTable,
 };
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -155,9 +156,14 @@ pub async fn run(args: SendLoginArgs, settings: &Settings) -> anyhow::Result<Exi
         .await?;
 
     let correlation_id = uuid::Uuid::new_v4().to_string();
-    let properties = json_properties(&event_id)
+    let mut properties = json_properties(&event_id)
         .with_reply_to(reply_queue.name().clone())
         .with_correlation_id(correlation_id.as_str().into());
+    // The broker checks user_id against the connection's login, so this is the honest value
+    // (and the one amqp.trusted_publishers looks for).
+    if let Ok(uri) = amqp.url.expose_secret().parse::<lapin::uri::AMQPUri>() {
+        properties = properties.with_user_id(uri.authority.userinfo.username.as_str().into());
+    }
     let confirm = channel
         .basic_publish(
             amqp.inbound_exchange.as_str().into(),

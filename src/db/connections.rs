@@ -37,8 +37,8 @@ impl Row {
     }
 }
 
-/// Creates the connection or replaces its settings.
-pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Result<()> {
+/// Creates the connection or replaces its settings; `true` when it was created.
+pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Result<bool> {
     let match_fields: Vec<String> = c
         .match_fields
         .iter()
@@ -57,7 +57,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
                require_verified = EXCLUDED.require_verified,
                default_country_code = EXCLUDED.default_country_code,
                binding_ttl_seconds = EXCLUDED.binding_ttl_seconds,
-               updated_at = now()"#,
+               updated_at = now()
+           RETURNING (xmax = 0) AS "created!""#,
         c.user_pool_id.as_str(),
         c.identifier.as_str(),
         c.display_name,
@@ -69,9 +70,9 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         c.default_country_code.as_ref().map(|cc| cc.to_string()),
         c.binding_ttl.as_secs() as i64,
     )
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_one(conn)
+    .await
+    .map(|row| row.created)
 }
 
 /// The connections among `(pool, identifier)` pairs that exist.

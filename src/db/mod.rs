@@ -109,17 +109,22 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => true,
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
             // 40001 serialization_failure, 40P01 deadlock_detected, 23505 unique_violation,
-            // 08xxx connection exceptions, 57P0x admin/crash shutdown, 53xxx insufficient
-            // resources, 55P03 lock_not_available.
-            matches!(code, "40001" | "40P01" | "23505" | "55P03")
-                || code.starts_with("08")
+            // 08xxx connection exceptions, 57P0x admin/crash shutdown, 57014 statement timeout
+            // or cancel, 53xxx insufficient resources, 58xxx system (I/O) errors, 55P03
+            // lock_not_available, 25006 read-only transaction (a standby during a failover).
+            matches!(
+                code,
+                "40001" | "40P01" | "23505" | "55P03" | "57014" | "25006"
+            ) || code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
+                || code.starts_with("58")
         }
         _ => false,
     }

@@ -16,7 +16,6 @@ pub struct NewOutbox {
     pub message_ids: Vec<Uuid>,
     pub correlation_ids: Vec<Option<String>>,
     pub payloads: Vec<Value>,
-    pub created_at: Vec<DateTime<Utc>>,
 }
 
 impl NewOutbox {
@@ -26,7 +25,6 @@ impl NewOutbox {
         self.message_ids.push(event.id);
         self.correlation_ids.push(None);
         self.payloads.push(event.body);
-        self.created_at.push(event.time);
     }
 
     pub fn reply(&mut self, reply_to: &str, correlation_id: Option<&str>, body: Value) {
@@ -35,7 +33,6 @@ impl NewOutbox {
         self.message_ids.push(Uuid::now_v7());
         self.correlation_ids.push(correlation_id.map(str::to_owned));
         self.payloads.push(body);
-        self.created_at.push(Utc::now());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -58,10 +55,12 @@ pub async fn insert_many(
     }
     let kinds: Vec<String> = rows.kinds.iter().map(|k| (*k).to_owned()).collect();
     sqlx::query!(
+        // created_at is the database's clock at insert: rows are adopted by other relays by
+        // age, which must not count time the transaction spent before writing them.
         r#"INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload, created_at)
-           SELECT $1, kind, routing_key, message_id, correlation_id, payload, created_at
-           FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[], $7::timestamptz[])
-                WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload, created_at, n)
+           SELECT $1, kind, routing_key, message_id, correlation_id, payload, clock_timestamp()
+           FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[])
+                WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload, n)
            ORDER BY n"#,
         origin,
         &kinds,
@@ -69,7 +68,6 @@ pub async fn insert_many(
         &rows.message_ids,
         &rows.correlation_ids as &[Option<String>],
         &rows.payloads,
-        &rows.created_at,
     )
     .execute(conn)
     .await?;
@@ -101,6 +99,7 @@ pub async fn claim(
         r#"SELECT id, kind, routing_key, message_id, correlation_id, payload, created_at
            FROM outbox
            WHERE published_at IS NULL
+             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
              AND (origin = $1 OR created_at < now() - make_interval(secs => $2))
            ORDER BY id
            LIMIT $3
@@ -139,10 +138,69 @@ pub async fn settle(
     Ok(())
 }
 
+/// Puts rows the broker did not take aside for a while: 1 s after the first failure, doubling up
+/// to a minute; the rows behind them are published meanwhile.
+pub async fn hold(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r#"UPDATE outbox SET attempts = attempts + 1,
+               next_attempt_at = now() + least(make_interval(secs => 2.0 ^ least(attempts, 6)),
+                                               interval '60 seconds')
+           WHERE id = ANY($1)"#,
+        ids
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Rows committed but not yet published.
 pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
     let row = sqlx::query!(r#"SELECT count(*) AS "count!" FROM outbox WHERE published_at IS NULL"#)
         .fetch_one(pool)
         .await?;
     Ok(row.count)
+}
+
+/// Deletes up to `limit` published events created before `before`; returns how many.
+pub async fn prune_events(pool: &PgPool, before: DateTime<Utc>, limit: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query!(
+        r#"DELETE FROM outbox WHERE id IN (
+               SELECT id FROM outbox
+               WHERE kind = 'event' AND published_at IS NOT NULL AND created_at < $1
+               ORDER BY id LIMIT $2)"#,
+        before,
+        limit
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Stored events for `events replay`, in id order, after `after_id`.
+pub async fn events_between(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    event_type: Option<&str>,
+    after_id: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as!(
+        OutboxRow,
+        r#"SELECT id, kind, routing_key, message_id, correlation_id, payload, created_at
+           FROM outbox
+           WHERE kind = 'event' AND created_at >= $1 AND created_at < $2
+             AND ($3::text IS NULL OR routing_key = $3) AND id > $4
+           ORDER BY id LIMIT $5"#,
+        since,
+        until,
+        event_type,
+        after_id,
+        limit
+    )
+    .fetch_all(conn)
+    .await
 }

@@ -84,3 +84,20 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &NewProcessed) -> sqlx::
     .await?;
     Ok(())
 }
+
+/// Deletes up to `limit` dedupe records older than `before`; returns how many.
+pub async fn prune(
+    pool: &sqlx::PgPool,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query!(
+        r#"DELETE FROM processed_events WHERE (source, event_id) IN (
+               SELECT source, event_id FROM processed_events WHERE processed_at < $1 LIMIT $2)"#,
+        before,
+        limit
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

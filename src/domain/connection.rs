@@ -268,10 +268,11 @@ impl ConnectionSettings {
                 let ttl = humantime::parse_duration(raw).map_err(|e| {
                     FieldError::new("binding_ttl", format!("{raw:?} is not a duration ({e})"))
                 })?;
-                if ttl.is_zero() || ttl > MAX_BINDING_TTL {
+                if ttl < Duration::from_secs(1) || ttl > MAX_BINDING_TTL || ttl.subsec_nanos() != 0
+                {
                     return Err(FieldError::new(
                         "binding_ttl",
-                        "must be longer than zero and at most 366 days",
+                        "must be whole seconds, from 1s to 366 days",
                     ));
                 }
                 ttl

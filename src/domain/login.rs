@@ -259,10 +259,13 @@ fn optional_string(map: &Map<String, Value>, field: &str) -> Result<Option<Strin
     }
 }
 
+/// A boolean; `"true"` and `"false"` are accepted too, as some identity sources send them.
 fn optional_bool(map: &Map<String, Value>, field: &str) -> Result<bool, Rejection> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
         Some(other) => Err(invalid(format!(
             "data.profile.{field} must be a boolean, got {}",
             brief(other)
@@ -471,6 +474,15 @@ mod tests {
         let mut v = valid();
         v["data"]["profile"]["email_verified"] = json!("yes");
         assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+        for (text, value) in [("true", true), ("TRUE", true), ("false", false)] {
+            let mut v = valid();
+            v["data"]["profile"]["email_verified"] = json!(text);
+            assert_eq!(
+                decode_value(&v).unwrap().profile.email_verified,
+                value,
+                "{text}"
+            );
+        }
         let mut v = valid();
         v["data"]["connection"] = json!("DingTalk");
         assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);

@@ -97,6 +97,19 @@ impl From<AdminError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        let code = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .unwrap_or_default();
+        if code == "23505" {
+            // A concurrent writer took the same value first.
+            tracing::info!(%error, "admin request conflicted with a concurrent change");
+            return Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a concurrent change conflicted with this one; retry",
+            );
+        }
         if crate::db::is_transient(&error) {
             tracing::warn!(%error, "admin request failed: database unavailable or busy");
             Self::new(

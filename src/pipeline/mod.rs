@@ -49,6 +49,15 @@ pub enum Verdict {
     Rejected(Rejection),
 }
 
+/// A committed batch.
+#[derive(Debug)]
+pub struct Processed {
+    /// One per message, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Outbox rows (events and replies) the batch committed.
+    pub outbox_rows: usize,
+}
+
 #[derive(Clone)]
 pub struct Pipeline {
     pool: PgPool,
@@ -66,11 +75,11 @@ impl Pipeline {
     }
 
     /// Decides `batch` in one transaction, in order. On error nothing is committed.
-    pub async fn process(&self, batch: &[Inbound]) -> sqlx::Result<Vec<Verdict>> {
+    pub async fn process(&self, batch: &[Inbound]) -> sqlx::Result<Processed> {
         let mut tx = self.pool.begin().await?;
-        let verdicts = decide_batch(&mut tx, self.origin, batch, Utc::now()).await?;
+        let processed = decide_batch(&mut tx, self.origin, batch, Utc::now()).await?;
         tx.commit().await?;
-        Ok(verdicts)
+        Ok(processed)
     }
 }
 
@@ -79,7 +88,7 @@ async fn decide_batch(
     origin: Uuid,
     batch: &[Inbound],
     now: DateTime<Utc>,
-) -> sqlx::Result<Vec<Verdict>> {
+) -> sqlx::Result<Processed> {
     // Connections first: phone normalisation depends on their settings.
     let mut pairs: Vec<(&str, &str)> = batch
         .iter()
@@ -180,7 +189,10 @@ async fn decide_batch(
     }
 
     writes.flush(conn, origin).await?;
-    Ok(verdicts)
+    Ok(Processed {
+        verdicts,
+        outbox_rows: writes.outbox.len(),
+    })
 }
 
 /// Every write of a batch, gathered while deciding and flushed in a fixed order.

@@ -412,8 +412,14 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(services: &Services) -> Self {
+        Self::start_with_env(services, &[])
+    }
+
+    /// With extra `IDSYNC__...` settings in its environment.
+    pub fn start_with_env(services: &Services, env: &[(&str, &str)]) -> Self {
         let child = services
             .command()
+            .envs(env.iter().copied())
             .arg("run")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -478,6 +484,7 @@ pub fn login(connection: &str, external_id: &str, profile: Value) -> Value {
 /// The test's side of the broker: a publisher, a reply queue and a queue capturing every
 /// outbound event.
 pub struct Broker {
+    pub events_queue: String,
     pub connection: Connection,
     pub channel: Channel,
     reply_queue: String,
@@ -495,7 +502,12 @@ pub struct Captured {
 
 impl Broker {
     pub async fn connect(services: &Services) -> Self {
-        let settings = services.settings();
+        Self::connect_with(services, services.settings(), true).await
+    }
+
+    /// `settings` must declare the topology as the worker will (same queue arguments);
+    /// `capture` binds the event-capturing queue to every event type.
+    pub async fn connect_with(services: &Services, settings: Settings, capture: bool) -> Self {
         let connection = Connection::connect(&services.amqp_url, ConnectionProperties::default())
             .await
             .expect("connecting to the test vhost");
@@ -519,16 +531,18 @@ impl Broker {
             .queue_declare("".into(), private, FieldTable::default())
             .await
             .unwrap();
-        channel
-            .queue_bind(
-                events_queue.name().clone(),
-                settings.amqp.events_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        if capture {
+            channel
+                .queue_bind(
+                    events_queue.name().clone(),
+                    settings.amqp.events_exchange.as_str().into(),
+                    "#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
         let consume = BasicConsumeOptions {
             no_ack: true,
             ..Default::default()
@@ -552,6 +566,7 @@ impl Broker {
             .await
             .unwrap();
         Self {
+            events_queue: events_queue.name().to_string(),
             connection,
             channel,
             reply_queue: reply_queue.name().to_string(),
@@ -705,6 +720,29 @@ impl Broker {
         depth
     }
 
+    /// Binds the event-capturing queue (for a broker connected without capture).
+    pub async fn capture_events(&self) {
+        self.channel
+            .queue_bind(
+                self.events_queue.as_str().into(),
+                self.settings.amqp.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Every event that arrives until none has for `quiet`.
+    pub async fn drain_events(&mut self, quiet: Duration) -> Vec<Captured> {
+        let mut all = Vec::new();
+        while let Some(event) = self.next_event_within(quiet).await {
+            all.push(event);
+        }
+        all
+    }
+
     pub fn reply_queue(&self) -> &str {
         &self.reply_queue
     }
@@ -766,4 +804,40 @@ pub async fn count(db: &PgPool, sql: &'static str) -> i64 {
         .fetch_one(db)
         .await
         .unwrap()
+}
+
+/// The figures a reliability test reports: printed, and written to
+/// `target/reliability/<name>.json` for docs/RELIABILITY.md.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Figures {
+    pub name: String,
+    pub sent: i64,
+    pub decided: i64,
+    pub lost: i64,
+    pub doubled: i64,
+    pub faults: i64,
+    pub notes: serde_json::Map<String, Value>,
+}
+
+impl Figures {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    pub fn note(&mut self, key: &str, value: impl serde::Serialize) -> &mut Self {
+        self.notes
+            .insert(key.to_owned(), serde_json::to_value(value).unwrap());
+        self
+    }
+
+    pub fn report(&self) {
+        let line = serde_json::to_string(self).unwrap();
+        eprintln!("RELIABILITY {line}");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("{}.json", self.name)), line);
+    }
 }

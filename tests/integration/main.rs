@@ -12,3 +12,4 @@ mod dead_letters;
 mod dedupe;
 mod http;
 mod outcomes;
+mod reliability;

@@ -1,0 +1,72 @@
+//! Retention: published events older than `outbox.retention` and dedupe records older than
+//! `worker.dedupe_retention` are deleted in the background, in small chunks so that no delete
+//! holds locks for long.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    db::{outbox, processed},
+    metrics::{KindLabel, Metrics},
+    settings::Settings,
+};
+
+const CHUNK: i64 = 5_000;
+
+/// Prunes once; returns (events, dedupe records) removed.
+pub async fn prune(
+    pool: &PgPool,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> sqlx::Result<(u64, u64)> {
+    let cutoff =
+        |d: Duration| Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let events_before = cutoff(settings.outbox.retention);
+    let processed_before = settings.worker.dedupe_retention.map(cutoff);
+    let (mut events, mut records) = (0, 0);
+    loop {
+        let n = outbox::prune_events(pool, events_before, CHUNK).await?;
+        events += n;
+        if n < CHUNK as u64 {
+            break;
+        }
+    }
+    while let Some(before) = processed_before {
+        let n = processed::prune(pool, before, CHUNK).await?;
+        records += n;
+        if n < CHUNK as u64 {
+            break;
+        }
+    }
+    metrics
+        .pruned
+        .get_or_create(&KindLabel { kind: "event" })
+        .inc_by(events);
+    metrics
+        .pruned
+        .get_or_create(&KindLabel { kind: "processed" })
+        .inc_by(records);
+    Ok((events, records))
+}
+
+pub async fn run(
+    pool: PgPool,
+    settings: std::sync::Arc<Settings>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    loop {
+        match prune(&pool, &settings, &metrics).await {
+            Ok((0, 0)) => {}
+            Ok((events, records)) => tracing::info!(events, records, "retention pruned old rows"),
+            Err(error) => tracing::warn!(%error, "retention failed; retrying later"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(settings.outbox.prune_interval) => {}
+        }
+    }
+}
