@@ -135,7 +135,16 @@ impl Worker {
         let amqp = &self.settings.amqp;
         let connection = connect(&amqp.url, "worker").await?;
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, amqp).await?;
+        if let Err(error) = topology::declare(&channel, amqp).await {
+            if error.to_string().contains("PRECONDITION_FAILED") {
+                tracing::error!(
+                    %error,
+                    "the broker holds a queue or exchange of the same name with other arguments \
+                     (amqp.delivery_limit changed?): delete or rename it, or restore the setting"
+                );
+            }
+            return Err(error.into());
+        }
         // Dead letters and error replies are published here, with confirms.
         let publisher = connection.create_channel().await?;
         publisher

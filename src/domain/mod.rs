@@ -9,6 +9,8 @@ pub mod events;
 pub mod login;
 pub mod mask;
 pub mod phone;
+#[cfg(test)]
+mod proptests;
 pub mod username;
 
 pub use connection::{

@@ -15,6 +15,7 @@ use crate::admin::views::{AuditView, Page};
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,

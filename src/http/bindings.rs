@@ -26,6 +26,7 @@ pub struct ListQuery {
     pub status: Option<String>,
     pub connection: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
@@ -40,10 +41,12 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<BindingView>>, ApiError> {
+    // An empty filter is no filter.
+    let given = |v: Option<String>| v.filter(|s| !s.is_empty());
     let filter = ListFilter {
-        user_pool_id: q.user_pool_id,
-        status: q.status,
-        connection: q.connection,
+        user_pool_id: given(q.user_pool_id),
+        status: given(q.status),
+        connection: given(q.connection),
         before: q.cursor,
         limit: q.limit.unwrap_or(50),
     };
@@ -84,7 +87,8 @@ const MAX_REASON: usize = 1000;
     responses((status = 200, body = BindingView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+              (status = 422, body = ErrorBody),
+              (status = 415, body = ErrorBody)))]
 pub async fn resolve(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

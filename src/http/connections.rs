@@ -67,7 +67,8 @@ pub struct ConnectionBody {
     request_body = ConnectionBody, security(("bearer" = [])),
     responses((status = 200, body = ConnectionView), (status = 201, body = ConnectionView),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 415, body = ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -43,7 +43,8 @@ pub async fn find(
             "user_pool_id is required",
         )
     })?;
-    let lookup = match (q.email, q.phone, q.username) {
+    let given = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let lookup = match (given(q.email), given(q.phone), given(q.username)) {
         (Some(e), None, None) => Lookup::Email(e),
         (None, Some(p), None) => Lookup::Phone(p),
         (None, None, Some(u)) => Lookup::Username(u),
@@ -94,7 +95,8 @@ pub struct NewUser {
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = NewUser, security(("bearer" = [])),
     responses((status = 201, body = UserView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 415, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

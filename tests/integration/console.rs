@@ -1,6 +1,6 @@
 //! The web console in a real headless browser (Debian's Chromium driven by Playwright, see
 //! tests/browser): sign in, find the pending binding, link it, see it leave the list; then the
-//! events it published are checked here. `scripts/browser-deps` installs what it needs.
+//! events it published are checked here. `scripts/test-deps` installs what it needs.
 
 use std::{path::Path, process::Command};
 
@@ -16,7 +16,7 @@ async fn the_console_resolves_a_binding() {
     assert!(
         root.join("tests/browser/node_modules/playwright-core")
             .exists(),
-        "Playwright is not installed: run scripts/browser-deps"
+        "Playwright is not installed: run scripts/test-deps"
     );
     let services = Services::new().await;
     let db = services.migrate().await;

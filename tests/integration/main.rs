@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod api_fuzz;
 mod cli;
 mod concurrency;
 mod console;
