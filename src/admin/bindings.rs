@@ -307,15 +307,12 @@ impl Admin {
                 let fields = profile_fields(&binding, settings);
                 let mut keys = FieldKeys::default();
                 if let Some(e) = &fields.email {
-                    keys.email_pools.push(pool_id.clone());
                     keys.emails.push(e.as_str().to_owned());
                 }
                 if let Some(p) = &fields.phone {
-                    keys.phone_pools.push(pool_id.clone());
                     keys.phones.push(p.as_str().to_owned());
                 }
                 if let Some(u) = &fields.username {
-                    keys.username_pools.push(pool_id.clone());
                     keys.usernames.push(u.as_str().to_owned());
                 }
                 let holders: Vec<PoolUser> = users::find_by_fields(&mut tx, &keys)

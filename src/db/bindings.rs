@@ -16,6 +16,8 @@ pub struct PendingRow {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Pending bindings of identities with these external ids, whatever their pool and connection
+/// (the caller matches the whole key).
 pub async fn find_pending(
     conn: &mut PgConnection,
     keys: &IdentityKeys,
@@ -25,12 +27,8 @@ pub async fn find_pending(
     }
     sqlx::query_as!(
         PendingRow,
-        r#"SELECT b.id, b.user_pool_id, b.connection, b.external_id, b.reason, b.expires_at
-           FROM unnest($1::text[], $2::text[], $3::text[]) AS k(pool, connection, external_id)
-           JOIN bindings b ON b.user_pool_id = k.pool AND b.connection = k.connection
-                          AND b.external_id = k.external_id AND b.status = 'pending'"#,
-        &keys.pools,
-        &keys.connections,
+        r#"SELECT id, user_pool_id, connection, external_id, reason, expires_at
+           FROM bindings WHERE status = 'pending' AND external_id = ANY($1)"#,
         &keys.external_ids,
     )
     .fetch_all(conn)

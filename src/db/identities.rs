@@ -32,6 +32,8 @@ pub struct LinkRow {
     pub user_id: Uuid,
 }
 
+/// Identities with these external ids, whatever their pool and connection (the caller matches
+/// the whole key).
 pub async fn find_links(
     conn: &mut PgConnection,
     keys: &IdentityKeys,
@@ -41,12 +43,8 @@ pub async fn find_links(
     }
     sqlx::query_as!(
         LinkRow,
-        r#"SELECT i.user_pool_id, i.connection, i.external_id, i.user_id
-           FROM unnest($1::text[], $2::text[], $3::text[]) AS k(pool, connection, external_id)
-           JOIN identities i ON i.user_pool_id = k.pool AND i.connection = k.connection
-                            AND i.external_id = k.external_id"#,
-        &keys.pools,
-        &keys.connections,
+        r#"SELECT user_pool_id, connection, external_id, user_id
+           FROM identities WHERE external_id = ANY($1)"#,
         &keys.external_ids,
     )
     .fetch_all(conn)

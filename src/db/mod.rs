@@ -7,6 +7,7 @@ pub mod bindings;
 pub mod connections;
 pub mod identities;
 pub mod locks;
+mod nodelay;
 pub mod outbox;
 pub mod processed;
 pub mod users;
@@ -67,7 +68,13 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<PgPool, 
     let pool_options = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .idle_timeout(Duration::from_secs(300));
+        .idle_timeout(Duration::from_secs(300))
+        .after_connect(|_, _| {
+            Box::pin(async {
+                nodelay::disable_nagle();
+                Ok(())
+            })
+        });
     let connect = || pool_options.clone().connect_with(options.clone());
     let pool = with_startup_retry(settings.startup_timeout, connect).await?;
     MIGRATOR.run(&pool).await?;

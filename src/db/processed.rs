@@ -13,20 +13,18 @@ pub struct ProcessedRow {
     pub reason: Option<String>,
 }
 
+/// Dedupe records of these event ids, whatever their source (the caller matches the source).
 pub async fn find_many(
     conn: &mut PgConnection,
-    sources: &[String],
     event_ids: &[String],
 ) -> sqlx::Result<Vec<ProcessedRow>> {
-    if sources.is_empty() {
+    if event_ids.is_empty() {
         return Ok(Vec::new());
     }
     sqlx::query_as!(
         ProcessedRow,
-        r#"SELECT p.source, p.event_id, p.outcome, p.user_id, p.binding_id, p.reason
-           FROM unnest($1::text[], $2::text[]) AS k(source, event_id)
-           JOIN processed_events p ON p.source = k.source AND p.event_id = k.event_id"#,
-        sources,
+        r#"SELECT source, event_id, outcome, user_id, binding_id, reason
+           FROM processed_events WHERE event_id = ANY($1)"#,
         event_ids,
     )
     .fetch_all(conn)

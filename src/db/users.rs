@@ -15,19 +15,16 @@ pub struct MatchRow {
     pub linked_connections: Vec<String>,
 }
 
-/// `(pool, value)` pairs to look up, one list per field.
+/// Normalised values to look up, one list per field.
 #[derive(Debug, Default)]
 pub struct FieldKeys {
-    pub email_pools: Vec<String>,
     pub emails: Vec<String>,
-    pub phone_pools: Vec<String>,
     pub phones: Vec<String>,
-    pub username_pools: Vec<String>,
     pub usernames: Vec<String>,
 }
 
-/// Every user holding one of the given normalised values in the given pool. Three index lookups
-/// joined by UNION, so the cost follows the number of keys, not the size of the table.
+/// Every user holding one of the given normalised values, in any pool (the caller matches the
+/// pool): one index lookup per field.
 pub async fn find_by_fields(
     conn: &mut PgConnection,
     keys: &FieldKeys,
@@ -40,20 +37,9 @@ pub async fn find_by_fields(
         r#"SELECT u.id, u.user_pool_id, u.email, u.phone, u.username,
                   ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id) AS "linked_connections!"
            FROM users u
-           WHERE u.id IN (
-               SELECT u.id FROM unnest($1::text[], $2::text[]) AS k(pool, v)
-                 JOIN users u ON u.user_pool_id = k.pool AND u.email = k.v
-               UNION
-               SELECT u.id FROM unnest($3::text[], $4::text[]) AS k(pool, v)
-                 JOIN users u ON u.user_pool_id = k.pool AND u.phone = k.v
-               UNION
-               SELECT u.id FROM unnest($5::text[], $6::text[]) AS k(pool, v)
-                 JOIN users u ON u.user_pool_id = k.pool AND u.username = k.v)"#,
-        &keys.email_pools,
+           WHERE u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3)"#,
         &keys.emails,
-        &keys.phone_pools,
         &keys.phones,
-        &keys.username_pools,
         &keys.usernames,
     )
     .fetch_all(conn)

@@ -118,7 +118,6 @@ async fn decide_batch(
     let mut locks = LockSet::new();
     let mut id_keys = IdentityKeys::default();
     let mut field_keys = FieldKeys::default();
-    let mut sources = Vec::new();
     let mut event_ids = Vec::new();
     // Per message: its connection and normalised fields, or why it cannot be processed.
     let mut prepared: Vec<Result<(&ConnectionSettings, NormalizedFields), Rejection>> =
@@ -141,21 +140,17 @@ async fn decide_batch(
         let fields = NormalizedFields::of(&event.profile, settings);
         locks.identity(pool, event.connection.as_str(), &event.external_id);
         id_keys.push(pool, event.connection.as_str(), &event.external_id);
-        sources.push(event.source.clone());
         event_ids.push(event.id.clone());
         if let Some(email) = &fields.email {
             locks.email(pool, email);
-            field_keys.email_pools.push(pool.to_owned());
             field_keys.emails.push(email.as_str().to_owned());
         }
         if let Some(phone) = &fields.phone {
             locks.phone(pool, phone);
-            field_keys.phone_pools.push(pool.to_owned());
             field_keys.phones.push(phone.as_str().to_owned());
         }
         if let Some(username) = &fields.username {
             locks.username(pool, username);
-            field_keys.username_pools.push(pool.to_owned());
             field_keys.usernames.push(username.as_str().to_owned());
         }
         prepared.push(Ok((settings, fields)));
@@ -163,7 +158,7 @@ async fn decide_batch(
 
     // After the locks, every read below sees the commits of whoever held them before us.
     locks.acquire(conn).await?;
-    let processed_rows = processed::find_many(conn, &sources, &event_ids).await?;
+    let processed_rows = processed::find_many(conn, &event_ids).await?;
     let links = identities::find_links(conn, &id_keys).await?;
     let pending = bindings::find_pending(conn, &id_keys).await?;
     let pool_users = users::find_by_fields(conn, &field_keys).await?;
