@@ -1,6 +1,12 @@
 //! The outbox relay: publishes committed events and replies with publisher confirms, then marks
-//! them published (events, kept for replay) or deletes them (replies). It wakes when this process
-//! commits (in-process signal) and polls as a fallback for rows of processes that stopped.
+//! them published (events, kept for replay) or deletes them (replies).
+//!
+//! Two paths feed it. The fast one: whoever commits outbox rows in this process (the worker, the
+//! admin API, the expiry sweeper) hands them over right after the commit, and the relay publishes
+//! them at once, in commit order, without reading them back. The safe one: every
+//! `outbox.poll_interval` it claims unpublished rows from the database with
+//! `FOR UPDATE SKIP LOCKED` — its own rows a hand-off missed (the queue was full, the broker was
+//! away), rows set aside after a nack, and rows of processes that stopped before publishing.
 
 use std::{
     sync::Arc,
@@ -13,18 +19,23 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
-use sqlx::PgPool;
-use tokio::sync::Notify;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
     amqp::{connect, json_properties},
-    db::outbox,
+    db::outbox::{self, OutboxRow},
     health::Health,
     metrics::{KindLabel, Metrics},
     settings::Settings,
 };
+
+/// Committed batches waiting for the relay; when full, rows wait in the database instead.
+const HANDOFF_CAPACITY: usize = 256;
+/// The safe path leaves this process's rows this long to the fast path.
+const OWN_ROWS_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -36,10 +47,32 @@ enum RelayError {
     ConfirmTimeout(Duration),
 }
 
+/// The committing side of the fast path.
+#[derive(Clone)]
+pub struct Handoff {
+    sender: mpsc::Sender<Vec<OutboxRow>>,
+    health: Health,
+}
+
+impl Handoff {
+    /// Passes rows just committed to the relay. Never waits: if the relay is that far behind,
+    /// the rows stay in the database for its safe path.
+    pub fn committed(&self, rows: Vec<OutboxRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.health.add_outbox_backlog(rows.len() as i64);
+        if let Err(error) = self.sender.try_send(rows) {
+            tracing::debug!(%error, "relay busy; the rows will be claimed from the database");
+        }
+    }
+}
+
 /// What one publish round achieved.
+#[derive(Default)]
 struct Round {
-    claimed: usize,
-    /// Rows left unpublished (nacked, or unroutable with `retry_unroutable`).
+    rows: usize,
+    /// Rows the broker did not take (nacked, or unroutable with `retry_unroutable`).
     held: usize,
 }
 
@@ -47,7 +80,7 @@ pub struct Relay {
     settings: Arc<Settings>,
     pool: PgPool,
     origin: Uuid,
-    wake: Arc<Notify>,
+    handoffs: mpsc::Receiver<Vec<OutboxRow>>,
     metrics: Metrics,
     health: Health,
     /// Cancelled after the worker has stopped: the relay then publishes what is left and exits.
@@ -59,23 +92,30 @@ impl Relay {
         settings: Arc<Settings>,
         pool: PgPool,
         origin: Uuid,
-        wake: Arc<Notify>,
         metrics: Metrics,
         health: Health,
         stop: CancellationToken,
-    ) -> Self {
-        Self {
-            settings,
-            pool,
-            origin,
-            wake,
-            metrics,
-            health,
-            stop,
-        }
+    ) -> (Self, Handoff) {
+        let (sender, handoffs) = mpsc::channel(HANDOFF_CAPACITY);
+        let handoff = Handoff {
+            sender,
+            health: health.clone(),
+        };
+        (
+            Self {
+                settings,
+                pool,
+                origin,
+                handoffs,
+                metrics,
+                health,
+                stop,
+            },
+            handoff,
+        )
     }
 
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let max_delay = self.settings.worker.max_retry_delay;
         let mut backoff = backoff(max_delay);
         loop {
@@ -105,7 +145,7 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
-    async fn session(&self) -> Result<(), RelayError> {
+    async fn session(&mut self) -> Result<(), RelayError> {
         let connection = connect(&self.settings.amqp.url, "relay").await?;
         let channel = connection.create_channel().await?;
         channel
@@ -119,29 +159,38 @@ impl Relay {
         result
     }
 
-    async fn publish_loop(&self, channel: &Channel) -> Result<(), RelayError> {
+    async fn publish_loop(&mut self, channel: &Channel) -> Result<(), RelayError> {
         let poll = self.settings.outbox.poll_interval;
         let mut counted = Instant::now() - Duration::from_secs(60);
+        // Whatever is already in the database first (a restart, a reconnect).
+        self.claim_until_done(channel, &mut counted).await?;
+        let mut next_claim = Instant::now() + poll;
         loop {
-            let stopping = self.stop.is_cancelled();
-            // Publish until nothing is due. Rows the broker did not take are set aside with a
-            // backoff (`outbox::hold`), so they neither block the rows behind them nor spin.
-            loop {
-                let round = self.round(channel).await?;
-                self.count_backlog(&mut counted, false).await;
-                if round.claimed == 0 || round.held == round.claimed {
-                    break;
+            if self.stop.is_cancelled() {
+                // The worker has stopped: publish its last hand-offs, then anything left.
+                while let Ok(rows) = self.handoffs.try_recv() {
+                    self.publish_handed_off(channel, rows).await?;
                 }
-            }
-            // A worker paused on the backlog resumes as soon as the relay has caught up.
-            let paused = self.health.outbox_backlog() > 0;
-            self.count_backlog(&mut counted, paused).await;
-            if stopping {
+                self.claim_until_done(channel, &mut counted).await?;
                 return Ok(());
             }
             tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+                handed = self.handoffs.recv() => {
+                    let Some(mut rows) = handed else { return Ok(()) };
+                    // Everything already waiting goes in the same round.
+                    while rows.len() < self.settings.outbox.batch_size as usize {
+                        match self.handoffs.try_recv() {
+                            Ok(more) => rows.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    self.publish_handed_off(channel, rows).await?;
+                    self.count_backlog(&mut counted, false).await;
+                }
+                _ = tokio::time::sleep_until(next_claim.into()) => {
+                    self.claim_until_done(channel, &mut counted).await?;
+                    next_claim = Instant::now() + poll;
+                }
                 _ = self.stop.cancelled() => {}
             }
         }
@@ -160,14 +209,47 @@ impl Relay {
         }
     }
 
-    /// Claims a batch of rows, publishes them all (pipelined), awaits every confirm, and records
-    /// the outcome in the same transaction that holds the rows' locks.
-    async fn round(&self, channel: &Channel) -> Result<Round, RelayError> {
+    /// The fast path: rows just committed by this process, published without reading them back.
+    async fn publish_handed_off(
+        &self,
+        channel: &Channel,
+        rows: Vec<OutboxRow>,
+    ) -> Result<(), RelayError> {
+        let settled = self.publish(channel, &rows).await?;
+        let mut tx = self.pool.begin().await?;
+        // Losing this mark to a crash only means publishing again (with the same ids).
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        self.settle(&mut tx, &settled).await?;
+        tx.commit().await?;
+        self.account(&settled);
+        Ok(())
+    }
+
+    /// The safe path: claims, publishes and settles rounds of rows until none is due.
+    async fn claim_until_done(
+        &self,
+        channel: &Channel,
+        counted: &mut Instant,
+    ) -> Result<(), RelayError> {
+        loop {
+            let round = self.claimed_round(channel).await?;
+            self.count_backlog(counted, round.rows == 0).await;
+            // Held rows are set aside with a backoff (`outbox::hold`): they do not spin.
+            if round.rows == 0 || round.held == round.rows {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn claimed_round(&self, channel: &Channel) -> Result<Round, RelayError> {
         let outbox_settings = &self.settings.outbox;
         let mut tx = self.pool.begin().await?;
         let rows = outbox::claim(
             &mut tx,
             self.origin,
+            OWN_ROWS_AFTER.as_secs_f64(),
             outbox_settings.orphan_after.as_secs_f64(),
             outbox_settings.batch_size,
         )
@@ -175,14 +257,22 @@ impl Relay {
         if rows.is_empty() {
             tx.commit().await?;
             self.health.set_database(true);
-            return Ok(Round {
-                claimed: 0,
-                held: 0,
-            });
+            return Ok(Round::default());
         }
+        let settled = self.publish(channel, &rows).await?;
+        self.settle(&mut tx, &settled).await?;
+        tx.commit().await?;
+        self.account(&settled);
+        Ok(Round {
+            rows: rows.len(),
+            held: settled.held.len(),
+        })
+    }
 
+    /// Publishes every row (pipelined), then awaits every confirm.
+    async fn publish(&self, channel: &Channel, rows: &[OutboxRow]) -> Result<Settled, RelayError> {
         let mut confirms = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             let body = serde_json::to_vec(&row.payload).expect("json value serialises");
             let mut properties = json_properties(&row.message_id.to_string());
             let exchange = if row.kind == outbox::KIND_EVENT {
@@ -211,11 +301,8 @@ impl Relay {
             confirms.push(confirm);
         }
 
-        let mut published = Vec::new();
-        let mut unrouted = Vec::new();
-        let mut replies = Vec::new();
-        let mut held = Vec::new();
-        let timeout = outbox_settings.confirm_timeout;
+        let mut settled = Settled::default();
+        let timeout = self.settings.outbox.confirm_timeout;
         for (row, confirm) in rows.iter().zip(confirms) {
             let confirmation = tokio::time::timeout(timeout, confirm)
                 .await
@@ -224,60 +311,80 @@ impl Relay {
             match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {
                     if is_event {
-                        published.push(row.id)
+                        settled.published.push(row.id)
                     } else {
-                        replies.push(row.id)
+                        settled.replies.push(row.id)
                     }
                 }
                 Confirmation::Ack(Some(_)) => {
                     if !is_event {
                         // The requester is gone: nobody is left to read this reply.
                         tracing::debug!(queue = %row.routing_key, "reply queue no longer exists");
-                        replies.push(row.id);
-                    } else if outbox_settings.retry_unroutable {
-                        held.push(row.id);
+                        settled.replies.push(row.id);
+                    } else if self.settings.outbox.retry_unroutable {
+                        settled.held.push(row.id);
                     } else {
                         tracing::debug!(event_type = %row.routing_key, event_id = %row.message_id, "unroutable event");
-                        unrouted.push(row.id);
+                        settled.unrouted.push(row.id);
                     }
                 }
                 Confirmation::Nack(_) => {
                     tracing::warn!(id = row.id, "broker refused a publish; it will be retried");
-                    held.push(row.id);
+                    settled.held.push(row.id);
                 }
             }
         }
-        if !unrouted.is_empty() {
-            self.metrics.outbox_unrouted.inc_by(unrouted.len() as u64);
+        if !settled.unrouted.is_empty() {
+            self.metrics
+                .outbox_unrouted
+                .inc_by(settled.unrouted.len() as u64);
             tracing::warn!(
-                count = unrouted.len(),
+                count = settled.unrouted.len(),
                 "events published with no queue bound for their type; kept for replay"
             );
         }
-        outbox::settle(&mut tx, &published, &unrouted, &replies).await?;
-        outbox::hold(&mut tx, &held).await?;
-        tx.commit().await?;
-        self.health
-            .add_outbox_backlog(-((published.len() + unrouted.len() + replies.len()) as i64));
+        Ok(settled)
+    }
+
+    async fn settle(&self, conn: &mut PgConnection, settled: &Settled) -> Result<(), RelayError> {
+        outbox::settle(
+            conn,
+            &settled.published,
+            &settled.unrouted,
+            &settled.replies,
+        )
+        .await?;
+        outbox::hold(conn, &settled.held).await?;
+        Ok(())
+    }
+
+    fn account(&self, settled: &Settled) {
+        let done = settled.published.len() + settled.unrouted.len() + settled.replies.len();
+        self.health.add_outbox_backlog(-(done as i64));
         self.health.set_database(true);
-        let events = (published.len() + unrouted.len()) as u64;
+        let events = (settled.published.len() + settled.unrouted.len()) as u64;
         if events > 0 {
             self.metrics
                 .outbox_published
                 .get_or_create(&KindLabel { kind: "event" })
                 .inc_by(events);
         }
-        if !replies.is_empty() {
+        if !settled.replies.is_empty() {
             self.metrics
                 .outbox_published
                 .get_or_create(&KindLabel { kind: "reply" })
-                .inc_by(replies.len() as u64);
+                .inc_by(settled.replies.len() as u64);
         }
-        Ok(Round {
-            claimed: rows.len(),
-            held: held.len(),
-        })
     }
+}
+
+/// Where each published row goes next.
+#[derive(Default)]
+struct Settled {
+    published: Vec<i64>,
+    unrouted: Vec<i64>,
+    replies: Vec<i64>,
+    held: Vec<i64>,
 }
 
 fn backoff(max: Duration) -> impl Iterator<Item = Duration> {

@@ -69,7 +69,7 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            prefetch: 256,
+            prefetch: 512,
             inbound_exchange: "idsync.in".into(),
             routing_key: "login.completed".into(),
             work_queue: "idsync.login-completed".into(),
@@ -166,7 +166,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             max_message_bytes: 65536,
-            batch_size: 64,
+            batch_size: 256,
             max_retry_delay: Duration::from_secs(5),
             dedupe_retention: None,
         }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -76,9 +76,16 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, origin = %self.origin, "identity-sync running");
-        let relay_wake = Arc::new(Notify::new());
         let relay_stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
+        let (relay, handoff) = Relay::new(
+            self.settings.clone(),
+            self.pool.clone(),
+            self.origin,
+            self.metrics.clone(),
+            self.health.clone(),
+            relay_stop.clone(),
+        );
 
         let pipeline = Pipeline::new(self.pool.clone(), self.origin);
         let worker = Worker::new(
@@ -86,19 +93,10 @@ impl Application {
             pipeline,
             self.metrics.clone(),
             self.health.clone(),
-            relay_wake.clone(),
+            handoff.clone(),
             shutdown.clone(),
         );
-        let relay = Relay::new(
-            self.settings.clone(),
-            self.pool.clone(),
-            self.origin,
-            relay_wake.clone(),
-            self.metrics.clone(),
-            self.health.clone(),
-            relay_stop.clone(),
-        );
-        let admin = Admin::new(self.pool.clone(), self.origin, relay_wake.clone());
+        let admin = Admin::new(self.pool.clone(), self.origin, handoff);
         let retention = tokio::spawn(crate::retention::run(
             self.pool.clone(),
             self.settings.clone(),

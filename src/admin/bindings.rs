@@ -236,9 +236,9 @@ impl Admin {
                 identity: identity_ref(&binding),
             };
             outbox.event(OutboundEvent::new(EventType::BindingExpired, id, data, now));
-            outbox::insert_many(&mut tx, self.origin, &outbox).await?;
+            let published = outbox::insert_many(&mut tx, self.origin, &outbox).await?;
             tx.commit().await?;
-            self.committed();
+            self.committed(published);
             return Err(AdminError::conflict(
                 "binding_expired",
                 format!("binding {id} has expired"),
@@ -404,7 +404,7 @@ impl Admin {
         for event in consequences {
             outbox.event(event);
         }
-        outbox::insert_many(&mut tx, self.origin, &outbox).await?;
+        let published = outbox::insert_many(&mut tx, self.origin, &outbox).await?;
 
         let after_row = bindings::get(&mut tx, id).await?.expect("still there");
         let after = view(&mut tx, after_row).await?;
@@ -418,7 +418,7 @@ impl Admin {
         )
         .await?;
         tx.commit().await?;
-        self.committed();
+        self.committed(published);
         Ok(after)
     }
 }

@@ -54,10 +54,10 @@ impl Admin {
                     now,
                 ));
             }
-            outbox::insert_many(&mut tx, self.origin, &events).await?;
+            let published = outbox::insert_many(&mut tx, self.origin, &events).await?;
             tx.commit().await?;
             total += expired.len();
-            self.committed();
+            self.committed(published);
             if (overdue.len() as i64) < BATCH {
                 return Ok(total);
             }

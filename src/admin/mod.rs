@@ -9,10 +9,8 @@ pub mod expiry;
 pub mod users;
 pub mod views;
 
-use std::sync::Arc;
-
+use crate::{db::outbox::OutboxRow, relay::Handoff};
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// Why an admin operation did not happen. The HTTP layer maps each kind to a status code.
@@ -66,19 +64,20 @@ pub struct Actor {
 pub struct Admin {
     pub(crate) pool: PgPool,
     origin: Uuid,
-    relay_wake: Arc<Notify>,
+    relay: Handoff,
 }
 
 impl Admin {
-    pub fn new(pool: PgPool, origin: Uuid, relay_wake: Arc<Notify>) -> Self {
+    pub fn new(pool: PgPool, origin: Uuid, relay: Handoff) -> Self {
         Self {
             pool,
             origin,
-            relay_wake,
+            relay,
         }
     }
 
-    fn committed(&self) {
-        self.relay_wake.notify_one();
+    /// Hands rows just committed to the relay.
+    fn committed(&self, rows: Vec<OutboxRow>) {
+        self.relay.committed(rows);
     }
 }

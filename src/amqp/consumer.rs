@@ -18,7 +18,6 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -33,6 +32,7 @@ use crate::{
     health::Health,
     metrics::{Metrics, OutcomeLabel, ReasonLabel},
     pipeline::{Inbound, Pipeline, Verdict},
+    relay::Handoff,
     settings::Settings,
 };
 
@@ -80,7 +80,7 @@ pub struct Worker {
     pipeline: Pipeline,
     metrics: Metrics,
     health: Health,
-    relay_wake: Arc<Notify>,
+    relay: Handoff,
     shutdown: CancellationToken,
 }
 
@@ -90,7 +90,7 @@ impl Worker {
         pipeline: Pipeline,
         metrics: Metrics,
         health: Health,
-        relay_wake: Arc<Notify>,
+        relay: Handoff,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -98,7 +98,7 @@ impl Worker {
             pipeline,
             metrics,
             health,
-            relay_wake,
+            relay,
             shutdown,
         }
     }
@@ -336,7 +336,6 @@ impl Worker {
             if let Some(last) = ack_up_to {
                 last.acker.ack(BasicAckOptions { multiple: true }).await?;
             }
-            self.relay_wake.notify_one();
             let elapsed = received.elapsed().as_secs_f64();
             for _ in 0..deliveries.len() {
                 self.metrics.processing_seconds.observe(elapsed);
@@ -410,7 +409,8 @@ impl Worker {
             match self.pipeline.process(batch).await {
                 Ok(processed) => {
                     self.health.set_database(true);
-                    self.health.add_outbox_backlog(processed.outbox_rows as i64);
+                    // Replies and events go out now, before the acks and dead letters.
+                    self.relay.committed(processed.outbox);
                     return Ok(processed.verdicts);
                 }
                 Err(error) if is_transient(&error) => {

@@ -45,6 +45,8 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Benchmark against this machine's PostgreSQL and RabbitMQ (docs/BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
     /// Pending bindings, through the admin API.
     Bindings {
         #[command(flatten)]
@@ -104,6 +106,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         Command::Events {
             command: EventsCommand::Replay(args),
         } => replay::run(args, &settings).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
     }
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::identities::IdentityKeys;
 
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct PendingRow {
     pub id: Uuid,
     pub user_pool_id: String,
@@ -14,25 +15,6 @@ pub struct PendingRow {
     pub external_id: String,
     pub reason: String,
     pub expires_at: DateTime<Utc>,
-}
-
-/// Pending bindings of identities with these external ids, whatever their pool and connection
-/// (the caller matches the whole key).
-pub async fn find_pending(
-    conn: &mut PgConnection,
-    keys: &IdentityKeys,
-) -> sqlx::Result<Vec<PendingRow>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as!(
-        PendingRow,
-        r#"SELECT id, user_pool_id, connection, external_id, reason, expires_at
-           FROM bindings WHERE status = 'pending' AND external_id = ANY($1)"#,
-        &keys.external_ids,
-    )
-    .fetch_all(conn)
-    .await
 }
 
 #[derive(Debug, Default)]
@@ -79,38 +61,6 @@ impl NewBindings {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
-}
-
-pub async fn insert_many(conn: &mut PgConnection, rows: &NewBindings) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        r#"INSERT INTO bindings (id, user_pool_id, connection, external_id, profile, reason,
-                                 candidates, cause_event_id, expires_at)
-           SELECT b.id, b.pool, b.connection, b.external_id, b.profile, b.reason,
-                  ARRAY(SELECT c.candidate FROM unnest($7::int4[], $8::uuid[]) WITH ORDINALITY
-                            AS c(owner, candidate, n)
-                        WHERE c.owner = b.n - 1 ORDER BY c.n),
-                  b.cause_event_id, b.expires_at
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                       $9::text[], $10::timestamptz[])
-                WITH ORDINALITY AS b(id, pool, connection, external_id, profile, reason,
-                                     cause_event_id, expires_at, n)"#,
-        &rows.ids,
-        &rows.keys.pools,
-        &rows.keys.connections,
-        &rows.keys.external_ids,
-        &rows.profiles,
-        &rows.reasons,
-        &rows.candidate_owner,
-        &rows.candidates,
-        &rows.cause_event_ids as &[Option<String>],
-        &rows.expires_at,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub struct ExpiredRow {

@@ -25,30 +25,12 @@ impl IdentityKeys {
     }
 }
 
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct LinkRow {
     pub user_pool_id: String,
     pub connection: String,
     pub external_id: String,
     pub user_id: Uuid,
-}
-
-/// Identities with these external ids, whatever their pool and connection (the caller matches
-/// the whole key).
-pub async fn find_links(
-    conn: &mut PgConnection,
-    keys: &IdentityKeys,
-) -> sqlx::Result<Vec<LinkRow>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as!(
-        LinkRow,
-        r#"SELECT user_pool_id, connection, external_id, user_id
-           FROM identities WHERE external_id = ANY($1)"#,
-        &keys.external_ids,
-    )
-    .fetch_all(conn)
-    .await
 }
 
 /// Identities to create or to refresh, as parallel columns.
@@ -89,27 +71,6 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &IdentityWrites) -> sqlx
         &rows.keys.connections,
         &rows.keys.external_ids,
         &rows.user_ids,
-        &rows.profiles,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Stores the latest profile snapshot and login time of already linked identities.
-pub async fn touch_many(conn: &mut PgConnection, rows: &IdentityWrites) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        r#"UPDATE identities i SET profile = v.profile, last_login_at = now()
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
-                AS v(pool, connection, external_id, profile)
-           WHERE i.user_pool_id = v.pool AND i.connection = v.connection
-             AND i.external_id = v.external_id"#,
-        &rows.keys.pools,
-        &rows.keys.connections,
-        &rows.keys.external_ids,
         &rows.profiles,
     )
     .execute(conn)

@@ -3,6 +3,7 @@
 //! every write of a batch.
 
 pub mod audit;
+pub mod batch;
 pub mod bindings;
 pub mod connections;
 pub mod identities;

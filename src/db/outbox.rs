@@ -42,26 +42,44 @@ impl NewOutbox {
     pub fn len(&self) -> usize {
         self.kinds.len()
     }
+
+    /// The rows as stored, given the ids the database assigned (ascending, in push order).
+    pub fn with_ids(&self, ids: &[i64]) -> Vec<OutboxRow> {
+        let now = Utc::now();
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| OutboxRow {
+                id: *id,
+                kind: self.kinds[i].to_owned(),
+                routing_key: self.routing_keys[i].clone(),
+                message_id: self.message_ids[i],
+                correlation_id: self.correlation_ids[i].clone(),
+                payload: self.payloads[i].clone(),
+                created_at: now,
+            })
+            .collect()
+    }
 }
 
-/// Rows get ascending ids in the order they were pushed.
+/// Rows get ascending ids in the order they were pushed; returns them, ready to publish.
 pub async fn insert_many(
     conn: &mut PgConnection,
     origin: Uuid,
     rows: &NewOutbox,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Vec<OutboxRow>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let kinds: Vec<String> = rows.kinds.iter().map(|k| (*k).to_owned()).collect();
-    sqlx::query!(
+    let ids = sqlx::query!(
         // created_at is the database's clock at insert: rows are adopted by other relays by
         // age, which must not count time the transaction spent before writing them.
         r#"INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload, created_at)
            SELECT $1, kind, routing_key, message_id, correlation_id, payload, clock_timestamp()
            FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[])
                 WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload, n)
-           ORDER BY n"#,
+           ORDER BY n
+           RETURNING id"#,
         origin,
         &kinds,
         &rows.routing_keys,
@@ -69,9 +87,11 @@ pub async fn insert_many(
         &rows.correlation_ids as &[Option<String>],
         &rows.payloads,
     )
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    let mut ids: Vec<i64> = ids.into_iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    Ok(rows.with_ids(&ids))
 }
 
 #[derive(Debug, Clone)]
@@ -85,12 +105,14 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Locks up to `limit` unpublished rows in id order: this process's own rows, and rows of other
+/// Locks up to `limit` unpublished rows in id order: this process's own rows older than
+/// `own_after_secs` (younger ones are still being handed to the relay), and rows of other
 /// processes left unpublished for longer than `orphan_after_secs`. Rows locked by another relay
 /// are skipped, never waited for.
 pub async fn claim(
     conn: &mut PgConnection,
     origin: Uuid,
+    own_after_secs: f64,
     orphan_after_secs: f64,
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxRow>> {
@@ -100,11 +122,13 @@ pub async fn claim(
            FROM outbox
            WHERE published_at IS NULL
              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-             AND (origin = $1 OR created_at < now() - make_interval(secs => $2))
+             AND ((origin = $1 AND created_at < now() - make_interval(secs => $2))
+                  OR created_at < now() - make_interval(secs => $3))
            ORDER BY id
-           LIMIT $3
+           LIMIT $4
            FOR UPDATE SKIP LOCKED"#,
         origin,
+        own_after_secs,
         orphan_after_secs,
         limit
     )
@@ -113,7 +137,8 @@ pub async fn claim(
 }
 
 /// Records the outcome of a publish round: events are kept (for replay) and marked published,
-/// replies are deleted.
+/// replies are deleted. Losing this write to a crash only means publishing again, so the
+/// caller may commit it without waiting for the disk.
 pub async fn settle(
     conn: &mut PgConnection,
     published_events: &[i64],

@@ -1,9 +1,9 @@
 //! The `processed_events` table: the dedupe record of every decided login event, keyed by its
 //! CloudEvents `source` and `id`, holding the decision that is replayed to a duplicate.
 
-use sqlx::PgConnection;
 use uuid::Uuid;
 
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct ProcessedRow {
     pub source: String,
     pub event_id: String,
@@ -11,24 +11,6 @@ pub struct ProcessedRow {
     pub user_id: Option<Uuid>,
     pub binding_id: Option<Uuid>,
     pub reason: Option<String>,
-}
-
-/// Dedupe records of these event ids, whatever their source (the caller matches the source).
-pub async fn find_many(
-    conn: &mut PgConnection,
-    event_ids: &[String],
-) -> sqlx::Result<Vec<ProcessedRow>> {
-    if event_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as!(
-        ProcessedRow,
-        r#"SELECT source, event_id, outcome, user_id, binding_id, reason
-           FROM processed_events WHERE event_id = ANY($1)"#,
-        event_ids,
-    )
-    .fetch_all(conn)
-    .await
 }
 
 #[derive(Debug, Default)]
@@ -62,25 +44,6 @@ impl NewProcessed {
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }
-}
-
-pub async fn insert_many(conn: &mut PgConnection, rows: &NewProcessed) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        r#"INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::text[])"#,
-        &rows.sources,
-        &rows.event_ids,
-        &rows.outcomes,
-        &rows.user_ids as &[Option<Uuid>],
-        &rows.binding_ids as &[Option<Uuid>],
-        &rows.reasons as &[Option<String>],
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Deletes up to `limit` dedupe records older than `before`; returns how many.

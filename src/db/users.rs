@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// A user as matching sees it, with the connections it already holds an identity of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct MatchRow {
     pub id: Uuid,
     pub user_pool_id: String,

@@ -101,6 +101,13 @@ impl From<sqlx::Error> for ApiError {
             .as_database_error()
             .and_then(|e| e.code())
             .unwrap_or_default();
+        if code.starts_with("22") {
+            // A data exception: the request carried a value the database cannot take (a NUL
+            // character, a number out of range).
+            return Self::bad_request(
+                "a value in the request cannot be stored (e.g. it holds a NUL character)",
+            );
+        }
         if code == "23505" {
             // A concurrent writer took the same value first.
             tracing::info!(%error, "admin request conflicted with a concurrent change");

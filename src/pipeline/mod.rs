@@ -13,13 +13,14 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::db::{
+    batch::{self, BatchWrites},
     bindings::{self, NewBindings},
     connections,
-    identities::{self, IdentityKeys, IdentityWrites},
+    identities::{IdentityKeys, IdentityWrites},
     locks::LockSet,
-    outbox::{self, NewOutbox},
-    processed::{self, NewProcessed},
-    users::{self, FieldKeys, NewUsers, UserRecord},
+    outbox::{NewOutbox, OutboxRow},
+    processed::NewProcessed,
+    users::{FieldKeys, NewUsers, UserRecord},
 };
 use crate::domain::{
     ConnectionSettings,
@@ -30,7 +31,7 @@ use crate::domain::{
     },
     login::{LoginEvent, NormalizedFields, Rejection, RejectionKind},
 };
-use state::{BatchState, identity_key};
+use state::{BatchState, IdentityKey, identity_key};
 
 /// One login, decoded and validated, with where its reply goes.
 #[derive(Debug, Clone)]
@@ -54,8 +55,8 @@ pub enum Verdict {
 pub struct Processed {
     /// One per message, in order.
     pub verdicts: Vec<Verdict>,
-    /// Outbox rows (events and replies) the batch committed.
-    pub outbox_rows: usize,
+    /// The outbox rows (events and replies) the batch committed, for the relay.
+    pub outbox: Vec<OutboxRow>,
 }
 
 #[derive(Clone)]
@@ -158,11 +159,8 @@ async fn decide_batch(
 
     // After the locks, every read below sees the commits of whoever held them before us.
     locks.acquire(conn).await?;
-    let processed_rows = processed::find_many(conn, &event_ids).await?;
-    let links = identities::find_links(conn, &id_keys).await?;
-    let pending = bindings::find_pending(conn, &id_keys).await?;
-    let pool_users = users::find_by_fields(conn, &field_keys).await?;
-    let mut state = BatchState::load(processed_rows, links, pending, pool_users);
+    let snapshot = batch::load(conn, &event_ids, &id_keys.external_ids, &field_keys).await?;
+    let mut state = BatchState::load(snapshot);
 
     let mut writes = Writes::default();
     let mut verdicts = Vec::with_capacity(batch.len());
@@ -183,11 +181,8 @@ async fn decide_batch(
         verdicts.push(verdict);
     }
 
-    writes.flush(conn, origin).await?;
-    Ok(Processed {
-        verdicts,
-        outbox_rows: writes.outbox.len(),
-    })
+    let outbox = writes.flush(conn, origin).await?;
+    Ok(Processed { verdicts, outbox })
 }
 
 /// Every write of a batch, gathered while deciding and flushed in a fixed order.
@@ -197,16 +192,28 @@ struct Writes {
     users: NewUsers,
     new_identities: IdentityWrites,
     touched: IdentityWrites,
-    touched_index: HashMap<(String, String, String), usize>,
+    touched_index: HashMap<IdentityKey, usize>,
+    created_index: HashMap<IdentityKey, usize>,
     bindings: NewBindings,
     processed: NewProcessed,
     outbox: NewOutbox,
 }
 
 impl Writes {
+    fn link(&mut self, key: &IdentityKey, user_id: Uuid, profile: Value) {
+        self.created_index
+            .insert(key.clone(), self.new_identities.user_ids.len());
+        self.new_identities
+            .push(&key.0, &key.1, &key.2, user_id, profile);
+    }
+
     fn touch(&mut self, event: &LoginEvent, user_id: Uuid, profile: Value) {
         let key = identity_key(event);
-        // The same identity twice in a batch: its latest profile wins.
+        // The same identity twice in a batch: its latest profile wins, in the row being written.
+        if let Some(&i) = self.created_index.get(&key) {
+            self.new_identities.profiles[i] = profile;
+            return;
+        }
         if let Some(&i) = self.touched_index.get(&key) {
             self.touched.profiles[i] = profile;
             return;
@@ -221,16 +228,23 @@ impl Writes {
         );
     }
 
-    async fn flush(&self, conn: &mut PgConnection, origin: Uuid) -> sqlx::Result<()> {
-        // Expiring first frees the one-pending-binding-per-identity slot for a new binding.
+    async fn flush(&self, conn: &mut PgConnection, origin: Uuid) -> sqlx::Result<Vec<OutboxRow>> {
+        // Expiring first frees the one-pending-binding-per-identity slot for a new binding (a
+        // statement's data-modifying parts run in no set order, so this one stands alone).
         bindings::expire(conn, &self.expired).await?;
-        users::insert_many(conn, &self.users).await?;
-        identities::insert_many(conn, &self.new_identities).await?;
-        identities::touch_many(conn, &self.touched).await?;
-        bindings::insert_many(conn, &self.bindings).await?;
-        processed::insert_many(conn, &self.processed).await?;
-        outbox::insert_many(conn, origin, &self.outbox).await?;
-        Ok(())
+        batch::write(
+            conn,
+            &BatchWrites {
+                origin,
+                users: &self.users,
+                new_identities: &self.new_identities,
+                touched: &self.touched,
+                bindings: &self.bindings,
+                processed: &self.processed,
+                outbox: &self.outbox,
+            },
+        )
+        .await
     }
 }
 
@@ -299,9 +313,7 @@ fn decide_one(
             user_id,
             matched_on,
         } => {
-            writes
-                .new_identities
-                .push(pool, key.1.as_str(), &key.2, user_id, profile);
+            writes.link(&key, user_id, profile);
             state.link(key, user_id);
             let data = UserLinked {
                 user_pool_id: pool,
@@ -391,9 +403,7 @@ fn decide_one(
             };
             writes.users.push(&record);
             state.add_user(user_id, pool, new.email, new.phone, new.username);
-            writes
-                .new_identities
-                .push(pool, &key.1, &key.2, user_id, profile);
+            writes.link(&key, user_id, profile);
             state.link(key, user_id);
             let data = UserCreated {
                 user_pool_id: pool,

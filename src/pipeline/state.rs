@@ -6,9 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use crate::db::{
-    bindings::PendingRow, identities::LinkRow, processed::ProcessedRow, users::MatchRow,
-};
+use crate::db::batch::Snapshot;
 use crate::domain::{
     Email, Phone, Username,
     decision::Outcome,
@@ -45,12 +43,13 @@ pub struct BatchState {
 }
 
 impl BatchState {
-    pub fn load(
-        processed: Vec<ProcessedRow>,
-        links: Vec<LinkRow>,
-        pending: Vec<PendingRow>,
-        users: Vec<MatchRow>,
-    ) -> Self {
+    pub fn load(snapshot: Snapshot) -> Self {
+        let Snapshot {
+            processed,
+            links,
+            pending,
+            users,
+        } = snapshot;
         let mut state = Self::default();
         for row in processed {
             let reply = Reply {

@@ -820,3 +820,24 @@ async fn the_openapi_document_describes_every_route() {
     assert!(doc["components"]["schemas"]["BindingView"].is_object());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn values_the_database_cannot_store_are_a_client_error() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let api = app.api();
+    for path in [
+        "/v1/bindings?user_pool_id=%00pool",
+        "/v1/bindings?connection=a%00b",
+        "/v1/users?user_pool_id=p%00&username=x",
+        "/v1/connections/pool%00/x",
+    ] {
+        let (status, body) = api.get(path).await;
+        assert!(
+            status == 400 || status == 404 || status == 422,
+            "{path}: {status} {body}"
+        );
+        assert_ne!(error_code(&body), "internal");
+    }
+    app.stop().await;
+}

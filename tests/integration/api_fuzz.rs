@@ -2,7 +2,7 @@
 //! response that breaks the document, and no route that answers without a valid token.
 //! `scripts/test-deps` installs schemathesis; IDSYNC_SCHEMATHESIS_SECONDS sets the time budget.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::json;
 
@@ -30,33 +30,15 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         ))
         .await;
 
-    let seconds = std::env::var("IDSYNC_SCHEMATHESIS_SECONDS").unwrap_or_else(|_| "45".into());
-    let output = tokio::task::spawn_blocking({
-        let schema = app.url("/openapi.json");
-        move || {
-            Command::new("schemathesis")
-                .args([
-                    "run",
-                    &schema,
-                    "--max-time",
-                    &seconds,
-                    "--workers",
-                    "2",
-                    "--checks",
-                ])
-                .arg(
-                    "not_a_server_error,status_code_conformance,content_type_conformance,\
-                     response_schema_conformance,response_headers_conformance,ignored_auth,\
-                     missing_required_header,unsupported_method",
-                )
-                .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-                .env("NO_COLOR", "1")
-                .output()
-                .expect("schemathesis runs (scripts/test-deps installs it)")
-        }
-    })
-    .await
-    .unwrap();
+    let seconds = std::env::var("IDSYNC_SCHEMATHESIS_SECONDS").unwrap_or_else(|_| "30".into());
+    let schema = app.url("/openapi.json");
+    let mut output = run_schemathesis(&schema, &seconds).await;
+    // schemathesis itself sometimes fails on a loaded machine (a Python error, no finding):
+    // one more try then, but never over a finding about the API.
+    let first = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() && first.contains("Runtime Error") && !first.contains("❌ ST") {
+        output = run_schemathesis(&schema, &seconds).await;
+    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -73,4 +55,26 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     figures.note("schemathesis", summary);
     figures.report();
     app.stop().await;
+}
+
+async fn run_schemathesis(schema: &str, seconds: &str) -> Output {
+    let (schema, seconds) = (schema.to_owned(), seconds.to_owned());
+    tokio::task::spawn_blocking(move || {
+        Command::new("schemathesis")
+            .args(["run", &schema, "--max-time", &seconds, "--workers", "2"])
+            // Generation is slower on a loaded machine; that is not the API's fault.
+            .args(["--suppress-health-check", "all"])
+            .arg("--checks")
+            .arg(
+                "not_a_server_error,status_code_conformance,content_type_conformance,\
+                 response_schema_conformance,response_headers_conformance,ignored_auth,\
+                 missing_required_header,unsupported_method",
+            )
+            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("schemathesis runs (scripts/test-deps installs it)")
+    })
+    .await
+    .unwrap()
 }

@@ -1,0 +1,327 @@
+//! The raw broker baseline: the same messages through a quorum queue with the same arguments and
+//! prefetch, consumed, republished with confirms and acknowledged in batches as the worker does,
+//! with no database and no logic. identity-sync's throughput is reported as a ratio to it.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use futures_lite::{StreamExt, future::poll_once};
+use lapin::{
+    BasicProperties, Channel,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use super::env::Env;
+
+pub async fn publish_all(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    bodies: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    for chunk in bodies.chunks(1000) {
+        for body in chunk {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
+                .await?;
+        }
+        let returned = channel.wait_for_confirms().await?;
+        if !returned.is_empty() {
+            bail!("{} messages were returned", returned.len());
+        }
+    }
+    Ok(())
+}
+
+/// Events per second.
+pub async fn run(
+    env: &Env,
+    bodies: &[Vec<u8>],
+    prefetch: u16,
+    batch_size: usize,
+    delivery_limit: u32,
+) -> anyhow::Result<f64> {
+    let connection = env.broker().await?;
+    let setup = connection.create_channel().await?;
+    setup
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(delivery_limit as i32),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    setup
+        .queue_declare("baseline.in".into(), durable, args.clone())
+        .await?;
+    setup
+        .queue_declare("baseline.out".into(), durable, args)
+        .await?;
+    publish_all(&setup, "", "baseline.in", bodies).await?;
+
+    // Its own connection for consuming, as the worker has.
+    let consumer_connection = env.broker().await?;
+    let channel = consumer_connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            "baseline.in".into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut done = 0;
+    let mut started = None;
+    while done < bodies.len() {
+        let first = consumer
+            .next()
+            .await
+            .context("the baseline consumer ended")??;
+        started.get_or_insert_with(Instant::now);
+        let mut batch = vec![first];
+        while batch.len() < batch_size {
+            match poll_once(consumer.next()).await {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                _ => break,
+            }
+        }
+        let mut confirms = Vec::with_capacity(batch.len());
+        for delivery in &batch {
+            confirms.push(
+                publisher
+                    .basic_publish(
+                        "".into(),
+                        "baseline.out".into(),
+                        BasicPublishOptions::default(),
+                        &delivery.data,
+                        delivery.properties.clone(),
+                    )
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            if !confirm.await?.is_ack() {
+                bail!("a baseline publish was nacked");
+            }
+        }
+        batch
+            .last()
+            .expect("not empty")
+            .acker
+            .ack(BasicAckOptions { multiple: true })
+            .await?;
+        done += batch.len();
+    }
+    let seconds = started.expect("consumed").elapsed().as_secs_f64();
+    let _ = consumer_connection.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(bodies.len() as f64 / seconds)
+}
+
+/// The broker's own round trip at the latency benchmark's rate: logins published to a quorum
+/// queue like the work queue, a bare consumer answering each on its reply queue at once (no
+/// database, no logic). Returns the publish-to-reply latencies in milliseconds.
+pub async fn round_trips(
+    env: &Env,
+    bodies: &[Vec<u8>],
+    rate: u32,
+    prefetch: u16,
+    delivery_limit: u32,
+    warmup: usize,
+) -> anyhow::Result<Vec<f64>> {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let connection = env.broker().await?;
+    let setup = connection.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(delivery_limit as i32),
+    );
+    setup
+        .queue_declare(
+            "baseline.latency".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let reply_queue = setup
+        .queue_declare("".into(), private, FieldTable::default())
+        .await?;
+
+    // The answering side, on its own connection like the worker.
+    let responder_connection = env.broker().await?;
+    let responder = responder_connection.create_channel().await?;
+    responder
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let answers = responder_connection.create_channel().await?;
+    answers
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut requests = responder
+        .basic_consume(
+            "baseline.latency".into(),
+            "responder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let responder_task = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = requests.next().await {
+            let Some(reply_to) = delivery.properties.reply_to().clone() else {
+                continue;
+            };
+            let properties = BasicProperties::default().with_correlation_id(
+                delivery
+                    .properties
+                    .correlation_id()
+                    .clone()
+                    .unwrap_or_default(),
+            );
+            if let Ok(confirm) = answers
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    b"{}",
+                    properties,
+                )
+                .await
+            {
+                drop(confirm);
+            }
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+    });
+
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut replies = setup
+        .basic_consume(
+            reply_queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await?;
+    let epoch = Instant::now();
+    let sent: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
+        (0..bodies.len())
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
+    );
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(bodies.len())));
+    let collector = tokio::spawn({
+        let (sent, out) = (sent.clone(), latencies.clone());
+        async move {
+            while let Some(Ok(delivery)) = replies.next().await {
+                let index = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .and_then(|c| c.as_str().parse::<usize>().ok());
+                if let Some(at) = index
+                    .filter(|i| *i >= warmup)
+                    .and_then(|i| sent.get(i))
+                    .map(|s| s.load(std::sync::atomic::Ordering::Acquire))
+                {
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    out.lock()
+                        .expect("not poisoned")
+                        .push(now.saturating_sub(at) as f64 / 1e6);
+                }
+            }
+        }
+    });
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let start = Instant::now();
+    let mut next = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(2));
+    while next < bodies.len() {
+        ticker.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(bodies.len());
+        while next < due {
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_reply_to(reply_queue.name().clone())
+                .with_correlation_id(next.to_string().into());
+            sent[next].store(
+                (epoch.elapsed().as_nanos() as u64).max(1),
+                std::sync::atomic::Ordering::Release,
+            );
+            drop(
+                publisher
+                    .basic_publish(
+                        "".into(),
+                        "baseline.latency".into(),
+                        BasicPublishOptions::default(),
+                        &bodies[next],
+                        properties,
+                    )
+                    .await?,
+            );
+            next += 1;
+        }
+    }
+    publisher.wait_for_confirms().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.lock().expect("not poisoned").len() < bodies.len() - warmup
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    collector.abort();
+    responder_task.abort();
+    let _ = responder_connection.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+    let latencies = latencies.lock().expect("not poisoned").clone();
+    Ok(latencies)
+}

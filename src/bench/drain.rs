@@ -1,0 +1,186 @@
+//! Drain mode: a backlog of logins is queued with no worker running; then the worker starts and
+//! empties it. Throughput is counted from the first decision to the last.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use lapin::{
+    options::{ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::{
+    baseline,
+    env::Env,
+    mix::{Mix, SOURCE},
+};
+use crate::settings::Settings;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainRun {
+    pub events: usize,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub baseline_events_per_second: Option<f64>,
+    pub ratio: Option<f64>,
+    pub outbox_drained_seconds: f64,
+    pub peak_rss_mib: f64,
+    pub cpu_us_per_event: f64,
+    pub outcomes: BTreeMap<String, i64>,
+    pub one_decision_per_event: bool,
+}
+
+pub struct DrainOptions<'a> {
+    pub events: usize,
+    pub workers: usize,
+    pub prefetch: u16,
+    pub batch_size: usize,
+    pub baseline: bool,
+    pub worker_bin: &'a Path,
+}
+
+async fn decided(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE source = $1")
+        .bind(SOURCE)
+        .fetch_one(db)
+        .await
+        .unwrap_or(-1)
+}
+
+/// Declares the topology and a subscriber queue receiving every outbound event, as production
+/// has; returns the broker settings of the environment.
+pub async fn prepare_broker(env: &Env) -> anyhow::Result<(lapin::Connection, Settings)> {
+    let settings = Settings::load(Some(&env.config))?;
+    let connection = env.broker().await?;
+    let channel = connection.create_channel().await?;
+    crate::amqp::topology::declare(&channel, &settings.amqp).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare("bench.subscriber".into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            "bench.subscriber".into(),
+            settings.amqp.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, settings))
+}
+
+pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
+    let env = Env::create(options.prefetch, options.batch_size).await?;
+    let mix = Mix::of(options.events);
+    let db = env.prepare(options.worker_bin, &mix).await?;
+    let bodies = mix.events("d-");
+    let (connection, settings) = prepare_broker(&env).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    baseline::publish_all(
+        &channel,
+        &settings.amqp.inbound_exchange,
+        &settings.amqp.routing_key,
+        &bodies,
+    )
+    .await?;
+    eprintln!(
+        "bench {}: {} logins queued; starting {} worker(s)",
+        env.id,
+        bodies.len(),
+        options.workers
+    );
+
+    let workers = env.start_workers(options.worker_bin, options.workers)?;
+    let total = bodies.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut first: Option<(Instant, i64)> = None;
+    let finished = loop {
+        let done = decided(&db).await;
+        if first.is_none() && done > 0 {
+            first = Some((Instant::now(), done));
+        }
+        if done >= total {
+            break Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("the queue was not drained within 30 minutes ({done}/{total})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (started, at_start) = first.expect("something was decided");
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&db)
+                .await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outbox_drained = started.elapsed().as_secs_f64();
+    let (peak_rss_mib, cpu_seconds) = workers.stats();
+    workers.stop();
+
+    let outcomes: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT outcome, count(*) FROM processed_events WHERE source = $1 GROUP BY 1",
+    )
+    .bind(SOURCE)
+    .fetch_all(&db)
+    .await?
+    .into_iter()
+    .collect();
+    let exact = decided(&db).await == total
+        && mix
+            .expected()
+            .iter()
+            .all(|(outcome, n)| outcomes.get(*outcome) == Some(&(*n as i64)));
+    db.close().await;
+    let _ = connection.close(200, "done".into()).await;
+
+    let seconds = (finished - started).as_secs_f64();
+    let events_per_second = (total - at_start) as f64 / seconds;
+    let baseline_eps = if options.baseline {
+        eprintln!("bench {}: raw broker baseline", env.id);
+        Some(
+            baseline::run(
+                &env,
+                &bodies,
+                options.prefetch,
+                options.batch_size,
+                settings.amqp.delivery_limit,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok(DrainRun {
+        events: bodies.len(),
+        seconds,
+        events_per_second,
+        baseline_events_per_second: baseline_eps,
+        ratio: baseline_eps.map(|b| events_per_second / b),
+        outbox_drained_seconds: outbox_drained,
+        peak_rss_mib,
+        cpu_us_per_event: cpu_seconds * 1e6 / total as f64,
+        outcomes,
+        one_decision_per_event: exact,
+    })
+}

@@ -1,0 +1,302 @@
+//! An isolated benchmark environment: its own database and vhost (removed on drop), a seeded
+//! history, and the worker processes under test.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
+use serde_json::json;
+use sqlx::{Connection as _, PgConnection, PgPool};
+
+use super::mix::{Mix, POOL};
+
+fn pg_base() -> String {
+    std::env::var("IDSYNC_BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+fn amqp_base() -> String {
+    std::env::var("IDSYNC_BENCH_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+fn rabbit_api() -> String {
+    std::env::var("IDSYNC_BENCH_RABBITMQ_API")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
+}
+
+pub struct Env {
+    pub id: String,
+    pub db_url: String,
+    db_name: String,
+    vhost: String,
+    pub amqp_url: String,
+    pub config: PathBuf,
+}
+
+impl Env {
+    pub async fn create(prefetch: u16, batch_size: usize) -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let vhost = format!("idsync-bench-{id}");
+        let http = reqwest::Client::new();
+        http.put(format!("{}/vhosts/{vhost}", rabbit_api()))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .context(
+                "creating the bench vhost (RabbitMQ management plugin: scripts/services-up)",
+            )?;
+        http.put(format!("{}/permissions/{vhost}/guest", rabbit_api()))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())?;
+        let db_name = format!("idsync_bench_{id}");
+        let env = Self {
+            db_url: format!("{}/{db_name}", pg_base()),
+            amqp_url: format!("{}/{vhost}", amqp_base()),
+            config: std::env::temp_dir().join(format!("idsync-bench-{id}.toml")),
+            id,
+            db_name,
+            vhost,
+        };
+        std::fs::write(
+            &env.config,
+            format!(
+                r#"[database]
+url = "{db}"
+[amqp]
+url = "{amqp}"
+prefetch = {prefetch}
+[worker]
+batch_size = {batch_size}
+[admin]
+listen = "127.0.0.1:0"
+[log]
+level = "warn"
+
+[[connections]]
+identifier = "returning"
+user_pool_id = "{POOL}"
+[[connections]]
+identifier = "fresh"
+user_pool_id = "{POOL}"
+[[connections]]
+identifier = "match"
+user_pool_id = "{POOL}"
+association = "field_matching"
+match_fields = ["email", "phone"]
+default_country_code = "86"
+[[connections]]
+identifier = "ask"
+user_pool_id = "{POOL}"
+association = "ask_binding"
+match_fields = ["email"]
+"#,
+                db = env.db_url,
+                amqp = env.amqp_url,
+            ),
+        )?;
+        Ok(env)
+    }
+
+    /// Migrates (through the binary under test) and seeds the users, identities and history
+    /// the mix needs.
+    pub async fn prepare(&self, worker_bin: &Path, mix: &Mix) -> anyhow::Result<PgPool> {
+        let status = Command::new(worker_bin)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("migrate")
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", worker_bin.display()))?;
+        if !status.success() {
+            bail!("migrate failed");
+        }
+        let db = PgPool::connect(&self.db_url).await?;
+        seed(&db, mix).await?;
+        Ok(db)
+    }
+
+    pub async fn broker(&self) -> anyhow::Result<Connection> {
+        Ok(Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?)
+    }
+
+    pub fn start_workers(&self, worker_bin: &Path, count: usize) -> anyhow::Result<Workers> {
+        let children = (0..count)
+            .map(|_| {
+                Command::new(worker_bin)
+                    .arg("--config")
+                    .arg(&self.config)
+                    .arg("run")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .with_context(|| format!("starting {}", worker_bin.display()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Workers(children))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let (db_name, vhost, config) = (
+            self.db_name.clone(),
+            self.vhost.clone(),
+            self.config.clone(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut conn) =
+                    PgConnection::connect(&format!("{}/postgres", pg_base())).await
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                }
+                let _ = reqwest::Client::new()
+                    .delete(format!("{}/vhosts/{vhost}", rabbit_api()))
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await;
+            });
+            let _ = std::fs::remove_file(config);
+        })
+        .join()
+        .ok();
+    }
+}
+
+async fn seed(pool: &PgPool, mix: &Mix) -> anyhow::Result<()> {
+    let users = mix.users() as i64;
+    sqlx::query(
+        "INSERT INTO users (id, user_pool_id, email, email_verified)
+         SELECT gen_random_uuid(), $1, 'u' || n || '@bench.example', true
+         FROM generate_series(0, $2 - 1) AS n",
+    )
+    .bind(POOL)
+    .bind(users)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
+         SELECT $1, 'returning', 'r' || substring(email FROM 2 FOR position('@' IN email) - 2), id, '{}'
+         FROM users WHERE substring(email FROM 2 FOR position('@' IN email) - 2)::int < $2",
+    )
+    .bind(POOL)
+    .bind(mix.known as i32)
+    .execute(pool)
+    .await?;
+    // A running system has history, and statistics that say so: logins already decided and
+    // bindings already resolved. Without it a fresh database's planner would pick plans for
+    // empty tables and keep them while the tables grow during the run.
+    sqlx::query(
+        "INSERT INTO processed_events (source, event_id, outcome)
+         SELECT 'urn:history', 'h-' || n, 'existing_user' FROM generate_series(1, $1) AS n",
+    )
+    .bind(users.max(10_000))
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO bindings (id, user_pool_id, connection, external_id, reason, candidates,
+                               status, expires_at, resolution, resolved_by, resolved_at)
+         SELECT gen_random_uuid(), $1, 'ask', 'old-' || n, 'ask_binding', '{}', 'resolved',
+                now(), 'rejected', 'history', now()
+         FROM generate_series(1, $2) AS n",
+    )
+    .bind(POOL)
+    .bind((users / 10).max(1000))
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
+/// The worker processes of a run.
+pub struct Workers(Vec<Child>);
+
+impl Workers {
+    /// Waits until every worker consumes from the work queue.
+    pub async fn wait_consuming(&self, broker: &Connection, queue: &str) -> anyhow::Result<()> {
+        let channel = broker.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        for _ in 0..600 {
+            let queue = channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await?;
+            if queue.consumer_count() as usize >= self.0.len() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the workers did not start consuming within 30 s")
+    }
+
+    /// Peak resident memory of the largest worker (MiB) and the CPU time of all (seconds).
+    pub fn stats(&self) -> (f64, f64) {
+        let mut peak = 0.0_f64;
+        let mut cpu = 0.0;
+        for child in &self.0 {
+            let (rss, seconds) = proc_stats(child.id());
+            peak = peak.max(rss);
+            cpu += seconds;
+        }
+        (peak, cpu)
+    }
+
+    pub fn stop(mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn proc_stats(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (which may hold spaces): utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    (hwm_kib / 1024.0, ticks / clock_ticks())
+}
+
+/// `/proc` reports CPU time in USER_HZ ticks, 100 per second on Linux.
+fn clock_ticks() -> f64 {
+    100.0
+}

@@ -1,0 +1,269 @@
+//! Latency mode: logins are published at a fixed rate, each asking for a reply; the time from
+//! publishing to the decision's reply, and to the downstream event it causes, is measured.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use futures_lite::StreamExt;
+use lapin::{
+    BasicProperties,
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{drain::prepare_broker, env::Env, mix::Mix};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if samples.is_empty() {
+                return f64::NAN;
+            }
+            samples[((samples.len() - 1) as f64 * q).round() as usize]
+        };
+        Self {
+            count: samples.len(),
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRun {
+    /// The broker alone: a bare consumer answering at once.
+    pub baseline_reply: Option<Percentiles>,
+    pub offered_rate: u32,
+    pub achieved_rate: f64,
+    pub events: usize,
+    pub reply: Percentiles,
+    pub downstream_event: Percentiles,
+    pub missing_replies: usize,
+    pub peak_rss_mib: f64,
+    pub cpu_us_per_event: f64,
+}
+
+pub struct LatencyOptions<'a> {
+    pub rate: u32,
+    pub duration: Duration,
+    /// Logins sent first at the same rate and left out of the figures (connections, prepared
+    /// statements and caches warm up).
+    pub warmup: Duration,
+    pub workers: usize,
+    pub prefetch: u16,
+    pub batch_size: usize,
+    pub baseline: bool,
+    pub worker_bin: &'a Path,
+}
+
+const PREFIX: &str = "l-";
+
+pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
+    if options.rate == 0 {
+        bail!("--rate must be at least 1");
+    }
+    let warmup = (options.rate as f64 * options.warmup.as_secs_f64()).ceil() as usize;
+    let total = warmup + (options.rate as f64 * options.duration.as_secs_f64()).ceil() as usize;
+    let env = Env::create(options.prefetch, options.batch_size).await?;
+    let mix = Mix::of(total.max(20));
+    let db = env.prepare(options.worker_bin, &mix).await?;
+    let bodies = mix.events(PREFIX);
+    let (connection, settings) = prepare_broker(&env).await?;
+    let workers = env.start_workers(options.worker_bin, options.workers)?;
+    workers
+        .wait_consuming(&connection, &settings.amqp.work_queue)
+        .await?;
+
+    let channel = connection.create_channel().await?;
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let reply_queue = channel
+        .queue_declare("".into(), private, FieldTable::default())
+        .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut replies = channel
+        .basic_consume(
+            reply_queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await?;
+    let mut events = channel
+        .basic_consume(
+            "bench.subscriber".into(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let epoch = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> =
+        Arc::new((0..bodies.len()).map(|_| AtomicU64::new(0)).collect());
+    let since = move |sent: &AtomicU64| {
+        let at = sent.load(Ordering::Acquire);
+        (at > 0).then(|| (epoch.elapsed().as_nanos() as u64).saturating_sub(at) as f64 / 1e6)
+    };
+    let reply_latencies = Arc::new(Mutex::new(Vec::with_capacity(bodies.len())));
+    let event_latencies = Arc::new(Mutex::new(Vec::with_capacity(bodies.len())));
+    let reply_task = tokio::spawn({
+        let (sent, out) = (sent.clone(), reply_latencies.clone());
+        async move {
+            while let Some(Ok(delivery)) = replies.next().await {
+                let index = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .and_then(|c| c.as_str().parse::<usize>().ok());
+                if let Some(ms) = index
+                    .filter(|i| *i >= warmup)
+                    .and_then(|i| sent.get(i))
+                    .and_then(since)
+                {
+                    out.lock().expect("not poisoned").push(ms);
+                }
+            }
+        }
+    });
+    let event_task = tokio::spawn({
+        let (sent, out) = (sent.clone(), event_latencies.clone());
+        async move {
+            while let Some(Ok(delivery)) = events.next().await {
+                let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) else {
+                    continue;
+                };
+                let index = event
+                    .pointer("/data/cause_event_id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| id.strip_prefix(PREFIX))
+                    .and_then(|n| n.parse::<usize>().ok());
+                if let Some(ms) = index
+                    .filter(|i| *i >= warmup)
+                    .and_then(|i| sent.get(i))
+                    .and_then(since)
+                {
+                    out.lock().expect("not poisoned").push(ms);
+                }
+            }
+        }
+    });
+
+    eprintln!(
+        "bench {}: {} logins at {}/s",
+        env.id,
+        bodies.len(),
+        options.rate
+    );
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (_, cpu_before) = workers.stats();
+    let start = Instant::now();
+    let mut next = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(2));
+    while next < bodies.len() {
+        ticker.tick().await;
+        let due =
+            ((start.elapsed().as_secs_f64() * options.rate as f64) as usize + 1).min(bodies.len());
+        while next < due {
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_reply_to(reply_queue.name().clone())
+                .with_correlation_id(next.to_string().into());
+            sent[next].store(
+                (epoch.elapsed().as_nanos() as u64).max(1),
+                Ordering::Release,
+            );
+            // Confirms are collected at the end: waiting for each would pace the publisher.
+            drop(
+                publisher
+                    .basic_publish(
+                        settings.amqp.inbound_exchange.as_str().into(),
+                        settings.amqp.routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &bodies[next],
+                        properties,
+                    )
+                    .await?,
+            );
+            next += 1;
+        }
+    }
+    let publishing = start.elapsed().as_secs_f64();
+    publisher.wait_for_confirms().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let measured = bodies.len() - warmup;
+    while reply_latencies.lock().expect("not poisoned").len() < measured
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (peak_rss_mib, cpu_after) = workers.stats();
+    workers.stop();
+    reply_task.abort();
+    event_task.abort();
+    let _ = connection.close(200, "done".into()).await;
+    db.close().await;
+
+    let baseline_reply = if options.baseline {
+        eprintln!("bench {}: raw broker round trips at the same rate", env.id);
+        let samples = super::baseline::round_trips(
+            &env,
+            &bodies,
+            options.rate,
+            options.prefetch,
+            settings.amqp.delivery_limit,
+            warmup,
+        )
+        .await?;
+        Some(Percentiles::of(samples))
+    } else {
+        None
+    };
+    let reply = Percentiles::of(reply_latencies.lock().expect("not poisoned").clone());
+    let downstream_event = Percentiles::of(event_latencies.lock().expect("not poisoned").clone());
+    Ok(LatencyRun {
+        baseline_reply,
+        offered_rate: options.rate,
+        achieved_rate: bodies.len() as f64 / publishing,
+        events: measured,
+        missing_replies: measured - reply.count,
+        reply,
+        downstream_event,
+        peak_rss_mib,
+        cpu_us_per_event: (cpu_after - cpu_before) * 1e6 / bodies.len() as f64,
+    })
+}

@@ -1,0 +1,305 @@
+//! `identity-sync bench`: a benchmark anyone can rerun against this machine's PostgreSQL and
+//! RabbitMQ. Each run creates an isolated database and vhost, seeds accounts and history, drives
+//! the worker binary with a realistic login mix (60% returning, 20% new, 15% field-match links,
+//! 5% pending bindings), checks that every login got exactly one decision of the expected kind,
+//! and removes everything it created. See docs/BENCHMARKS.md.
+
+mod baseline;
+mod drain;
+mod env;
+mod latency;
+mod mix;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::settings::Settings;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Mode,
+    /// Worker processes consuming the queue.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub workers: usize,
+    /// amqp.prefetch of the worker (and of the baseline); the product's default otherwise.
+    #[arg(long, global = true)]
+    pub prefetch: Option<u16>,
+    /// worker.batch_size of the worker (and of the baseline); the product's default otherwise.
+    #[arg(long, global = true)]
+    pub batch_size: Option<usize>,
+    /// Repetitions; medians are reported.
+    #[arg(long, global = true, default_value_t = 3)]
+    pub runs: usize,
+    /// The identity-sync binary under test; this one by default.
+    #[arg(long, global = true)]
+    pub worker_bin: Option<PathBuf>,
+    /// Also write the runs and their medians as JSON to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Mode {
+    /// How fast a backlog empties, as a ratio to the raw broker baseline measured alongside.
+    Drain {
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Skip the raw broker baseline.
+        #[arg(long)]
+        no_baseline: bool,
+    },
+    /// Publish-to-reply and publish-to-event latency at a fixed offered rate.
+    Latency {
+        /// Logins per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Sent first at the same rate, left out of the figures.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// Skip the raw broker round-trip baseline.
+        #[arg(long)]
+        no_baseline: bool,
+    },
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let defaults = Settings::default();
+    let prefetch = args.prefetch.unwrap_or(defaults.amqp.prefetch);
+    let batch_size = args.batch_size.unwrap_or(defaults.worker.batch_size);
+    let worker_bin = match args.worker_bin {
+        Some(path) => path,
+        None => std::env::current_exe().context("finding this binary")?,
+    };
+    if args.runs == 0 || args.workers == 0 {
+        bail!("--runs and --workers must be at least 1");
+    }
+    let machine = machine();
+    let report = match args.mode {
+        Mode::Drain {
+            events,
+            no_baseline,
+        } => {
+            let options = drain::DrainOptions {
+                events,
+                workers: args.workers,
+                prefetch,
+                batch_size,
+                baseline: !no_baseline,
+                worker_bin: &worker_bin,
+            };
+            let mut runs = Vec::new();
+            for n in 1..=args.runs {
+                let run = drain::run(&options).await?;
+                println!(
+                    "run {n}: {:>7.0} events/s{}  outbox drained {:.2} s  peak RSS {:.1} MiB  CPU {:.0} us/event  exact: {}",
+                    run.events_per_second,
+                    match (run.baseline_events_per_second, run.ratio) {
+                        (Some(b), Some(r)) => format!("  baseline {b:>7.0}/s  ratio {r:.2}"),
+                        _ => String::new(),
+                    },
+                    run.outbox_drained_seconds,
+                    run.peak_rss_mib,
+                    run.cpu_us_per_event,
+                    if run.one_decision_per_event {
+                        "yes"
+                    } else {
+                        "NO"
+                    },
+                );
+                runs.push(run);
+            }
+            let pick = |f: &dyn Fn(&drain::DrainRun) -> Option<f64>| {
+                median(runs.iter().filter_map(f).collect())
+            };
+            let summary = json!({
+                "events_per_second": pick(&|r| Some(r.events_per_second)),
+                "baseline_events_per_second": pick(&|r| r.baseline_events_per_second),
+                "ratio": pick(&|r| r.ratio),
+                "peak_rss_mib": pick(&|r| Some(r.peak_rss_mib)),
+                "cpu_us_per_event": pick(&|r| Some(r.cpu_us_per_event)),
+                "outbox_drained_seconds": pick(&|r| Some(r.outbox_drained_seconds)),
+            });
+            println!(
+                "identity-sync drain benchmark: median of {} run(s)",
+                runs.len()
+            );
+            println!("  machine                {machine}");
+            println!("  events per run         {events}");
+            println!("  workers                {}", args.workers);
+            println!("  prefetch / batch       {prefetch} / {batch_size}");
+            println!(
+                "  identity-sync          {:.0} events/s",
+                summary["events_per_second"].as_f64().unwrap_or(f64::NAN)
+            );
+            if !no_baseline {
+                println!(
+                    "  raw broker baseline    {:.0} events/s",
+                    summary["baseline_events_per_second"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+                );
+                println!(
+                    "  ratio                  {:.2}",
+                    summary["ratio"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            println!(
+                "  worker peak RSS        {:.1} MiB",
+                summary["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            );
+            println!(
+                "  worker CPU per event   {:.0} us",
+                summary["cpu_us_per_event"].as_f64().unwrap_or(f64::NAN)
+            );
+            let exact = runs.iter().all(|r| r.one_decision_per_event);
+            println!(
+                "  one decision per event {}",
+                if exact { "yes" } else { "NO" }
+            );
+            if !exact {
+                bail!("some logins did not get exactly one decision of the expected kind");
+            }
+            json!({"mode": "drain", "machine": machine, "events": events, "workers": args.workers,
+                   "prefetch": prefetch, "batch_size": batch_size, "median": summary, "runs": runs})
+        }
+        Mode::Latency {
+            rate,
+            duration,
+            warmup,
+            no_baseline,
+        } => {
+            let options = latency::LatencyOptions {
+                rate,
+                duration,
+                warmup,
+                workers: args.workers,
+                prefetch,
+                batch_size,
+                baseline: !no_baseline,
+                worker_bin: &worker_bin,
+            };
+            let mut runs = Vec::new();
+            for n in 1..=args.runs {
+                let run = latency::run(&options).await?;
+                println!(
+                    "run {n}: {:.0}/s offered  reply p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms  event p99 {:.1} ms  missing {}  RSS {:.1} MiB  CPU {:.0} us/event",
+                    run.achieved_rate,
+                    run.reply.p50_ms,
+                    run.reply.p95_ms,
+                    run.reply.p99_ms,
+                    run.reply.max_ms,
+                    run.downstream_event.p99_ms,
+                    run.missing_replies,
+                    run.peak_rss_mib,
+                    run.cpu_us_per_event,
+                );
+                runs.push(run);
+            }
+            let pick =
+                |f: &dyn Fn(&latency::LatencyRun) -> f64| median(runs.iter().map(f).collect());
+            let summary = json!({
+                "achieved_rate": pick(&|r| r.achieved_rate),
+                "reply_p50_ms": pick(&|r| r.reply.p50_ms),
+                "reply_p95_ms": pick(&|r| r.reply.p95_ms),
+                "reply_p99_ms": pick(&|r| r.reply.p99_ms),
+                "event_p50_ms": pick(&|r| r.downstream_event.p50_ms),
+                "event_p99_ms": pick(&|r| r.downstream_event.p99_ms),
+                "baseline_reply_p50_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p50_ms)),
+                "baseline_reply_p99_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p99_ms)),
+                "peak_rss_mib": pick(&|r| r.peak_rss_mib),
+                "cpu_us_per_event": pick(&|r| r.cpu_us_per_event),
+            });
+            let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "identity-sync latency benchmark: median of {} run(s)",
+                runs.len()
+            );
+            println!("  machine                {machine}");
+            println!(
+                "  offered rate           {rate}/s for {duration:?} (achieved {:.0}/s)",
+                f("achieved_rate")
+            );
+            println!("  workers                {}", args.workers);
+            println!("  prefetch / batch       {prefetch} / {batch_size}");
+            println!(
+                "  publish -> reply       p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",
+                f("reply_p50_ms"),
+                f("reply_p95_ms"),
+                f("reply_p99_ms")
+            );
+            println!(
+                "  publish -> event       p50 {:.1} ms  p99 {:.1} ms",
+                f("event_p50_ms"),
+                f("event_p99_ms")
+            );
+            if !no_baseline {
+                println!(
+                    "  raw broker round trip  p50 {:.1} ms  p99 {:.1} ms",
+                    f("baseline_reply_p50_ms"),
+                    f("baseline_reply_p99_ms")
+                );
+            }
+            println!("  worker peak RSS        {:.1} MiB", f("peak_rss_mib"));
+            println!("  worker CPU per event   {:.0} us", f("cpu_us_per_event"));
+            let missing: usize = runs.iter().map(|r| r.missing_replies).sum();
+            println!("  replies missing        {missing}");
+            if missing > 0 {
+                bail!("{missing} logins got no reply");
+            }
+            json!({"mode": "latency", "machine": machine, "rate": rate, "duration_seconds": duration.as_secs_f64(),
+                   "workers": args.workers, "prefetch": prefetch, "batch_size": batch_size,
+                   "median": summary, "runs": runs})
+        }
+    };
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// CPU model and count, and memory: enough to compare figures between machines.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
+        })
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!("{cpus} x {model}, {memory}")
+}

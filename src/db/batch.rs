@@ -1,0 +1,176 @@
+//! The two statements that carry a batch of logins: one reads everything the decisions need, one
+//! writes every effect. Round trips, not rows, are what a batch pays for; these keep them to a
+//! handful whatever the batch holds.
+
+use sqlx::{PgConnection, types::Json};
+use uuid::Uuid;
+
+use super::{
+    bindings::{NewBindings, PendingRow},
+    identities::{IdentityWrites, LinkRow},
+    outbox::{NewOutbox, OutboxRow},
+    processed::{NewProcessed, ProcessedRow},
+    users::{FieldKeys, MatchRow, NewUsers},
+};
+
+/// What the database knows about a batch's events, identities and matching accounts.
+pub struct Snapshot {
+    pub processed: Vec<ProcessedRow>,
+    pub links: Vec<LinkRow>,
+    pub pending: Vec<PendingRow>,
+    pub users: Vec<MatchRow>,
+}
+
+/// Dedupe records of the event ids, identities and pending bindings of the external ids, and
+/// accounts holding any of the values, in one statement. Each lookup leads with its most
+/// selective column; the caller matches whole keys (source, pool, connection).
+pub async fn load(
+    conn: &mut PgConnection,
+    event_ids: &[String],
+    external_ids: &[String],
+    fields: &FieldKeys,
+) -> sqlx::Result<Snapshot> {
+    let row = sqlx::query!(
+        r#"SELECT
+             (SELECT coalesce(jsonb_agg(p), '[]') FROM (
+                SELECT source, event_id, outcome, user_id, binding_id, reason
+                FROM processed_events WHERE event_id = ANY($1)) p)
+               AS "processed!: Json<Vec<ProcessedRow>>",
+             (SELECT coalesce(jsonb_agg(i), '[]') FROM (
+                SELECT user_pool_id, connection, external_id, user_id
+                FROM identities WHERE external_id = ANY($2)) i)
+               AS "links!: Json<Vec<LinkRow>>",
+             (SELECT coalesce(jsonb_agg(b), '[]') FROM (
+                SELECT id, user_pool_id, connection, external_id, reason, expires_at
+                FROM bindings WHERE status = 'pending' AND external_id = ANY($2)) b)
+               AS "pending!: Json<Vec<PendingRow>>",
+             (SELECT coalesce(jsonb_agg(u), '[]') FROM (
+                SELECT u.id, u.user_pool_id, u.email, u.phone, u.username,
+                       ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id)
+                         AS linked_connections
+                FROM users u
+                WHERE u.email = ANY($3) OR u.phone = ANY($4) OR u.username = ANY($5)) u)
+               AS "users!: Json<Vec<MatchRow>>""#,
+        event_ids,
+        external_ids,
+        &fields.emails,
+        &fields.phones,
+        &fields.usernames,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Snapshot {
+        processed: row.processed.0,
+        links: row.links.0,
+        pending: row.pending.0,
+        users: row.users.0,
+    })
+}
+
+/// Every write of a batch but binding expiry.
+pub struct BatchWrites<'a> {
+    pub origin: Uuid,
+    pub users: &'a NewUsers,
+    pub new_identities: &'a IdentityWrites,
+    /// Identities already stored before this batch (an identity created by the batch carries its
+    /// latest profile in `new_identities` instead: one statement cannot update a row it inserts).
+    pub touched: &'a IdentityWrites,
+    pub bindings: &'a NewBindings,
+    pub processed: &'a NewProcessed,
+    pub outbox: &'a NewOutbox,
+}
+
+/// Writes them in one statement of data-modifying CTEs. Returns the outbox rows as stored, with
+/// ascending ids in the order they were pushed.
+pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result<Vec<OutboxRow>> {
+    let kinds: Vec<String> = w.outbox.kinds.iter().map(|k| (*k).to_owned()).collect();
+    let row = sqlx::query!(
+        r#"WITH new_users AS (
+             INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name)
+             SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bool[], $6::text[],
+                                  $7::bool[], $8::text[], $9::text[])
+             RETURNING 1),
+           new_identities AS (
+             INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
+             SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::uuid[], $14::jsonb[])
+             RETURNING 1),
+           touched AS (
+             UPDATE identities i SET profile = v.profile, last_login_at = now()
+             FROM unnest($15::text[], $16::text[], $17::text[], $18::jsonb[])
+                  AS v(pool, connection, external_id, profile)
+             WHERE i.external_id = v.external_id AND i.connection = v.connection
+               AND i.user_pool_id = v.pool
+             RETURNING 1),
+           new_bindings AS (
+             INSERT INTO bindings (id, user_pool_id, connection, external_id, profile, reason,
+                                   candidates, cause_event_id, expires_at)
+             SELECT b.id, b.pool, b.connection, b.external_id, b.profile, b.reason,
+                    ARRAY(SELECT c.candidate FROM unnest($25::int4[], $26::uuid[]) WITH ORDINALITY
+                              AS c(owner, candidate, n)
+                          WHERE c.owner = b.n - 1 ORDER BY c.n),
+                    b.cause_event_id, b.expires_at
+             FROM unnest($19::uuid[], $20::text[], $21::text[], $22::text[], $23::jsonb[],
+                         $24::text[], $27::text[], $28::timestamptz[])
+                  WITH ORDINALITY AS b(id, pool, connection, external_id, profile, reason,
+                                       cause_event_id, expires_at, n)
+             RETURNING 1),
+           processed AS (
+             INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason)
+             SELECT * FROM unnest($29::text[], $30::text[], $31::text[], $32::uuid[], $33::uuid[],
+                                  $34::text[])
+             RETURNING 1),
+           queued AS (
+             INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload, created_at)
+             SELECT $1, kind, routing_key, message_id, correlation_id, payload, clock_timestamp()
+             FROM unnest($35::text[], $36::text[], $37::uuid[], $38::text[], $39::jsonb[])
+                  WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload, n)
+             ORDER BY n
+             RETURNING id)
+           SELECT (SELECT count(*) FROM new_users) + (SELECT count(*) FROM new_identities)
+                + (SELECT count(*) FROM touched) + (SELECT count(*) FROM new_bindings)
+                + (SELECT count(*) FROM processed) AS "written!",
+                  ARRAY(SELECT id FROM queued ORDER BY id) AS "outbox_ids!""#,
+        w.origin,
+        &w.users.ids,
+        &w.users.pools,
+        &w.users.emails as &[Option<String>],
+        &w.users.email_verified,
+        &w.users.phones as &[Option<String>],
+        &w.users.phone_verified,
+        &w.users.usernames as &[Option<String>],
+        &w.users.names as &[Option<String>],
+        &w.new_identities.keys.pools,
+        &w.new_identities.keys.connections,
+        &w.new_identities.keys.external_ids,
+        &w.new_identities.user_ids,
+        &w.new_identities.profiles,
+        &w.touched.keys.pools,
+        &w.touched.keys.connections,
+        &w.touched.keys.external_ids,
+        &w.touched.profiles,
+        &w.bindings.ids,
+        &w.bindings.keys.pools,
+        &w.bindings.keys.connections,
+        &w.bindings.keys.external_ids,
+        &w.bindings.profiles,
+        &w.bindings.reasons,
+        &w.bindings.candidate_owner,
+        &w.bindings.candidates,
+        &w.bindings.cause_event_ids as &[Option<String>],
+        &w.bindings.expires_at,
+        &w.processed.sources,
+        &w.processed.event_ids,
+        &w.processed.outcomes,
+        &w.processed.user_ids as &[Option<Uuid>],
+        &w.processed.binding_ids as &[Option<Uuid>],
+        &w.processed.reasons as &[Option<String>],
+        &kinds,
+        &w.outbox.routing_keys,
+        &w.outbox.message_ids,
+        &w.outbox.correlation_ids as &[Option<String>],
+        &w.outbox.payloads,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(w.outbox.with_ids(&row.outbox_ids))
+}
