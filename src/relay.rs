@@ -15,18 +15,18 @@ use std::{
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{
-    Channel, Confirmation,
+    Channel, Confirmation, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
     amqp::{connect, json_properties},
-    db::outbox::{self, OutboxRow},
+    db::outbox::{self, OutboxRow, Settled},
     health::Health,
     metrics::{KindLabel, Metrics},
     settings::Settings,
@@ -36,6 +36,8 @@ use crate::{
 const HANDOFF_CAPACITY: usize = 256;
 /// The safe path leaves this process's rows this long to the fast path.
 const OWN_ROWS_AFTER: Duration = Duration::from_secs(2);
+/// Published rounds whose confirms may be pending at once.
+const IN_FLIGHT_ROUNDS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -45,6 +47,8 @@ enum RelayError {
     Database(#[from] sqlx::Error),
     #[error("no publisher confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    #[error("the settling task stopped")]
+    SettlerStopped,
 }
 
 /// The committing side of the fast path.
@@ -164,14 +168,35 @@ impl Relay {
         let mut counted = Instant::now() - Duration::from_secs(60);
         // Whatever is already in the database first (a restart, a reconnect).
         self.claim_until_done(channel, &mut counted).await?;
+        // Handed-off rows are published at once; their confirms are awaited and the rows settled
+        // by a task of their own, so that the next rounds go out meanwhile.
+        let (in_flight, settling) = mpsc::channel::<InFlight>(IN_FLIGHT_ROUNDS);
+        let settler = tokio::spawn(settle_in_order(self.settler(), settling));
+        let result = self
+            .handoff_loop(channel, &in_flight, &mut counted, poll)
+            .await;
+        drop(in_flight);
+        let settled = settler.await.unwrap_or(Ok(()));
+        result.and(settled)
+    }
+
+    async fn handoff_loop(
+        &mut self,
+        channel: &Channel,
+        in_flight: &mpsc::Sender<InFlight>,
+        counted: &mut Instant,
+        poll: Duration,
+    ) -> Result<(), RelayError> {
         let mut next_claim = Instant::now() + poll;
         loop {
             if self.stop.is_cancelled() {
-                // The worker has stopped: publish its last hand-offs, then anything left.
+                // The worker has stopped: publish its last hand-offs, let them settle, then
+                // anything left in the database.
                 while let Ok(rows) = self.handoffs.try_recv() {
-                    self.publish_handed_off(channel, rows).await?;
+                    self.send_round(channel, in_flight, rows).await?;
                 }
-                self.claim_until_done(channel, &mut counted).await?;
+                self.barrier(in_flight).await?;
+                self.claim_until_done(channel, counted).await?;
                 return Ok(());
             }
             tokio::select! {
@@ -184,15 +209,50 @@ impl Relay {
                             Err(_) => break,
                         }
                     }
-                    self.publish_handed_off(channel, rows).await?;
-                    self.count_backlog(&mut counted, false).await;
+                    self.send_round(channel, in_flight, rows).await?;
+                    self.count_backlog(counted, false).await;
                 }
                 _ = tokio::time::sleep_until(next_claim.into()) => {
-                    self.claim_until_done(channel, &mut counted).await?;
+                    // Rounds in flight settle first, so that the claim does not take their rows.
+                    self.barrier(in_flight).await?;
+                    self.claim_until_done(channel, counted).await?;
                     next_claim = Instant::now() + poll;
                 }
                 _ = self.stop.cancelled() => {}
             }
+        }
+    }
+
+    /// Publishes a round of handed-off rows and passes its confirms to the settling task.
+    async fn send_round(
+        &self,
+        channel: &Channel,
+        in_flight: &mpsc::Sender<InFlight>,
+        rows: Vec<OutboxRow>,
+    ) -> Result<(), RelayError> {
+        let confirms = publish_rows(channel, &self.settings, &rows).await?;
+        in_flight
+            .send(InFlight::Round { rows, confirms })
+            .await
+            .map_err(|_| RelayError::SettlerStopped)
+    }
+
+    /// Waits until every round sent so far has settled.
+    async fn barrier(&self, in_flight: &mpsc::Sender<InFlight>) -> Result<(), RelayError> {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        in_flight
+            .send(InFlight::Barrier(done))
+            .await
+            .map_err(|_| RelayError::SettlerStopped)?;
+        settled.await.map_err(|_| RelayError::SettlerStopped)
+    }
+
+    fn settler(&self) -> Settler {
+        Settler {
+            settings: self.settings.clone(),
+            pool: self.pool.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
         }
     }
 
@@ -207,24 +267,6 @@ impl Relay {
             self.metrics.outbox_backlog.set(count);
             self.health.set_outbox_backlog(count);
         }
-    }
-
-    /// The fast path: rows just committed by this process, published without reading them back.
-    async fn publish_handed_off(
-        &self,
-        channel: &Channel,
-        rows: Vec<OutboxRow>,
-    ) -> Result<(), RelayError> {
-        let settled = self.publish(channel, &rows).await?;
-        let mut tx = self.pool.begin().await?;
-        // Losing this mark to a crash only means publishing again (with the same ids).
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        self.settle(&mut tx, &settled).await?;
-        tx.commit().await?;
-        self.account(&settled);
-        Ok(())
     }
 
     /// The safe path: claims, publishes and settles rounds of rows until none is due.
@@ -259,48 +301,64 @@ impl Relay {
             self.health.set_database(true);
             return Ok(Round::default());
         }
-        let settled = self.publish(channel, &rows).await?;
-        self.settle(&mut tx, &settled).await?;
+        let confirms = publish_rows(channel, &self.settings, &rows).await?;
+        let settler = self.settler();
+        let settled = settler.confirmations(&rows, confirms).await?;
+        outbox::settle(&mut tx, &settled).await?;
         tx.commit().await?;
-        self.account(&settled);
+        settler.account(&settled);
         Ok(Round {
             rows: rows.len(),
             held: settled.held.len(),
         })
     }
+}
 
-    /// Publishes every row (pipelined), then awaits every confirm.
-    async fn publish(&self, channel: &Channel, rows: &[OutboxRow]) -> Result<Settled, RelayError> {
-        let mut confirms = Vec::with_capacity(rows.len());
-        for row in rows {
-            let body = serde_json::to_vec(&row.payload).expect("json value serialises");
-            let mut properties = json_properties(&row.message_id.to_string());
-            let exchange = if row.kind == outbox::KIND_EVENT {
-                properties = properties
-                    .with_type(ShortString::from(row.routing_key.as_str()))
-                    .with_timestamp(row.created_at.timestamp().max(0) as u64);
-                self.settings.amqp.events_exchange.as_str()
-            } else {
-                if let Some(correlation_id) = &row.correlation_id {
-                    properties = properties.with_correlation_id(correlation_id.as_str().into());
-                }
-                ""
-            };
-            let confirm = channel
-                .basic_publish(
-                    exchange.into(),
-                    row.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &body,
-                    properties,
-                )
-                .await?;
-            confirms.push(confirm);
+/// What the publishing side passes to the settling task.
+enum InFlight {
+    Round {
+        rows: Vec<OutboxRow>,
+        confirms: Vec<PublisherConfirm>,
+    },
+    /// Answered once every round before it has settled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Awaits the confirms of each round in order and records the outcome.
+struct Settler {
+    settings: Arc<Settings>,
+    pool: PgPool,
+    metrics: Metrics,
+    health: Health,
+}
+
+async fn settle_in_order(
+    settler: Settler,
+    mut rounds: mpsc::Receiver<InFlight>,
+) -> Result<(), RelayError> {
+    while let Some(item) = rounds.recv().await {
+        match item {
+            InFlight::Round { rows, confirms } => {
+                let settled = settler.confirmations(&rows, confirms).await?;
+                let mut conn = settler.pool.acquire().await?;
+                outbox::settle(&mut conn, &settled).await?;
+                settler.account(&settled);
+            }
+            InFlight::Barrier(done) => {
+                let _ = done.send(());
+            }
         }
+    }
+    Ok(())
+}
 
+impl Settler {
+    /// Sorts the rows by what the broker said about each.
+    async fn confirmations(
+        &self,
+        rows: &[OutboxRow],
+        confirms: Vec<PublisherConfirm>,
+    ) -> Result<Settled, RelayError> {
         let mut settled = Settled::default();
         let timeout = self.settings.outbox.confirm_timeout;
         for (row, confirm) in rows.iter().zip(confirms) {
@@ -346,21 +404,8 @@ impl Relay {
         Ok(settled)
     }
 
-    async fn settle(&self, conn: &mut PgConnection, settled: &Settled) -> Result<(), RelayError> {
-        outbox::settle(
-            conn,
-            &settled.published,
-            &settled.unrouted,
-            &settled.replies,
-        )
-        .await?;
-        outbox::hold(conn, &settled.held).await?;
-        Ok(())
-    }
-
     fn account(&self, settled: &Settled) {
-        let done = settled.published.len() + settled.unrouted.len() + settled.replies.len();
-        self.health.add_outbox_backlog(-(done as i64));
+        self.health.add_outbox_backlog(-(settled.done() as i64));
         self.health.set_database(true);
         let events = (settled.published.len() + settled.unrouted.len()) as u64;
         if events > 0 {
@@ -378,13 +423,42 @@ impl Relay {
     }
 }
 
-/// Where each published row goes next.
-#[derive(Default)]
-struct Settled {
-    published: Vec<i64>,
-    unrouted: Vec<i64>,
-    replies: Vec<i64>,
-    held: Vec<i64>,
+/// Publishes every row, pipelined; returns the confirms in row order.
+async fn publish_rows(
+    channel: &Channel,
+    settings: &Settings,
+    rows: &[OutboxRow],
+) -> Result<Vec<PublisherConfirm>, RelayError> {
+    let mut confirms = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body = serde_json::to_vec(&row.payload).expect("json value serialises");
+        let mut properties = json_properties(&row.message_id.to_string());
+        let exchange = if row.kind == outbox::KIND_EVENT {
+            properties = properties
+                .with_type(ShortString::from(row.routing_key.as_str()))
+                .with_timestamp(row.created_at.timestamp().max(0) as u64);
+            settings.amqp.events_exchange.as_str()
+        } else {
+            if let Some(correlation_id) = &row.correlation_id {
+                properties = properties.with_correlation_id(correlation_id.as_str().into());
+            }
+            ""
+        };
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                row.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                properties,
+            )
+            .await?;
+        confirms.push(confirm);
+    }
+    Ok(confirms)
 }
 
 fn backoff(max: Duration) -> impl Iterator<Item = Duration> {

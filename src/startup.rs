@@ -28,6 +28,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(9);
 pub struct Application {
     settings: Arc<Settings>,
     pool: PgPool,
+    /// The relay's own small pool, whose commits do not wait for the disk.
+    relay_pool: PgPool,
     listener: TcpListener,
     address: SocketAddr,
     origin: Uuid,
@@ -41,6 +43,7 @@ impl Application {
         let connections = settings.connection_settings()?;
         let tokens = Tokens::new(&settings.admin.tokens).map_err(SettingsError::Invalid)?;
         let pool = db::connect_and_migrate(&settings.database).await?;
+        let relay_pool = db::relay_pool(&settings.database)?;
         pipeline::upsert_connections(&pool, &connections)
             .await
             .context("applying [[connections]] from the configuration")?;
@@ -53,6 +56,7 @@ impl Application {
         Ok(Self {
             settings: Arc::new(settings),
             pool,
+            relay_pool,
             listener,
             address,
             origin: Uuid::now_v7(),
@@ -80,7 +84,7 @@ impl Application {
         let http_stop = CancellationToken::new();
         let (relay, handoff) = Relay::new(
             self.settings.clone(),
-            self.pool.clone(),
+            self.relay_pool.clone(),
             self.origin,
             self.metrics.clone(),
             self.health.clone(),
@@ -139,6 +143,7 @@ impl Application {
         }
         http_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        self.relay_pool.close().await;
         self.pool.close().await;
         tracing::info!("stopped");
         Ok(())

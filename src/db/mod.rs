@@ -108,6 +108,23 @@ where
     })
 }
 
+/// A small pool for the outbox relay, whose writes (marking rows published) may be lost to a
+/// crash without harm (the rows are published again): its commits do not wait for the disk.
+pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    let options = connect_options(settings)?.options([("synchronous_commit", "off")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .idle_timeout(Duration::from_secs(300))
+        .after_connect(|_, _| {
+            Box::pin(async {
+                nodelay::disable_nagle();
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options))
+}
+
 /// Failures that retrying the same work can cure: the database being unreachable or restarting,
 /// serialization failures and deadlocks, and unique violations caused by a concurrent writer
 /// (the retry sees the other writer's row).

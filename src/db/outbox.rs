@@ -136,47 +136,50 @@ pub async fn claim(
     .await
 }
 
-/// Records the outcome of a publish round: events are kept (for replay) and marked published,
-/// replies are deleted. Losing this write to a crash only means publishing again, so the
-/// caller may commit it without waiting for the disk.
-pub async fn settle(
-    conn: &mut PgConnection,
-    published_events: &[i64],
-    unrouted_events: &[i64],
-    done_replies: &[i64],
-) -> sqlx::Result<()> {
-    if !published_events.is_empty() || !unrouted_events.is_empty() {
-        sqlx::query!(
-            r#"UPDATE outbox SET published_at = now(), unrouted = (id = ANY($2))
-               WHERE id = ANY($1) OR id = ANY($2)"#,
-            published_events,
-            unrouted_events
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !done_replies.is_empty() {
-        sqlx::query!("DELETE FROM outbox WHERE id = ANY($1)", done_replies)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+/// The outcome of a publish round, by row id.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Events the broker took: kept for replay, marked published.
+    pub published: Vec<i64>,
+    /// Events the broker took with no queue bound for them: marked published and unrouted.
+    pub unrouted: Vec<i64>,
+    /// Replies delivered (or whose requester left): deleted.
+    pub replies: Vec<i64>,
+    /// Rows the broker did not take: set aside for a while, 1 s after the first failure,
+    /// doubling up to a minute, so that the rows behind them are published meanwhile.
+    pub held: Vec<i64>,
 }
 
-/// Puts rows the broker did not take aside for a while: 1 s after the first failure, doubling up
-/// to a minute; the rows behind them are published meanwhile.
-pub async fn hold(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+impl Settled {
+    pub fn done(&self) -> usize {
+        self.published.len() + self.unrouted.len() + self.replies.len()
     }
+}
+
+/// Records a publish round in one statement. Losing it to a crash only means publishing again
+/// (with the same ids), so it may be committed without waiting for the disk.
+pub async fn settle(conn: &mut PgConnection, settled: &Settled) -> sqlx::Result<()> {
     sqlx::query!(
-        r#"UPDATE outbox SET attempts = attempts + 1,
-               next_attempt_at = now() + least(make_interval(secs => 2.0 ^ least(attempts, 6)),
-                                               interval '60 seconds')
-           WHERE id = ANY($1)"#,
-        ids
+        r#"WITH published AS (
+             UPDATE outbox SET published_at = now(), unrouted = (id = ANY($2))
+             WHERE id = ANY($1) OR id = ANY($2)
+             RETURNING 1),
+           removed AS (
+             DELETE FROM outbox WHERE id = ANY($3) RETURNING 1),
+           held AS (
+             UPDATE outbox SET attempts = attempts + 1,
+                    next_attempt_at = now() + least(make_interval(secs => 2.0 ^ least(attempts, 6)),
+                                                    interval '60 seconds')
+             WHERE id = ANY($4)
+             RETURNING 1)
+           SELECT (SELECT count(*) FROM published) + (SELECT count(*) FROM removed)
+                + (SELECT count(*) FROM held) AS "settled!""#,
+        &settled.published,
+        &settled.unrouted,
+        &settled.replies,
+        &settled.held,
     )
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
     Ok(())
 }

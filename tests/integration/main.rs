@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin;
 mod api_fuzz;
+mod bench;
 mod cli;
 mod concurrency;
 mod console;
