@@ -23,12 +23,23 @@ struct Flags {
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Readiness {
     pub ready: bool,
-    /// The last database operation succeeded.
+    /// The database answers.
     pub database: bool,
     /// Connected to the broker, topology declared, consuming.
     pub consumer: bool,
     /// The outbox relay is connected with publisher confirms.
     pub publisher: bool,
+}
+
+impl Readiness {
+    /// The same, with the database's state as just observed.
+    pub fn with_database(self, database: bool) -> Self {
+        Self {
+            ready: database && self.consumer && self.publisher,
+            database,
+            ..self
+        }
+    }
 }
 
 impl Health {

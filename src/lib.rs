@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod relay;
 pub mod retention;
+pub mod retry;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::{
     Channel, Confirmation, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -121,7 +120,7 @@ impl Relay {
 
     pub async fn run(mut self) {
         let max_delay = self.settings.worker.max_retry_delay;
-        let mut backoff = backoff(max_delay);
+        let mut backoff = crate::retry::delays(max_delay);
         loop {
             let started = Instant::now();
             let result = self.session().await;
@@ -134,7 +133,7 @@ impl Relay {
                         break;
                     }
                     if started.elapsed() > Duration::from_secs(10) {
-                        backoff = self::backoff(max_delay);
+                        backoff = crate::retry::delays(max_delay);
                     }
                     self.metrics.transient("relay");
                     let delay = backoff.next().unwrap_or(max_delay);
@@ -459,13 +458,4 @@ async fn publish_rows(
         confirms.push(confirm);
     }
     Ok(confirms)
-}
-
-fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }

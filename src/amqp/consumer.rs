@@ -7,7 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_lite::{StreamExt, future::poll_once};
 use lapin::{
     Channel,
@@ -105,7 +104,7 @@ impl Worker {
 
     /// Runs until the shutdown token is cancelled, reconnecting with backoff on any broker failure.
     pub async fn run(self) {
-        let mut backoff = reconnect_backoff(self.settings.worker.max_retry_delay);
+        let mut backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let result = self.session().await;
@@ -114,7 +113,7 @@ impl Worker {
                 Ok(()) | Err(SessionError::Stopped) => break,
                 Err(error) => {
                     if started.elapsed() > Duration::from_secs(10) {
-                        backoff = reconnect_backoff(self.settings.worker.max_retry_delay);
+                        backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
                     }
                     self.metrics.transient("consumer");
                     let delay = backoff
@@ -403,7 +402,7 @@ impl Worker {
     }
 
     async fn decide_with_retry(&self, batch: &[Inbound]) -> Result<Vec<Verdict>, Failure> {
-        let mut backoff = reconnect_backoff(self.settings.worker.max_retry_delay);
+        let mut backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
         let mut conflicts = 0;
         loop {
             match self.pipeline.process(batch).await {
@@ -515,15 +514,6 @@ impl Worker {
         }
         Ok(())
     }
-}
-
-fn reconnect_backoff(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 fn is_conflict(error: &sqlx::Error) -> bool {

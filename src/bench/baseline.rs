@@ -2,7 +2,7 @@
 //! prefetch, consumed, republished with confirms and acknowledged in batches as the worker does,
 //! with no database and no logic. identity-sync's throughput is reported as a ratio to it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_lite::{StreamExt, future::poll_once};
@@ -15,7 +15,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 
-use super::env::Env;
+use super::{
+    env::Env,
+    pace::{self, Clock},
+};
 
 pub async fn publish_all(
     channel: &Channel,
@@ -157,9 +160,6 @@ pub async fn round_trips(
     delivery_limit: u32,
     warmup: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
     let connection = env.broker().await?;
     let setup = connection.create_channel().await?;
     let mut args = FieldTable::default();
@@ -240,7 +240,7 @@ pub async fn round_trips(
         no_ack: true,
         ..Default::default()
     };
-    let mut replies = setup
+    let replies = setup
         .basic_consume(
             reply_queue.name().clone(),
             "".into(),
@@ -248,80 +248,26 @@ pub async fn round_trips(
             FieldTable::default(),
         )
         .await?;
-    let epoch = Instant::now();
-    let sent: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
-        (0..bodies.len())
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect(),
-    );
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(bodies.len())));
-    let collector = tokio::spawn({
-        let (sent, out) = (sent.clone(), latencies.clone());
-        async move {
-            while let Some(Ok(delivery)) = replies.next().await {
-                let index = delivery
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .and_then(|c| c.as_str().parse::<usize>().ok());
-                if let Some(at) = index
-                    .filter(|i| *i >= warmup)
-                    .and_then(|i| sent.get(i))
-                    .map(|s| s.load(std::sync::atomic::Ordering::Acquire))
-                {
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    out.lock()
-                        .expect("not poisoned")
-                        .push(now.saturating_sub(at) as f64 / 1e6);
-                }
-            }
-        }
-    });
+    let clock = Clock::new(bodies.len(), warmup);
+    let (latencies, collector) = pace::collect(replies, clock.clone(), pace::by_correlation_id);
     let publisher = connection.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let start = Instant::now();
-    let mut next = 0;
-    let mut ticker = tokio::time::interval(Duration::from_millis(2));
-    while next < bodies.len() {
-        ticker.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(bodies.len());
-        while next < due {
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_reply_to(reply_queue.name().clone())
-                .with_correlation_id(next.to_string().into());
-            sent[next].store(
-                (epoch.elapsed().as_nanos() as u64).max(1),
-                std::sync::atomic::Ordering::Release,
-            );
-            drop(
-                publisher
-                    .basic_publish(
-                        "".into(),
-                        "baseline.latency".into(),
-                        BasicPublishOptions::default(),
-                        &bodies[next],
-                        properties,
-                    )
-                    .await?,
-            );
-            next += 1;
-        }
-    }
-    publisher.wait_for_confirms().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while latencies.lock().expect("not poisoned").len() < bodies.len() - warmup
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pace::publish(
+        &publisher,
+        "",
+        "baseline.latency",
+        bodies,
+        rate,
+        reply_queue.name(),
+        &clock,
+    )
+    .await?;
+    pace::wait_for(&latencies, clock.measured(), Duration::from_secs(30)).await;
     collector.abort();
     responder_task.abort();
     let _ = responder_connection.close(200, "done".into()).await;
     let _ = connection.close(200, "done".into()).await;
-    let latencies = latencies.lock().expect("not poisoned").clone();
-    Ok(latencies)
+    Ok(pace::take(&latencies))
 }

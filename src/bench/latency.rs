@@ -1,28 +1,22 @@
 //! Latency mode: logins are published at a fixed rate, each asking for a reply; the time from
 //! publishing to the decision's reply, and to the downstream event it causes, is measured.
 
-use std::{
-    path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::bail;
-use futures_lite::StreamExt;
 use lapin::{
-    BasicProperties,
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    },
+    options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{drain::prepare_broker, env::Env, mix::Mix};
+use super::{
+    drain::prepare_broker,
+    env::Env,
+    mix::Mix,
+    pace::{self, Clock},
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
@@ -110,7 +104,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         no_ack: true,
         ..Default::default()
     };
-    let mut replies = channel
+    let replies = channel
         .basic_consume(
             reply_queue.name().clone(),
             "".into(),
@@ -118,7 +112,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
             FieldTable::default(),
         )
         .await?;
-    let mut events = channel
+    let events = channel
         .basic_consume(
             "bench.subscriber".into(),
             "".into(),
@@ -127,55 +121,18 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         )
         .await?;
 
-    let epoch = Instant::now();
-    let sent: Arc<Vec<AtomicU64>> =
-        Arc::new((0..bodies.len()).map(|_| AtomicU64::new(0)).collect());
-    let since = move |sent: &AtomicU64| {
-        let at = sent.load(Ordering::Acquire);
-        (at > 0).then(|| (epoch.elapsed().as_nanos() as u64).saturating_sub(at) as f64 / 1e6)
-    };
-    let reply_latencies = Arc::new(Mutex::new(Vec::with_capacity(bodies.len())));
-    let event_latencies = Arc::new(Mutex::new(Vec::with_capacity(bodies.len())));
-    let reply_task = tokio::spawn({
-        let (sent, out) = (sent.clone(), reply_latencies.clone());
-        async move {
-            while let Some(Ok(delivery)) = replies.next().await {
-                let index = delivery
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .and_then(|c| c.as_str().parse::<usize>().ok());
-                if let Some(ms) = index
-                    .filter(|i| *i >= warmup)
-                    .and_then(|i| sent.get(i))
-                    .and_then(since)
-                {
-                    out.lock().expect("not poisoned").push(ms);
-                }
-            }
-        }
-    });
-    let event_task = tokio::spawn({
-        let (sent, out) = (sent.clone(), event_latencies.clone());
-        async move {
-            while let Some(Ok(delivery)) = events.next().await {
-                let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) else {
-                    continue;
-                };
-                let index = event
-                    .pointer("/data/cause_event_id")
-                    .and_then(Value::as_str)
-                    .and_then(|id| id.strip_prefix(PREFIX))
-                    .and_then(|n| n.parse::<usize>().ok());
-                if let Some(ms) = index
-                    .filter(|i| *i >= warmup)
-                    .and_then(|i| sent.get(i))
-                    .and_then(since)
-                {
-                    out.lock().expect("not poisoned").push(ms);
-                }
-            }
-        }
+    let clock = Clock::new(bodies.len(), warmup);
+    let (reply_latencies, reply_task) =
+        pace::collect(replies, clock.clone(), pace::by_correlation_id);
+    // A downstream event names the login that caused it.
+    let (event_latencies, event_task) = pace::collect(events, clock.clone(), |delivery| {
+        serde_json::from_slice::<Value>(&delivery.data)
+            .ok()?
+            .pointer("/data/cause_event_id")?
+            .as_str()?
+            .strip_prefix(PREFIX)?
+            .parse()
+            .ok()
     });
 
     eprintln!(
@@ -189,47 +146,18 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let (_, cpu_before) = workers.stats();
-    let start = Instant::now();
-    let mut next = 0;
-    let mut ticker = tokio::time::interval(Duration::from_millis(2));
-    while next < bodies.len() {
-        ticker.tick().await;
-        let due =
-            ((start.elapsed().as_secs_f64() * options.rate as f64) as usize + 1).min(bodies.len());
-        while next < due {
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_reply_to(reply_queue.name().clone())
-                .with_correlation_id(next.to_string().into());
-            sent[next].store(
-                (epoch.elapsed().as_nanos() as u64).max(1),
-                Ordering::Release,
-            );
-            // Confirms are collected at the end: waiting for each would pace the publisher.
-            drop(
-                publisher
-                    .basic_publish(
-                        settings.amqp.inbound_exchange.as_str().into(),
-                        settings.amqp.routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &bodies[next],
-                        properties,
-                    )
-                    .await?,
-            );
-            next += 1;
-        }
-    }
-    let publishing = start.elapsed().as_secs_f64();
-    publisher.wait_for_confirms().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let measured = bodies.len() - warmup;
-    while reply_latencies.lock().expect("not poisoned").len() < measured
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let publishing = pace::publish(
+        &publisher,
+        &settings.amqp.inbound_exchange,
+        &settings.amqp.routing_key,
+        &bodies,
+        options.rate,
+        reply_queue.name(),
+        &clock,
+    )
+    .await?;
+    let measured = clock.measured();
+    pace::wait_for(&reply_latencies, measured, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (peak_rss_mib, cpu_after) = workers.stats();
     workers.stop();
@@ -253,8 +181,8 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
     } else {
         None
     };
-    let reply = Percentiles::of(reply_latencies.lock().expect("not poisoned").clone());
-    let downstream_event = Percentiles::of(event_latencies.lock().expect("not poisoned").clone());
+    let reply = Percentiles::of(pace::take(&reply_latencies));
+    let downstream_event = Percentiles::of(pace::take(&event_latencies));
     Ok(LatencyRun {
         baseline_reply,
         offered_rate: options.rate,

@@ -9,6 +9,7 @@ mod drain;
 mod env;
 mod latency;
 mod mix;
+mod pace;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

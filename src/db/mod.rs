@@ -15,7 +15,7 @@ pub mod users;
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use secrecy::ExposeSecret;
 use sqlx::{
     ConnectOptions, PgPool,
@@ -88,24 +88,19 @@ where
     Fut: Future<Output = Result<T, sqlx::Error>>,
 {
     let started = std::time::Instant::now();
-    f.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_total_delay(Some(limit))
-            .without_max_times()
-            .with_jitter(),
-    )
-    .when(is_transient)
-    .notify(|e, delay| tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet"))
-    .await
-    .map_err(|e| {
-        if is_transient(&e) {
-            DbError::Unreachable(started.elapsed(), e)
-        } else {
-            DbError::Url(e)
-        }
-    })
+    f.retry(crate::retry::builder(Duration::from_secs(5)).with_total_delay(Some(limit)))
+        .when(is_transient)
+        .notify(
+            |e, delay| tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet"),
+        )
+        .await
+        .map_err(|e| {
+            if is_transient(&e) {
+                DbError::Unreachable(started.elapsed(), e)
+            } else {
+                DbError::Url(e)
+            }
+        })
 }
 
 /// A small pool for the outbox relay, whose writes (marking rows published) may be lost to a

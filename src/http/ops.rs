@@ -9,6 +9,8 @@ use axum::{
     routing::get,
 };
 
+use std::time::Duration;
+
 use super::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -22,8 +24,19 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// How long `/readyz` waits for the database to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let readiness = state.health.readiness();
+    // The worker's own flag only changes when it touches the database; an idle worker would go
+    // on reporting a database that has since gone away, so the database is asked every time.
+    let answers = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        sqlx::query("SELECT 1").execute(&state.admin.pool),
+    )
+    .await
+    .is_ok_and(|result| result.is_ok());
+    let readiness = state.health.readiness().with_database(answers);
     let status = if readiness.ready {
         StatusCode::OK
     } else {

@@ -246,21 +246,30 @@ async fn database_restarts_while_events_flow() {
     let app = TestApp::spawn(&services).await;
     let version = postgres_version();
 
+    // The events come in one part more than there are restarts: the first while the database is
+    // up, each next one while it is down, so that the worker always has something to refuse.
     let events: Vec<Value> = (0..total)
         .map(|n| login("plain", &format!("d-{n}"), json!({})))
         .collect();
-    let published = Arc::new(AtomicUsize::new(0));
-    let publisher = tokio::spawn(publish_through_faults(
-        services.amqp_url.clone(),
-        events,
-        published.clone(),
-    ));
+    let parts: Vec<Vec<Value>> = events
+        .chunks(total.div_ceil(restarts + 1))
+        .map(<[Value]>::to_vec)
+        .collect();
+    let publish = |part: &Vec<Value>| {
+        tokio::spawn(publish_through_faults(
+            services.amqp_url.clone(),
+            part.clone(),
+            Arc::new(AtomicUsize::new(0)),
+        ))
+    };
+    let mut publishers = vec![publish(&parts[0])];
     let started = Instant::now();
     let mut paused_while_down = true;
+    let mut waiting_while_down: u32 = 0;
     for round in 0..restarts {
-        let threshold = (round + 1) * total / (restarts + 2);
+        let sent_so_far: usize = parts[..=round].iter().map(Vec::len).sum();
         wait_until(WAIT * 2, || async {
-            count(&db, "SELECT count(*) FROM processed_events").await as usize >= threshold
+            count(&db, "SELECT count(*) FROM processed_events").await as usize >= sent_so_far / 2
         })
         .await
         .expect("events flowing before the restart");
@@ -275,6 +284,9 @@ async fn database_restarts_while_events_flow() {
                 "fast",
             ],
         );
+        if let Some(part) = parts.get(round + 1) {
+            publishers.push(publish(part));
+        }
         // While the database is down the worker holds what it has and takes nothing more.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let ready = reqwest::get(app.url("/readyz")).await.unwrap();
@@ -286,13 +298,20 @@ async fn database_restarts_while_events_flow() {
         let consumed_after = app
             .metric("idsync_decisions_total{outcome=\"user_created\"}")
             .await;
+        waiting_while_down += Broker::connect(&services)
+            .await
+            .queue_depth("idsync.login-completed")
+            .await;
         paused_while_down &= body["database"] == false && consumed_before == consumed_after;
         run(
             "pg_ctlcluster",
             &["--skip-systemctl-redirect", &version, "main", "start"],
         );
     }
-    let copies = publisher.await.unwrap();
+    let mut copies = 0;
+    for publisher in publishers {
+        copies += publisher.await.unwrap();
+    }
     wait_until(WAIT * 4, || async {
         count(&db, "SELECT count(*) FROM processed_events").await as usize == total
     })
@@ -325,6 +344,7 @@ async fn database_restarts_while_events_flow() {
         .note("publishes_including_retries", copies)
         .note("dead_lettered", dead)
         .note("paused_while_down", paused_while_down)
+        .note("queued_while_down", waiting_while_down)
         .note("event_copies_delivered", delivered - ids.len())
         .note("seconds", started.elapsed().as_secs_f64());
     figures.report();
@@ -333,6 +353,10 @@ async fn database_restarts_while_events_flow() {
     assert!(
         paused_while_down,
         "the worker stopped taking messages while the database was down"
+    );
+    assert!(
+        waiting_while_down > 0,
+        "events were waiting in the queue while the database was down"
     );
     app.stop().await;
     drop(capture);
