@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_lite::{StreamExt, future::poll_once};
 use lapin::{
-    BasicProperties, Channel,
+    BasicProperties, Channel, Connection, Consumer,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, QueueDeclareOptions,
@@ -83,23 +83,10 @@ pub async fn run(
         .await?;
     publish_all(&setup, "", "baseline.in", bodies).await?;
 
-    // Its own connection for consuming, as the worker has.
-    let consumer_connection = env.broker().await?;
-    let channel = consumer_connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
+    let (consumer_connection, mut consumer) = consume(env, "baseline.in", prefetch).await?;
     let publisher = connection.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            "baseline.in".into(),
-            "baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
         .await?;
     let mut done = 0;
     let mut started = None;
@@ -190,23 +177,11 @@ pub async fn round_trips(
         .queue_declare("".into(), private, FieldTable::default())
         .await?;
 
-    // The answering side, on its own connection like the worker.
-    let responder_connection = env.broker().await?;
-    let responder = responder_connection.create_channel().await?;
-    responder
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
+    // The answering side.
+    let (responder_connection, mut requests) = consume(env, "baseline.latency", prefetch).await?;
     let answers = responder_connection.create_channel().await?;
     answers
         .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut requests = responder
-        .basic_consume(
-            "baseline.latency".into(),
-            "responder".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
         .await?;
     let responder_task = tokio::spawn(async move {
         while let Some(Ok(delivery)) = requests.next().await {
@@ -270,4 +245,22 @@ pub async fn round_trips(
     let _ = responder_connection.close(200, "done".into()).await;
     let _ = connection.close(200, "done".into()).await;
     Ok(pace::take(&latencies))
+}
+
+/// A consumer on `queue` with `prefetch`, on a connection of its own as the worker has.
+async fn consume(env: &Env, queue: &str, prefetch: u16) -> anyhow::Result<(Connection, Consumer)> {
+    let connection = env.broker().await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((connection, consumer))
 }

@@ -66,8 +66,17 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<PgPool, 
     };
     with_startup_retry(settings.startup_timeout, create).await?;
 
-    let pool_options = PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+    let pool_options = pool_options(settings.max_connections);
+    let connect = || pool_options.clone().connect_with(options.clone());
+    let pool = with_startup_retry(settings.startup_timeout, connect).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Pool settings shared by the worker's pool and the relay's.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .idle_timeout(Duration::from_secs(300))
         .after_connect(|_, _| {
@@ -75,11 +84,7 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<PgPool, 
                 nodelay::disable_nagle();
                 Ok(())
             })
-        });
-    let connect = || pool_options.clone().connect_with(options.clone());
-    let pool = with_startup_retry(settings.startup_timeout, connect).await?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+        })
 }
 
 async fn with_startup_retry<T, F, Fut>(limit: Duration, f: F) -> Result<T, DbError>
@@ -107,17 +112,7 @@ where
 /// crash without harm (the rows are published again): its commits do not wait for the disk.
 pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let options = connect_options(settings)?.options([("synchronous_commit", "off")]);
-    Ok(PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .idle_timeout(Duration::from_secs(300))
-        .after_connect(|_, _| {
-            Box::pin(async {
-                nodelay::disable_nagle();
-                Ok(())
-            })
-        })
-        .connect_lazy_with(options))
+    Ok(pool_options(2).connect_lazy_with(options))
 }
 
 /// Failures that retrying the same work can cure: the database being unreachable or restarting,
