@@ -4,7 +4,11 @@
 pub mod consumer;
 pub mod topology;
 
-use lapin::{BasicProperties, Connection, ConnectionProperties, types::ShortString};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    options::{BasicConsumeOptions, QueueDeclareOptions},
+    types::{FieldTable, ShortString},
+};
 use secrecy::{ExposeSecret, SecretString};
 
 pub const JSON: &str = "application/json";
@@ -24,4 +28,30 @@ pub fn json_properties(message_id: &str) -> BasicProperties {
         .with_delivery_mode(2)
         .with_message_id(ShortString::from(message_id))
         .with_app_id("identity-sync".into())
+}
+
+/// A server-named queue private to this connection (gone when it closes), and a consumer on it
+/// that needs no acks: where a requester receives its replies, or a watcher the events.
+pub async fn private_queue(channel: &Channel) -> lapin::Result<(ShortString, Consumer)> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, FieldTable::default())
+        .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().clone(), consumer))
 }

@@ -168,14 +168,6 @@ pub async fn round_trips(
             args,
         )
         .await?;
-    let private = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let reply_queue = setup
-        .queue_declare("".into(), private, FieldTable::default())
-        .await?;
 
     // The answering side.
     let (responder_connection, mut requests) = consume(env, "baseline.latency", prefetch).await?;
@@ -211,18 +203,7 @@ pub async fn round_trips(
         }
     });
 
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let replies = setup
-        .basic_consume(
-            reply_queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await?;
+    let (reply_queue, replies) = crate::amqp::private_queue(&setup).await?;
     let clock = Clock::new(bodies.len(), warmup);
     let (latencies, collector) = pace::collect(replies, clock.clone(), pace::by_correlation_id);
     let publisher = connection.create_channel().await?;
@@ -235,7 +216,7 @@ pub async fn round_trips(
         "baseline.latency",
         bodies,
         rate,
-        reply_queue.name(),
+        &reply_queue,
         &clock,
     )
     .await?;

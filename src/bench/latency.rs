@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::bail;
 use lapin::{
-    options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{BasicConsumeOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
 use serde::Serialize;
@@ -92,26 +92,11 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         .await?;
 
     let channel = connection.create_channel().await?;
-    let private = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let reply_queue = channel
-        .queue_declare("".into(), private, FieldTable::default())
-        .await?;
+    let (reply_queue, replies) = crate::amqp::private_queue(&channel).await?;
     let no_ack = BasicConsumeOptions {
         no_ack: true,
         ..Default::default()
     };
-    let replies = channel
-        .basic_consume(
-            reply_queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await?;
     let events = channel
         .basic_consume(
             "bench.subscriber".into(),
@@ -152,7 +137,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         &settings.amqp.routing_key,
         &bodies,
         options.rate,
-        reply_queue.name(),
+        &reply_queue,
         &clock,
     )
     .await?;

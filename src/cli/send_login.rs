@@ -9,8 +9,7 @@ use futures_lite::StreamExt;
 use lapin::{
     ExchangeKind,
     options::{
-        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     },
     types::FieldTable,
 };
@@ -103,17 +102,8 @@ pub async fn run(args: SendLoginArgs, settings: &Settings) -> anyhow::Result<Exi
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let private = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let reply_queue = channel
-        .queue_declare("".into(), private, FieldTable::default())
-        .await?;
-    let events_queue = channel
-        .queue_declare("".into(), private, FieldTable::default())
-        .await?;
+    let (reply_queue, mut replies) = crate::amqp::private_queue(&channel).await?;
+    let (events_queue, mut events) = crate::amqp::private_queue(&channel).await?;
     channel
         .exchange_declare(
             amqp.events_exchange.as_str().into(),
@@ -127,37 +117,17 @@ pub async fn run(args: SendLoginArgs, settings: &Settings) -> anyhow::Result<Exi
         .await?;
     channel
         .queue_bind(
-            events_queue.name().clone(),
+            events_queue.clone(),
             amqp.events_exchange.as_str().into(),
             "#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let mut replies = channel
-        .basic_consume(
-            reply_queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await?;
-    let mut events = channel
-        .basic_consume(
-            events_queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await?;
 
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let mut properties = json_properties(&event_id)
-        .with_reply_to(reply_queue.name().clone())
+        .with_reply_to(reply_queue.clone())
         .with_correlation_id(correlation_id.as_str().into());
     // The broker checks user_id against the connection's login, so this is the honest value
     // (and the one amqp.trusted_publishers looks for).
