@@ -62,15 +62,7 @@ pub async fn run(
     setup
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongInt(delivery_limit as i32),
-    );
+    let args = quorum(delivery_limit);
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
@@ -149,15 +141,7 @@ pub async fn round_trips(
 ) -> anyhow::Result<Vec<f64>> {
     let connection = env.broker().await?;
     let setup = connection.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongInt(delivery_limit as i32),
-    );
+    let args = quorum(delivery_limit);
     setup
         .queue_declare(
             "baseline.latency".into(),
@@ -244,4 +228,18 @@ async fn consume(env: &Env, queue: &str, prefetch: u16) -> anyhow::Result<(Conne
         )
         .await?;
     Ok((connection, consumer))
+}
+
+/// Arguments of a quorum queue like the work queue.
+fn quorum(delivery_limit: u32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(delivery_limit as i32),
+    );
+    args
 }
