@@ -251,6 +251,16 @@ pub enum SettingsError {
 impl Settings {
     /// Defaults, then `file`, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::build(file, true)
+    }
+
+    /// Defaults, then `file`, ignoring the environment: for a configuration the program wrote
+    /// itself (the benchmark's).
+    pub fn load_file(file: &Path) -> Result<Self, SettingsError> {
+        Self::build(Some(file), false)
+    }
+
+    fn build(file: Option<&Path>, environment: bool) -> Result<Self, SettingsError> {
         let mut builder = Config::builder();
         if let Some(path) = file {
             if !path.exists() {
@@ -261,14 +271,16 @@ impl Settings {
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
-        builder = builder.add_source(
-            Environment::with_prefix("IDSYNC")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("amqp.trusted_publishers"),
-        );
+        if environment {
+            builder = builder.add_source(
+                Environment::with_prefix("IDSYNC")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("amqp.trusted_publishers"),
+            );
+        }
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)

@@ -56,7 +56,7 @@ async fn decided(db: &PgPool) -> i64 {
 /// Declares the topology and a subscriber queue receiving every outbound event, as production
 /// has; returns the broker settings of the environment.
 pub async fn prepare_broker(env: &Env) -> anyhow::Result<(lapin::Connection, Settings)> {
-    let settings = Settings::load(Some(&env.config))?;
+    let settings = Settings::load_file(&env.config)?;
     let connection = env.broker().await?;
     let channel = connection.create_channel().await?;
     crate::amqp::topology::declare(&channel, &settings.amqp).await?;

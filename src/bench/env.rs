@@ -106,9 +106,8 @@ match_fields = ["email"]
     /// Migrates (through the binary under test) and seeds the users, identities and history
     /// the mix needs.
     pub async fn prepare(&self, worker_bin: &Path, mix: &Mix) -> anyhow::Result<PgPool> {
-        let status = Command::new(worker_bin)
-            .arg("--config")
-            .arg(&self.config)
+        let status = self
+            .command(worker_bin)
             .arg("migrate")
             .stdout(Stdio::null())
             .status()
@@ -121,6 +120,19 @@ match_fields = ["email"]
         Ok(db)
     }
 
+    /// The binary under test with this environment's configuration and nothing else: the
+    /// `IDSYNC__*` variables of the shell running the benchmark would override it.
+    fn command(&self, worker_bin: &Path) -> Command {
+        let mut command = Command::new(worker_bin);
+        command.arg("--config").arg(&self.config);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("IDSYNC__") {
+                command.env_remove(name);
+            }
+        }
+        command
+    }
+
     pub async fn broker(&self) -> anyhow::Result<Connection> {
         Ok(Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?)
     }
@@ -128,9 +140,7 @@ match_fields = ["email"]
     pub fn start_workers(&self, worker_bin: &Path, count: usize) -> anyhow::Result<Workers> {
         let children = (0..count)
             .map(|_| {
-                Command::new(worker_bin)
-                    .arg("--config")
-                    .arg(&self.config)
+                self.command(worker_bin)
                     .arg("run")
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())

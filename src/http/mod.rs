@@ -15,7 +15,9 @@ pub mod users;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
+    http::{StatusCode, header},
     middleware,
+    response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
 
@@ -58,8 +60,30 @@ pub fn router(state: AppState) -> Router {
         .route("/admin", get(console::page))
         .merge(api)
         .fallback(not_found)
+        .layer(middleware::map_response(method_not_allowed_as_json))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The router answers a known path with an unsupported method by an empty 405; this gives it the
+/// API's error body and keeps its `Allow` header.
+async fn method_not_allowed_as_json(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut json = error::ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+    .into_response();
+    if let Some(allow) = allow {
+        json.headers_mut().insert(header::ALLOW, allow);
+    }
+    json
 }
 
 async fn not_found() -> error::ApiError {

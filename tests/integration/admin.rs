@@ -841,3 +841,39 @@ async fn values_the_database_cannot_store_are_a_client_error() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn wrong_methods_and_oversized_bodies_get_json_errors() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let api = app.api();
+
+    let response = api
+        .http
+        .patch(app.url("/v1/bindings"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "method_not_allowed");
+
+    let (status, body) = api
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": "pool-1", "username": "big", "name": "x".repeat(70 * 1024)}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(error_code(&body), "payload_too_large");
+    // Under the limit, the same request is an ordinary one.
+    let (status, body) = api
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": "pool-1", "username": "small", "name": "x".repeat(200)}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -1,6 +1,6 @@
 //! The admin API fuzzed from its own OpenAPI document with schemathesis: no server error, no
 //! response that breaks the document, and no route that answers without a valid token.
-//! `scripts/test-deps` installs schemathesis; IDSYNC_SCHEMATHESIS_SECONDS sets the time budget.
+//! `scripts/test-deps` installs schemathesis (into target/test-venv unless one is on the PATH); IDSYNC_SCHEMATHESIS_SECONDS sets the time budget.
 
 use std::process::{Command, Output};
 
@@ -57,10 +57,21 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     app.stop().await;
 }
 
+/// The one `scripts/test-deps` installed into the project's virtual environment, else the PATH's.
+fn schemathesis() -> std::path::PathBuf {
+    let venv =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/schemathesis");
+    if venv.exists() {
+        venv
+    } else {
+        "schemathesis".into()
+    }
+}
+
 async fn run_schemathesis(schema: &str, seconds: &str) -> Output {
     let (schema, seconds) = (schema.to_owned(), seconds.to_owned());
     tokio::task::spawn_blocking(move || {
-        Command::new("schemathesis")
+        Command::new(schemathesis())
             .args(["run", &schema, "--max-time", &seconds, "--workers", "2"])
             // Generation is slower on a loaded machine; that is not the API's fault.
             .args(["--suppress-health-check", "all"])

@@ -20,6 +20,12 @@ async fn the_benchmark_runs_in_quick_mode() {
             .args(args)
             .args(["--runs", "1", "--json", json.to_str().unwrap()])
             .env("RUST_LOG", "warn")
+            // The shell's settings for a real deployment must not reach the benchmark's workers.
+            .env(
+                "IDSYNC__DATABASE__URL",
+                "postgres://postgres@127.0.0.1:1/elsewhere",
+            )
+            .env("IDSYNC__AMQP__PREFETCH", "1")
             .output()
             .expect("the benchmark runs");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
