@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    amqp::{connect, json_properties},
+    amqp::{CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, json_properties},
     db::outbox::{self, OutboxRow, Settled},
     health::Health,
     metrics::{KindLabel, Metrics},
@@ -150,15 +150,18 @@ impl Relay {
 
     async fn session(&mut self) -> Result<(), RelayError> {
         let connection = connect(&self.settings.amqp.url, "relay").await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok(channel)
+        };
+        let channel = bounded(OPERATION_TIMEOUT, "opening a confirm channel", setup).await?;
         self.health.set_publisher(true);
         let result = self.publish_loop(&channel).await;
-        let _ = connection
-            .close(200, "identity-sync relay stopping".into())
-            .await;
+        let close = connection.close(200, "identity-sync relay stopping".into());
+        let _ = bounded(CLOSE_TIMEOUT, "closing", close).await;
         result
     }
 
@@ -443,18 +446,17 @@ async fn publish_rows(
             }
             ""
         };
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                row.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                properties,
-            )
-            .await?;
+        let publish = channel.basic_publish(
+            exchange.into(),
+            row.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &body,
+            properties,
+        );
+        let confirm = bounded(settings.outbox.confirm_timeout, "publishing", publish).await?;
         confirms.push(confirm);
     }
     Ok(confirms)

@@ -35,7 +35,7 @@ use crate::{
     settings::Settings,
 };
 
-use super::{connect, json_properties, topology};
+use super::{CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, json_properties, topology};
 
 /// The header carrying the reason of a dead-lettered message.
 pub const ERROR_HEADER: &str = "x-idsync-error";
@@ -133,34 +133,44 @@ impl Worker {
     async fn session(&self) -> Result<(), SessionError> {
         let amqp = &self.settings.amqp;
         let connection = connect(&amqp.url, "worker").await?;
-        let channel = connection.create_channel().await?;
-        if let Err(error) = topology::declare(&channel, amqp).await {
-            if error.to_string().contains("PRECONDITION_FAILED") {
-                tracing::error!(
-                    %error,
-                    "the broker holds a queue or exchange of the same name with other arguments \
-                     (amqp.delivery_limit changed?): delete or rename it, or restore the setting"
-                );
-            }
-            return Err(error.into());
-        }
-        // Dead letters and error replies are published here, with confirms.
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channel
-            .basic_qos(amqp.prefetch, BasicQosOptions::default())
-            .await?;
         let tag = format!("identity-sync-{}", self.pipeline.origin());
-        let mut consumer = channel
-            .basic_consume(
-                amqp.work_queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            if let Err(error) = topology::declare(&channel, amqp).await {
+                if error.to_string().contains("PRECONDITION_FAILED") {
+                    tracing::error!(
+                        %error,
+                        "the broker holds a queue or exchange of the same name with other \
+                         arguments (amqp.delivery_limit changed?): delete or rename it, or \
+                         restore the setting"
+                    );
+                }
+                return Err(error);
+            }
+            // Dead letters and error replies are published here, with confirms.
+            let publisher = connection.create_channel().await?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channel
+                .basic_qos(amqp.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    amqp.work_queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((channel, publisher, consumer))
+        };
+        let (channel, publisher, mut consumer) = bounded(
+            OPERATION_TIMEOUT,
+            "declaring the topology and consuming",
+            setup,
+        )
+        .await?;
         self.health.set_consumer(true);
         tracing::info!(queue = %amqp.work_queue, prefetch = amqp.prefetch, "consuming");
 
@@ -201,12 +211,15 @@ impl Worker {
         };
 
         // Deliveries received but not handled go back to the queue when the channel closes.
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        let _ = connection
-            .close(200, "identity-sync worker stopping".into())
-            .await;
+        let close = async {
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            connection
+                .close(200, "identity-sync worker stopping".into())
+                .await
+        };
+        let _ = bounded(CLOSE_TIMEOUT, "closing", close).await;
         result
     }
 
@@ -286,13 +299,15 @@ impl Worker {
                             Settle::Verdict(verdict) => (verdict, id),
                             Settle::Requeue => {
                                 self.metrics.requeued.inc();
-                                delivery
-                                    .acker
-                                    .nack(BasicNackOptions {
+                                bounded(
+                                    OPERATION_TIMEOUT,
+                                    "handing a delivery back",
+                                    delivery.acker.nack(BasicNackOptions {
                                         requeue: true,
                                         multiple: false,
-                                    })
-                                    .await?;
+                                    }),
+                                )
+                                .await?;
                                 continue;
                             }
                         }
@@ -333,7 +348,12 @@ impl Worker {
                 }
             }
             if let Some(last) = ack_up_to {
-                last.acker.ack(BasicAckOptions { multiple: true }).await?;
+                bounded(
+                    OPERATION_TIMEOUT,
+                    "acknowledging a batch",
+                    last.acker.ack(BasicAckOptions { multiple: true }),
+                )
+                .await?;
             }
             let elapsed = received.elapsed().as_secs_f64();
             for _ in 0..deliveries.len() {
@@ -458,16 +478,19 @@ impl Worker {
             AMQPValue::LongString(LongString::from(reason.as_str())),
         );
         let properties = delivery.properties.clone().with_headers(headers);
-        let confirm = publisher
-            .basic_publish(
-                self.settings.amqp.dead_letter_exchange.as_str().into(),
-                delivery.routing_key.clone(),
-                BasicPublishOptions::default(),
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
+        let publish = async {
+            publisher
+                .basic_publish(
+                    self.settings.amqp.dead_letter_exchange.as_str().into(),
+                    delivery.routing_key.clone(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = bounded(OPERATION_TIMEOUT, "dead-lettering", publish).await?;
         if !confirm.is_ack() {
             return Err(SessionError::Nacked);
         }
@@ -498,16 +521,19 @@ impl Worker {
                 properties = properties.with_correlation_id(correlation_id.clone());
             }
             // The requester may be gone; that is not worth failing over, only a nack is.
-            let confirm = publisher
-                .basic_publish(
-                    ShortString::from(""),
-                    reply_to.clone(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await?
-                .await?;
+            let publish = async {
+                publisher
+                    .basic_publish(
+                        ShortString::from(""),
+                        reply_to.clone(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await?
+                    .await
+            };
+            let confirm = bounded(OPERATION_TIMEOUT, "replying", publish).await?;
             if !confirm.is_ack() {
                 return Err(SessionError::Nacked);
             }

@@ -4,6 +4,8 @@
 pub mod consumer;
 pub mod topology;
 
+use std::{io, time::Duration};
+
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
     options::{BasicConsumeOptions, QueueDeclareOptions},
@@ -13,12 +15,42 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub const JSON: &str = "application/json";
 
+/// The longest a single broker operation (connecting, declaring, acknowledging, publishing) may
+/// take before the session is given up and opened again.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Closing a connection that may already be dead is not worth waiting long for.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bounds a broker operation. lapin can leave an operation pending for ever when the connection
+/// drops under it (amqp-rs/lapin#409, seen here with a publish during a broker restart); the
+/// timeout turns that into an error, which ends the session, and the session reconnects.
+pub async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    operation: impl Future<Output = lapin::Result<T>>,
+) -> lapin::Result<T> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} did not complete within {limit:?}"),
+        )
+        .into()),
+    }
+}
+
 /// One connection per role (consumer, relay): a publisher throttled by the broker's flow control
 /// must not hold back the consumer's acks.
 pub async fn connect(url: &SecretString, role: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("identity-sync {role}").into());
-    Connection::connect(url.expose_secret(), properties).await
+    bounded(
+        OPERATION_TIMEOUT,
+        "connecting to the broker",
+        Connection::connect(url.expose_secret(), properties),
+    )
+    .await
 }
 
 /// Properties of every JSON message identity-sync publishes.
@@ -54,4 +86,25 @@ pub async fn private_queue(channel: &Channel) -> lapin::Result<(ShortString, Con
         )
         .await?;
     Ok((queue.name().clone(), consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_operation_that_never_completes_becomes_an_error() {
+        let pending = std::future::pending::<lapin::Result<()>>();
+        let error = bounded(Duration::from_millis(20), "publishing", pending)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("publishing did not complete within"),
+            "{error}"
+        );
+        let done = bounded(Duration::from_secs(1), "publishing", async { Ok(7) }).await;
+        assert_eq!(done.unwrap(), 7);
+    }
 }

@@ -45,40 +45,45 @@ async fn publish_through_faults(
     let mut copies = 0;
     let mut next = 0;
     while next < events.len() {
-        let Ok(connection) = Connection::connect(&amqp_url, ConnectionProperties::default()).await
+        let open = async {
+            let connection =
+                Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            lapin::Result::Ok((connection, channel))
+        };
+        let Ok(Ok((connection, channel))) =
+            tokio::time::timeout(Duration::from_secs(10), open).await
         else {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         };
-        let Ok(channel) = connection.create_channel().await else {
-            continue;
-        };
-        if channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .is_err()
-        {
-            continue;
-        }
         while next < events.len() {
             let body = serde_json::to_vec(&events[next]).unwrap();
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2);
             copies += 1;
-            let confirmed = match channel
-                .basic_publish(
-                    "idsync.in".into(),
-                    "login.completed".into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await
-            {
-                Ok(confirm) => matches!(confirm.await, Ok(c) if c.is_ack()),
-                Err(_) => false,
+            let publish = async {
+                channel
+                    .basic_publish(
+                        "idsync.in".into(),
+                        "login.completed".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await?
+                    .await
             };
+            // A publish caught by the restart can stay pending for ever (amqp-rs/lapin#409):
+            // the platform gives up on it and publishes again on a new connection.
+            let confirmed = matches!(
+                tokio::time::timeout(Duration::from_secs(10), publish).await,
+                Ok(Ok(confirm)) if confirm.is_ack()
+            );
             if !confirmed {
                 break;
             }
@@ -89,7 +94,8 @@ async fn publish_through_faults(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let _ = connection.close(200, "".into()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), connection.close(200, "".into())).await;
     }
     copies
 }

@@ -215,11 +215,15 @@ orphan_after = "2s"
             .unwrap()
     }
 
-    /// Runs the real binary with this environment's configuration.
+    /// Runs the real binary with this environment's configuration, logging at `warn` (or at
+    /// `IDSYNC_TEST_WORKER_LOG`, a `RUST_LOG` filter) to the test's output.
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_identity-sync"));
         command.arg("--config").arg(self.config_path());
-        command.env("RUST_LOG", "warn");
+        command.env(
+            "RUST_LOG",
+            std::env::var("IDSYNC_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         command
     }
 }
@@ -422,7 +426,7 @@ impl WorkerProcess {
             .envs(env.iter().copied())
             .arg("run")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("the binary starts");
         Self { child }
