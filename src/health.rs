@@ -13,7 +13,6 @@ pub struct Health(Arc<Flags>);
 
 #[derive(Default)]
 struct Flags {
-    database: AtomicBool,
     consumer: AtomicBool,
     publisher: AtomicBool,
     /// Outbox rows not yet published, as the relay last counted them.
@@ -31,22 +30,7 @@ pub struct Readiness {
     pub publisher: bool,
 }
 
-impl Readiness {
-    /// The same, with the database's state as just observed.
-    pub fn with_database(self, database: bool) -> Self {
-        Self {
-            ready: database && self.consumer && self.publisher,
-            database,
-            ..self
-        }
-    }
-}
-
 impl Health {
-    pub fn set_database(&self, up: bool) {
-        self.0.database.store(up, Ordering::Relaxed);
-    }
-
     pub fn set_consumer(&self, up: bool) {
         self.0.consumer.store(up, Ordering::Relaxed);
     }
@@ -68,8 +52,9 @@ impl Health {
         self.0.outbox_backlog.load(Ordering::Relaxed)
     }
 
-    pub fn readiness(&self) -> Readiness {
-        let database = self.0.database.load(Ordering::Relaxed);
+    /// Readiness, given whether the database answers (asked by the caller, every time: the
+    /// worker's own view changes only when it touches the database).
+    pub fn readiness(&self, database: bool) -> Readiness {
         let consumer = self.0.consumer.load(Ordering::Relaxed);
         let publisher = self.0.publisher.load(Ordering::Relaxed);
         Readiness {

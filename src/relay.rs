@@ -300,7 +300,6 @@ impl Relay {
         .await?;
         if rows.is_empty() {
             tx.commit().await?;
-            self.health.set_database(true);
             return Ok(Round::default());
         }
         let confirms = publish_rows(channel, &self.settings, &rows).await?;
@@ -408,7 +407,6 @@ impl Settler {
 
     fn account(&self, settled: &Settled) {
         self.health.add_outbox_backlog(-(settled.done() as i64));
-        self.health.set_database(true);
         let events = (settled.published.len() + settled.unrouted.len()) as u64;
         if events > 0 {
             self.metrics

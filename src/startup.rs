@@ -52,7 +52,6 @@ impl Application {
             .with_context(|| format!("admin.listen: cannot listen on {}", settings.admin.listen))?;
         let address = listener.local_addr()?;
         let health = Health::default();
-        health.set_database(true);
         Ok(Self {
             settings: Arc::new(settings),
             pool,

@@ -427,7 +427,6 @@ impl Worker {
         loop {
             match self.pipeline.process(batch).await {
                 Ok(processed) => {
-                    self.health.set_database(true);
                     // Replies and events go out now, before the acks and dead letters.
                     self.relay.committed(processed.outbox);
                     return Ok(processed.verdicts);
@@ -438,10 +437,9 @@ impl Worker {
                         if conflicts > MAX_CONFLICT_RETRIES {
                             return Err(Failure::Conflicting(error));
                         }
-                    } else {
-                        // Unavailable, not conflicting: retried in place for as long as it takes.
-                        self.health.set_database(false);
                     }
+                    // Retried in place: a conflict a limited number of times, an unavailable
+                    // database for as long as it takes.
                     self.metrics.transient("database");
                     let delay = backoff
                         .next()

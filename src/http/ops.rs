@@ -28,15 +28,13 @@ async fn healthz() -> impl IntoResponse {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    // The worker's own flag only changes when it touches the database; an idle worker would go
-    // on reporting a database that has since gone away, so the database is asked every time.
     let answers = tokio::time::timeout(
         PROBE_TIMEOUT,
         sqlx::query("SELECT 1").execute(&state.admin.pool),
     )
     .await
     .is_ok_and(|result| result.is_ok());
-    let readiness = state.health.readiness().with_database(answers);
+    let readiness = state.health.readiness(answers);
     let status = if readiness.ready {
         StatusCode::OK
     } else {
