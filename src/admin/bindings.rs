@@ -236,7 +236,7 @@ impl Admin {
                 identity: identity_ref(&binding),
             };
             outbox.event(OutboundEvent::new(EventType::BindingExpired, id, data, now));
-            let published = outbox::insert_many(&mut tx, self.origin, &outbox).await?;
+            let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
             tx.commit().await?;
             self.committed(published);
             return Err(AdminError::conflict(
@@ -404,7 +404,7 @@ impl Admin {
         for event in consequences {
             outbox.event(event);
         }
-        let published = outbox::insert_many(&mut tx, self.origin, &outbox).await?;
+        let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
 
         let after_row = bindings::get(&mut tx, id).await?.expect("still there");
         let after = view(&mut tx, after_row).await?;

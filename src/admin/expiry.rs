@@ -54,7 +54,7 @@ impl Admin {
                     now,
                 ));
             }
-            let published = outbox::insert_many(&mut tx, self.origin, &events).await?;
+            let published = outbox::insert_many(&mut tx, self.origin, events).await?;
             tx.commit().await?;
             total += expired.len();
             self.committed(published);

@@ -189,7 +189,7 @@ impl Admin {
             data,
             Utc::now(),
         ));
-        let published = outbox::insert_many(&mut tx, self.origin, &outbox).await?;
+        let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
         let after_links = identities::of_users(&mut tx, &[user_id]).await?;
         let after = UserView::new(user, &after_links);
         audit::record(

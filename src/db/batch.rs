@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{
     bindings::{NewBindings, PendingRow},
     identities::{IdentityWrites, LinkRow},
-    outbox::{NewOutbox, OutboxRow},
+    outbox::NewOutbox,
     processed::{NewProcessed, ProcessedRow},
     users::{FieldKeys, MatchRow, NewUsers},
 };
@@ -80,9 +80,9 @@ pub struct BatchWrites<'a> {
     pub outbox: &'a NewOutbox,
 }
 
-/// Writes them in one statement of data-modifying CTEs. Returns the outbox rows as stored, with
-/// ascending ids in the order they were pushed.
-pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result<Vec<OutboxRow>> {
+/// Writes them in one statement of data-modifying CTEs. Returns the ids the outbox rows got,
+/// ascending in the order they were pushed.
+pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result<Vec<i64>> {
     let kinds: Vec<String> = w.outbox.kinds.iter().map(|k| (*k).to_owned()).collect();
     let row = sqlx::query!(
         r#"WITH new_users AS (
@@ -172,5 +172,5 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
     )
     .fetch_one(conn)
     .await?;
-    Ok(w.outbox.with_ids(&row.outbox_ids))
+    Ok(row.outbox_ids)
 }

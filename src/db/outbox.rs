@@ -44,19 +44,25 @@ impl NewOutbox {
     }
 
     /// The rows as stored, given the ids the database assigned (ascending, in push order).
-    pub fn with_ids(&self, ids: &[i64]) -> Vec<OutboxRow> {
+    pub fn with_ids(self, ids: &[i64]) -> Vec<OutboxRow> {
         let now = Utc::now();
         ids.iter()
-            .enumerate()
-            .map(|(i, id)| OutboxRow {
-                id: *id,
-                kind: self.kinds[i].to_owned(),
-                routing_key: self.routing_keys[i].clone(),
-                message_id: self.message_ids[i],
-                correlation_id: self.correlation_ids[i].clone(),
-                payload: self.payloads[i].clone(),
-                created_at: now,
-            })
+            .zip(self.kinds)
+            .zip(self.routing_keys)
+            .zip(self.message_ids)
+            .zip(self.correlation_ids)
+            .zip(self.payloads)
+            .map(
+                |(((((id, kind), routing_key), message_id), correlation_id), payload)| OutboxRow {
+                    id: *id,
+                    kind: kind.to_owned(),
+                    routing_key,
+                    message_id,
+                    correlation_id,
+                    payload,
+                    created_at: now,
+                },
+            )
             .collect()
     }
 }
@@ -65,7 +71,7 @@ impl NewOutbox {
 pub async fn insert_many(
     conn: &mut PgConnection,
     origin: Uuid,
-    rows: &NewOutbox,
+    rows: NewOutbox,
 ) -> sqlx::Result<Vec<OutboxRow>> {
     if rows.is_empty() {
         return Ok(Vec::new());

@@ -228,11 +228,11 @@ impl Writes {
         );
     }
 
-    async fn flush(&self, conn: &mut PgConnection, origin: Uuid) -> sqlx::Result<Vec<OutboxRow>> {
+    async fn flush(self, conn: &mut PgConnection, origin: Uuid) -> sqlx::Result<Vec<OutboxRow>> {
         // Expiring first frees the one-pending-binding-per-identity slot for a new binding (a
         // statement's data-modifying parts run in no set order, so this one stands alone).
         bindings::expire(conn, &self.expired).await?;
-        batch::write(
+        let ids = batch::write(
             conn,
             &BatchWrites {
                 origin,
@@ -244,7 +244,8 @@ impl Writes {
                 outbox: &self.outbox,
             },
         )
-        .await
+        .await?;
+        Ok(self.outbox.with_ids(&ids))
     }
 }
 
