@@ -36,13 +36,15 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     // schemathesis itself sometimes fails on a loaded machine (a Python error, no finding):
     // one more try then, but never over a finding about the API.
     let first = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut retried_after = String::new();
     if !output.status.success() && first.contains("Runtime Error") && !first.contains("❌ ST") {
+        retried_after = format!("first try:\n{first}\nsecond try:\n");
         output = run_schemathesis(&schema, &seconds).await;
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "{stdout}\n{}",
+        "{retried_after}{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let summary = stdout
