@@ -17,6 +17,9 @@ struct Flags {
     publisher: AtomicBool,
     /// Outbox rows not yet published, as the relay last counted them.
     outbox_backlog: AtomicI64,
+    /// A task of the process (worker, relay, sweeper, pruner, HTTP server) ended unexpectedly;
+    /// the process is stopping.
+    failed: AtomicBool,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -28,6 +31,8 @@ pub struct Readiness {
     pub consumer: bool,
     /// The outbox relay is connected with publisher confirms.
     pub publisher: bool,
+    /// Every task of the process runs (false once one ended unexpectedly: the process stops).
+    pub tasks: bool,
 }
 
 impl Health {
@@ -37,6 +42,11 @@ impl Health {
 
     pub fn set_publisher(&self, up: bool) {
         self.0.publisher.store(up, Ordering::Relaxed);
+    }
+
+    /// A task ended unexpectedly: not ready from now on.
+    pub fn set_failed(&self) {
+        self.0.failed.store(true, Ordering::Relaxed);
     }
 
     pub fn set_outbox_backlog(&self, rows: i64) {
@@ -57,11 +67,13 @@ impl Health {
     pub fn readiness(&self, database: bool) -> Readiness {
         let consumer = self.0.consumer.load(Ordering::Relaxed);
         let publisher = self.0.publisher.load(Ordering::Relaxed);
+        let tasks = !self.0.failed.load(Ordering::Relaxed);
         Readiness {
-            ready: database && consumer && publisher,
+            ready: database && consumer && publisher && tasks,
             database,
             consumer,
             publisher,
+            tasks,
         }
     }
 }

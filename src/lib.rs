@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod domain;
+pub mod failpoint;
 pub mod health;
 pub mod http;
 pub mod metrics;

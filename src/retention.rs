@@ -22,8 +22,14 @@ pub async fn prune(
     settings: &Settings,
     metrics: &Metrics,
 ) -> sqlx::Result<(u64, u64)> {
-    let cutoff =
-        |d: Duration| Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    // Settings bound every duration, but the arithmetic saturates anyway: a cut-off before the
+    // clock's range keeps everything.
+    let cutoff = |d: Duration| {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+    };
     let events_before = cutoff(settings.outbox.retention);
     let processed_before = settings.worker.dedupe_retention.map(cutoff);
     let (mut events, mut records) = (0, 0);
@@ -59,6 +65,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     loop {
+        if crate::failpoint::armed("retention.panic") {
+            panic!("failpoint retention.panic");
+        }
         match prune(&pool, &settings, &metrics).await {
             Ok((0, 0)) => {}
             Ok((events, records)) => tracing::info!(events, records, "retention pruned old rows"),

@@ -63,6 +63,9 @@ pub struct AmqpSettings {
     pub delivery_limit: u32,
     /// When not empty, only messages whose AMQP `user_id` is in this list are accepted.
     pub trusted_publishers: Vec<String>,
+    /// Replies go only to server-named queues (`amq.gen-...`), to direct reply-to
+    /// (`amq.rabbitmq.reply-to...`) or to queues whose name starts with this prefix.
+    pub reply_queue_prefix: String,
 }
 
 impl Default for AmqpSettings {
@@ -78,6 +81,7 @@ impl Default for AmqpSettings {
             events_exchange: "idsync.events".into(),
             delivery_limit: 20,
             trusted_publishers: Vec::new(),
+            reply_queue_prefix: "idsync.reply.".into(),
         }
     }
 }
@@ -92,6 +96,21 @@ pub struct AdminSettings {
     /// How often pending bindings past their expiry are looked for.
     #[serde(deserialize_with = "duration")]
     pub expiry_sweep_interval: Duration,
+    /// A connection must send each request head within this (idle keep-alive included), so
+    /// that slow or idle clients cannot hold connections open.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// An admin API request still running after this is answered 503 `timeout` (the work it
+    /// started finishes in the background: cancelling a transaction half-way is not safe).
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// HTTP connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Admin API requests served at once; more are answered 503 `overloaded` at once.
+    pub max_concurrent_requests: usize,
+    /// The admin API's own database connections, apart from the worker's, so that a burst of
+    /// admin requests never takes the connections the worker decides logins with.
+    pub database_connections: u32,
 }
 
 impl Default for AdminSettings {
@@ -100,6 +119,11 @@ impl Default for AdminSettings {
             listen: "127.0.0.1:8080".into(),
             tokens: Vec::new(),
             expiry_sweep_interval: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            max_concurrent_requests: 32,
+            database_connections: 4,
         }
     }
 }
@@ -306,12 +330,33 @@ impl Settings {
         if self.database.max_connections < 3 {
             return invalid("database.max_connections must be at least 3".into());
         }
+        if self.admin.max_connections == 0
+            || self.admin.max_concurrent_requests == 0
+            || self.admin.database_connections == 0
+        {
+            return invalid(
+                "admin.max_connections, admin.max_concurrent_requests and \
+                 admin.database_connections must be at least 1"
+                    .into(),
+            );
+        }
         if self.outbox.batch_size < 1 {
             return invalid("outbox.batch_size must be at least 1".into());
         }
         if self.amqp.delivery_limit < 1 {
             return invalid("amqp.delivery_limit must be at least 1".into());
         }
+        if self.amqp.reply_queue_prefix.is_empty()
+            || self.amqp.reply_queue_prefix.starts_with("amq.")
+        {
+            return invalid(
+                "amqp.reply_queue_prefix must be a non-empty name prefix outside the broker's \
+                 reserved amq. names"
+                    .into(),
+            );
+        }
+        validate_listen(&self.admin.listen).map_err(SettingsError::Invalid)?;
+        self.validate_durations()?;
         let mut names = std::collections::HashSet::new();
         for (i, token) in self.admin.tokens.iter().enumerate() {
             if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
@@ -332,6 +377,47 @@ impl Settings {
             }
         }
         self.connection_settings().map(|_| ())
+    }
+
+    /// Every duration must be within a century (a longer one is a typo, and would overflow the
+    /// clock arithmetic it feeds); intervals and timeouts must not be zero (a busy loop, or a
+    /// publish that can never be confirmed).
+    fn validate_durations(&self) -> Result<(), SettingsError> {
+        let nonzero = [
+            ("database.startup_timeout", self.database.startup_timeout),
+            (
+                "admin.expiry_sweep_interval",
+                self.admin.expiry_sweep_interval,
+            ),
+            ("admin.header_read_timeout", self.admin.header_read_timeout),
+            ("admin.request_timeout", self.admin.request_timeout),
+            ("worker.max_retry_delay", self.worker.max_retry_delay),
+            ("outbox.poll_interval", self.outbox.poll_interval),
+            ("outbox.orphan_after", self.outbox.orphan_after),
+            ("outbox.confirm_timeout", self.outbox.confirm_timeout),
+            ("outbox.prune_interval", self.outbox.prune_interval),
+            ("outbox.retention", self.outbox.retention),
+        ];
+        let optional = [("worker.dedupe_retention", self.worker.dedupe_retention)];
+        for (key, value) in nonzero {
+            if value.is_zero() {
+                return Err(SettingsError::Invalid(format!(
+                    "{key} must be longer than 0"
+                )));
+            }
+        }
+        for (key, value) in nonzero
+            .into_iter()
+            .chain(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))))
+        {
+            if value > MAX_DURATION {
+                return Err(SettingsError::Invalid(format!(
+                    "{key} must be at most 100 years, got {}",
+                    humantime::format_duration(value)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The `[[connections]]` tables, validated; an error names the table and the field.
@@ -355,6 +441,32 @@ impl Settings {
     }
 }
 
+/// The longest duration any setting takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `host:port`, where host is an IP address or a DNS name: checked before anything starts, so
+/// that a typo is a configuration error and not a failure after the migrations ran.
+fn validate_listen(listen: &str) -> Result<(), String> {
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad =
+        || format!("admin.listen: {listen:?} is not host:port (e.g. 127.0.0.1:8080 or [::1]:8080)");
+    let (host, port) = listen.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        });
+    if name_ok { Ok(()) } else { Err(bad()) }
+}
+
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
@@ -363,4 +475,71 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let raw = String::deserialize(d)?;
     humantime::parse_duration(&raw)
         .map_err(|e| serde::de::Error::custom(format!("{raw:?} is not a duration: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Settings, SettingsError> {
+        let dir = std::env::temp_dir().join(format!("idsync-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, toml).unwrap();
+        let loaded = Settings::load_file(&path);
+        let _ = std::fs::remove_dir_all(dir);
+        loaded
+    }
+
+    fn error(toml: &str) -> String {
+        load(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn zero_intervals_and_timeouts_are_refused() {
+        for key in [
+            "[outbox]\nconfirm_timeout = \"0s\"",
+            "[outbox]\npoll_interval = \"0s\"",
+            "[outbox]\nprune_interval = \"0s\"",
+            "[admin]\nexpiry_sweep_interval = \"0s\"",
+        ] {
+            let message = error(key);
+            assert!(
+                message.contains("must be longer than 0"),
+                "{key}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_durations_are_refused() {
+        let message = error("[outbox]\nretention = \"100000000d\"");
+        assert!(
+            message.contains("outbox.retention must be at most 100 years"),
+            "{message}"
+        );
+        let message = error("[worker]\ndedupe_retention = \"100000000d\"");
+        assert!(message.contains("worker.dedupe_retention"), "{message}");
+        assert!(load("[outbox]\nretention = \"3650d\"").is_ok());
+    }
+
+    #[test]
+    fn the_listen_address_is_checked_at_load() {
+        for bad in ["notanaddr", "127.0.0.1", "host:99999", ":8080", "a b:80"] {
+            let message = error(&format!("[admin]\nlisten = \"{bad}\""));
+            assert!(message.contains("admin.listen"), "{bad}: {message}");
+        }
+        for good in ["127.0.0.1:0", "[::1]:8080", "localhost:8080", "0.0.0.0:80"] {
+            assert!(
+                load(&format!("[admin]\nlisten = \"{good}\"")).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_reply_queue_prefix_cannot_open_every_queue() {
+        assert!(error("[amqp]\nreply_queue_prefix = \"\"").contains("reply_queue_prefix"));
+        assert!(error("[amqp]\nreply_queue_prefix = \"amq.\"").contains("reply_queue_prefix"));
+    }
 }

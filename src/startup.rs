@@ -2,11 +2,12 @@
 //! the HTTP listener; `run_until_stopped` runs the worker, the outbox relay and the HTTP side
 //! until the shutdown token is cancelled, then stops them in order.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use futures_lite::FutureExt;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -15,7 +16,7 @@ use crate::{
     amqp::consumer::Worker,
     db,
     health::Health,
-    http::{self, AppState, auth::Tokens},
+    http::{self, AppState, ReadinessProbe, RequestLimits, auth::Tokens, serve::ConnectionLimits},
     metrics::Metrics,
     pipeline::{self, Pipeline},
     relay::Relay,
@@ -30,6 +31,10 @@ pub struct Application {
     pool: PgPool,
     /// The relay's own small pool, whose commits do not wait for the disk.
     relay_pool: PgPool,
+    /// The admin API's pool, apart from the worker's.
+    admin_pool: PgPool,
+    /// One connection for `/readyz`.
+    probe_pool: PgPool,
     listener: TcpListener,
     address: SocketAddr,
     origin: Uuid,
@@ -44,6 +49,8 @@ impl Application {
         let tokens = Tokens::new(&settings.admin.tokens).map_err(SettingsError::Invalid)?;
         let pool = db::connect_and_migrate(&settings.database).await?;
         let relay_pool = db::relay_pool(&settings.database)?;
+        let admin_pool = db::side_pool(&settings.database, settings.admin.database_connections)?;
+        let probe_pool = db::side_pool(&settings.database, 1)?;
         pipeline::upsert_connections(&pool, &connections)
             .await
             .context("applying [[connections]] from the configuration")?;
@@ -56,6 +63,8 @@ impl Application {
             settings: Arc::new(settings),
             pool,
             relay_pool,
+            admin_pool,
+            probe_pool,
             listener,
             address,
             origin: Uuid::now_v7(),
@@ -79,8 +88,15 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, origin = %self.origin, "identity-sync running");
+        if self.settings.amqp.trusted_publishers.is_empty() {
+            tracing::warn!(
+                "amqp.trusted_publishers is empty: any broker user that can publish to the \
+                 inbound exchange is heard; list the platform's broker user(s) there"
+            );
+        }
         let relay_stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
+        let (failed, mut failures) = mpsc::unbounded_channel();
         let (relay, handoff) = Relay::new(
             self.settings.clone(),
             self.relay_pool.clone(),
@@ -99,33 +115,68 @@ impl Application {
             handoff.clone(),
             shutdown.clone(),
         );
-        let admin = Admin::new(self.pool.clone(), self.origin, handoff);
-        let retention = tokio::spawn(crate::retention::run(
-            self.pool.clone(),
-            self.settings.clone(),
-            self.metrics.clone(),
-            relay_stop.clone(),
-        ));
-        let expiry = tokio::spawn(admin.clone().run_expiry(
-            self.settings.admin.expiry_sweep_interval,
-            relay_stop.clone(),
-        ));
+        // The sweeper works with the worker's pool, the API with a pool of its own.
+        let sweeper = Admin::new(self.pool.clone(), self.origin, handoff.clone());
+        let admin = Admin::new(self.admin_pool.clone(), self.origin, handoff);
+        let retention = supervise(
+            "retention",
+            crate::retention::run(
+                self.pool.clone(),
+                self.settings.clone(),
+                self.metrics.clone(),
+                relay_stop.clone(),
+            ),
+            &relay_stop,
+            &failed,
+        );
+        let expiry = supervise(
+            "expiry sweeper",
+            sweeper.run_expiry(
+                self.settings.admin.expiry_sweep_interval,
+                relay_stop.clone(),
+            ),
+            &relay_stop,
+            &failed,
+        );
+        let admin_settings = &self.settings.admin;
         let router = http::router(AppState {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
             admin,
             tokens: self.tokens,
+            probe: Arc::new(ReadinessProbe::new(self.probe_pool.clone())),
+            limits: RequestLimits::new(
+                admin_settings.max_concurrent_requests,
+                admin_settings.request_timeout,
+            ),
         });
-        let http_shutdown = http_stop.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await
-        });
-        let mut worker = tokio::spawn(worker.run());
-        let mut relay = tokio::spawn(relay.run());
+        let limits = ConnectionLimits {
+            header_read_timeout: admin_settings.header_read_timeout,
+            max_connections: admin_settings.max_connections,
+        };
+        let server = supervise(
+            "HTTP server",
+            http::serve::serve(self.listener, router, limits, http_stop.clone()),
+            &http_stop,
+            &failed,
+        );
+        let mut worker = supervise("worker", worker.run(), &shutdown, &failed);
+        let mut relay = supervise("relay", relay.run(), &relay_stop, &failed);
 
-        shutdown.cancelled().await;
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            name = failures.recv() => name,
+        };
+        if let Some(name) = failure {
+            // Half a process (consuming with no relay, say) is worse than none: stop, so that
+            // the supervisor (systemd, compose, Kubernetes) starts a whole one.
+            self.health.set_failed();
+            tracing::error!(
+                task = name,
+                "a task of the process ended unexpectedly; stopping"
+            );
+            shutdown.cancel();
+        }
         tracing::info!("stopping: finishing messages in flight");
         let stop = async {
             // The worker first, so that the relay's last round includes its last commits.
@@ -141,10 +192,32 @@ impl Application {
             relay.abort();
         }
         http_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
         self.relay_pool.close().await;
+        self.admin_pool.close().await;
+        self.probe_pool.close().await;
         self.pool.close().await;
         tracing::info!("stopped");
-        Ok(())
+        match failure {
+            Some(name) => Err(anyhow::anyhow!("the {name} task ended unexpectedly")),
+            None => Ok(()),
+        }
     }
+}
+
+/// Spawns `task`; if it panics, or returns before `stop` asked it to, its name is sent on
+/// `failed`.
+fn supervise(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+    stop: &CancellationToken,
+    failed: &mpsc::UnboundedSender<&'static str>,
+) -> JoinHandle<()> {
+    let (stop, failed) = (stop.clone(), failed.clone());
+    tokio::spawn(async move {
+        let outcome = AssertUnwindSafe(task).catch_unwind().await;
+        if outcome.is_err() || !stop.is_cancelled() {
+            let _ = failed.send(name);
+        }
+    })
 }

@@ -29,7 +29,6 @@ use crate::domain::{
 };
 
 pub const STATUSES: &[&str] = &["pending", "resolved", "expired"];
-pub const MAX_PAGE: i64 = 200;
 
 #[derive(Debug, Clone)]
 pub enum ResolveAction {
@@ -108,7 +107,7 @@ impl Admin {
                 format!("status must be one of {}", STATUSES.join(", ")),
             ));
         }
-        let limit = filter.limit.clamp(1, MAX_PAGE);
+        let limit = super::page_limit(filter.limit)?;
         filter.limit = limit + 1;
         let mut conn = self.pool.acquire().await?;
         let mut rows = bindings::list(&mut conn, &filter).await?;

@@ -87,7 +87,7 @@ impl Admin {
         before: Option<i64>,
         limit: i64,
     ) -> Result<super::views::Page<super::views::AuditView>, AdminError> {
-        let limit = limit.clamp(1, super::bindings::MAX_PAGE);
+        let limit = super::page_limit(limit)?;
         let mut conn = self.pool.acquire().await?;
         let mut rows = audit::list(&mut conn, before, limit + 1).await?;
         let next_cursor = if rows.len() as i64 > limit {

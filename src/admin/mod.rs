@@ -54,6 +54,22 @@ impl AdminError {
     }
 }
 
+/// Most items a list returns per page.
+pub const MAX_PAGE: i64 = 200;
+
+/// A page size as asked: 1 to `MAX_PAGE`; anything else is refused rather than silently changed.
+pub fn page_limit(limit: i64) -> Result<i64, AdminError> {
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(AdminError::invalid(
+            "invalid_query",
+            Some("limit"),
+            format!("limit must be from 1 to {MAX_PAGE}, got {limit}"),
+        ))
+    }
+}
+
 /// Who is acting: the name of the admin token, recorded in the audit log and in events.
 #[derive(Debug, Clone)]
 pub struct Actor {

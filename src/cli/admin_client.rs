@@ -44,13 +44,17 @@ pub enum BindingsCommand {
         limit: u32,
     },
     /// Show one binding with its candidates.
-    Show { id: String },
+    Show {
+        /// The binding's id (a UUID).
+        id: uuid::Uuid,
+    },
     /// Resolve a pending binding.
     Resolve {
-        id: String,
+        /// The binding's id (a UUID).
+        id: uuid::Uuid,
         /// Link the identity to this account.
         #[arg(long, value_name = "USER_ID", group = "action")]
-        link: Option<String>,
+        link: Option<uuid::Uuid>,
         /// Create a new account with this identity.
         #[arg(long, group = "action")]
         create: bool,

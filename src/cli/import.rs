@@ -45,6 +45,14 @@ pub async fn run(args: ImportArgs, settings: &Settings) -> anyhow::Result<ExitCo
     let (mut added, mut unchanged, mut failed, mut number) = (0u64, 0u64, 0u64, 0u64);
     while let Some(line) = lines.next_line().await.context("reading the file")? {
         number += 1;
+        // Excel and PowerShell start UTF-8 files with a byte order mark.
+        let line = if number == 1 {
+            line.strip_prefix('\u{feff}')
+                .map(str::to_owned)
+                .unwrap_or(line)
+        } else {
+            line
+        };
         if line.trim().is_empty() {
             continue;
         }

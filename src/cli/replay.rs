@@ -41,7 +41,10 @@ fn parse_time(raw: &str) -> Result<DateTime<Utc>, String> {
     }
     let age = humantime::parse_duration(raw)
         .map_err(|_| format!("{raw:?} is neither an RFC 3339 time nor an age such as 2h"))?;
-    Ok(Utc::now() - chrono::Duration::from_std(age).map_err(|e| e.to_string())?)
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| format!("{raw:?} reaches before the clock's range"))
 }
 
 const PAGE: i64 = 500;

@@ -108,6 +108,12 @@ where
         })
 }
 
+/// A pool of its own for one part of the process (the admin API, the readiness probe), so that
+/// its load never takes the connections the worker decides logins with. Connects lazily.
+pub fn side_pool(settings: &DatabaseSettings, max_connections: u32) -> Result<PgPool, DbError> {
+    Ok(pool_options(max_connections).connect_lazy_with(connect_options(settings)?))
+}
+
 /// A small pool for the outbox relay, whose writes (marking rows published) may be lost to a
 /// crash without harm (the rows are published again): its commits do not wait for the disk.
 pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {

@@ -1,11 +1,20 @@
 //! The inbound `login.completed` CloudEvent: size limit, decoding and validation. An event that
 //! fails here is dead-lettered with the `Rejection`'s reason and never touches the database.
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::connection::{ConnectionId, ConnectionSettings, UserPoolId};
+use super::strict_json::{self, StrictError};
 use super::{Email, Phone, Username};
+
+/// The envelope's attributes that identity-sync reads.
+struct RawEvent {
+    specversion: Option<Value>,
+    id: Option<Value>,
+    source: Option<Value>,
+    kind: Option<Value>,
+    data: Option<Value>,
+}
 
 pub const EVENT_TYPE: &str = "login.completed";
 const MAX_ID_CHARS: usize = 128;
@@ -98,16 +107,6 @@ pub struct Profile {
     pub raw: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
-struct RawEvent {
-    specversion: Option<Value>,
-    id: Option<Value>,
-    source: Option<Value>,
-    #[serde(rename = "type")]
-    kind: Option<Value>,
-    data: Option<Value>,
-}
-
 /// Decodes and validates one message body. `max_bytes` is checked before any parsing so that an
 /// oversized body costs nothing but its length.
 pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
@@ -117,17 +116,26 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
             format!("body is {} bytes, the limit is {max_bytes}", body.len()),
         ));
     }
-    let raw: RawEvent = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            Rejection::new(
+    let mut envelope = match strict_json::parse(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => {
+            return Err(Rejection::new(
                 RejectionKind::NotCloudEvents,
-                format!("not a CloudEvents envelope: {e}"),
-            )
-        } else {
-            Rejection::new(RejectionKind::NotJson, e.to_string())
+                format!("not a CloudEvents envelope: the body is {}", brief(&other)),
+            ));
         }
-    })?;
-
+        Err(StrictError::Syntax(message)) => {
+            return Err(Rejection::new(RejectionKind::NotJson, message));
+        }
+        Err(StrictError::DuplicateKey(message)) => return Err(invalid(message)),
+    };
+    let raw = RawEvent {
+        specversion: envelope.remove("specversion"),
+        id: envelope.remove("id"),
+        source: envelope.remove("source"),
+        kind: envelope.remove("type"),
+        data: envelope.remove("data"),
+    };
     match raw.specversion {
         Some(Value::String(v)) if v == "1.0" => {}
         Some(other) => {
@@ -486,6 +494,29 @@ mod tests {
         let mut v = valid();
         v["data"]["connection"] = json!("DingTalk");
         assert_eq!(kind_of(&v), RejectionKind::InvalidEvent);
+    }
+
+    #[test]
+    fn a_repeated_key_is_invalid_wherever_it_is() {
+        let valid = serde_json::to_string(&valid()).unwrap();
+        for (from, to) in [
+            (r#""id":"#, r#""id":"other","id":"#),
+            (
+                r#""user_pool_id":"#,
+                r#""user_pool_id":"pool-2","user_pool_id":"#,
+            ),
+            (r#""connection":"#, r#""connection":"other","connection":"#),
+            (
+                r#""email_verified":"#,
+                r#""email_verified":false,"email_verified":"#,
+            ),
+        ] {
+            let body = valid.replacen(from, to, 1);
+            assert_ne!(body, valid, "{from}");
+            let err = decode(body.as_bytes(), LIMIT).unwrap_err();
+            assert_eq!(err.kind, RejectionKind::InvalidEvent, "{from}: {err}");
+            assert!(err.detail.starts_with("duplicate key"), "{}", err.detail);
+        }
     }
 
     #[test]

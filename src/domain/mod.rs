@@ -11,6 +11,7 @@ pub mod mask;
 pub mod phone;
 #[cfg(test)]
 mod proptests;
+pub mod strict_json;
 pub mod username;
 
 pub use connection::{

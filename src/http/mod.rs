@@ -10,18 +10,24 @@ pub mod error;
 mod extract;
 pub mod openapi;
 mod ops;
+pub mod serve;
 pub mod users;
+
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    http::{StatusCode, header},
-    middleware,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
+use tokio::sync::Semaphore;
 
 use crate::{admin::Admin, health::Health, metrics::Metrics};
+
+pub use ops::ReadinessProbe;
 
 /// Admin request bodies are small; anything bigger is refused before it is read.
 const MAX_BODY: usize = 64 * 1024;
@@ -32,6 +38,66 @@ pub struct AppState {
     pub metrics: Metrics,
     pub admin: Admin,
     pub tokens: auth::Tokens,
+    pub probe: Arc<ReadinessProbe>,
+    pub limits: RequestLimits,
+}
+
+/// Bounds on the admin API's work: how many requests at once, and for how long each.
+#[derive(Clone)]
+pub struct RequestLimits {
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl RequestLimits {
+    pub fn new(max_concurrent: usize, timeout: Duration) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            timeout,
+        }
+    }
+}
+
+/// Admin API requests beyond the concurrency limit are answered 503 at once; a request running
+/// past the timeout is answered 503 while its work finishes in a task of its own (a transaction
+/// dropped half-way could leave its connection unusable).
+async fn limit_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(slot) = state.limits.slots.clone().try_acquire_owned() else {
+        let mut response = error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many admin requests at once; retry shortly",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let work = tokio::spawn(async move {
+        let response = next.run(request).await;
+        drop(slot);
+        response
+    });
+    match tokio::time::timeout(state.limits.timeout, work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            tracing::error!(%error, "an admin request handler failed");
+            error::ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .into_response()
+        }
+        Err(_) => error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; a change it made may still complete, so check before \
+             retrying",
+        )
+        .into_response(),
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,6 +117,10 @@ pub fn router(state: AppState) -> Router {
             get(connections::show).put(connections::put),
         )
         .route("/v1/audit", get(audit::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_requests,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,

@@ -9,7 +9,10 @@ use axum::{
     routing::get,
 };
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::Mutex;
 
 use super::AppState;
 
@@ -26,14 +29,45 @@ async fn healthz() -> impl IntoResponse {
 
 /// How long `/readyz` waits for the database to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A probe's answer serves every `/readyz` for this long.
+const PROBE_FRESH: Duration = Duration::from_secs(1);
+
+/// Asks the database whether it answers, on a connection of its own, at most once a second
+/// whatever the rate of `/readyz` calls: a flood of probes costs the database one query a second
+/// and the worker nothing.
+pub struct ReadinessProbe {
+    pool: PgPool,
+    last: Mutex<Option<(Instant, bool)>>,
+}
+
+impl ReadinessProbe {
+    /// `pool` should be the probe's own (one connection).
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            last: Mutex::new(None),
+        }
+    }
+
+    pub async fn database_answers(&self) -> bool {
+        // Callers arriving during a probe wait for its answer instead of probing again.
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = *last
+            && at.elapsed() < PROBE_FRESH
+        {
+            return answer;
+        }
+        let answer =
+            tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool))
+                .await
+                .is_ok_and(|result| result.is_ok());
+        *last = Some((Instant::now(), answer));
+        answer
+    }
+}
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let answers = tokio::time::timeout(
-        PROBE_TIMEOUT,
-        sqlx::query("SELECT 1").execute(&state.admin.pool),
-    )
-    .await
-    .is_ok_and(|result| result.is_ok());
+    let answers = state.probe.database_answers().await;
     let readiness = state.health.readiness(answers);
     let status = if readiness.ready {
         StatusCode::OK
