@@ -49,8 +49,12 @@ impl Application {
         let tokens = Tokens::new(&settings.admin.tokens).map_err(SettingsError::Invalid)?;
         let pool = db::connect_and_migrate(&settings.database).await?;
         let relay_pool = db::relay_pool(&settings.database)?;
-        let admin_pool = db::side_pool(&settings.database, settings.admin.database_connections)?;
-        let probe_pool = db::side_pool(&settings.database, 1)?;
+        let admin_pool = db::side_pool(
+            &settings.database,
+            "admin",
+            settings.admin.database_connections,
+        )?;
+        let probe_pool = db::side_pool(&settings.database, "readiness", 1)?;
         pipeline::upsert_connections(&pool, &connections)
             .await
             .context("applying [[connections]] from the configuration")?;

@@ -110,14 +110,23 @@ where
 
 /// A pool of its own for one part of the process (the admin API, the readiness probe), so that
 /// its load never takes the connections the worker decides logins with. Connects lazily.
-pub fn side_pool(settings: &DatabaseSettings, max_connections: u32) -> Result<PgPool, DbError> {
-    Ok(pool_options(max_connections).connect_lazy_with(connect_options(settings)?))
+/// Its connections carry `application_name = "identity-sync <role>"`, so that
+/// `pg_stat_activity` tells the parts apart.
+pub fn side_pool(
+    settings: &DatabaseSettings,
+    role: &str,
+    max_connections: u32,
+) -> Result<PgPool, DbError> {
+    let options = connect_options(settings)?.application_name(&format!("identity-sync {role}"));
+    Ok(pool_options(max_connections).connect_lazy_with(options))
 }
 
 /// A small pool for the outbox relay, whose writes (marking rows published) may be lost to a
 /// crash without harm (the rows are published again): its commits do not wait for the disk.
 pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
-    let options = connect_options(settings)?.options([("synchronous_commit", "off")]);
+    let options = connect_options(settings)?
+        .application_name("identity-sync relay")
+        .options([("synchronous_commit", "off")]);
     Ok(pool_options(2).connect_lazy_with(options))
 }
 

@@ -34,6 +34,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// The largest request head read (a URI up to hyper's own limit, 64 KiB, fits).
+const MAX_HEAD: usize = 128 * 1024;
+
 /// How long open connections may finish their requests once a stop is asked for.
 const DRAIN: Duration = Duration::from_secs(1);
 
@@ -50,6 +53,8 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // A request head larger than this is refused (431): bounds each connection's memory.
+        .max_buf_size(MAX_HEAD)
         .keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {

@@ -105,6 +105,8 @@ pub struct Services {
     pub amqp_url: String,
     pub dir: PathBuf,
     pub extra_config: String,
+    /// Keys added to a section the generated configuration already has: (section, TOML lines).
+    pub section_keys: Vec<(String, String)>,
 }
 
 impl Services {
@@ -114,6 +116,12 @@ impl Services {
 
     /// `extra` is TOML appended to the generated configuration (before the connections).
     pub async fn with_config(extra: &str) -> Self {
+        Self::with_keys(extra, &[]).await
+    }
+
+    /// Also adds `keys` (TOML lines) to the named sections of the generated configuration
+    /// (`database`, `amqp`, `admin`, `worker`, `outbox`).
+    pub async fn with_keys(extra: &str, keys: &[(&str, &str)]) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("idsync_test_{}", &id[..16]);
         let vhost = format!("idsync-test-{}", &id[..16]);
@@ -143,6 +151,10 @@ impl Services {
             vhost,
             dir,
             extra_config: extra.to_owned(),
+            section_keys: keys
+                .iter()
+                .map(|(s, k)| ((*s).to_owned(), (*k).to_owned()))
+                .collect(),
         };
         std::fs::write(services.config_path(), services.config_toml()).unwrap();
         services
@@ -153,6 +165,16 @@ impl Services {
     }
 
     pub fn config_toml(&self) -> String {
+        let mut toml = self.base_toml();
+        for (section, keys) in &self.section_keys {
+            let header = format!("\n[{section}]\n");
+            assert!(toml.contains(&header), "no section [{section}]");
+            toml = toml.replacen(&header, &format!("{header}{keys}\n"), 1);
+        }
+        toml
+    }
+
+    fn base_toml(&self) -> String {
         format!(
             r#"
 [database]

@@ -1,0 +1,336 @@
+//! Hostile and careless input from outside: an HTTP client that holds connections or floods a
+//! probe, odd requests, operator mistakes in the configuration and on the command line. Each
+//! test names the attack it tries; none of them may stop the worker or the admin API.
+
+use std::{io::Write, process::Stdio, time::Duration};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+fn run(command: &mut std::process::Command) -> (i32, String) {
+    let output = command.output().expect("the binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn database_exists(name: &str) -> bool {
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&admin)
+        .await
+        .unwrap();
+    found.is_some()
+}
+
+#[tokio::test]
+async fn operator_mistakes_are_usage_errors_before_anything_starts() {
+    let services = Services::new().await;
+    for (key, value, named) in [
+        ("IDSYNC__ADMIN__LISTEN", "notanaddr", "admin.listen"),
+        (
+            "IDSYNC__OUTBOX__RETENTION",
+            "100000000d",
+            "outbox.retention",
+        ),
+        (
+            "IDSYNC__WORKER__DEDUPE_RETENTION",
+            "100000000d",
+            "worker.dedupe_retention",
+        ),
+        (
+            "IDSYNC__OUTBOX__CONFIRM_TIMEOUT",
+            "0s",
+            "outbox.confirm_timeout",
+        ),
+        (
+            "IDSYNC__OUTBOX__POLL_INTERVAL",
+            "0s",
+            "outbox.poll_interval",
+        ),
+        (
+            "IDSYNC__OUTBOX__PRUNE_INTERVAL",
+            "0s",
+            "outbox.prune_interval",
+        ),
+        (
+            "IDSYNC__ADMIN__EXPIRY_SWEEP_INTERVAL",
+            "0ms",
+            "admin.expiry_sweep_interval",
+        ),
+    ] {
+        let (code, stderr) = run(services.command().arg("run").env(key, value));
+        assert_eq!(code, 2, "{key}={value}: {stderr}");
+        assert!(stderr.contains(named), "{key}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    assert!(
+        !database_exists(&services.db_name).await,
+        "refused before the database was created or migrated"
+    );
+
+    let (code, stderr) =
+        run(services
+            .command()
+            .args(["events", "replay", "--since", "100000000000d"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--since"), "{stderr}");
+
+    // A path in place of an id would send the admin token to another endpoint.
+    for args in [
+        &["bindings", "show", "../../healthz"][..],
+        &["bindings", "resolve", "../x", "--reject"],
+        &[
+            "bindings",
+            "resolve",
+            "0193a1b2-0000-7000-8000-000000000000",
+            "--link",
+            "../../v1/audit",
+        ],
+    ] {
+        let (code, stderr) = run(services.command().args(args).args([
+            "--api",
+            "http://127.0.0.1:1",
+            "--token",
+            "x",
+        ]));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("invalid"), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn an_import_file_starting_with_a_byte_order_mark_is_read() {
+    let services = Services::new().await;
+    let mut child = services
+        .command()
+        .args(["users", "import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            "\u{feff}{\"user_pool_id\": \"pool-1\", \"username\": \"bom\"}\n\
+             {\"user_pool_id\": \"pool-1\", \"username\": \"second\"}\n"
+                .as_bytes(),
+        )
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("added 2"), "{stdout}");
+}
+
+#[tokio::test]
+async fn page_limits_out_of_range_are_refused_and_the_bearer_scheme_is_case_insensitive() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let api = app.api();
+    for path in ["/v1/bindings", "/v1/audit"] {
+        for limit in ["0", "-1", "100000", "201"] {
+            let (status, body) = api.get(&format!("{path}?limit={limit}")).await;
+            assert_eq!(status, 422, "{path} {limit}: {body}");
+            assert_eq!(error_code(&body), "invalid_query");
+            assert_eq!(body["error"]["field"], "limit");
+        }
+        for limit in ["1", "200"] {
+            assert_eq!(api.get(&format!("{path}?limit={limit}")).await.0, 200);
+        }
+    }
+    for scheme in ["Bearer", "bearer", "BEARER", "BeArEr"] {
+        let response = reqwest::Client::new()
+            .get(app.url("/v1/audit"))
+            .header("Authorization", format!("{scheme} {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    app.stop().await;
+}
+
+/// Sends raw bytes on a new connection and reads the whole answer.
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    // The server may answer (and close) before it has read everything.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn json_body(answer: &str) -> Value {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+#[tokio::test]
+async fn requests_the_http_parser_refuses_get_json_errors() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let answer = raw_exchange(&app, long_uri.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 414 "), "{answer:.200}");
+    assert_eq!(json_body(&answer)["error"]["code"], "uri_too_long");
+
+    let big_head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "b".repeat(500_000)
+    );
+    let answer = raw_exchange(&app, big_head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:.200}");
+    assert_eq!(json_body(&answer)["error"]["code"], "headers_too_large");
+
+    let answer = raw_exchange(&app, b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:.200}");
+    assert_eq!(json_body(&answer)["error"]["code"], "bad_request");
+
+    // The router's own errors pass through unchanged.
+    let answer = raw_exchange(
+        &app,
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer:.200}");
+    assert_eq!(json_body(&answer)["error"]["code"], "not_found");
+    app.stop().await;
+}
+
+/// Connections of the process's pools to the test database, by application name.
+async fn backends(db: &sqlx::PgPool, db_name: &str, application: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+    )
+    .bind(db_name)
+    .bind(application)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+// The flood runs on other threads than the application's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_and_a_readiness_flood_leave_the_api_and_the_worker_working() {
+    let services = Services::with_keys(
+        "",
+        &[(
+            "admin",
+            "header_read_timeout = \"1s\"\nmax_connections = 300",
+        )],
+    )
+    .await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let db = services.db().await;
+
+    // 200 connections that never send a byte.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(app.address).await.unwrap());
+    }
+    // A readiness flood from 32 clients.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut flood = Vec::new();
+    for _ in 0..32 {
+        let (url, stop) = (app.url("/readyz"), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut answered = 0u32;
+            while !stop.is_cancelled() {
+                if client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    answered += 1;
+                }
+            }
+            answered
+        }));
+    }
+
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let event = login("plain", &format!("flood-{i}"), json!({}));
+        ids.push(broker.request(&event).await);
+    }
+    let mut most_probes = 0;
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            broker.reply(id).await.outcome,
+            identity_sync::domain::decision::Outcome::UserCreated
+        );
+        if i % 50 == 0 {
+            let (status, _) = app.api().get("/v1/audit?limit=1").await;
+            assert_eq!(status, 200, "the admin API answers during the flood");
+            most_probes =
+                most_probes.max(backends(&db, &services.db_name, "identity-sync readiness").await);
+        }
+    }
+    assert!(
+        most_probes <= 1,
+        "the probe has one connection of its own: {most_probes}"
+    );
+    stop.cancel();
+    let mut answered = 0;
+    for task in flood {
+        answered += task.await.unwrap();
+    }
+    assert!(answered > 100, "the flood was served: {answered} answers");
+
+    // The idle connections were closed by the server after the head-read timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut closed = 0;
+    for mut stream in idle {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 200, "every idle connection was closed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_that_panics_stops_the_process_instead_of_leaving_it_half_alive() {
+    let services = Services::new().await;
+    let started = std::time::Instant::now();
+    let mut worker =
+        WorkerProcess::start_with_env(&services, &[("IDSYNC_FAILPOINTS", "retention.panic")]);
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < WAIT, "the process did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a failure exit, for the supervisor to restart it"
+    );
+}
