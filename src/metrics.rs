@@ -49,6 +49,9 @@ pub struct Metrics {
     pub throttled: Counter,
     pub requeued: Counter,
     pub pruned: Family<KindLabel, Counter>,
+    pub replies_refused: Counter,
+    pub dead_letter_fallbacks: Counter,
+    pub trusted_publishers: Gauge,
 }
 
 impl Default for Metrics {
@@ -72,6 +75,9 @@ impl Metrics {
         let throttled = Counter::default();
         let requeued = Counter::default();
         let pruned = Family::<KindLabel, Counter>::default();
+        let replies_refused = Counter::default();
+        let dead_letter_fallbacks = Counter::default();
+        let trusted_publishers = Gauge::default();
 
         let mut registry = Registry::with_prefix("idsync");
         registry.register(
@@ -134,6 +140,22 @@ impl Metrics {
             "Rows removed by retention, by kind (event, processed)",
             pruned.clone(),
         );
+        registry.register(
+            "replies_refused",
+            "Messages whose reply_to was not a reply queue: processed, but not answered",
+            replies_refused.clone(),
+        );
+        registry.register(
+            "dead_letter_fallbacks",
+            "Dead letters the broker refused to take from the worker, rejected for the queue's \
+             own dead-lettering instead",
+            dead_letter_fallbacks.clone(),
+        );
+        registry.register(
+            "trusted_publishers",
+            "Broker users listed in amqp.trusted_publishers (0: anyone who can publish is heard)",
+            trusted_publishers.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             decisions,
@@ -148,6 +170,9 @@ impl Metrics {
             throttled,
             requeued,
             pruned,
+            replies_refused,
+            dead_letter_fallbacks,
+            trusted_publishers,
         }
     }
 

@@ -92,6 +92,9 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, origin = %self.origin, "identity-sync running");
+        self.metrics
+            .trusted_publishers
+            .set(self.settings.amqp.trusted_publishers.len() as i64);
         if self.settings.amqp.trusted_publishers.is_empty() {
             tracing::warn!(
                 "amqp.trusted_publishers is empty: any broker user that can publish to the \

@@ -9,36 +9,30 @@ use std::{
 
 use futures_lite::{StreamExt, future::poll_once};
 use lapin::{
-    Channel,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    },
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
     db::is_transient,
-    domain::{
-        decision::Outcome,
-        events::Reply,
-        login::{self, Rejection, RejectionKind},
-        mask,
-    },
+    domain::login::{self, Rejection, RejectionKind},
     health::Health,
-    metrics::{Metrics, OutcomeLabel, ReasonLabel},
+    metrics::{Metrics, OutcomeLabel},
     pipeline::{Inbound, Pipeline, Verdict},
     relay::Handoff,
     settings::Settings,
 };
 
-use super::{CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, json_properties, topology};
+use super::{
+    CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, properties,
+    settle::{Action, DeadLetter, Settler, undecoded_event_id},
+    topology,
+};
 
-/// The header carrying the reason of a dead-lettered message.
-pub const ERROR_HEADER: &str = "x-idsync-error";
+pub use properties::ERROR_HEADER;
 /// Conflicts (unique or serialization failures, deadlocks) retried in place before a batch is
 /// split up, or a single event handed back to the broker.
 const MAX_CONFLICT_RETRIES: u32 = 10;
@@ -68,8 +62,6 @@ enum SessionError {
     Broker(#[from] lapin::Error),
     #[error("the broker cancelled the consumer")]
     ConsumerEnded,
-    #[error("the broker refused a publish (nack)")]
-    Nacked,
     #[error("stopping while the database is unavailable")]
     Stopped,
 }
@@ -147,11 +139,6 @@ impl Worker {
                 }
                 return Err(error);
             }
-            // Dead letters and error replies are published here, with confirms.
-            let publisher = connection.create_channel().await?;
-            publisher
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
             channel
                 .basic_qos(amqp.prefetch, BasicQosOptions::default())
                 .await?;
@@ -163,9 +150,9 @@ impl Worker {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok((channel, publisher, consumer))
+            Ok((channel, consumer))
         };
-        let (channel, publisher, mut consumer) = bounded(
+        let (channel, mut consumer) = bounded(
             OPERATION_TIMEOUT,
             "declaring the topology and consuming",
             setup,
@@ -173,6 +160,7 @@ impl Worker {
         .await?;
         self.health.set_consumer(true);
         tracing::info!(queue = %amqp.work_queue, prefetch = amqp.prefetch, "consuming");
+        let mut settler = Settler::new(&connection, &amqp.dead_letter_exchange, &self.metrics);
 
         let batch_size = self.settings.worker.batch_size;
         let result = loop {
@@ -202,7 +190,7 @@ impl Worker {
                     _ => break,
                 }
             }
-            if let Err(error) = self.handle(&publisher, batch).await {
+            if let Err(error) = self.handle(&mut settler, batch).await {
                 break Err(error);
             }
             if let Some(error) = pending_error {
@@ -250,9 +238,10 @@ impl Worker {
         true
     }
 
+    /// Decides a batch of deliveries and settles each with the broker.
     async fn handle(
         &self,
-        publisher: &Channel,
+        settler: &mut Settler<'_>,
         deliveries: Vec<Delivery>,
     ) -> Result<(), SessionError> {
         let received = Instant::now();
@@ -261,16 +250,13 @@ impl Worker {
             let mut inbound = Vec::with_capacity(deliveries.len());
             let mut slots = Vec::with_capacity(deliveries.len());
             for delivery in &deliveries {
+                let reply_to = self.reply_to(delivery);
                 match self.check(delivery) {
                     Ok(event) => {
                         slots.push(Ok(inbound.len()));
                         inbound.push(Inbound {
                             event,
-                            reply_to: delivery
-                                .properties
-                                .reply_to()
-                                .as_ref()
-                                .map(|r| r.to_string()),
+                            reply_to,
                             correlation_id: delivery
                                 .properties
                                 .correlation_id()
@@ -278,7 +264,7 @@ impl Worker {
                                 .map(|c| c.to_string()),
                         });
                     }
-                    Err(rejection) => slots.push(Err(rejection)),
+                    Err(rejection) => slots.push(Err((rejection, reply_to))),
                 }
             }
             let mut settled = if inbound.is_empty() {
@@ -288,73 +274,22 @@ impl Worker {
             };
             self.metrics.batch_size.observe(inbound.len() as f64);
 
-            // The highest delivery acknowledged; a multiple-ack up to it covers the batch
-            // (deliveries handed back were settled already).
-            let mut ack_up_to: Option<&Delivery> = None;
-            for (delivery, slot) in deliveries.iter().zip(slots) {
-                let (verdict, event_id) = match slot {
+            let actions = deliveries
+                .iter()
+                .zip(slots)
+                .map(|(delivery, slot)| match slot {
                     Ok(i) => {
-                        let id = Some(inbound[i].event.id.clone());
-                        match std::mem::replace(&mut settled[i], Settle::Requeue) {
-                            Settle::Verdict(verdict) => (verdict, id),
-                            Settle::Requeue => {
-                                self.metrics.requeued.inc();
-                                bounded(
-                                    OPERATION_TIMEOUT,
-                                    "handing a delivery back",
-                                    delivery.acker.nack(BasicNackOptions {
-                                        requeue: true,
-                                        multiple: false,
-                                    }),
-                                )
-                                .await?;
-                                continue;
-                            }
-                        }
+                        let settle = std::mem::replace(&mut settled[i], Settle::Requeue);
+                        self.plan(&inbound[i], settle)
                     }
-                    Err(rejection) => {
-                        let id = undecoded_event_id(delivery, &rejection);
-                        (Verdict::Rejected(rejection), id)
-                    }
-                };
-                ack_up_to = Some(delivery);
-                let span =
-                    tracing::info_span!("login", event_id = event_id.as_deref().unwrap_or("-"));
-                let _guard = span.enter();
-                match verdict {
-                    Verdict::Decided { reply, duplicate } => {
-                        self.metrics
-                            .decisions
-                            .get_or_create(&OutcomeLabel {
-                                outcome: reply.outcome.as_str(),
-                            })
-                            .inc();
-                        if duplicate {
-                            self.metrics.duplicates.inc();
-                        }
-                        tracing::info!(
-                            outcome = reply.outcome.as_str(),
-                            user_id = ?reply.user_id,
-                            binding_id = ?reply.binding_id,
-                            duplicate,
-                            "decided"
-                        );
-                    }
-                    Verdict::Rejected(rejection) => {
-                        drop(_guard);
-                        self.dead_letter(publisher, delivery, &rejection, event_id)
-                            .await?;
-                    }
-                }
-            }
-            if let Some(last) = ack_up_to {
-                bounded(
-                    OPERATION_TIMEOUT,
-                    "acknowledging a batch",
-                    last.acker.ack(BasicAckOptions { multiple: true }),
-                )
-                .await?;
-            }
+                    Err((rejection, reply_to)) => Action::DeadLetter(DeadLetter {
+                        event_id: undecoded_event_id(delivery, &rejection),
+                        rejection,
+                        reply_to,
+                    }),
+                })
+                .collect();
+            settler.apply(&deliveries, actions).await?;
             let elapsed = received.elapsed().as_secs_f64();
             for _ in 0..deliveries.len() {
                 self.metrics.processing_seconds.observe(elapsed);
@@ -363,6 +298,56 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// The action for a delivery that was decoded, given what deciding it gave; counts and logs
+    /// the decisions.
+    fn plan(&self, message: &Inbound, settle: Settle) -> Action {
+        let event_id = message.event.id.as_str();
+        match settle {
+            Settle::Requeue => Action::Requeue,
+            Settle::Verdict(Verdict::Rejected(rejection)) => Action::DeadLetter(DeadLetter {
+                rejection,
+                event_id: Some(event_id.to_owned()),
+                reply_to: message.reply_to.clone(),
+            }),
+            Settle::Verdict(Verdict::Decided { reply, duplicate }) => {
+                self.metrics
+                    .decisions
+                    .get_or_create(&OutcomeLabel {
+                        outcome: reply.outcome.as_str(),
+                    })
+                    .inc();
+                if duplicate {
+                    self.metrics.duplicates.inc();
+                }
+                tracing::info!(
+                    event_id,
+                    outcome = reply.outcome.as_str(),
+                    user_id = ?reply.user_id,
+                    binding_id = ?reply.binding_id,
+                    duplicate,
+                    "decided"
+                );
+                Action::Ack
+            }
+        }
+    }
+
+    /// The delivery's `reply_to`, if replies may go there (contract section 6): anything but a
+    /// reply queue could be another consumer's queue.
+    fn reply_to(&self, delivery: &Delivery) -> Option<String> {
+        let queue = delivery.properties.reply_to().as_ref()?.as_str();
+        if properties::reply_allowed(queue, &self.settings.amqp.reply_queue_prefix) {
+            return Some(queue.to_owned());
+        }
+        self.metrics.replies_refused.inc();
+        tracing::warn!(
+            reply_to = queue,
+            "reply_to is not a reply queue (amq.gen-..., amq.rabbitmq.reply-to..., or \
+             amqp.reply_queue_prefix); no reply is sent"
+        );
+        None
     }
 
     /// Steps 1 of the decision: permanent checks that need no database.
@@ -454,90 +439,6 @@ impl Worker {
             }
         }
     }
-
-    /// Publishes the original message, with its body and properties and the reason in a header, to
-    /// the dead-letter exchange, answers the requester if it asked, and waits for both confirms.
-    async fn dead_letter(
-        &self,
-        publisher: &Channel,
-        delivery: &Delivery,
-        rejection: &Rejection,
-        event_id: Option<String>,
-    ) -> Result<(), SessionError> {
-        let reason = rejection.reason();
-        tracing::warn!(
-            event_id = event_id.as_deref().unwrap_or("-"),
-            reason = %mask_reason(&reason),
-            "dead-lettering"
-        );
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            ERROR_HEADER.into(),
-            AMQPValue::LongString(LongString::from(reason.as_str())),
-        );
-        let properties = delivery.properties.clone().with_headers(headers);
-        let publish = async {
-            publisher
-                .basic_publish(
-                    self.settings.amqp.dead_letter_exchange.as_str().into(),
-                    delivery.routing_key.clone(),
-                    BasicPublishOptions::default(),
-                    &delivery.data,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        let confirm = bounded(OPERATION_TIMEOUT, "dead-lettering", publish).await?;
-        if !confirm.is_ack() {
-            return Err(SessionError::Nacked);
-        }
-        self.metrics
-            .dead_letters
-            .get_or_create(&ReasonLabel {
-                reason: rejection.kind.code(),
-            })
-            .inc();
-        self.metrics
-            .decisions
-            .get_or_create(&OutcomeLabel {
-                outcome: Outcome::Error.as_str(),
-            })
-            .inc();
-
-        if let Some(reply_to) = delivery.properties.reply_to() {
-            let reply = Reply {
-                event_id,
-                outcome: Outcome::Error,
-                user_id: None,
-                binding_id: None,
-                reason: Some(reason),
-            };
-            let body = serde_json::to_vec(&reply).expect("reply serialises");
-            let mut properties = json_properties(&uuid::Uuid::now_v7().to_string());
-            if let Some(correlation_id) = delivery.properties.correlation_id() {
-                properties = properties.with_correlation_id(correlation_id.clone());
-            }
-            // The requester may be gone; that is not worth failing over, only a nack is.
-            let publish = async {
-                publisher
-                    .basic_publish(
-                        ShortString::from(""),
-                        reply_to.clone(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await?
-                    .await
-            };
-            let confirm = bounded(OPERATION_TIMEOUT, "replying", publish).await?;
-            if !confirm.is_ack() {
-                return Err(SessionError::Nacked);
-            }
-        }
-        Ok(())
-    }
 }
 
 fn is_conflict(error: &sqlx::Error) -> bool {
@@ -558,39 +459,4 @@ fn processing_failed(error: &sqlx::Error) -> Verdict {
         None => "the event could not be stored".to_owned(),
     };
     Verdict::Rejected(Rejection::new(RejectionKind::ProcessingFailed, detail))
-}
-
-/// The id of a message that could not be decoded, when its body is JSON with a usable `id`.
-fn undecoded_event_id(delivery: &Delivery, rejection: &Rejection) -> Option<String> {
-    if rejection.kind == RejectionKind::TooLarge {
-        return None;
-    }
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: Option<serde_json::Value>,
-    }
-    let parsed: IdOnly = serde_json::from_slice(&delivery.data).ok()?;
-    match parsed.id? {
-        serde_json::Value::String(id) if id.chars().count() <= 128 => Some(id),
-        _ => None,
-    }
-}
-
-/// Reasons can quote profile values (an email that failed a type check, say); mask anything that
-/// looks like contact data before it reaches an info-level log.
-fn mask_reason(reason: &str) -> String {
-    reason
-        .split(' ')
-        .map(|word| {
-            let bare = word.trim_matches(|c: char| c == '"' || c == ',' || c == '.');
-            if bare.contains('@') {
-                mask::email(bare)
-            } else if bare.chars().filter(char::is_ascii_digit).count() >= 7 {
-                mask::phone(bare)
-            } else {
-                word.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

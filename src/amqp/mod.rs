@@ -2,18 +2,18 @@
 //! login events to the pipeline.
 
 pub mod consumer;
+pub mod properties;
+mod settle;
 pub mod topology;
 
 use std::{io, time::Duration};
 
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    Channel, Connection, ConnectionProperties, Consumer,
     options::{BasicConsumeOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
 use secrecy::{ExposeSecret, SecretString};
-
-pub const JSON: &str = "application/json";
 
 /// The longest a single broker operation (connecting, declaring, acknowledging, publishing) may
 /// take before the session is given up and opened again.
@@ -53,14 +53,7 @@ pub async fn connect(url: &SecretString, role: &str) -> lapin::Result<Connection
     .await
 }
 
-/// Properties of every JSON message identity-sync publishes.
-pub fn json_properties(message_id: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_content_type(JSON.into())
-        .with_delivery_mode(2)
-        .with_message_id(ShortString::from(message_id))
-        .with_app_id("identity-sync".into())
-}
+pub use properties::json as json_properties;
 
 /// A server-named queue private to this connection (gone when it closes), and a consumer on it
 /// that needs no acks: where a requester receives its replies, or a watcher the events.

@@ -49,6 +49,26 @@ async fn every_kind_of_bad_input_is_dead_lettered_with_its_reason() {
         ("empty body", Vec::new(), "not_json: "),
         ("deep nesting", deep.into_bytes(), "not_json: "),
         (
+            "a key twice in data",
+            String::from_utf8(body(&valid()))
+                .unwrap()
+                .replacen(
+                    "\"user_pool_id\":",
+                    "\"user_pool_id\":\"pool-2\",\"user_pool_id\":",
+                    1,
+                )
+                .into_bytes(),
+            "invalid_event: duplicate key \"user_pool_id\"",
+        ),
+        (
+            "a key twice in the envelope",
+            String::from_utf8(body(&valid()))
+                .unwrap()
+                .replacen("\"source\":", "\"source\":\"urn:other\",\"source\":", 1)
+                .into_bytes(),
+            "invalid_event: duplicate key \"source\"",
+        ),
+        (
             "JSON but not an object",
             b"[1, 2, 3]".to_vec(),
             "not_cloudevents: ",

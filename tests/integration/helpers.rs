@@ -281,6 +281,67 @@ impl Drop for Services {
     }
 }
 
+/// A RabbitMQ user of its own for one test, with permissions on the test's vhost only; deleted
+/// on drop.
+pub struct BrokerUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl BrokerUser {
+    /// `configure`, `write` and `read` are the permission regular expressions on the vhost.
+    pub async fn create(services: &Services, role: &str, permissions: [&str; 3]) -> Self {
+        let name = format!("{role}-{}", &services.vhost["idsync-test-".len()..]);
+        let password = Uuid::new_v4().simple().to_string();
+        let http = reqwest::Client::new();
+        let api = rabbit_api();
+        http.put(format!("{api}/users/{name}"))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({"password": password, "tags": ""}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("creating a broker user");
+        let [configure, write, read] = permissions;
+        http.put(format!("{api}/permissions/{}/{name}", services.vhost))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({"configure": configure, "write": write, "read": read}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("granting the broker user the test vhost");
+        Self { name, password }
+    }
+
+    /// The test vhost's URL with this user's credentials.
+    pub fn url(&self, services: &Services) -> String {
+        let base =
+            amqp_base().replace("guest:guest@", &format!("{}:{}@", self.name, self.password));
+        format!("{base}/{}", services.vhost)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let _ = reqwest::Client::new()
+                    .delete(format!("{}/users/{name}", rabbit_api()))
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
 /// The application, running in this process.
 pub struct TestApp {
     pub address: SocketAddr,
@@ -534,7 +595,16 @@ impl Broker {
     /// `settings` must declare the topology as the worker will (same queue arguments);
     /// `capture` binds the event-capturing queue to every event type.
     pub async fn connect_with(services: &Services, settings: Settings, capture: bool) -> Self {
-        let connection = Connection::connect(&services.amqp_url, ConnectionProperties::default())
+        Self::connect_url(&services.amqp_url, settings, capture).await
+    }
+
+    /// As the broker user `user` (see `BrokerUser`).
+    pub async fn connect_as(services: &Services, user: &BrokerUser) -> Self {
+        Self::connect_url(&user.url(services), services.settings(), true).await
+    }
+
+    async fn connect_url(url: &str, settings: Settings, capture: bool) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connecting to the test vhost");
         let channel = connection.create_channel().await.unwrap();

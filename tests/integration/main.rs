@@ -15,4 +15,5 @@ mod dedupe;
 mod hostile;
 mod http;
 mod outcomes;
+mod publishers;
 mod reliability;

@@ -1,0 +1,282 @@
+//! The one place where the worker's deliveries are settled with the broker. The consumer decides
+//! an action per delivery (in the manner of ofborg's `Ack / NackRequeue / NackDump / Publish`
+//! lists); `Settler::apply` carries them out: hands deliveries back, dead-letters with a reason
+//! and an error reply, and acknowledges the rest with one multiple-ack.
+//!
+//! A dead letter is published to the dead-letter exchange with properties built here (see
+//! `properties::dead_letter`). Should that publish fail anyway (refused, nacked, the channel gone),
+//! the delivery is rejected without requeue instead: the work queue's own dead-lettering then
+//! moves it to the same dead-letter exchange (without the reason header, with the broker's
+//! `x-death`). Either way the consumer goes on: no message can hold the queue behind it.
+
+use lapin::{
+    Channel, Connection,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions,
+        ConfirmSelectOptions,
+    },
+    types::ShortString,
+};
+
+use super::{OPERATION_TIMEOUT, bounded, properties};
+use crate::{
+    domain::{
+        decision::Outcome,
+        events::Reply,
+        login::{Rejection, RejectionKind},
+        mask,
+    },
+    metrics::{Metrics, OutcomeLabel, ReasonLabel},
+};
+
+/// What becomes of one delivery.
+#[derive(Debug)]
+pub(super) enum Action {
+    /// Decided (or a duplicate): acknowledge.
+    Ack,
+    /// Back to the queue; counts toward the queue's delivery limit.
+    Requeue,
+    /// Cannot be processed: to the dead-letter queue, with an error reply if one was asked for.
+    DeadLetter(DeadLetter),
+}
+
+#[derive(Debug)]
+pub(super) struct DeadLetter {
+    pub rejection: Rejection,
+    pub event_id: Option<String>,
+    /// Where the error reply goes: already checked against the allowed reply queues.
+    pub reply_to: Option<String>,
+}
+
+/// Settles deliveries for one consumer session. Dead letters and error replies go out on a
+/// confirm channel of the session's connection, opened again whenever the broker closed it.
+pub(super) struct Settler<'a> {
+    connection: &'a Connection,
+    publisher: Option<Channel>,
+    dead_letter_exchange: &'a str,
+    metrics: &'a Metrics,
+}
+
+impl<'a> Settler<'a> {
+    pub fn new(
+        connection: &'a Connection,
+        dead_letter_exchange: &'a str,
+        metrics: &'a Metrics,
+    ) -> Self {
+        Self {
+            connection,
+            publisher: None,
+            dead_letter_exchange,
+            metrics,
+        }
+    }
+
+    /// Applies `actions` (one per delivery, in order). An error means the consumer's channel is
+    /// unusable: the session ends and the broker redelivers what was not settled.
+    pub async fn apply(
+        &mut self,
+        deliveries: &[Delivery],
+        actions: Vec<Action>,
+    ) -> lapin::Result<()> {
+        // The last delivery to acknowledge: one multiple-ack up to it covers every delivery
+        // before it that was not settled otherwise.
+        let mut ack_up_to: Option<&Delivery> = None;
+        for (delivery, action) in deliveries.iter().zip(actions) {
+            match action {
+                Action::Ack => ack_up_to = Some(delivery),
+                Action::Requeue => {
+                    self.metrics.requeued.inc();
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    };
+                    bounded(
+                        OPERATION_TIMEOUT,
+                        "handing a delivery back",
+                        delivery.acker.nack(requeue),
+                    )
+                    .await?;
+                }
+                Action::DeadLetter(dead) => {
+                    if self.dead_letter(delivery, &dead).await? {
+                        ack_up_to = Some(delivery);
+                    }
+                }
+            }
+        }
+        if let Some(last) = ack_up_to {
+            bounded(
+                OPERATION_TIMEOUT,
+                "acknowledging a batch",
+                last.acker.ack(BasicAckOptions { multiple: true }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Dead-letters one delivery; `true` when it is still to be acknowledged (we published the
+    /// dead letter), `false` when it was rejected for the broker to dead-letter.
+    async fn dead_letter(&mut self, delivery: &Delivery, dead: &DeadLetter) -> lapin::Result<bool> {
+        let reason = dead.rejection.reason();
+        tracing::warn!(
+            event_id = dead.event_id.as_deref().unwrap_or("-"),
+            reason = %mask_reason(&reason),
+            "dead-lettering"
+        );
+        let properties = properties::dead_letter(&delivery.properties, &reason);
+        let exchange = self.dead_letter_exchange;
+        let published = self
+            .publish(
+                exchange,
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                properties,
+            )
+            .await;
+        let to_ack = match published {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "publishing a dead letter failed; rejecting the delivery for the broker to \
+                     dead-letter instead"
+                );
+                self.metrics.dead_letter_fallbacks.inc();
+                bounded(
+                    OPERATION_TIMEOUT,
+                    "rejecting a delivery",
+                    delivery.acker.reject(BasicRejectOptions { requeue: false }),
+                )
+                .await?;
+                false
+            }
+        };
+        self.metrics
+            .dead_letters
+            .get_or_create(&ReasonLabel {
+                reason: dead.rejection.kind.code(),
+            })
+            .inc();
+        self.metrics
+            .decisions
+            .get_or_create(&OutcomeLabel {
+                outcome: Outcome::Error.as_str(),
+            })
+            .inc();
+
+        if let Some(reply_to) = &dead.reply_to {
+            let reply = Reply {
+                event_id: dead.event_id.clone(),
+                outcome: Outcome::Error,
+                user_id: None,
+                binding_id: None,
+                reason: Some(reason),
+            };
+            let body = serde_json::to_vec(&reply).expect("replies serialise");
+            let mut properties = properties::json(&uuid::Uuid::now_v7().to_string());
+            if let Some(correlation_id) = delivery.properties.correlation_id() {
+                properties = properties.with_correlation_id(correlation_id.clone());
+            }
+            // The requester may be gone, or the name unknown: a reply is worth one try.
+            if let Err(error) = self.publish("", reply_to, &body, properties).await {
+                tracing::debug!(%error, "an error reply could not be published");
+            }
+        }
+        Ok(to_ack)
+    }
+
+    /// Publishes with a confirm on the publisher channel, opening it first if needed; a nack or
+    /// a closed channel is an error (and the channel is opened again next time).
+    async fn publish(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> lapin::Result<()> {
+        let channel = self.channel().await?;
+        let publish = async {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    ShortString::from(routing_key),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        match bounded(
+            OPERATION_TIMEOUT,
+            "publishing a dead letter or reply",
+            publish,
+        )
+        .await
+        {
+            Ok(confirm) if confirm.is_ack() => Ok(()),
+            Ok(_) => Err(lapin::Error::from(std::io::Error::other(
+                "the broker refused the publish (nack)",
+            ))),
+            Err(error) => {
+                self.publisher = None;
+                Err(error)
+            }
+        }
+    }
+
+    async fn channel(&mut self) -> lapin::Result<Channel> {
+        if let Some(channel) = &self.publisher
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let open = async {
+            let channel = self.connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok(channel)
+        };
+        let channel = bounded(OPERATION_TIMEOUT, "opening a publisher channel", open).await?;
+        self.publisher = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Reasons can quote profile values (an email that failed a type check, say); mask anything that
+/// looks like contact data before it reaches an info-level log.
+fn mask_reason(reason: &str) -> String {
+    reason
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_matches(|c: char| c == '"' || c == ',' || c == '.');
+            if bare.contains('@') {
+                mask::email(bare)
+            } else if bare.chars().filter(char::is_ascii_digit).count() >= 7 {
+                mask::phone(bare)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The id of a message that could not be decoded, when its body is JSON with a usable `id`.
+pub(super) fn undecoded_event_id(delivery: &Delivery, rejection: &Rejection) -> Option<String> {
+    if rejection.kind == RejectionKind::TooLarge {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<serde_json::Value>,
+    }
+    let parsed: IdOnly = serde_json::from_slice(&delivery.data).ok()?;
+    match parsed.id? {
+        serde_json::Value::String(id) if id.chars().count() <= 128 => Some(id),
+        _ => None,
+    }
+}
