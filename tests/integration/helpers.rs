@@ -598,11 +598,6 @@ impl Broker {
         Self::connect_url(&services.amqp_url, settings, capture).await
     }
 
-    /// As the broker user `user` (see `BrokerUser`).
-    pub async fn connect_as(services: &Services, user: &BrokerUser) -> Self {
-        Self::connect_url(&user.url(services), services.settings(), true).await
-    }
-
     async fn connect_url(url: &str, settings: Settings, capture: bool) -> Self {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
