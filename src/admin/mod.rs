@@ -70,10 +70,19 @@ pub fn page_limit(limit: i64) -> Result<i64, AdminError> {
     }
 }
 
-/// Who is acting: the name of the admin token, recorded in the audit log and in events.
+/// Who is acting: the name of the admin token, recorded in the audit log and in events, and its
+/// role.
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub name: String,
+    pub role: crate::settings::Role,
+}
+
+impl Actor {
+    /// Viewers see emails and phone numbers masked (contract section 5).
+    pub fn sees_masked(&self) -> bool {
+        self.role == crate::settings::Role::Viewer
+    }
 }
 
 #[derive(Clone)]

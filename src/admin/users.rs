@@ -31,6 +31,26 @@ pub enum Lookup {
     Username(String),
 }
 
+impl Lookup {
+    /// The value as stored: normalised like a login's.
+    pub fn normalised(&self) -> Result<String, AdminError> {
+        let bad =
+            |field: &'static str, e: String| AdminError::invalid("invalid_query", Some(field), e);
+        match self {
+            Lookup::Email(raw) => Email::parse(raw)
+                .map(Email::into_inner)
+                .map_err(|e| bad("email", e.to_string())),
+            // An unencoded `+` in a query string arrives as a space.
+            Lookup::Phone(raw) => Phone::parse(&restore_plus(raw), None)
+                .map(Phone::into_inner)
+                .map_err(|e| bad("phone", e.to_string())),
+            Lookup::Username(raw) => Username::parse(raw)
+                .map(Username::into_inner)
+                .map_err(|e| bad("username", e.to_string())),
+        }
+    }
+}
+
 impl Admin {
     /// Exact lookup of a normalised email, phone (E.164, or with `+`) or username in a pool.
     pub async fn find_users(
@@ -38,37 +58,11 @@ impl Admin {
         pool: &str,
         lookup: Lookup,
     ) -> Result<Vec<UserView>, AdminError> {
-        let bad =
-            |field: &'static str, e: String| AdminError::invalid("invalid_query", Some(field), e);
+        let value = lookup.normalised()?;
         let (email, phone, username) = match &lookup {
-            Lookup::Email(raw) => (
-                Some(
-                    Email::parse(raw)
-                        .map_err(|e| bad("email", e.to_string()))?
-                        .into_inner(),
-                ),
-                None,
-                None,
-            ),
-            Lookup::Phone(raw) => (
-                None,
-                Some(
-                    // An unencoded `+` in a query string arrives as a space.
-                    Phone::parse(&restore_plus(raw), None)
-                        .map_err(|e| bad("phone", e.to_string()))?
-                        .into_inner(),
-                ),
-                None,
-            ),
-            Lookup::Username(raw) => (
-                None,
-                None,
-                Some(
-                    Username::parse(raw)
-                        .map_err(|e| bad("username", e.to_string()))?
-                        .into_inner(),
-                ),
-            ),
+            Lookup::Email(_) => (Some(value), None, None),
+            Lookup::Phone(_) => (None, Some(value), None),
+            Lookup::Username(_) => (None, None, Some(value)),
         };
         let mut conn = self.pool.acquire().await?;
         let found = users::find_holders(

@@ -1,6 +1,6 @@
 //! `/v1/audit`: the admin writes, newest first.
 
-use axum::{Json, extract::State};
+use axum::{Extension, Json, extract::State};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -9,7 +9,10 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::ApiQuery,
 };
-use crate::admin::views::{AuditView, Page};
+use crate::admin::{
+    Actor,
+    views::{AuditView, Page},
+};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -27,9 +30,9 @@ pub struct AuditQuery {
               (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Page<AuditView>>, ApiError> {
-    Ok(Json(
-        state.admin.audit(q.cursor, q.limit.unwrap_or(50)).await?,
-    ))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let page: Page<AuditView> = state.admin.audit(q.cursor, q.limit.unwrap_or(50)).await?;
+    Ok(super::as_seen_by(&actor, page, &[]))
 }

@@ -111,6 +111,7 @@ pub async fn authorize(
     }
     request.extensions_mut().insert(Actor {
         name: name.to_owned(),
+        role,
     });
     next.run(request).await
 }

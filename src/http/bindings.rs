@@ -39,8 +39,9 @@ pub struct ListQuery {
               (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Page<BindingView>>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     // An empty filter is no filter.
     let given = |v: Option<String>| v.filter(|s| !s.is_empty());
     let filter = ListFilter {
@@ -50,7 +51,8 @@ pub async fn list(
         before: q.cursor,
         limit: q.limit.unwrap_or(50),
     };
-    Ok(Json(state.admin.list_bindings(filter).await?))
+    let page: Page<BindingView> = state.admin.list_bindings(filter).await?;
+    Ok(super::as_seen_by(&actor, page, &[]))
 }
 
 /// One binding, with a summary of each candidate account.
@@ -60,9 +62,14 @@ pub async fn list(
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<BindingView>, ApiError> {
-    Ok(Json(state.admin.get_binding(id).await?))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(super::as_seen_by(
+        &actor,
+        state.admin.get_binding(id).await?,
+        &[],
+    ))
 }
 
 /// How to resolve a binding.

@@ -29,6 +29,20 @@ use crate::{admin::Admin, health::Health, metrics::Metrics};
 
 pub use ops::ReadinessProbe;
 
+/// A response body as `actor` may see it: for viewers, every email and phone number masked but
+/// those in `keep` (what the viewer searched by).
+pub(crate) fn as_seen_by<T: serde::Serialize>(
+    actor: &crate::admin::Actor,
+    value: T,
+    keep: &[String],
+) -> axum::Json<serde_json::Value> {
+    let mut json = serde_json::to_value(value).expect("API views serialise");
+    if actor.sees_masked() {
+        crate::domain::mask::json(&mut json, keep);
+    }
+    axum::Json(json)
+}
+
 /// Admin request bodies are small; anything bigger is refused before it is read.
 const MAX_BODY: usize = 64 * 1024;
 

@@ -34,8 +34,9 @@ pub struct FindQuery {
               (status = 422, body = ErrorBody)))]
 pub async fn find(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     ApiQuery(q): ApiQuery<FindQuery>,
-) -> Result<Json<Page<UserView>>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let pool = q.user_pool_id.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::unprocessable(
             "invalid_query",
@@ -56,11 +57,13 @@ pub async fn find(
             ));
         }
     };
+    let searched = lookup.normalised()?;
     let items = state.admin.find_users(&pool, lookup).await?;
-    Ok(Json(Page {
+    let page = Page {
         items,
         next_cursor: None,
-    }))
+    };
+    Ok(super::as_seen_by(&actor, page, &[searched]))
 }
 
 /// An account with its identities.
@@ -69,9 +72,14 @@ pub async fn find(
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<Json<UserView>, ApiError> {
-    Ok(Json(state.admin.get_user(id).await?))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(super::as_seen_by(
+        &actor,
+        state.admin.get_user(id).await?,
+        &[],
+    ))
 }
 
 /// The fields of a new account (as `users import` reads them).

@@ -334,3 +334,76 @@ async fn a_task_that_panics_stops_the_process_instead_of_leaving_it_half_alive()
         "a failure exit, for the supervisor to restart it"
     );
 }
+
+#[tokio::test]
+async fn viewers_see_emails_and_phones_masked_except_what_they_searched_by() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let admin = app.api();
+    let viewer = app.api_as(Some(VIEWER_TOKEN));
+
+    // An account created by an admin (an audit entry), then a login of it (an identity whose
+    // profile holds the raw values) and a pending binding for another identity.
+    let (status, created) = admin
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": POOL, "email": "Li.Si@Example.com", "email_verified": true,
+                   "phone": "+86 139 0013 9000", "phone_verified": true, "username": "lisi"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let profile = json!({"email": "Li.Si@Example.com", "email_verified": true,
+                         "phone": "13900139000", "phone_verified": true,
+                         "attributes": {"org_email": "lisi@corp.example"}});
+    let reply = broker
+        .login(&login("matching", "dt-lisi", profile.clone()))
+        .await;
+    assert_eq!(reply.user_id.map(|u| u.to_string()), Some(id.clone()));
+    let reply = broker.login(&login("asking", "wc-lisi", profile)).await;
+    let binding = reply.binding_id.unwrap();
+
+    let (status, found) = viewer
+        .get(&format!(
+            "/v1/users?user_pool_id={POOL}&email=li.si@example.com"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let user = &found["items"][0];
+    assert_eq!(user["email"], "li.si@example.com", "searched by: shown");
+    assert_eq!(user["phone"], "+86*******9000");
+    let snapshot = &user["identities"][0]["profile"];
+    assert_eq!(snapshot["email"], "Li.Si@Example.com", "the same address, searched by");
+    assert_eq!(snapshot["phone"], "*******9000");
+    assert_eq!(snapshot["attributes"]["org_email"], "l***@corp.example");
+
+    let (_, found) = viewer
+        .get(&format!(
+            "/v1/users?user_pool_id={POOL}&phone=%2B8613900139000"
+        ))
+        .await;
+    assert_eq!(
+        found["items"][0]["phone"], "+8613900139000",
+        "searched by: shown"
+    );
+    assert_eq!(found["items"][0]["email"], "l***@example.com");
+
+    let (_, shown) = viewer.get(&format!("/v1/users/{id}")).await;
+    assert_eq!(shown["email"], "l***@example.com");
+    assert_eq!(shown["phone"], "+86*******9000");
+    let (_, audit) = viewer.get("/v1/audit").await;
+    let after = &audit["items"][0]["after"];
+    assert_eq!(after["email"], "l***@example.com", "{audit}");
+    let (_, shown) = viewer.get(&format!("/v1/bindings/{binding}")).await;
+    assert_eq!(shown["profile"]["email"], "L***@Example.com");
+    let (_, listed) = viewer.get("/v1/bindings").await;
+    assert_eq!(listed["items"][0]["profile"]["phone"], "*******9000");
+
+    // Admins see everything.
+    let (_, shown) = admin.get(&format!("/v1/users/{id}")).await;
+    assert_eq!(shown["email"], "li.si@example.com");
+    let (_, audit) = admin.get("/v1/audit").await;
+    assert_eq!(audit["items"][0]["after"]["phone"], "+8613900139000");
+    app.stop().await;
+}
