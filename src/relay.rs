@@ -1,25 +1,33 @@
 //! The outbox relay: publishes committed events and replies with publisher confirms, then marks
 //! them published (events, kept for replay) or deletes them (replies).
 //!
-//! Two paths feed it. The fast one: whoever commits outbox rows in this process (the worker, the
-//! admin API, the expiry sweeper) hands them over right after the commit, and the relay publishes
-//! them at once, in commit order, without reading them back. The safe one: every
-//! `outbox.poll_interval` it claims unpublished rows from the database with
-//! `FOR UPDATE SKIP LOCKED` — its own rows a hand-off missed (the queue was full, the broker was
-//! away), rows set aside after a nack, and rows of processes that stopped before publishing.
+//! Whoever commits outbox rows in this process (the worker, the admin API, the expiry sweeper)
+//! commits through `Handoff::commit`, which passes the rows to the relay in commit order. The
+//! relay publishes them in that order and never drops them: rows whose publish was not confirmed
+//! when a broker session ended are published again first by the next session, so events of one
+//! process reach the broker in commit order also when the relay falls behind or reconnects. The
+//! copies a reconnect can cause are bounded by what was truly unconfirmed at the fault (confirmed
+//! rows are marked even when a later one fails).
+//!
+//! The database is read back only for rows that are not in this process's memory: rows the
+//! broker refused (set aside with a backoff, so that they do not block the rows behind them), and
+//! rows of processes that stopped before publishing theirs (adopted after `outbox.orphan_after`).
+//! Those are claimed with `FOR UPDATE SKIP LOCKED` every `outbox.poll_interval`.
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use futures_lite::future::poll_once;
 use lapin::{
     Channel, Confirmation, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
-use sqlx::PgPool;
-use tokio::sync::mpsc;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -31,10 +39,6 @@ use crate::{
     settings::Settings,
 };
 
-/// Committed batches waiting for the relay; when full, rows wait in the database instead.
-const HANDOFF_CAPACITY: usize = 256;
-/// The safe path leaves this process's rows this long to the fast path.
-const OWN_ROWS_AFTER: Duration = Duration::from_secs(2);
 /// Published rounds whose confirms may be pending at once.
 const IN_FLIGHT_ROUNDS: usize = 32;
 
@@ -50,28 +54,40 @@ enum RelayError {
     SettlerStopped,
 }
 
-/// The committing side of the fast path.
+/// The committing side: commits a transaction and passes its outbox rows to the relay.
 #[derive(Clone)]
 pub struct Handoff {
-    sender: mpsc::Sender<Vec<OutboxRow>>,
+    sender: mpsc::UnboundedSender<Vec<OutboxRow>>,
     health: Health,
+    /// Held from a commit until its rows are queued, so that the relay's queue is in commit
+    /// order: of two transactions that wait for each other, the second cannot queue first.
+    order: Arc<Mutex<()>>,
 }
 
 impl Handoff {
-    /// Passes rows just committed to the relay. Never waits: if the relay is that far behind,
-    /// the rows stay in the database for its safe path.
-    pub fn committed(&self, rows: Vec<OutboxRow>) {
+    /// Commits `tx` and queues `rows` (written by it) for publishing.
+    pub async fn commit(
+        &self,
+        tx: Transaction<'_, Postgres>,
+        rows: Vec<OutboxRow>,
+    ) -> sqlx::Result<()> {
+        let _order = self.order.lock().await;
+        tx.commit().await?;
+        self.queue(rows);
+        Ok(())
+    }
+
+    fn queue(&self, rows: Vec<OutboxRow>) {
         if rows.is_empty() {
             return;
         }
         self.health.add_outbox_backlog(rows.len() as i64);
-        if let Err(error) = self.sender.try_send(rows) {
-            tracing::debug!(%error, "relay busy; the rows will be claimed from the database");
-        }
+        // The relay owns the receiver for the life of the process.
+        let _ = self.sender.send(rows);
     }
 }
 
-/// What one publish round achieved.
+/// What one claimed round achieved.
 #[derive(Default)]
 struct Round {
     rows: usize,
@@ -83,7 +99,10 @@ pub struct Relay {
     settings: Arc<Settings>,
     pool: PgPool,
     origin: Uuid,
-    handoffs: mpsc::Receiver<Vec<OutboxRow>>,
+    handoffs: mpsc::UnboundedReceiver<Vec<OutboxRow>>,
+    /// Handed-off rows whose publish a broker session could not confirm: the next session
+    /// publishes them first, in order.
+    unconfirmed: VecDeque<OutboxRow>,
     metrics: Metrics,
     health: Health,
     /// Cancelled after the worker has stopped: the relay then publishes what is left and exits.
@@ -99,10 +118,11 @@ impl Relay {
         health: Health,
         stop: CancellationToken,
     ) -> (Self, Handoff) {
-        let (sender, handoffs) = mpsc::channel(HANDOFF_CAPACITY);
+        let (sender, handoffs) = mpsc::unbounded_channel();
         let handoff = Handoff {
             sender,
             health: health.clone(),
+            order: Arc::new(Mutex::new(())),
         };
         (
             Self {
@@ -110,6 +130,7 @@ impl Relay {
                 pool,
                 origin,
                 handoffs,
+                unconfirmed: VecDeque::new(),
                 metrics,
                 health,
                 stop,
@@ -137,7 +158,12 @@ impl Relay {
                     }
                     self.metrics.transient("relay");
                     let delay = backoff.next().unwrap_or(max_delay);
-                    tracing::warn!(%error, retry_in = ?delay, "relay session ended; reconnecting");
+                    tracing::warn!(
+                        %error,
+                        retry_in = ?delay,
+                        unconfirmed = self.unconfirmed.len(),
+                        "relay session ended; reconnecting"
+                    );
                     tokio::select! {
                         _ = self.stop.cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}
@@ -166,34 +192,50 @@ impl Relay {
     }
 
     async fn publish_loop(&mut self, channel: &Channel) -> Result<(), RelayError> {
-        let poll = self.settings.outbox.poll_interval;
         let mut counted = Instant::now() - Duration::from_secs(60);
-        // Whatever is already in the database first (a restart, a reconnect).
-        self.claim_until_done(channel, &mut counted).await?;
-        // Handed-off rows are published at once; their confirms are awaited and the rows settled
-        // by a task of their own, so that the next rounds go out meanwhile.
+        // Confirms are awaited and rows settled by a task of their own, so that the next rounds
+        // go out meanwhile; it hands back what it could not confirm.
         let (in_flight, settling) = mpsc::channel::<InFlight>(IN_FLIGHT_ROUNDS);
-        let settler = tokio::spawn(settle_in_order(self.settler(), settling));
-        let result = self
-            .handoff_loop(channel, &in_flight, &mut counted, poll)
-            .await;
+        let broken = CancellationToken::new();
+        let settler = tokio::spawn(settle_in_order(self.settler(), settling, broken.clone()));
+        let result = tokio::select! {
+            result = self.rounds(channel, &in_flight, &mut counted) => result,
+            // A confirm failed or never came: this session's channel cannot be trusted.
+            _ = broken.cancelled() => Ok(()),
+        };
         drop(in_flight);
-        let settled = settler.await.unwrap_or(Ok(()));
+        let (unconfirmed, settled) = settler.await.unwrap_or_else(|error| {
+            tracing::error!(%error, "the relay's settling task failed");
+            (Vec::new(), Err(RelayError::SettlerStopped))
+        });
+        // They were published before anything still queued: first again next time.
+        for row in unconfirmed.into_iter().rev() {
+            self.unconfirmed.push_front(row);
+        }
         result.and(settled)
     }
 
-    async fn handoff_loop(
+    async fn rounds(
         &mut self,
         channel: &Channel,
         in_flight: &mpsc::Sender<InFlight>,
         counted: &mut Instant,
-        poll: Duration,
     ) -> Result<(), RelayError> {
+        let batch = self.settings.outbox.batch_size as usize;
+        // What a previous session could not confirm goes first, in order.
+        while !self.unconfirmed.is_empty() {
+            let take = self.unconfirmed.len().min(batch);
+            let rows: Vec<OutboxRow> = self.unconfirmed.drain(..take).collect();
+            self.send_round(channel, in_flight, rows).await?;
+        }
+        // Rows refused earlier or left by stopped processes.
+        self.claim_until_done(channel, counted).await?;
+        let poll = self.settings.outbox.poll_interval;
         let mut next_claim = Instant::now() + poll;
         loop {
             if self.stop.is_cancelled() {
                 // The worker has stopped: publish its last hand-offs, let them settle, then
-                // anything left in the database.
+                // anything due in the database.
                 while let Ok(rows) = self.handoffs.try_recv() {
                     self.send_round(channel, in_flight, rows).await?;
                 }
@@ -205,7 +247,7 @@ impl Relay {
                 handed = self.handoffs.recv() => {
                     let Some(mut rows) = handed else { return Ok(()) };
                     // Everything already waiting goes in the same round.
-                    while rows.len() < self.settings.outbox.batch_size as usize {
+                    while rows.len() < batch {
                         match self.handoffs.try_recv() {
                             Ok(more) => rows.extend(more),
                             Err(_) => break,
@@ -215,8 +257,6 @@ impl Relay {
                     self.count_backlog(counted, false).await;
                 }
                 _ = tokio::time::sleep_until(next_claim.into()) => {
-                    // Rounds in flight settle first, so that the claim does not take their rows.
-                    self.barrier(in_flight).await?;
                     self.claim_until_done(channel, counted).await?;
                     next_claim = Instant::now() + poll;
                 }
@@ -225,18 +265,24 @@ impl Relay {
         }
     }
 
-    /// Publishes a round of handed-off rows and passes its confirms to the settling task.
+    /// Publishes a round of handed-off rows and passes its confirms to the settling task. A
+    /// publish that fails ends the session, after passing the round on (its rows without a
+    /// confirm are published again by the next session).
     async fn send_round(
         &self,
         channel: &Channel,
         in_flight: &mpsc::Sender<InFlight>,
         rows: Vec<OutboxRow>,
     ) -> Result<(), RelayError> {
-        let confirms = publish_rows(channel, &self.settings, &rows).await?;
+        let (confirms, failure) = publish_rows(channel, &self.settings, &rows).await;
         in_flight
             .send(InFlight::Round { rows, confirms })
             .await
-            .map_err(|_| RelayError::SettlerStopped)
+            .map_err(|_| RelayError::SettlerStopped)?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Waits until every round sent so far has settled.
@@ -255,6 +301,7 @@ impl Relay {
             pool: self.pool.clone(),
             metrics: self.metrics.clone(),
             health: self.health.clone(),
+            stop: self.stop.clone(),
         }
     }
 
@@ -271,7 +318,7 @@ impl Relay {
         }
     }
 
-    /// The safe path: claims, publishes and settles rounds of rows until none is due.
+    /// The database path: claims, publishes and settles rounds of rows until none is due.
     async fn claim_until_done(
         &self,
         channel: &Channel,
@@ -280,7 +327,7 @@ impl Relay {
         loop {
             let round = self.claimed_round(channel).await?;
             self.count_backlog(counted, round.rows == 0).await;
-            // Held rows are set aside with a backoff (`outbox::hold`): they do not spin.
+            // Held rows are set aside with a backoff (`outbox::settle`): they do not spin.
             if round.rows == 0 || round.held == round.rows {
                 return Ok(());
             }
@@ -293,7 +340,6 @@ impl Relay {
         let rows = outbox::claim(
             &mut tx,
             self.origin,
-            OWN_ROWS_AFTER.as_secs_f64(),
             outbox_settings.orphan_after.as_secs_f64(),
             outbox_settings.batch_size,
         )
@@ -302,9 +348,16 @@ impl Relay {
             tx.commit().await?;
             return Ok(Round::default());
         }
-        let confirms = publish_rows(channel, &self.settings, &rows).await?;
+        let (confirms, failure) = publish_rows(channel, &self.settings, &rows).await;
+        if let Some(error) = failure {
+            // Nothing is marked: the rows stay claimable.
+            return Err(error);
+        }
         let settler = self.settler();
-        let settled = settler.confirmations(&rows, confirms).await?;
+        let (settled, unconfirmed) = settler.confirmations(&rows, confirms, false).await;
+        if !unconfirmed.is_empty() {
+            return Err(RelayError::ConfirmTimeout(outbox_settings.confirm_timeout));
+        }
         outbox::settle(&mut tx, &settled).await?;
         tx.commit().await?;
         settler.account(&settled);
@@ -319,7 +372,8 @@ impl Relay {
 enum InFlight {
     Round {
         rows: Vec<OutboxRow>,
-        confirms: Vec<PublisherConfirm>,
+        /// One per row; `None` where the publish itself failed.
+        confirms: Vec<Option<PublisherConfirm>>,
     },
     /// Answered once every round before it has settled.
     Barrier(tokio::sync::oneshot::Sender<()>),
@@ -331,18 +385,36 @@ struct Settler {
     pool: PgPool,
     metrics: Metrics,
     health: Health,
+    stop: CancellationToken,
 }
 
+/// Settles rounds until the publishing side stops. Returns the rows it could not confirm (in
+/// publish order), and the session's failure if a confirm failed or timed out.
 async fn settle_in_order(
     settler: Settler,
     mut rounds: mpsc::Receiver<InFlight>,
-) -> Result<(), RelayError> {
+    broken: CancellationToken,
+) -> (Vec<OutboxRow>, Result<(), RelayError>) {
+    let mut unconfirmed_rows = Vec::new();
+    let mut failure = Ok(());
     while let Some(item) = rounds.recv().await {
         match item {
             InFlight::Round { rows, confirms } => {
-                let settled = settler.confirmations(&rows, confirms).await?;
-                let mut conn = settler.pool.acquire().await?;
-                outbox::settle(&mut conn, &settled).await?;
+                let gone = failure.is_err();
+                let (settled, unconfirmed) = settler.confirmations(&rows, confirms, gone).await;
+                if !unconfirmed.is_empty() && failure.is_ok() {
+                    failure = Err(RelayError::ConfirmTimeout(
+                        settler.settings.outbox.confirm_timeout,
+                    ));
+                    broken.cancel();
+                }
+                let mut unconfirmed = unconfirmed.into_iter().peekable();
+                for (i, row) in rows.into_iter().enumerate() {
+                    if unconfirmed.next_if_eq(&i).is_some() {
+                        unconfirmed_rows.push(row);
+                    }
+                }
+                settler.mark(&settled).await;
                 settler.account(&settled);
             }
             InFlight::Barrier(done) => {
@@ -350,22 +422,50 @@ async fn settle_in_order(
             }
         }
     }
-    Ok(())
+    (unconfirmed_rows, failure)
 }
 
 impl Settler {
-    /// Sorts the rows by what the broker said about each.
+    /// Sorts the rows by what the broker said about each; returns them and the indexes of the
+    /// rows without a confirm. Once the session is `broken` (a confirm failed), confirms are
+    /// only read if they already arrived: the channel is gone and no more will.
     async fn confirmations(
         &self,
         rows: &[OutboxRow],
-        confirms: Vec<PublisherConfirm>,
-    ) -> Result<Settled, RelayError> {
+        confirms: Vec<Option<PublisherConfirm>>,
+        mut broken: bool,
+    ) -> (Settled, Vec<usize>) {
         let mut settled = Settled::default();
+        let mut unconfirmed = Vec::new();
         let timeout = self.settings.outbox.confirm_timeout;
-        for (row, confirm) in rows.iter().zip(confirms) {
-            let confirmation = tokio::time::timeout(timeout, confirm)
-                .await
-                .map_err(|_| RelayError::ConfirmTimeout(timeout))??;
+        for (i, (row, confirm)) in rows.iter().zip(confirms).enumerate() {
+            let Some(confirm) = confirm else {
+                unconfirmed.push(i);
+                continue;
+            };
+            let confirmation = if broken {
+                match poll_once(confirm).await {
+                    Some(Ok(confirmation)) => Some(confirmation),
+                    _ => None,
+                }
+            } else {
+                match tokio::time::timeout(timeout, confirm).await {
+                    Ok(Ok(confirmation)) => Some(confirmation),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "a publish was not confirmed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(?timeout, "no publisher confirm in time");
+                        None
+                    }
+                }
+            };
+            let Some(confirmation) = confirmation else {
+                broken = true;
+                unconfirmed.push(i);
+                continue;
+            };
             let is_event = row.kind == outbox::KIND_EVENT;
             match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {
@@ -402,7 +502,38 @@ impl Settler {
                 "events published with no queue bound for their type; kept for replay"
             );
         }
-        Ok(settled)
+        (settled, unconfirmed)
+    }
+
+    /// Records a settled round, retrying while the database is away: the rows are published
+    /// and must not be published again. Given up only at stop (then they are published again
+    /// by whoever adopts them: the same ids).
+    async fn mark(&self, settled: &Settled) {
+        if settled.done() + settled.held.len() == 0 {
+            return;
+        }
+        let mut backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
+        loop {
+            let marked = async {
+                let mut conn = self.pool.acquire().await?;
+                outbox::settle(&mut conn, settled).await
+            };
+            match marked.await {
+                Ok(()) => return,
+                Err(error) => {
+                    if self.stop.is_cancelled() {
+                        tracing::warn!(%error, "stopping with published rows not marked");
+                        return;
+                    }
+                    self.metrics.transient("relay");
+                    let delay = backoff
+                        .next()
+                        .unwrap_or(self.settings.worker.max_retry_delay);
+                    tracing::warn!(%error, retry_in = ?delay, "marking published rows failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     fn account(&self, settled: &Settled) {
@@ -423,14 +554,20 @@ impl Settler {
     }
 }
 
-/// Publishes every row, pipelined; returns the confirms in row order.
+/// Publishes every row, pipelined; returns one confirm per row (`None` from the first publish
+/// that failed on), and that failure.
 async fn publish_rows(
     channel: &Channel,
     settings: &Settings,
     rows: &[OutboxRow],
-) -> Result<Vec<PublisherConfirm>, RelayError> {
+) -> (Vec<Option<PublisherConfirm>>, Option<RelayError>) {
     let mut confirms = Vec::with_capacity(rows.len());
+    let mut failure = None;
     for row in rows {
+        if failure.is_some() {
+            confirms.push(None);
+            continue;
+        }
         let body = serde_json::to_vec(&row.payload).expect("json value serialises");
         let mut properties = json_properties(&row.message_id.to_string());
         let exchange = if row.kind == outbox::KIND_EVENT {
@@ -454,8 +591,13 @@ async fn publish_rows(
             &body,
             properties,
         );
-        let confirm = bounded(settings.outbox.confirm_timeout, "publishing", publish).await?;
-        confirms.push(confirm);
+        match bounded(settings.outbox.confirm_timeout, "publishing", publish).await {
+            Ok(confirm) => confirms.push(Some(confirm)),
+            Err(error) => {
+                confirms.push(None);
+                failure = Some(error.into());
+            }
+        }
     }
-    Ok(confirms)
+    (confirms, failure)
 }

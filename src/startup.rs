@@ -113,13 +113,12 @@ impl Application {
             relay_stop.clone(),
         );
 
-        let pipeline = Pipeline::new(self.pool.clone(), self.origin);
+        let pipeline = Pipeline::new(self.pool.clone(), self.origin, handoff.clone());
         let worker = Worker::new(
             self.settings.clone(),
             pipeline,
             self.metrics.clone(),
             self.health.clone(),
-            handoff.clone(),
             shutdown.clone(),
         );
         // The sweeper works with the worker's pool, the API with a pool of its own.

@@ -22,8 +22,8 @@ use crate::domain::{
     Email, LoginMode, Phone, Username,
     decision::{self, PoolUser},
     events::{
-        BindingExpired, BindingResolved, EventType, IdentityRef, LinkMethod, OutboundEvent,
-        Resolution, UserCreated, UserLinked, UserSummary,
+        BindingExpired, BindingResolved, IdentityRef, LinkMethod, OutboundEvent, Resolution,
+        UserCreated, UserLinked, UserSummary,
     },
     login::{NormalizedFields, Profile},
 };
@@ -234,10 +234,10 @@ impl Admin {
                 user_pool_id: &pool_id,
                 identity: identity_ref(&binding),
             };
-            outbox.event(OutboundEvent::new(EventType::BindingExpired, id, data, now));
+            outbox.event(OutboundEvent::new(data, now));
             let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
-            tx.commit().await?;
-            self.committed(published);
+            self.commit(tx, published).await?;
+
             return Err(AdminError::conflict(
                 "binding_expired",
                 format!("binding {id} has expired"),
@@ -293,12 +293,7 @@ impl Admin {
                     matched_on,
                     cause_event_id: cause,
                 };
-                consequences.push(OutboundEvent::new(
-                    EventType::UserLinked,
-                    user.id,
-                    data,
-                    now,
-                ));
+                consequences.push(OutboundEvent::new(data, now));
                 (Resolution::Linked, Some(user.id))
             }
             ResolveAction::Create => {
@@ -360,12 +355,7 @@ impl Admin {
                     identity: identity.clone(),
                     cause_event_id: cause,
                 };
-                consequences.push(OutboundEvent::new(
-                    EventType::UserCreated,
-                    record.id,
-                    data,
-                    now,
-                ));
+                consequences.push(OutboundEvent::new(data, now));
                 (Resolution::Created, Some(record.id))
             }
             ResolveAction::Reject { .. } => (Resolution::Rejected, None),
@@ -392,14 +382,10 @@ impl Admin {
             resolution,
             user_id,
             resolved_by: &actor.name,
+            proof: "admin",
         };
         // binding.resolved first: a subscriber sees the decision, then its consequence.
-        outbox.event(OutboundEvent::new(
-            EventType::BindingResolved,
-            id,
-            data,
-            now,
-        ));
+        outbox.event(OutboundEvent::new(data, now));
         for event in consequences {
             outbox.event(event);
         }
@@ -416,8 +402,8 @@ impl Admin {
             Some(serde_json::to_value(&after).expect("serialises")),
         )
         .await?;
-        tx.commit().await?;
-        self.committed(published);
+        self.commit(tx, published).await?;
+
         Ok(after)
     }
 }

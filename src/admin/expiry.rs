@@ -12,7 +12,7 @@ use crate::db::{
     locks::LockSet,
     outbox::{self, NewOutbox},
 };
-use crate::domain::events::{BindingExpired, EventType, IdentityRef, OutboundEvent};
+use crate::domain::events::{BindingExpired, IdentityRef, OutboundEvent};
 
 const BATCH: i64 = 200;
 
@@ -47,17 +47,12 @@ impl Admin {
                         external_id: b.external_id.clone(),
                     },
                 };
-                events.event(OutboundEvent::new(
-                    EventType::BindingExpired,
-                    b.id,
-                    data,
-                    now,
-                ));
+                events.event(OutboundEvent::new(data, now));
             }
             let published = outbox::insert_many(&mut tx, self.origin, events).await?;
-            tx.commit().await?;
+            self.commit(tx, published).await?;
             total += expired.len();
-            self.committed(published);
+
             if (overdue.len() as i64) < BATCH {
                 return Ok(total);
             }

@@ -101,8 +101,12 @@ impl Admin {
         }
     }
 
-    /// Hands rows just committed to the relay.
-    fn committed(&self, rows: Vec<OutboxRow>) {
-        self.relay.committed(rows);
+    /// Commits `tx` and hands the outbox rows it wrote to the relay.
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        rows: Vec<OutboxRow>,
+    ) -> sqlx::Result<()> {
+        self.relay.commit(tx, rows).await
     }
 }

@@ -13,7 +13,7 @@ use crate::db::{
 };
 use crate::domain::{
     Email, Phone, Username,
-    events::{EventType, IdentityRef, OutboundEvent, UserUnlinked},
+    events::{IdentityRef, OutboundEvent, UserUnlinked},
 };
 
 fn restore_plus(raw: &str) -> String {
@@ -174,15 +174,11 @@ impl Admin {
                 connection: removed.connection.clone(),
                 external_id: removed.external_id.clone(),
             },
-            unlinked_by: &actor.name,
+            actor: &actor.name,
+            reason: None,
         };
         let mut outbox = NewOutbox::default();
-        outbox.event(OutboundEvent::new(
-            EventType::UserUnlinked,
-            user_id,
-            data,
-            Utc::now(),
-        ));
+        outbox.event(OutboundEvent::new(data, Utc::now()));
         let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
         let after_links = identities::of_users(&mut tx, &[user_id]).await?;
         let after = UserView::new(user, &after_links);
@@ -195,8 +191,8 @@ impl Admin {
             Some(serde_json::to_value(&after).expect("serialises")),
         )
         .await?;
-        tx.commit().await?;
-        self.committed(published);
+        self.commit(tx, published).await?;
+
         Ok(after)
     }
 }

@@ -22,7 +22,6 @@ use crate::{
     health::Health,
     metrics::{Metrics, OutcomeLabel},
     pipeline::{Inbound, Pipeline, Verdict},
-    relay::Handoff,
     settings::Settings,
 };
 
@@ -71,7 +70,6 @@ pub struct Worker {
     pipeline: Pipeline,
     metrics: Metrics,
     health: Health,
-    relay: Handoff,
     shutdown: CancellationToken,
 }
 
@@ -81,7 +79,6 @@ impl Worker {
         pipeline: Pipeline,
         metrics: Metrics,
         health: Health,
-        relay: Handoff,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -89,7 +86,6 @@ impl Worker {
             pipeline,
             metrics,
             health,
-            relay,
             shutdown,
         }
     }
@@ -411,11 +407,8 @@ impl Worker {
         let mut conflicts = 0;
         loop {
             match self.pipeline.process(batch).await {
-                Ok(processed) => {
-                    // Replies and events go out now, before the acks and dead letters.
-                    self.relay.committed(processed.outbox);
-                    return Ok(processed.verdicts);
-                }
+                // Replies and events were handed to the relay at the commit, before the acks.
+                Ok(verdicts) => return Ok(verdicts),
                 Err(error) if is_transient(&error) => {
                     if is_conflict(&error) {
                         conflicts += 1;

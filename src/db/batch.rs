@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{
     bindings::{NewBindings, PendingRow},
     identities::{IdentityWrites, LinkRow},
-    outbox::NewOutbox,
+    outbox::{NewOutbox, Stored},
     processed::{NewProcessed, ProcessedRow},
     users::{FieldKeys, MatchRow, NewUsers},
 };
@@ -80,9 +80,9 @@ pub struct BatchWrites<'a> {
     pub outbox: &'a NewOutbox,
 }
 
-/// Writes them in one statement of data-modifying CTEs. Returns the ids the outbox rows got,
-/// ascending in the order they were pushed.
-pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result<Vec<i64>> {
+/// Writes them in one statement of data-modifying CTEs. Returns what the outbox rows got (ids
+/// ascending in the order they were pushed, sequences).
+pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result<Vec<Stored>> {
     let kinds: Vec<String> = w.outbox.kinds.iter().map(|k| (*k).to_owned()).collect();
     let row = sqlx::query!(
         r#"WITH new_users AS (
@@ -114,15 +114,35 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
              INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason)
              SELECT * FROM unnest($29::text[], $30::text[], $31::text[], $32::uuid[], $33::uuid[],
                                   $34::text[])),
+           rows AS (
+             SELECT * FROM unnest($35::text[], $36::text[], $37::uuid[], $38::text[], $39::jsonb[],
+                                  $40::uuid[])
+                  WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload,
+                                       subject, n)),
+           -- The next values of the sequences of the events' subjects (see outbox::insert_many).
+           sequences AS (
+             INSERT INTO event_sequences AS s (subject, last)
+             SELECT subject, count(*) FROM rows WHERE subject IS NOT NULL
+             GROUP BY subject ORDER BY subject
+             ON CONFLICT (subject) DO UPDATE SET last = s.last + EXCLUDED.last
+             RETURNING subject, last),
+           numbered AS (
+             SELECT r.*, q.last - count(*) OVER (PARTITION BY r.subject)
+                         + row_number() OVER (PARTITION BY r.subject ORDER BY r.n) AS sequence
+             FROM rows r LEFT JOIN sequences q ON q.subject = r.subject),
            queued AS (
-             INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload, created_at)
-             SELECT $1, kind, routing_key, message_id, correlation_id, payload, clock_timestamp()
-             FROM unnest($35::text[], $36::text[], $37::uuid[], $38::text[], $39::jsonb[])
-                  WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload, n)
-             ORDER BY n
-             RETURNING id)
+             INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload,
+                                 created_at)
+             SELECT $1, kind, routing_key, message_id, correlation_id,
+                    CASE WHEN sequence IS NULL THEN payload
+                         ELSE payload || jsonb_build_object('sequence', lpad(sequence::text, 20, '0'))
+                    END,
+                    clock_timestamp()
+             FROM numbered ORDER BY n
+             RETURNING id, payload->>'sequence' AS sequence)
            -- Every part runs to completion whether or not it is read.
-           SELECT ARRAY(SELECT id FROM queued ORDER BY id) AS "outbox_ids!""#,
+           SELECT coalesce(jsonb_agg(q ORDER BY q.id), '[]') AS "stored!: Json<Vec<Stored>>"
+           FROM queued q"#,
         w.origin,
         &w.users.ids,
         &w.users.pools,
@@ -162,8 +182,9 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
         &w.outbox.message_ids,
         &w.outbox.correlation_ids as &[Option<String>],
         &w.outbox.payloads,
+        &w.outbox.sequenced as &[Option<Uuid>],
     )
     .fetch_one(conn)
     .await?;
-    Ok(row.outbox_ids)
+    Ok(row.stored.0)
 }

@@ -3,12 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
 
 pub const KIND_EVENT: &str = "event";
 pub const KIND_REPLY: &str = "reply";
 
+/// Rows to insert, as parallel columns.
 #[derive(Debug, Default)]
 pub struct NewOutbox {
     pub kinds: Vec<&'static str>,
@@ -16,6 +17,8 @@ pub struct NewOutbox {
     pub message_ids: Vec<Uuid>,
     pub correlation_ids: Vec<Option<String>>,
     pub payloads: Vec<Value>,
+    /// The subject whose next `sequence` an event takes (events about a user or a binding).
+    pub sequenced: Vec<Option<Uuid>>,
 }
 
 impl NewOutbox {
@@ -25,6 +28,7 @@ impl NewOutbox {
         self.message_ids.push(event.id);
         self.correlation_ids.push(None);
         self.payloads.push(event.body);
+        self.sequenced.push(event.subject.sequenced());
     }
 
     pub fn reply(&mut self, reply_to: &str, correlation_id: Option<&str>, body: Value) {
@@ -33,6 +37,7 @@ impl NewOutbox {
         self.message_ids.push(Uuid::now_v7());
         self.correlation_ids.push(correlation_id.map(str::to_owned));
         self.payloads.push(body);
+        self.sequenced.push(None);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -43,31 +48,46 @@ impl NewOutbox {
         self.kinds.len()
     }
 
-    /// The rows as stored, given the ids the database assigned (ascending, in push order).
-    pub fn with_ids(self, ids: &[i64]) -> Vec<OutboxRow> {
+    /// The rows as stored, given what the database assigned: ids (ascending, in push order) and
+    /// the sequences of sequenced events.
+    pub fn stored(self, stored: Vec<Stored>) -> Vec<OutboxRow> {
         let now = Utc::now();
-        ids.iter()
+        stored
+            .into_iter()
             .zip(self.kinds)
             .zip(self.routing_keys)
             .zip(self.message_ids)
             .zip(self.correlation_ids)
             .zip(self.payloads)
             .map(
-                |(((((id, kind), routing_key), message_id), correlation_id), payload)| OutboxRow {
-                    id: *id,
-                    kind: kind.to_owned(),
-                    routing_key,
-                    message_id,
-                    correlation_id,
-                    payload,
-                    created_at: now,
+                |(((((stored, kind), routing_key), message_id), correlation_id), mut payload)| {
+                    if let Some(sequence) = stored.sequence {
+                        payload["sequence"] = Value::String(sequence);
+                    }
+                    OutboxRow {
+                        id: stored.id,
+                        kind: kind.to_owned(),
+                        routing_key,
+                        message_id,
+                        correlation_id,
+                        payload,
+                        created_at: now,
+                    }
                 },
             )
             .collect()
     }
 }
 
-/// Rows get ascending ids in the order they were pushed; returns them, ready to publish.
+/// What the database assigned to an inserted row.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Stored {
+    pub id: i64,
+    pub sequence: Option<String>,
+}
+
+/// Rows get ascending ids in the order they were pushed, and sequenced events the next values of
+/// their subjects' sequences; returns them, ready to publish.
 pub async fn insert_many(
     conn: &mut PgConnection,
     origin: Uuid,
@@ -77,27 +97,47 @@ pub async fn insert_many(
         return Ok(Vec::new());
     }
     let kinds: Vec<String> = rows.kinds.iter().map(|k| (*k).to_owned()).collect();
-    let ids = sqlx::query!(
+    let stored = sqlx::query_scalar!(
         // created_at is the database's clock at insert: rows are adopted by other relays by
         // age, which must not count time the transaction spent before writing them.
-        r#"INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload, created_at)
-           SELECT $1, kind, routing_key, message_id, correlation_id, payload, clock_timestamp()
-           FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[])
-                WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload, n)
-           ORDER BY n
-           RETURNING id"#,
+        r#"WITH rows AS (
+             SELECT * FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[],
+                                  $7::uuid[])
+                    WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload,
+                                         subject, n)),
+           sequences AS (
+             INSERT INTO event_sequences AS s (subject, last)
+             SELECT subject, count(*) FROM rows WHERE subject IS NOT NULL
+             GROUP BY subject ORDER BY subject
+             ON CONFLICT (subject) DO UPDATE SET last = s.last + EXCLUDED.last
+             RETURNING subject, last),
+           numbered AS (
+             SELECT r.*, q.last - count(*) OVER (PARTITION BY r.subject)
+                         + row_number() OVER (PARTITION BY r.subject ORDER BY r.n) AS sequence
+             FROM rows r LEFT JOIN sequences q ON q.subject = r.subject),
+           queued AS (
+             INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload,
+                                 created_at)
+             SELECT $1, kind, routing_key, message_id, correlation_id,
+                    CASE WHEN sequence IS NULL THEN payload
+                         ELSE payload || jsonb_build_object('sequence', lpad(sequence::text, 20, '0'))
+                    END,
+                    clock_timestamp()
+             FROM numbered ORDER BY n
+             RETURNING id, payload->>'sequence' AS sequence)
+           SELECT coalesce(jsonb_agg(q ORDER BY q.id), '[]') AS "stored!: Json<Vec<Stored>>"
+           FROM queued q"#,
         origin,
         &kinds,
         &rows.routing_keys,
         &rows.message_ids,
         &rows.correlation_ids as &[Option<String>],
         &rows.payloads,
+        &rows.sequenced as &[Option<Uuid>],
     )
-    .fetch_all(conn)
+    .fetch_one(conn)
     .await?;
-    let mut ids: Vec<i64> = ids.into_iter().map(|r| r.id).collect();
-    ids.sort_unstable();
-    Ok(rows.with_ids(&ids))
+    Ok(rows.stored(stored.0))
 }
 
 #[derive(Debug, Clone)]
@@ -111,14 +151,13 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Locks up to `limit` unpublished rows in id order: this process's own rows older than
-/// `own_after_secs` (younger ones are still being handed to the relay), and rows of other
-/// processes left unpublished for longer than `orphan_after_secs`. Rows locked by another relay
-/// are skipped, never waited for.
+/// Locks up to `limit` unpublished rows that are due, in id order: this process's rows the broker
+/// refused earlier (set aside until `next_attempt_at`; every other row of this process is in its
+/// relay's memory), and rows of other processes left unpublished for longer than
+/// `orphan_after_secs`. Rows locked by another relay are skipped, never waited for.
 pub async fn claim(
     conn: &mut PgConnection,
     origin: Uuid,
-    own_after_secs: f64,
     orphan_after_secs: f64,
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxRow>> {
@@ -128,13 +167,12 @@ pub async fn claim(
            FROM outbox
            WHERE published_at IS NULL
              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-             AND ((origin = $1 AND created_at < now() - make_interval(secs => $2))
-                  OR created_at < now() - make_interval(secs => $3))
+             AND ((origin = $1 AND next_attempt_at IS NOT NULL)
+                  OR (origin <> $1 AND created_at < now() - make_interval(secs => $2)))
            ORDER BY id
-           LIMIT $4
+           LIMIT $3
            FOR UPDATE SKIP LOCKED"#,
         origin,
-        own_after_secs,
         orphan_after_secs,
         limit
     )

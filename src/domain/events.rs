@@ -114,7 +114,9 @@ pub struct UserUnlinked<'a> {
     pub user_pool_id: &'a str,
     pub user_id: Uuid,
     pub identity: IdentityRef,
-    pub unlinked_by: &'a str,
+    /// Who unlinked it (the admin token's name, or the command's actor).
+    pub actor: &'a str,
+    pub reason: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,6 +170,8 @@ pub struct BindingResolved<'a> {
     pub resolution: Resolution,
     pub user_id: Option<Uuid>,
     pub resolved_by: &'a str,
+    /// How the person proved the decision (`admin` for the admin API; section 6).
+    pub proof: &'a str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,44 +181,103 @@ pub struct BindingExpired<'a> {
     pub identity: IdentityRef,
 }
 
-/// One outbound event, ready to be stored in the outbox and published as is.
+/// What an event is about: its CloudEvents `subject`. Events about a user or a binding carry a
+/// `sequence` per subject (contract 3.4); the others do not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    User(Uuid),
+    Binding(Uuid),
+    /// An external identity that has no account (`connection/external_id`).
+    Identity(String),
+}
+
+impl Subject {
+    /// The subject whose sequence the event takes, if it has one.
+    pub fn sequenced(&self) -> Option<Uuid> {
+        match self {
+            Self::User(id) | Self::Binding(id) => Some(*id),
+            Self::Identity(_) => None,
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Self::User(id) | Self::Binding(id) => id.to_string(),
+            Self::Identity(text) => text.clone(),
+        }
+    }
+}
+
+/// The `data` of one event type: the type and the subject rule belong to the payload, so that an
+/// event cannot be sent under another type or about something else.
+pub trait EventData: Serialize {
+    const TYPE: EventType;
+    fn subject(&self) -> Subject;
+}
+
+macro_rules! event_data {
+    ($($payload:ident => $kind:ident, |$d:ident| $subject:expr;)+) => {
+        $(impl EventData for $payload<'_> {
+            const TYPE: EventType = EventType::$kind;
+            fn subject(&self) -> Subject {
+                let $d = self;
+                $subject
+            }
+        })+
+    };
+}
+
+event_data! {
+    UserCreated => UserCreated, |d| Subject::User(d.user.id);
+    UserLinked => UserLinked, |d| Subject::User(d.user_id);
+    UserUnlinked => UserUnlinked, |d| Subject::User(d.user_id);
+    LoginRejected => LoginRejected, |d| Subject::Identity(
+        format!("{}/{}", d.identity.connection, d.identity.external_id));
+    BindingPending => BindingPending, |d| Subject::Binding(d.binding_id);
+    BindingResolved => BindingResolved, |d| Subject::Binding(d.binding_id);
+    BindingExpired => BindingExpired, |d| Subject::Binding(d.binding_id);
+}
+
+/// One outbound event, ready to be stored in the outbox and published as is. Its `sequence` is
+/// given when it is stored (the database counts per subject).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundEvent {
     pub id: Uuid,
     pub kind: EventType,
     pub time: DateTime<Utc>,
-    pub subject: String,
+    pub subject: Subject,
     /// The full CloudEvents envelope.
     pub body: Value,
 }
 
 impl OutboundEvent {
-    pub fn new(
-        kind: EventType,
-        subject: impl ToString,
-        data: impl Serialize,
-        time: DateTime<Utc>,
-    ) -> Self {
+    pub fn new<D: EventData>(data: D, time: DateTime<Utc>) -> Self {
         let id = Uuid::now_v7();
-        let subject = subject.to_string();
+        let subject = data.subject();
         let body = serde_json::json!({
             "specversion": "1.0",
             "id": id,
             "source": SOURCE,
-            "type": kind.as_str(),
+            "type": D::TYPE.as_str(),
             "time": time.to_rfc3339_opts(SecondsFormat::Millis, true),
-            "subject": subject,
+            "subject": subject.text(),
             "datacontenttype": "application/json",
             "data": serde_json::to_value(data).expect("event data serialises"),
         });
         Self {
             id,
-            kind,
+            kind: D::TYPE,
             time,
             subject,
             body,
         }
     }
+}
+
+/// The CloudEvents `sequence` extension's value: 20 zero-padded digits, so that it also sorts as
+/// a string.
+pub fn sequence_text(sequence: i64) -> String {
+    format!("{sequence:020}")
 }
 
 fn rfc3339<S: serde::Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -238,14 +301,15 @@ mod tests {
             reason: "unknown_user",
             cause_event_id: Some("e-1"),
         };
-        let event = OutboundEvent::new(EventType::LoginRejected, "pool-1/dingtalk/x", data, time);
+        let event = OutboundEvent::new(data, time);
         let body = &event.body;
         assert_eq!(body["specversion"], "1.0");
         assert_eq!(body["id"], event.id.to_string());
         assert_eq!(body["source"], "identity-sync");
         assert_eq!(body["type"], "login.rejected");
         assert_eq!(body["time"], "2026-11-24T12:00:00.000Z");
-        assert_eq!(body["subject"], "pool-1/dingtalk/x");
+        assert_eq!(body["subject"], "dingtalk/x");
+        assert_eq!(event.subject.sequenced(), None);
         assert_eq!(body["datacontenttype"], "application/json");
         assert_eq!(body["data"]["identity"]["external_id"], "x");
         assert_eq!(body["data"]["cause_event_id"], "e-1");
@@ -259,11 +323,34 @@ mod tests {
         }
     }
 
+    fn expired(binding_id: Uuid) -> BindingExpired<'static> {
+        BindingExpired {
+            binding_id,
+            user_pool_id: "pool-1",
+            identity: IdentityRef {
+                connection: "c".into(),
+                external_id: "x".into(),
+            },
+        }
+    }
+
     #[test]
     fn ids_are_unique() {
         let time = Utc::now();
-        let a = OutboundEvent::new(EventType::BindingExpired, "b", serde_json::json!({}), time);
-        let b = OutboundEvent::new(EventType::BindingExpired, "b", serde_json::json!({}), time);
+        let binding = Uuid::now_v7();
+        let a = OutboundEvent::new(expired(binding), time);
+        let b = OutboundEvent::new(expired(binding), time);
         assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn the_payload_fixes_type_and_subject() {
+        let binding = Uuid::now_v7();
+        let event = OutboundEvent::new(expired(binding), Utc::now());
+        assert_eq!(event.kind, EventType::BindingExpired);
+        assert_eq!(event.body["type"], "binding.expired");
+        assert_eq!(event.body["subject"], binding.to_string());
+        assert_eq!(event.subject.sequenced(), Some(binding));
+        assert_eq!(sequence_text(42), "00000000000000000042");
     }
 }

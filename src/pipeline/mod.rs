@@ -26,11 +26,12 @@ use crate::domain::{
     ConnectionSettings,
     decision::{self, Action, Outcome, UNKNOWN_USER},
     events::{
-        BindingExpired, BindingPending, EventType, IdentityRef, LinkMethod, LoginRejected,
-        OutboundEvent, Reply, UserCreated, UserLinked, UserSummary,
+        BindingExpired, BindingPending, IdentityRef, LinkMethod, LoginRejected, OutboundEvent,
+        Reply, UserCreated, UserLinked, UserSummary,
     },
     login::{LoginEvent, NormalizedFields, Rejection, RejectionKind},
 };
+use crate::relay::Handoff;
 use state::{BatchState, IdentityKey, identity_key};
 
 /// One login, decoded and validated, with where its reply goes.
@@ -50,9 +51,9 @@ pub enum Verdict {
     Rejected(Rejection),
 }
 
-/// A committed batch.
+/// A decided batch.
 #[derive(Debug)]
-pub struct Processed {
+struct Processed {
     /// One per message, in order.
     pub verdicts: Vec<Verdict>,
     /// The outbox rows (events and replies) the batch committed, for the relay.
@@ -64,23 +65,30 @@ pub struct Pipeline {
     pool: PgPool,
     /// This process's id, stamped on outbox rows.
     origin: Uuid,
+    /// Commits and passes the outbox rows to the relay.
+    handoff: Handoff,
 }
 
 impl Pipeline {
-    pub fn new(pool: PgPool, origin: Uuid) -> Self {
-        Self { pool, origin }
+    pub fn new(pool: PgPool, origin: Uuid, handoff: Handoff) -> Self {
+        Self {
+            pool,
+            origin,
+            handoff,
+        }
     }
 
     pub fn origin(&self) -> Uuid {
         self.origin
     }
 
-    /// Decides `batch` in one transaction, in order. On error nothing is committed.
-    pub async fn process(&self, batch: &[Inbound]) -> sqlx::Result<Processed> {
+    /// Decides `batch` in one transaction, in order, and hands its events and replies to the
+    /// relay. On error nothing is committed.
+    pub async fn process(&self, batch: &[Inbound]) -> sqlx::Result<Vec<Verdict>> {
         let mut tx = self.pool.begin().await?;
         let processed = decide_batch(&mut tx, self.origin, batch, Utc::now()).await?;
-        tx.commit().await?;
-        Ok(processed)
+        self.handoff.commit(tx, processed.outbox).await?;
+        Ok(processed.verdicts)
     }
 }
 
@@ -232,7 +240,7 @@ impl Writes {
         // Expiring first frees the one-pending-binding-per-identity slot for a new binding (a
         // statement's data-modifying parts run in no set order, so this one stands alone).
         bindings::expire(conn, &self.expired).await?;
-        let ids = batch::write(
+        let stored = batch::write(
             conn,
             &BatchWrites {
                 origin,
@@ -245,7 +253,7 @@ impl Writes {
             },
         )
         .await?;
-        Ok(self.outbox.with_ids(&ids))
+        Ok(self.outbox.stored(stored))
     }
 }
 
@@ -284,12 +292,7 @@ fn decide_one(
             user_pool_id: pool,
             identity: identity_ref(event),
         };
-        writes.outbox.event(OutboundEvent::new(
-            EventType::BindingExpired,
-            binding_id,
-            data,
-            now,
-        ));
+        writes.outbox.event(OutboundEvent::new(data, now));
     }
 
     let outcome = decision.action.outcome();
@@ -324,12 +327,7 @@ fn decide_one(
                 matched_on,
                 cause_event_id: cause,
             };
-            writes.outbox.event(OutboundEvent::new(
-                EventType::UserLinked,
-                user_id,
-                data,
-                now,
-            ));
+            writes.outbox.event(OutboundEvent::new(data, now));
             reply.user_id = Some(user_id);
         }
         Action::OpenBinding { candidates, reason } => {
@@ -365,12 +363,7 @@ fn decide_one(
                 expires_at,
                 cause_event_id: cause,
             };
-            writes.outbox.event(OutboundEvent::new(
-                EventType::BindingPending,
-                binding_id,
-                data,
-                now,
-            ));
+            writes.outbox.event(OutboundEvent::new(data, now));
             reply.binding_id = Some(binding_id);
             reply.reason = Some(reason.as_str().to_owned());
         }
@@ -381,13 +374,7 @@ fn decide_one(
                 reason: UNKNOWN_USER,
                 cause_event_id: cause,
             };
-            let subject = format!("{}/{}", key.1, key.2);
-            writes.outbox.event(OutboundEvent::new(
-                EventType::LoginRejected,
-                subject,
-                data,
-                now,
-            ));
+            writes.outbox.event(OutboundEvent::new(data, now));
             reply.reason = Some(UNKNOWN_USER.to_owned());
         }
         Action::CreateUser(new) => {
@@ -418,12 +405,7 @@ fn decide_one(
                 identity: identity_ref(event),
                 cause_event_id: cause,
             };
-            writes.outbox.event(OutboundEvent::new(
-                EventType::UserCreated,
-                user_id,
-                data,
-                now,
-            ));
+            writes.outbox.event(OutboundEvent::new(data, now));
             reply.user_id = Some(user_id);
         }
     }

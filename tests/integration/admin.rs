@@ -194,7 +194,7 @@ async fn link_resolution_links_the_identity_and_publishes_both_events() {
     assert_eq!(
         resolved.body["data"],
         json!({"binding_id": binding_id, "user_pool_id": POOL, "resolution": "linked",
-               "user_id": existing, "resolved_by": "ops-alice"})
+               "user_id": existing, "resolved_by": "ops-alice", "proof": "admin"})
     );
     let linked = broker.next_event().await;
     assert_eq!(linked.routing_key, "user.linked");
@@ -281,7 +281,7 @@ async fn create_and_reject_resolutions() {
     assert_eq!(
         resolved.body["data"],
         json!({"binding_id": second, "user_pool_id": POOL, "resolution": "rejected",
-               "user_id": null, "resolved_by": "ops-alice"})
+               "user_id": null, "resolved_by": "ops-alice", "proof": "admin"})
     );
     broker.no_more_events().await;
     assert_eq!(
@@ -593,7 +593,8 @@ async fn users_lookup_create_and_unlink() {
     assert_eq!(
         unlinked.body["data"],
         json!({"user_pool_id": POOL, "user_id": id,
-               "identity": {"connection": "matching", "external_id": "dt-ma"}, "unlinked_by": "ops-alice"})
+               "identity": {"connection": "matching", "external_id": "dt-ma"}, "actor": "ops-alice",
+               "reason": null})
     );
     let (status, body) = api
         .delete(&format!("/v1/users/{id}/identities/matching/dt-ma"))

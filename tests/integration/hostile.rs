@@ -374,7 +374,10 @@ async fn viewers_see_emails_and_phones_masked_except_what_they_searched_by() {
     assert_eq!(user["email"], "li.si@example.com", "searched by: shown");
     assert_eq!(user["phone"], "+86*******9000");
     let snapshot = &user["identities"][0]["profile"];
-    assert_eq!(snapshot["email"], "Li.Si@Example.com", "the same address, searched by");
+    assert_eq!(
+        snapshot["email"], "Li.Si@Example.com",
+        "the same address, searched by"
+    );
     assert_eq!(snapshot["phone"], "*******9000");
     assert_eq!(snapshot["attributes"]["org_email"], "l***@corp.example");
 
