@@ -14,6 +14,7 @@ mod dead_letters;
 mod dedupe;
 mod hostile;
 mod http;
+mod ordering;
 mod outcomes;
 mod publishers;
 mod reliability;

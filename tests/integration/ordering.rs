@@ -1,0 +1,281 @@
+//! Events reach subscribers in commit order per worker, also when the relay falls behind or its
+//! connection is cut, and every event about a user or a binding carries the next value of its
+//! subject's sequence (contract 3.4).
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// The outbox's events in commit (id) order.
+async fn committed_order(db: &sqlx::PgPool) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT message_id FROM outbox WHERE kind = 'event' ORDER BY id")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+/// Every event until `expected` distinct ids have arrived (or nothing came for a while).
+async fn receive(broker: &mut Broker, expected: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut distinct = HashSet::new();
+    while distinct.len() < expected {
+        let Some(event) = broker.next_event_within(WAIT).await else {
+            panic!("{} of {expected} events arrived", distinct.len());
+        };
+        distinct.insert(event.body["id"].as_str().unwrap().to_owned());
+        all.push(event.body);
+    }
+    all
+}
+
+fn id_of(event: &Value) -> Uuid {
+    event["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// The ids in the order they first arrived, and how many copies arrived beyond one each.
+fn first_arrivals(events: &[Value]) -> (Vec<Uuid>, usize) {
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    for event in events {
+        if seen.insert(id_of(event)) {
+            order.push(id_of(event));
+        }
+    }
+    (order, events.len() - seen.len())
+}
+
+/// Checks the sequences: per subject, 1, 2, 3... in the order of first arrival; events about
+/// neither a user nor a binding have none.
+fn check_sequences(events: &[Value]) -> usize {
+    let mut seen = HashSet::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for event in events {
+        if !seen.insert(id_of(event)) {
+            continue;
+        }
+        if event["type"] == "login.rejected" {
+            assert!(event.get("sequence").is_none(), "{event}");
+            continue;
+        }
+        let text = event["sequence"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sequence: {event}"));
+        assert_eq!(text.len(), 20, "{text}");
+        let sequence: u64 = text.parse().unwrap();
+        let subject = event["subject"].as_str().unwrap().to_owned();
+        let previous = last.insert(subject.clone(), sequence).unwrap_or(0);
+        assert_eq!(
+            sequence,
+            previous + 1,
+            "subject {subject}: {previous} then {sequence}"
+        );
+    }
+    last.len()
+}
+
+fn people(count: usize) -> Vec<Value> {
+    // Per person: a login that creates an account, then one of another connection that links to
+    // it by email: two events about one user, often decided in the same batch.
+    (0..count)
+        .flat_map(|i| {
+            let profile = json!({"email": format!("p{i}@order.example"), "email_verified": true});
+            [
+                login("plain", &format!("plain-{i}"), profile.clone()),
+                login("matching", &format!("match-{i}"), profile),
+            ]
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_in_commit_order_when_the_relay_falls_behind() {
+    // Small batches: many hand-offs, more than any fixed-size queue between worker and relay.
+    let services = Services::with_keys("", &[("worker", "batch_size = 4")]).await;
+    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn(&services).await;
+    let db = services.db().await;
+    wait_until(Duration::from_secs(15), || relay_connection(&services))
+        .await
+        .expect("the relay's connection is listed");
+    // The relay loses its connection and cannot open another (the vhost takes no new
+    // connections; those open stay): the worker decides on, the relay falls far behind.
+    set_connection_limit(&services, Some(0)).await;
+    assert!(cut_relay_connection(&services).await);
+    for event in people(1500) {
+        broker.send(&event).await;
+    }
+    wait_until(WAIT, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == 3000
+    })
+    .await
+    .expect("the worker decided everything meanwhile");
+    let behind = count(
+        &db,
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+    )
+    .await;
+    assert!(behind > 2500, "the relay fell {behind} rows behind");
+    set_connection_limit(&services, None).await;
+
+    let events = receive(&mut broker, 3000).await;
+    let (order, copies) = first_arrivals(&events);
+    assert_eq!(
+        order,
+        committed_order(&db).await,
+        "arrival order is commit order"
+    );
+    assert!(copies < 100, "{copies} copies");
+    assert_eq!(check_sequences(&events), 1500, "one subject per person");
+    let linked = events.iter().find(|e| e["type"] == "user.linked").unwrap();
+    assert_eq!(linked["sequence"], "00000000000000000002");
+    app.stop().await;
+}
+
+fn rabbit_api() -> String {
+    std::env::var("IDSYNC_TEST_RABBITMQ_API")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
+}
+
+/// Sets (or lifts) the test vhost's limit on connections; open connections are not affected.
+async fn set_connection_limit(services: &Services, limit: Option<u32>) {
+    let url = format!(
+        "{}/vhost-limits/{}/max-connections",
+        rabbit_api(),
+        services.vhost
+    );
+    let http = reqwest::Client::new();
+    let request = match limit {
+        Some(value) => http.put(url).json(&json!({ "value": value })),
+        None => http.delete(url),
+    };
+    let status = request
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+}
+
+async fn relay_connection(services: &Services) -> bool {
+    relay_connection_name(services).await.is_some()
+}
+
+/// The management API's name of the relay's connection, once listed.
+async fn relay_connection_name(services: &Services) -> Option<String> {
+    let http = reqwest::Client::new();
+    let api = rabbit_api();
+    let connections: Vec<Value> = http
+        .get(format!("{api}/vhosts/{}/connections", services.vhost))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    connections
+        .iter()
+        .find(|c| c["client_properties"]["connection_name"] == "identity-sync relay")
+        .and_then(|c| c["name"].as_str().map(str::to_owned))
+}
+
+/// Closes the relay's broker connection through the management API.
+async fn cut_relay_connection(services: &Services) -> bool {
+    let Some(name) = relay_connection_name(services).await else {
+        return false;
+    };
+    let api = rabbit_api();
+    reqwest::Client::new()
+        .delete(format!("{api}/connections/{}", urlencode(&name)))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success()
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_in_commit_order_when_the_relays_connection_is_cut() {
+    let services = Services::with_keys("", &[("outbox", "batch_size = 32")]).await;
+    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn(&services).await;
+    // The management API lists a connection once its statistics are in (up to 5 s).
+    wait_until(Duration::from_secs(15), || relay_connection(&services))
+        .await
+        .expect("the relay's connection is listed");
+    let sender = {
+        let broker = Broker::connect(&services).await;
+        tokio::spawn(async move {
+            for event in people(2000) {
+                broker.send(&event).await;
+            }
+        })
+    };
+    // Cut the relay's connection in the middle of the stream, twice.
+    let mut events = Vec::new();
+    let mut cuts = 0;
+    let mut distinct = HashSet::new();
+    while distinct.len() < 4000 {
+        let Some(event) = broker.next_event_within(WAIT).await else {
+            panic!("{} of 4000 events arrived", distinct.len());
+        };
+        distinct.insert(id_of(&event.body));
+        events.push(event.body);
+        if (distinct.len() == 800 || distinct.len() == 2400)
+            && cut_relay_connection(&services).await
+        {
+            cuts += 1;
+        }
+    }
+    assert_eq!(cuts, 2, "the relay's connection was cut twice mid-stream");
+    sender.await.unwrap();
+    let db = services.db().await;
+    let (order, copies) = first_arrivals(&events);
+    assert_eq!(
+        order,
+        committed_order(&db).await,
+        "first arrivals are in commit order"
+    );
+    check_sequences(&events);
+    // Copies come only from publishes unconfirmed when a connection went: at most the rounds
+    // in flight (32 rounds of 32 rows) per cut.
+    assert!(copies <= 2 * 32 * 32, "{copies} copies");
+    eprintln!("two cuts of the relay's connection: {copies} copies for 4000 events");
+    let metrics = app.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "idsync_transient_errors_total{component=\"relay\"}"
+        ) >= 2.0
+    );
+    // Nothing left unpublished.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        0
+    );
+    app.stop().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
