@@ -50,6 +50,7 @@ pub struct Metrics {
     pub requeued: Counter,
     pub pruned: Family<KindLabel, Counter>,
     pub replies_refused: Counter,
+    pub outbox_republished: Counter,
     pub dead_letter_fallbacks: Counter,
     pub trusted_publishers: Gauge,
 }
@@ -76,6 +77,7 @@ impl Metrics {
         let requeued = Counter::default();
         let pruned = Family::<KindLabel, Counter>::default();
         let replies_refused = Counter::default();
+        let outbox_republished = Counter::default();
         let dead_letter_fallbacks = Counter::default();
         let trusted_publishers = Gauge::default();
 
@@ -146,6 +148,11 @@ impl Metrics {
             replies_refused.clone(),
         );
         registry.register(
+            "outbox_republished",
+            "Outbox rows published again because a broker session ended before confirming them",
+            outbox_republished.clone(),
+        );
+        registry.register(
             "dead_letter_fallbacks",
             "Dead letters the broker refused to take from the worker, rejected for the queue's \
              own dead-lettering instead",
@@ -171,6 +178,7 @@ impl Metrics {
             requeued,
             pruned,
             replies_refused,
+            outbox_republished,
             dead_letter_fallbacks,
             trusted_publishers,
         }

@@ -41,6 +41,8 @@ use crate::{
 
 /// Published rounds whose confirms may be pending at once.
 const IN_FLIGHT_ROUNDS: usize = 32;
+/// Sessions in a row a row may end unconfirmed before it is set aside.
+const POISON_SESSIONS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -54,10 +56,19 @@ enum RelayError {
     SettlerStopped,
 }
 
+/// What the committing side passes to the relay.
+enum Queued {
+    /// Rows of a committed transaction.
+    Committed(Vec<OutboxRow>),
+    /// Rows of a transaction whose commit failed in a way that leaves the outcome unknown (the
+    /// connection went during the commit): the relay publishes those that exist.
+    Uncertain(Vec<OutboxRow>),
+}
+
 /// The committing side: commits a transaction and passes its outbox rows to the relay.
 #[derive(Clone)]
 pub struct Handoff {
-    sender: mpsc::UnboundedSender<Vec<OutboxRow>>,
+    sender: mpsc::UnboundedSender<Queued>,
     health: Health,
     /// Held from a commit until its rows are queued, so that the relay's queue is in commit
     /// order: of two transactions that wait for each other, the second cannot queue first.
@@ -72,18 +83,31 @@ impl Handoff {
         rows: Vec<OutboxRow>,
     ) -> sqlx::Result<()> {
         let _order = self.order.lock().await;
-        tx.commit().await?;
-        self.queue(rows);
-        Ok(())
+        match tx.commit().await {
+            Ok(()) => {
+                self.queue(Queued::Committed(rows));
+                Ok(())
+            }
+            Err(error) => {
+                // A commit that failed on its way back may have happened all the same.
+                if !rows.is_empty() && crate::db::is_transient(&error) {
+                    let _ = self.sender.send(Queued::Uncertain(rows));
+                }
+                Err(error)
+            }
+        }
     }
 
-    fn queue(&self, rows: Vec<OutboxRow>) {
+    fn queue(&self, queued: Queued) {
+        let Queued::Committed(rows) = &queued else {
+            return;
+        };
         if rows.is_empty() {
             return;
         }
         self.health.add_outbox_backlog(rows.len() as i64);
         // The relay owns the receiver for the life of the process.
-        let _ = self.sender.send(rows);
+        let _ = self.sender.send(queued);
     }
 }
 
@@ -99,10 +123,13 @@ pub struct Relay {
     settings: Arc<Settings>,
     pool: PgPool,
     origin: Uuid,
-    handoffs: mpsc::UnboundedReceiver<Vec<OutboxRow>>,
+    handoffs: mpsc::UnboundedReceiver<Queued>,
     /// Handed-off rows whose publish a broker session could not confirm: the next session
     /// publishes them first, in order.
     unconfirmed: VecDeque<OutboxRow>,
+    /// The first unconfirmed row and how many sessions in a row ended without confirming it: a
+    /// row that keeps breaking sessions is set aside instead of blocking the rest.
+    head_failures: Option<(i64, u32)>,
     metrics: Metrics,
     health: Health,
     /// Cancelled after the worker has stopped: the relay then publishes what is left and exits.
@@ -131,6 +158,7 @@ impl Relay {
                 origin,
                 handoffs,
                 unconfirmed: VecDeque::new(),
+                head_failures: None,
                 metrics,
                 health,
                 stop,
@@ -157,6 +185,7 @@ impl Relay {
                         backoff = crate::retry::delays(max_delay);
                     }
                     self.metrics.transient("relay");
+                    self.set_aside_a_poison_row().await;
                     let delay = backoff.next().unwrap_or(max_delay);
                     tracing::warn!(
                         %error,
@@ -174,10 +203,50 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
+    /// After a failed session: a row that was the first unconfirmed one of
+    /// `POISON_SESSIONS` sessions in a row is set aside in the database (retried with a backoff,
+    /// like a nacked row), so that one row the broker keeps refusing cannot hold every other.
+    async fn set_aside_a_poison_row(&mut self) {
+        let Some(head) = self.unconfirmed.front().map(|row| row.id) else {
+            self.head_failures = None;
+            return;
+        };
+        let failures = match self.head_failures {
+            Some((id, n)) if id == head => n + 1,
+            _ => 1,
+        };
+        self.head_failures = Some((head, failures));
+        if failures < POISON_SESSIONS {
+            return;
+        }
+        let held = Settled {
+            held: vec![head],
+            ..Settled::default()
+        };
+        let set_aside = async {
+            let mut conn = self.pool.acquire().await?;
+            outbox::settle(&mut conn, &held).await
+        };
+        match set_aside.await {
+            Ok(()) => {
+                tracing::error!(
+                    id = head,
+                    sessions = failures,
+                    "an outbox row broke every broker session that published it; set aside"
+                );
+                self.unconfirmed.pop_front();
+                self.head_failures = None;
+            }
+            Err(error) => tracing::warn!(%error, "setting a row aside failed"),
+        }
+    }
+
     async fn session(&mut self) -> Result<(), RelayError> {
         let connection = connect(&self.settings.amqp.url, "relay").await?;
         let setup = async {
             let channel = connection.create_channel().await?;
+            // Declared again at every connect: a deleted events exchange is not a dead relay.
+            crate::amqp::topology::declare_events_exchange(&channel, &self.settings.amqp).await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
@@ -196,18 +265,21 @@ impl Relay {
         // Confirms are awaited and rows settled by a task of their own, so that the next rounds
         // go out meanwhile; it hands back what it could not confirm.
         let (in_flight, settling) = mpsc::channel::<InFlight>(IN_FLIGHT_ROUNDS);
+        // Cancelled by the settling task when a confirm failed or never came: this session's
+        // channel cannot be trusted any more.
         let broken = CancellationToken::new();
         let settler = tokio::spawn(settle_in_order(self.settler(), settling, broken.clone()));
-        let result = tokio::select! {
-            result = self.rounds(channel, &in_flight, &mut counted) => result,
-            // A confirm failed or never came: this session's channel cannot be trusted.
-            _ = broken.cancelled() => Ok(()),
-        };
+        let result = self
+            .rounds(channel, &in_flight, &mut counted, &broken)
+            .await;
         drop(in_flight);
-        let (unconfirmed, settled) = settler.await.unwrap_or_else(|error| {
-            tracing::error!(%error, "the relay's settling task failed");
-            (Vec::new(), Err(RelayError::SettlerStopped))
-        });
+        let (unconfirmed, settled) = match settler.await {
+            Ok(outcome) => outcome,
+            // Its rows would be lost from memory: stop the process instead (its supervisor
+            // restarts it, and the rows are adopted).
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => (Vec::new(), Err(RelayError::SettlerStopped)),
+        };
         // They were published before anything still queued: first again next time.
         for row in unconfirmed.into_iter().rev() {
             self.unconfirmed.push_front(row);
@@ -220,10 +292,20 @@ impl Relay {
         channel: &Channel,
         in_flight: &mpsc::Sender<InFlight>,
         counted: &mut Instant,
+        broken: &CancellationToken,
     ) -> Result<(), RelayError> {
         let batch = self.settings.outbox.batch_size as usize;
+        let timeout = self.settings.outbox.confirm_timeout;
         // What a previous session could not confirm goes first, in order.
+        if !self.unconfirmed.is_empty() {
+            self.metrics
+                .outbox_republished
+                .inc_by(self.unconfirmed.len() as u64);
+        }
         while !self.unconfirmed.is_empty() {
+            if broken.is_cancelled() {
+                return Err(RelayError::ConfirmTimeout(timeout));
+            }
             let take = self.unconfirmed.len().min(batch);
             let rows: Vec<OutboxRow> = self.unconfirmed.drain(..take).collect();
             self.send_round(channel, in_flight, rows).await?;
@@ -233,27 +315,36 @@ impl Relay {
         let poll = self.settings.outbox.poll_interval;
         let mut next_claim = Instant::now() + poll;
         loop {
+            if broken.is_cancelled() {
+                return Err(RelayError::ConfirmTimeout(timeout));
+            }
             if self.stop.is_cancelled() {
                 // The worker has stopped: publish its last hand-offs, let them settle, then
                 // anything due in the database.
-                while let Ok(rows) = self.handoffs.try_recv() {
+                while let Ok(queued) = self.handoffs.try_recv() {
+                    let rows = self.committed_rows(queued).await;
                     self.send_round(channel, in_flight, rows).await?;
                 }
                 self.barrier(in_flight).await?;
                 self.claim_until_done(channel, counted).await?;
                 return Ok(());
             }
+            // Only cancel-safe waits race here (a receive, a sleep, a token): rows taken from
+            // the hand-off are always passed on before the next wait.
             tokio::select! {
                 handed = self.handoffs.recv() => {
-                    let Some(mut rows) = handed else { return Ok(()) };
+                    let Some(queued) = handed else { return Ok(()) };
+                    let mut rows = self.committed_rows(queued).await;
                     // Everything already waiting goes in the same round.
                     while rows.len() < batch {
                         match self.handoffs.try_recv() {
-                            Ok(more) => rows.extend(more),
+                            Ok(more) => rows.extend(self.committed_rows(more).await),
                             Err(_) => break,
                         }
                     }
-                    self.send_round(channel, in_flight, rows).await?;
+                    if !rows.is_empty() {
+                        self.send_round(channel, in_flight, rows).await?;
+                    }
                     self.count_backlog(counted, false).await;
                 }
                 _ = tokio::time::sleep_until(next_claim.into()) => {
@@ -261,6 +352,41 @@ impl Relay {
                     next_claim = Instant::now() + poll;
                 }
                 _ = self.stop.cancelled() => {}
+                _ = broken.cancelled() => {}
+            }
+        }
+    }
+
+    /// The rows of a hand-off that are in the database: all of a committed transaction's; of
+    /// an uncertain commit, those the database has (asked until it answers).
+    async fn committed_rows(&self, queued: Queued) -> Vec<OutboxRow> {
+        let rows = match queued {
+            Queued::Committed(rows) => return rows,
+            Queued::Uncertain(rows) => rows,
+        };
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let mut backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
+        loop {
+            match outbox::unpublished_of(&self.pool, &ids).await {
+                Ok(present) => {
+                    let rows: Vec<OutboxRow> = rows
+                        .into_iter()
+                        .filter(|r| present.contains(&r.id))
+                        .collect();
+                    self.health.add_outbox_backlog(rows.len() as i64);
+                    return rows;
+                }
+                Err(error) => {
+                    if self.stop.is_cancelled() {
+                        // Left to whoever adopts this process's rows.
+                        return Vec::new();
+                    }
+                    let delay = backoff
+                        .next()
+                        .unwrap_or(self.settings.worker.max_retry_delay);
+                    tracing::warn!(%error, retry_in = ?delay, "checking rows of an uncertain commit");
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }
@@ -365,6 +491,23 @@ impl Relay {
             rows: rows.len(),
             held: settled.held.len(),
         })
+    }
+}
+
+/// Tells the other processes that this one's relay is alive, every `interval` until `stop`, so
+/// that they do not adopt its rows while it is only reconnecting; forgets it at stop.
+pub async fn heartbeat(pool: PgPool, origin: Uuid, interval: Duration, stop: CancellationToken) {
+    loop {
+        if let Err(error) = outbox::heartbeat(&pool, origin).await {
+            tracing::debug!(%error, "relay heartbeat failed; retrying");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+    if let Err(error) = outbox::forget_origin(&pool, origin).await {
+        tracing::debug!(%error, "forgetting this relay's origin failed");
     }
 }
 

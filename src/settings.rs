@@ -355,6 +355,14 @@ impl Settings {
                     .into(),
             );
         }
+        for queue in [&self.amqp.work_queue, &self.amqp.dead_letter_queue] {
+            if queue.starts_with(&self.amqp.reply_queue_prefix) {
+                return invalid(format!(
+                    "amqp.reply_queue_prefix {:?} would let replies into the worker's queue {queue:?}",
+                    self.amqp.reply_queue_prefix
+                ));
+            }
+        }
         validate_listen(&self.admin.listen).map_err(SettingsError::Invalid)?;
         self.validate_durations()?;
         let mut names = std::collections::HashSet::new();
@@ -399,7 +407,8 @@ impl Settings {
             ("outbox.retention", self.outbox.retention),
         ];
         let optional = [("worker.dedupe_retention", self.worker.dedupe_retention)];
-        for (key, value) in nonzero {
+        let given = optional.iter().filter_map(|(k, v)| v.map(|v| (*k, v)));
+        for (key, value) in nonzero.into_iter().chain(given) {
             if value.is_zero() {
                 return Err(SettingsError::Invalid(format!(
                     "{key} must be longer than 0"
@@ -541,5 +550,16 @@ mod tests {
     fn the_reply_queue_prefix_cannot_open_every_queue() {
         assert!(error("[amqp]\nreply_queue_prefix = \"\"").contains("reply_queue_prefix"));
         assert!(error("[amqp]\nreply_queue_prefix = \"amq.\"").contains("reply_queue_prefix"));
+        let message = error("[amqp]\nreply_queue_prefix = \"idsync.\"");
+        assert!(message.contains("idsync.login-completed"), "{message}");
+    }
+
+    #[test]
+    fn a_zero_dedupe_retention_is_refused() {
+        let message = error("[worker]\ndedupe_retention = \"0s\"");
+        assert!(
+            message.contains("worker.dedupe_retention must be longer than 0"),
+            "{message}"
+        );
     }
 }

@@ -47,6 +47,16 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let connections = settings.connection_settings()?;
         let tokens = Tokens::new(&settings.admin.tokens).map_err(SettingsError::Invalid)?;
+        // Before the database: a port in use is a configuration mistake, found before anything
+        // is created or migrated.
+        let listener = TcpListener::bind(&settings.admin.listen)
+            .await
+            .map_err(|e| {
+                SettingsError::Invalid(format!(
+                    "admin.listen: cannot listen on {}: {e}",
+                    settings.admin.listen
+                ))
+            })?;
         let pool = db::connect_and_migrate(&settings.database).await?;
         let relay_pool = db::relay_pool(&settings.database)?;
         let admin_pool = db::side_pool(
@@ -58,9 +68,6 @@ impl Application {
         pipeline::upsert_connections(&pool, &connections)
             .await
             .context("applying [[connections]] from the configuration")?;
-        let listener = TcpListener::bind(&settings.admin.listen)
-            .await
-            .with_context(|| format!("admin.listen: cannot listen on {}", settings.admin.listen))?;
         let address = listener.local_addr()?;
         let health = Health::default();
         Ok(Self {
@@ -168,6 +175,17 @@ impl Application {
         );
         let mut worker = supervise("worker", worker.run(), &shutdown, &failed);
         let mut relay = supervise("relay", relay.run(), &relay_stop, &failed);
+        let heartbeat = supervise(
+            "relay heartbeat",
+            crate::relay::heartbeat(
+                self.relay_pool.clone(),
+                self.origin,
+                self.settings.outbox.poll_interval,
+                relay_stop.clone(),
+            ),
+            &relay_stop,
+            &failed,
+        );
 
         let failure = tokio::select! {
             _ = shutdown.cancelled() => None,
@@ -191,6 +209,7 @@ impl Application {
             let _ = expiry.await;
             let _ = retention.await;
             let _ = (&mut relay).await;
+            let _ = heartbeat.await;
         };
         if tokio::time::timeout(STOP_DEADLINE, stop).await.is_err() {
             tracing::warn!("stop deadline reached; unacknowledged messages will be redelivered");

@@ -35,7 +35,19 @@ pub fn reply_allowed(queue: &str, prefix: &str) -> bool {
 /// The properties of a dead letter: the original's descriptive properties and headers, the reason
 /// in `x-idsync-error`, and the properties the broker would check or act on moved into headers.
 pub fn dead_letter(original: &BasicProperties, reason: &str) -> BasicProperties {
-    let mut headers = original.headers().clone().unwrap_or_default();
+    // The publisher's own headers, but none that could pass for ours, and none at all when they
+    // are large enough to push the dead letter past the broker's frame size.
+    let mut headers = FieldTable::default();
+    if let Some(theirs) = original.headers()
+        && approximate_size(theirs) <= MAX_COPIED_HEADERS
+    {
+        for (name, value) in theirs.inner() {
+            let name_text = name.as_str();
+            if !name_text.starts_with("x-original-") && !name_text.starts_with("x-idsync-") {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
     let mut keep = |name: &str, value: &Option<ShortString>| {
         if let Some(value) = value {
             headers.insert(name.into(), long_string(value.as_str()));
@@ -77,6 +89,29 @@ pub fn dead_letter(original: &BasicProperties, reason: &str) -> BasicProperties 
         properties = properties.with_app_id(v.clone());
     }
     properties
+}
+
+/// Headers of the original copied onto its dead letter, at most (approximately, in bytes).
+const MAX_COPIED_HEADERS: usize = 16 * 1024;
+
+/// Roughly the encoded size of a header table: enough to tell a normal table from one meant to
+/// fill a frame.
+fn approximate_size(table: &FieldTable) -> usize {
+    fn value(v: &AMQPValue) -> usize {
+        match v {
+            AMQPValue::LongString(s) => s.as_bytes().len() + 5,
+            AMQPValue::ShortString(s) => s.as_str().len() + 2,
+            AMQPValue::FieldTable(t) => approximate_size(t) + 5,
+            AMQPValue::FieldArray(items) => items.as_slice().iter().map(value).sum::<usize>() + 5,
+            AMQPValue::ByteArray(bytes) => bytes.as_slice().len() + 5,
+            _ => 9,
+        }
+    }
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + 1 + value(v))
+        .sum()
 }
 
 fn long_string(value: &str) -> AMQPValue {
@@ -124,6 +159,8 @@ mod tests {
         let mut headers = FieldTable::default();
         headers.insert("x-trace".into(), long_string("t-1"));
         headers.insert(ERROR_HEADER.into(), long_string("forged by the publisher"));
+        headers.insert("x-original-user-id".into(), long_string("someone-else"));
+        headers.insert("x-idsync-anything".into(), long_string("forged"));
         let original = json("m-1")
             .with_user_id("platform".into())
             .with_reply_to("downstream.queue".into())
@@ -162,6 +199,27 @@ mod tests {
         assert_eq!(
             headers.inner().get("x-original-priority"),
             Some(&AMQPValue::ShortShortUInt(9))
+        );
+        assert_eq!(text("x-idsync-anything"), None);
+
+        // Without the property, a forged x-original-* header is not passed on either.
+        let mut forged = FieldTable::default();
+        forged.insert("x-original-user-id".into(), long_string("platform"));
+        let dead = dead_letter(&json("m-2").with_headers(forged), "not_json: x");
+        let headers = dead.headers().clone().unwrap();
+        assert_eq!(header_text(&headers, "x-original-user-id"), None);
+    }
+
+    #[test]
+    fn headers_too_large_to_pass_on_are_dropped() {
+        let mut big = FieldTable::default();
+        big.insert("x-filler".into(), long_string(&"x".repeat(100_000)));
+        let dead = dead_letter(&json("m-3").with_headers(big), "too_large: x");
+        let headers = dead.headers().clone().unwrap();
+        assert_eq!(header_text(&headers, "x-filler"), None);
+        assert_eq!(
+            header_text(&headers, ERROR_HEADER).as_deref(),
+            Some("too_large: x")
         );
     }
 }

@@ -100,7 +100,14 @@ impl<'a> Settler<'a> {
                 }
                 Action::DeadLetter(dead) => {
                     if self.dead_letter(delivery, &dead).await? {
-                        ack_up_to = Some(delivery);
+                        // Acknowledged at once: a fault later in the batch must not have it
+                        // redelivered and dead-lettered twice.
+                        bounded(
+                            OPERATION_TIMEOUT,
+                            "acknowledging a dead letter",
+                            delivery.acker.ack(BasicAckOptions { multiple: false }),
+                        )
+                        .await?;
                     }
                 }
             }
@@ -166,7 +173,10 @@ impl<'a> Settler<'a> {
             })
             .inc();
 
-        if let Some(reply_to) = &dead.reply_to {
+        // An untrusted publisher is not answered: it could aim error replies at the platform's
+        // own reply queue to fake failures of chosen logins.
+        let answer = dead.rejection.kind != RejectionKind::UntrustedPublisher;
+        if let Some(reply_to) = dead.reply_to.as_ref().filter(|_| answer) {
             let reply = Reply {
                 event_id: dead.event_id.clone(),
                 outcome: Outcome::Error,

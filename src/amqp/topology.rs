@@ -43,14 +43,7 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> lapin::Resul
             FieldTable::default(),
         )
         .await?;
-    channel
-        .exchange_declare(
-            settings.events_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_events_exchange(channel, settings).await?;
 
     let mut dlq_args = FieldTable::default();
     dlq_args.insert("x-queue-type".into(), string("quorum"));
@@ -98,4 +91,19 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> lapin::Resul
         )
         .await?;
     Ok(())
+}
+
+/// The outbound exchange alone (the relay declares it at every connect).
+pub async fn declare_events_exchange(
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            settings.events_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
 }

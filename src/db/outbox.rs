@@ -153,8 +153,8 @@ pub struct OutboxRow {
 
 /// Locks up to `limit` unpublished rows that are due, in id order: this process's rows the broker
 /// refused earlier (set aside until `next_attempt_at`; every other row of this process is in its
-/// relay's memory), and rows of other processes left unpublished for longer than
-/// `orphan_after_secs`. Rows locked by another relay are skipped, never waited for.
+/// relay's memory), and rows older than `orphan_after_secs` of processes not seen alive for as
+/// long (`relay_origins`). Rows locked by another relay are skipped, never waited for.
 pub async fn claim(
     conn: &mut PgConnection,
     origin: Uuid,
@@ -168,7 +168,11 @@ pub async fn claim(
            WHERE published_at IS NULL
              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
              AND ((origin = $1 AND next_attempt_at IS NOT NULL)
-                  OR (origin <> $1 AND created_at < now() - make_interval(secs => $2)))
+                  OR (origin <> $1 AND created_at < now() - make_interval(secs => $2)
+                      AND NOT EXISTS (
+                        SELECT 1 FROM relay_origins r
+                        WHERE r.origin = outbox.origin
+                          AND r.seen_at > now() - make_interval(secs => $2))))
            ORDER BY id
            LIMIT $3
            FOR UPDATE SKIP LOCKED"#,
@@ -178,6 +182,38 @@ pub async fn claim(
     )
     .fetch_all(conn)
     .await
+}
+
+/// Which of `ids` are stored and unpublished.
+pub async fn unpublished_of(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar!(
+        "SELECT id FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
+        ids
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that the relay of `origin` is alive; forgets origins not seen for a day.
+pub async fn heartbeat(pool: &PgPool, origin: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        r#"WITH forgotten AS (
+             DELETE FROM relay_origins WHERE seen_at < now() - interval '1 day')
+           INSERT INTO relay_origins (origin, seen_at) VALUES ($1, now())
+           ON CONFLICT (origin) DO UPDATE SET seen_at = now()"#,
+        origin
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets `origin` (its process stops): rows it left are adopted without waiting.
+pub async fn forget_origin(pool: &PgPool, origin: Uuid) -> sqlx::Result<()> {
+    sqlx::query!("DELETE FROM relay_origins WHERE origin = $1", origin)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The outcome of a publish round, by row id.

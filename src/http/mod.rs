@@ -88,6 +88,34 @@ async fn limit_requests(State(state): State<AppState>, request: Request, next: N
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
+    // The body is read here, under the deadline: a client trickling a body must not hold a slot
+    // for ever (the handler, once started, runs to completion).
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(
+        state.limits.timeout,
+        axum::body::to_bytes(body, MAX_BODY),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return error::ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request bodies are limited to {MAX_BODY} bytes"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return error::ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+            .into_response();
+        }
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(body));
     let work = tokio::spawn(async move {
         let response = next.run(request).await;
         drop(slot);

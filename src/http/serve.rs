@@ -4,9 +4,11 @@
 //! the API's JSON error body like every other error.
 
 use std::{
+    collections::HashMap,
     io,
+    net::IpAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -48,6 +50,10 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // One client address may hold a quarter of the connections: a client that keeps reopening
+    // idle ones cannot shut out the others (health probes among them).
+    let per_peer_limit = (limits.max_connections / 4).max(1);
+    let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -73,6 +79,10 @@ pub async fn serve(
             tracing::warn!(%peer, max = limits.max_connections, "too many HTTP connections; closing a new one");
             continue;
         };
+        let Some(peer_slot) = PeerSlot::take(&per_peer, peer.ip(), per_peer_limit) else {
+            tracing::warn!(%peer, max = per_peer_limit, "too many HTTP connections from one address; closing a new one");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(JsonParseErrors::new(stream));
         let service = TowerToHyperService::new(router.clone());
@@ -82,6 +92,7 @@ pub async fn serve(
                 tracing::debug!(%peer, %error, "HTTP connection ended with an error");
             }
             drop(slot);
+            drop(peer_slot);
         });
     }
     if tokio::time::timeout(DRAIN, graceful.shutdown())
@@ -89,6 +100,42 @@ pub async fn serve(
         .is_err()
     {
         tracing::debug!("HTTP connections still open at stop; closing them");
+    }
+}
+
+/// One connection counted against its client address; released on drop.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(peers: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut counts = peers.lock().expect("the peer count lock is never poisoned");
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .peers
+            .lock()
+            .expect("the peer count lock is never poisoned");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 

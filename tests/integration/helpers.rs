@@ -743,6 +743,12 @@ impl Broker {
         }
     }
 
+    /// Whether a reply with this correlation id arrived among those read so far (waiting for a
+    /// later reply reads every one before it).
+    pub fn replied(&self, correlation_id: &str) -> bool {
+        self.buffered_replies.contains_key(correlation_id)
+    }
+
     /// Sends a login and waits for its reply.
     pub async fn login(&mut self, event: &Value) -> Reply {
         let correlation_id = self.request(event).await;

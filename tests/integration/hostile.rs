@@ -289,9 +289,9 @@ async fn idle_connections_and_a_readiness_flood_leave_the_api_and_the_worker_wor
                 most_probes.max(backends(&db, &services.db_name, "identity-sync readiness").await);
         }
     }
-    assert!(
-        most_probes <= 1,
-        "the probe has one connection of its own: {most_probes}"
+    assert_eq!(
+        most_probes, 1,
+        "the probe asks the database on one connection of its own, never more"
     );
     stop.cancel();
     let mut answered = 0;

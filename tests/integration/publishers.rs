@@ -98,13 +98,32 @@ async fn dead_letters_from_an_untrusted_or_a_careless_publisher_never_stall_the_
     let (_p, platform_channel) = publisher(&platform.url(&services)).await;
     let (_i, intruder_channel) = publisher(&intruder.url(&services)).await;
 
+    // The platform's reply queue.
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    broker
+        .channel
+        .queue_declare(
+            "idsync.reply.platform".into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
     // An intruder's login, with the user_id RabbitMQ vouches for: refused, and its dead letter
-    // must not carry that user_id (the worker's broker user is another).
+    // must not carry that user_id (the worker's broker user is another). It asks for its error
+    // reply in the platform's reply queue, to fake a failure there: it gets none.
     let forged = login("plain", "victim", json!({"email": "ceo@corp.example"}));
     publish(
         &intruder_channel,
         &serde_json::to_vec(&forged).unwrap(),
-        json_props().with_user_id(intruder.name.as_str().into()),
+        json_props()
+            .with_user_id(intruder.name.as_str().into())
+            .with_reply_to("idsync.reply.platform".into())
+            .with_correlation_id("a-login-of-the-platform".into()),
     )
     .await;
     let dead = broker.dead_letter().await;
@@ -120,6 +139,11 @@ async fn dead_letters_from_an_untrusted_or_a_careless_publisher_never_stall_the_
     assert_eq!(dead.delivery.properties.user_id(), &None);
     let took = good_login_after(&mut broker, &platform_channel, &platform.name, "next-1").await;
     eprintln!("after the untrusted message, the next login was decided in {took:?}");
+    assert_eq!(
+        broker.queue_depth("idsync.reply.platform").await,
+        0,
+        "no reply for an untrusted publisher"
+    );
 
     // A malformed message from the trusted platform.
     publish(

@@ -355,10 +355,9 @@ async fn only_trusted_publishers_are_heard() {
     let mut broker = Broker::connect(&services).await;
     let db = services.db().await;
 
-    // No user_id property at all.
-    let reply = broker.login(&login("plain", "u-1", json!({}))).await;
-    assert_eq!(reply.outcome, Outcome::Error);
-    assert!(reply.reason.unwrap().starts_with("untrusted_publisher: "));
+    // No user_id property at all: dead-lettered, and not answered (an untrusted publisher could
+    // aim error replies at someone else's reply queue).
+    broker.request(&login("plain", "u-1", json!({}))).await;
     assert!(error_header(&broker.dead_letter().await).starts_with("untrusted_publisher: "));
 
     // The broker checks user_id against the connection's login: "guest" cannot claim another name.
@@ -384,8 +383,7 @@ async fn only_trusted_publishers_are_heard() {
 
     // "guest" is genuine but not trusted.
     let mut fresh = Broker::connect(&services).await;
-    let correlation = fresh.request_raw(&event).await;
-    let _ = correlation;
+    let untrusted = fresh.request_raw(&event).await;
     let guest = login("plain", "u-3", json!({}));
     fresh
         .publish_raw(
@@ -416,6 +414,10 @@ async fn only_trusted_publishers_are_heard() {
     assert_eq!(
         fresh.reply(&correlation).await.outcome,
         Outcome::UserCreated
+    );
+    assert!(
+        !fresh.replied(&untrusted),
+        "the untrusted message got no reply"
     );
     app.stop().await;
 }
