@@ -352,7 +352,7 @@ async fn only_trusted_publishers_are_heard() {
     let mut settings = services.settings();
     settings.amqp.trusted_publishers = vec!["platform".into()];
     let app = TestApp::spawn_with(settings).await;
-    let mut broker = Broker::connect(&services).await;
+    let broker = Broker::connect(&services).await;
     let db = services.db().await;
 
     // No user_id property at all: dead-lettered, and not answered (an untrusted publisher could
