@@ -26,6 +26,9 @@ pub struct AccountInput {
     pub phone_verified: bool,
     pub username: Option<String>,
     pub name: Option<String>,
+    /// Never linked automatically to an external identity (admins, break-glass accounts).
+    #[serde(default)]
+    pub protected: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +74,7 @@ impl AccountInput {
         let email = self
             .email
             .as_deref()
-            .map(Email::parse)
+            .map(Email::parse_strict)
             .transpose()
             .map_err(|e| invalid("email", e.to_string()))?;
         let phone = self
@@ -83,7 +86,7 @@ impl AccountInput {
         let username = self
             .username
             .as_deref()
-            .map(Username::parse)
+            .map(Username::parse_strict)
             .transpose()
             .map_err(|e| invalid("username", e.to_string()))?;
         if let Some(name) = &self.name
@@ -110,6 +113,7 @@ impl AccountInput {
             phone: phone.map(Phone::into_inner),
             username: username.map(Username::into_inner),
             name: self.name.clone(),
+            protected: self.protected,
         })
     }
 }
@@ -135,13 +139,13 @@ pub async fn create_in(
     let mut locks = LockSet::new();
     locks.user(record.id);
     if let Some(email) = &record.email {
-        locks.email(pool, &Email::parse(email).expect("normalised"));
+        locks.email(pool, &Email::from_stored(email.clone()));
     }
     if let Some(phone) = &record.phone {
         locks.phone(pool, &Phone::from_e164(phone.clone()));
     }
     if let Some(username) = &record.username {
-        locks.username(pool, &Username::parse(username).expect("normalised"));
+        locks.username(pool, &Username::from_stored(username.clone()));
     }
     locks.acquire(conn).await?;
 

@@ -162,18 +162,15 @@ impl Admin {
                         )
                     })?;
                 locks.user(user.id);
-                if let Some(email) = user.email.as_deref().and_then(|e| Email::parse(e).ok()) {
-                    locks.email(&pool_id, &email);
+                let pool_user = user.pool_user();
+                if let Some(email) = &pool_user.email {
+                    locks.email(&pool_id, email);
                 }
-                if let Some(phone) = &user.phone {
-                    locks.phone(&pool_id, &Phone::from_e164(phone.clone()));
+                if let Some(phone) = &pool_user.phone {
+                    locks.phone(&pool_id, phone);
                 }
-                if let Some(username) = user
-                    .username
-                    .as_deref()
-                    .and_then(|u| Username::parse(u).ok())
-                {
-                    locks.username(&pool_id, &username);
+                if let Some(username) = &pool_user.username {
+                    locks.username(&pool_id, username);
                 }
                 target = Some(user);
             }
@@ -196,16 +193,7 @@ impl Admin {
                         ),
                     ));
                 }
-                let fields = profile_fields(&first, settings);
-                if let Some(e) = &fields.email {
-                    locks.email(&pool_id, e);
-                }
-                if let Some(p) = &fields.phone {
-                    locks.phone(&pool_id, p);
-                }
-                if let Some(u) = &fields.username {
-                    locks.username(&pool_id, u);
-                }
+                locks.fields(&pool_id, &profile_fields(&first, settings));
             }
             ResolveAction::Reject { .. } => {}
         }
@@ -272,17 +260,7 @@ impl Admin {
                 let matched_on = settings
                     .as_ref()
                     .map(|s| {
-                        let pool_user = PoolUser {
-                            id: user.id,
-                            email: user.email.as_deref().and_then(|e| Email::parse(e).ok()),
-                            phone: user.phone.clone().map(Phone::from_e164),
-                            username: user
-                                .username
-                                .as_deref()
-                                .and_then(|u| Username::parse(u).ok()),
-                            linked_on_connection: false,
-                        };
-                        decision::matched_fields(&profile_fields(&binding, s), s, &pool_user)
+                        decision::matched_fields(&profile_fields(&binding, s), s, &user.pool_user())
                     })
                     .unwrap_or_default();
                 let data = UserLinked {
@@ -300,25 +278,12 @@ impl Admin {
                 let settings = settings.as_ref().expect("checked above");
                 let fields = profile_fields(&binding, settings);
                 let mut keys = FieldKeys::default();
-                if let Some(e) = &fields.email {
-                    keys.emails.push(e.as_str().to_owned());
-                }
-                if let Some(p) = &fields.phone {
-                    keys.phones.push(p.as_str().to_owned());
-                }
-                if let Some(u) = &fields.username {
-                    keys.usernames.push(u.as_str().to_owned());
-                }
-                let holders: Vec<PoolUser> = users::find_by_fields(&mut tx, &keys)
+                keys.add(&fields);
+                // Holders of the pool only: a value held in another pool is free in this one.
+                let holders: Vec<PoolUser> = users::find_by_fields(&mut tx, &pool_id, &keys)
                     .await?
-                    .into_iter()
-                    .map(|u| PoolUser {
-                        id: u.id,
-                        email: u.email.as_deref().and_then(|e| Email::parse(e).ok()),
-                        phone: u.phone.map(Phone::from_e164),
-                        username: u.username.as_deref().and_then(|n| Username::parse(n).ok()),
-                        linked_on_connection: false,
-                    })
+                    .iter()
+                    .map(|u| u.pool_user(&binding.connection))
                     .collect();
                 let new = decision::new_user_fields(&fields, settings, &holders);
                 let record = UserRecord {
@@ -330,6 +295,7 @@ impl Admin {
                     phone_verified: new.phone_verified,
                     username: new.username.map(Username::into_inner),
                     name: new.name,
+                    protected: false,
                 };
                 let mut new_users = NewUsers::default();
                 new_users.push(&record);

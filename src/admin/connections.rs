@@ -61,8 +61,12 @@ impl Admin {
         let before = connections::get(&mut tx, pool, identifier)
             .await?
             .map(|c| ConnectionView::from(&c));
-        let created = connections::upsert(&mut tx, &settings).await?;
-        let after = ConnectionView::from(&settings);
+        let upserted = connections::upsert(&mut tx, &settings).await?;
+        let created = upserted.created;
+        let after = ConnectionView::from(&ConnectionSettings {
+            version: upserted.version,
+            ..settings
+        });
         audit::record(
             &mut tx,
             &actor.name,

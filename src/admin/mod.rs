@@ -5,6 +5,7 @@
 
 pub mod bindings;
 pub mod connections;
+pub mod decisions;
 pub mod expiry;
 pub mod users;
 pub mod views;

@@ -117,6 +117,8 @@ pub struct UserView {
     pub phone_verified: bool,
     pub username: Option<String>,
     pub name: Option<String>,
+    /// Never linked automatically.
+    pub protected: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub identities: Vec<IdentityView>,
@@ -144,6 +146,7 @@ impl UserView {
             phone_verified: user.phone_verified,
             username: user.username,
             name: user.name,
+            protected: user.protected,
             created_at: user.created_at,
             updated_at: user.updated_at,
         }
@@ -166,6 +169,10 @@ pub struct ConnectionView {
     pub default_country_code: Option<String>,
     /// A duration such as `72h`.
     pub binding_ttl: String,
+    pub trust_unverified_accounts: bool,
+    pub allowed_email_domains: Vec<String>,
+    /// Changes whenever the settings change.
+    pub settings_version: i64,
 }
 
 impl From<&ConnectionSettings> for ConnectionView {
@@ -185,6 +192,9 @@ impl From<&ConnectionSettings> for ConnectionView {
             require_verified: c.require_verified,
             default_country_code: c.default_country_code.as_ref().map(|cc| cc.to_string()),
             binding_ttl: crate::domain::connection::format_ttl(c.binding_ttl),
+            trust_unverified_accounts: c.trust_unverified_accounts,
+            allowed_email_domains: c.allowed_email_domains.clone(),
+            settings_version: c.version,
         }
     }
 }
@@ -222,4 +232,57 @@ impl From<AuditRow> for AuditView {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
+}
+
+/// One decided login with its evidence (contract section 7).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DecisionView {
+    pub event_id: String,
+    pub source: String,
+    pub decided_at: DateTime<Utc>,
+    pub user_pool_id: Option<String>,
+    pub connection: Option<String>,
+    /// `existing_user`, `user_created`, `user_linked`, `binding_pending` or `rejected`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub user_id: Option<Uuid>,
+    pub binding_id: Option<Uuid>,
+    /// The connection's settings version the decision was taken under.
+    pub settings_version: Option<i64>,
+    /// Those settings.
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<Value>,
+    /// Each field of the login: `field`, `value`, `usable`, `why_not` (`unverified`,
+    /// `malformed`, `suspicious`, `domain_not_allowed`, `held`, `not_matched_on` or null).
+    #[schema(value_type = Vec<Object>)]
+    pub fields: Value,
+    /// Each candidate account: `user_id`, `matched_on`, `set_aside` (`protected_account`,
+    /// `confusable_identifier`, `candidate_unverified`, `candidate_already_linked` or null).
+    #[schema(value_type = Vec<Object>)]
+    pub candidates: Value,
+}
+
+impl From<crate::db::processed::DecisionRow> for DecisionView {
+    fn from(row: crate::db::processed::DecisionRow) -> Self {
+        let evidence = row.evidence.unwrap_or_default();
+        let list = |key: &str| match evidence.get(key) {
+            Some(Value::Array(items)) => Value::Array(items.clone()),
+            _ => Value::Array(Vec::new()),
+        };
+        Self {
+            fields: list("fields"),
+            candidates: list("candidates"),
+            event_id: row.event_id,
+            source: row.source,
+            decided_at: row.processed_at,
+            user_pool_id: row.user_pool_id,
+            connection: row.connection,
+            outcome: row.outcome,
+            reason: row.reason,
+            user_id: row.user_id,
+            binding_id: row.binding_id,
+            settings_version: row.settings_version,
+            settings: row.settings,
+        }
+    }
 }

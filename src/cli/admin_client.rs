@@ -67,6 +67,18 @@ pub enum BindingsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DecisionsCommand {
+    /// Show why a login was decided as it was: its fields, candidates and the settings used.
+    Show {
+        /// The login's CloudEvents id.
+        event_id: String,
+        /// The login's CloudEvents source, needed when several sources used the same id.
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct FindArgs {
     #[arg(long)]
@@ -232,6 +244,74 @@ pub async fn bindings(
     } else {
         print_binding(&value);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encodes one path segment: an id chosen by a source may hold `/`, `?` or `..`.
+fn segment(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn decisions(
+    command: DecisionsCommand,
+    args: ApiArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args, settings)?;
+    let DecisionsCommand::Show { event_id, source } = command;
+    let query: Vec<(&str, String)> = source.into_iter().map(|s| ("source", s)).collect();
+    let decision = client
+        .call(
+            Method::GET,
+            &format!("/v1/decisions/{}", segment(&event_id)),
+            &query,
+            None,
+        )
+        .await?;
+    if args.json {
+        println!("{decision}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for key in [
+        "event_id",
+        "source",
+        "decided_at",
+        "user_pool_id",
+        "connection",
+        "outcome",
+        "reason",
+        "user_id",
+        "binding_id",
+        "settings_version",
+    ] {
+        println!("{:<18} {}", format!("{key}:"), text(&decision[key]));
+    }
+    let rows = |key: &str, columns: &[&str]| -> Vec<Vec<String>> {
+        decision[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| columns.iter().map(|c| text(&item[*c])).collect())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    println!("fields:");
+    print_table(
+        &["FIELD", "VALUE", "USABLE", "WHY NOT"],
+        rows("fields", &["field", "value", "usable", "why_not"]),
+    );
+    println!("candidates:");
+    print_table(
+        &["USER", "MATCHED ON", "SET ASIDE"],
+        rows("candidates", &["user_id", "matched_on", "set_aside"]),
+    );
     Ok(ExitCode::SUCCESS)
 }
 

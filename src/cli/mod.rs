@@ -47,6 +47,13 @@ pub enum Command {
     },
     /// Benchmark against this machine's PostgreSQL and RabbitMQ (docs/BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Why a login was decided as it was, through the admin API.
+    Decisions {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(subcommand)]
+        command: admin_client::DecisionsCommand,
+    },
     /// Pending bindings, through the admin API.
     Bindings {
         #[command(flatten)]
@@ -108,6 +115,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         } => replay::run(args, &settings).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
+        Command::Decisions { api, command } => {
+            admin_client::decisions(command, api, &settings).await
+        }
     }
 }
 

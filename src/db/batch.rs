@@ -45,7 +45,8 @@ pub async fn load(
                 FROM bindings WHERE status = 'pending' AND external_id = ANY($2)) b)
                AS "pending!: Json<Vec<PendingRow>>",
              (SELECT coalesce(jsonb_agg(u), '[]') FROM (
-                SELECT u.id, u.user_pool_id, u.email, u.phone, u.username,
+                SELECT u.id, u.user_pool_id, u.email, u.email_verified, u.phone, u.phone_verified,
+                       u.username, u.protected,
                        ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id)
                          AS linked_connections
                 FROM users u
@@ -111,9 +112,11 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
                   WITH ORDINALITY AS b(id, pool, connection, external_id, profile, reason,
                                        cause_event_id, expires_at, n)),
            processed AS (
-             INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason)
+             INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason,
+                                           user_pool_id, connection, settings_version, evidence)
              SELECT * FROM unnest($29::text[], $30::text[], $31::text[], $32::uuid[], $33::uuid[],
-                                  $34::text[])),
+                                  $34::text[], $41::text[], $42::text[], $43::int8[],
+                                  $44::jsonb[])),
            rows AS (
              SELECT * FROM unnest($35::text[], $36::text[], $37::uuid[], $38::text[], $39::jsonb[],
                                   $40::uuid[])
@@ -183,6 +186,10 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
         &w.outbox.correlation_ids as &[Option<String>],
         &w.outbox.payloads,
         &w.outbox.sequenced as &[Option<Uuid>],
+        &w.processed.pools,
+        &w.processed.connections,
+        &w.processed.settings_versions,
+        &w.processed.evidence,
     )
     .fetch_one(conn)
     .await?;

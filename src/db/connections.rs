@@ -15,6 +15,9 @@ struct Row {
     require_verified: bool,
     default_country_code: Option<String>,
     binding_ttl_seconds: i64,
+    trust_unverified_accounts: bool,
+    allowed_email_domains: Vec<String>,
+    settings_version: i64,
 }
 
 impl Row {
@@ -32,13 +35,39 @@ impl Row {
             require_verified: Some(self.require_verified),
             default_country_code: self.default_country_code,
             binding_ttl: Some(format!("{}s", self.binding_ttl_seconds)),
+            trust_unverified_accounts: Some(self.trust_unverified_accounts),
+            allowed_email_domains: Some(self.allowed_email_domains),
         };
-        ConnectionSettings::validate(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        let mut settings =
+            ConnectionSettings::validate(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        settings.version = self.settings_version;
+        Ok(settings)
     }
 }
 
-/// Creates the connection or replaces its settings; `true` when it was created.
-pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Result<bool> {
+/// What `upsert` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upserted {
+    pub created: bool,
+    /// The stored settings' version.
+    pub version: i64,
+}
+
+/// Creates the connection or replaces its settings. A change of settings takes the next
+/// `settings_version` and records the new settings in `connection_versions`; writing the same
+/// settings again changes nothing.
+pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Result<Upserted> {
+    let existing = get_for_update(conn, c.user_pool_id.as_str(), c.identifier.as_str()).await?;
+    let version = match &existing {
+        Some(old) if old.same_settings(c) => {
+            return Ok(Upserted {
+                created: false,
+                version: old.version,
+            });
+        }
+        Some(old) => old.version + 1,
+        None => 1,
+    };
     let match_fields: Vec<String> = c
         .match_fields
         .iter()
@@ -46,8 +75,9 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         .collect();
     sqlx::query!(
         r#"INSERT INTO connections (user_pool_id, identifier, display_name, provider, login_mode,
-               association, match_fields, require_verified, default_country_code, binding_ttl_seconds)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+               association, match_fields, require_verified, default_country_code, binding_ttl_seconds,
+               trust_unverified_accounts, allowed_email_domains, settings_version)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
            ON CONFLICT (user_pool_id, identifier) DO UPDATE SET
                display_name = EXCLUDED.display_name,
                provider = EXCLUDED.provider,
@@ -57,8 +87,10 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
                require_verified = EXCLUDED.require_verified,
                default_country_code = EXCLUDED.default_country_code,
                binding_ttl_seconds = EXCLUDED.binding_ttl_seconds,
-               updated_at = now()
-           RETURNING (xmax = 0) AS "created!""#,
+               trust_unverified_accounts = EXCLUDED.trust_unverified_accounts,
+               allowed_email_domains = EXCLUDED.allowed_email_domains,
+               settings_version = EXCLUDED.settings_version,
+               updated_at = now()"#,
         c.user_pool_id.as_str(),
         c.identifier.as_str(),
         c.display_name,
@@ -69,10 +101,65 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         c.require_verified,
         c.default_country_code.as_ref().map(|cc| cc.to_string()),
         c.binding_ttl.as_secs() as i64,
+        c.trust_unverified_accounts,
+        &c.allowed_email_domains,
+        version,
     )
-    .fetch_one(conn)
+    .execute(&mut *conn)
+    .await?;
+    let mut settings = serde_json::to_value(c.to_spec()).expect("settings serialise");
+    settings["settings_version"] = version.into();
+    sqlx::query!(
+        r#"INSERT INTO connection_versions (user_pool_id, identifier, version, settings)
+           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"#,
+        c.user_pool_id.as_str(),
+        c.identifier.as_str(),
+        version,
+        settings,
+    )
+    .execute(conn)
+    .await?;
+    Ok(Upserted {
+        created: existing.is_none(),
+        version,
+    })
+}
+
+async fn get_for_update(
+    conn: &mut PgConnection,
+    pool: &str,
+    identifier: &str,
+) -> sqlx::Result<Option<ConnectionSettings>> {
+    let row = sqlx::query_as!(
+        Row,
+        r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
+                  match_fields, require_verified, default_country_code, binding_ttl_seconds,
+                  trust_unverified_accounts, allowed_email_domains, settings_version
+           FROM connections WHERE user_pool_id = $1 AND identifier = $2 FOR UPDATE"#,
+        pool,
+        identifier
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(Row::into_settings).transpose()
+}
+
+/// The settings of one version of a connection, as the admin API showed them.
+pub async fn version(
+    conn: &mut PgConnection,
+    pool: &str,
+    identifier: &str,
+    version: i64,
+) -> sqlx::Result<Option<serde_json::Value>> {
+    sqlx::query_scalar!(
+        r#"SELECT settings FROM connection_versions
+           WHERE user_pool_id = $1 AND identifier = $2 AND version = $3"#,
+        pool,
+        identifier,
+        version
+    )
+    .fetch_optional(conn)
     .await
-    .map(|row| row.created)
 }
 
 /// The connections among `(pool, identifier)` pairs that exist.
@@ -85,7 +172,8 @@ pub async fn find_many(
         Row,
         r#"SELECT c.user_pool_id, c.identifier, c.display_name, c.provider, c.login_mode,
                   c.association, c.match_fields, c.require_verified, c.default_country_code,
-                  c.binding_ttl_seconds
+                  c.binding_ttl_seconds, c.trust_unverified_accounts, c.allowed_email_domains,
+                  c.settings_version
            FROM connections c
            JOIN unnest($1::text[], $2::text[]) AS k(pool, identifier)
              ON c.user_pool_id = k.pool AND c.identifier = k.identifier"#,
@@ -105,7 +193,8 @@ pub async fn get(
     let row = sqlx::query_as!(
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
-                  match_fields, require_verified, default_country_code, binding_ttl_seconds
+                  match_fields, require_verified, default_country_code, binding_ttl_seconds,
+                  trust_unverified_accounts, allowed_email_domains, settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2"#,
         pool,
         identifier
@@ -119,7 +208,8 @@ pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<ConnectionSetting
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
-                  match_fields, require_verified, default_country_code, binding_ttl_seconds
+                  match_fields, require_verified, default_country_code, binding_ttl_seconds,
+                  trust_unverified_accounts, allowed_email_domains, settings_version
            FROM connections ORDER BY user_pool_id, identifier"#
     )
     .fetch_all(conn)

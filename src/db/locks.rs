@@ -4,7 +4,7 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::{Email, Phone, Username};
+use crate::domain::{Email, Phone, Username, login::NormalizedFields};
 
 /// Lock keys are text, hashed by PostgreSQL (`hashtextextended` is stable across versions, so
 /// processes of different builds agree on them).
@@ -37,6 +37,21 @@ impl LockSet {
 
     pub fn username(&mut self, pool: &str, username: &Username) -> &mut Self {
         self.0.push(format!("username{SEP}{pool}{SEP}{username}"));
+        self
+    }
+
+    /// Every valid email, phone and username of a login (suspicious ones included: they are
+    /// looked up too).
+    pub fn fields(&mut self, pool: &str, fields: &NormalizedFields) -> &mut Self {
+        if let Some(email) = fields.email.value() {
+            self.email(pool, email);
+        }
+        if let Some(phone) = fields.phone.value() {
+            self.phone(pool, phone);
+        }
+        if let Some(username) = fields.username.value() {
+            self.username(pool, username);
+        }
         self
     }
 

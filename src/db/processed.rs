@@ -3,6 +3,8 @@
 
 use uuid::Uuid;
 
+use crate::domain::{events::Reply, login::LoginEvent};
+
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ProcessedRow {
     pub source: String,
@@ -13,6 +15,7 @@ pub struct ProcessedRow {
     pub reason: Option<String>,
 }
 
+/// Dedupe records with their decisions' evidence, as parallel columns.
 #[derive(Debug, Default)]
 pub struct NewProcessed {
     pub sources: Vec<String>,
@@ -21,24 +24,30 @@ pub struct NewProcessed {
     pub user_ids: Vec<Option<Uuid>>,
     pub binding_ids: Vec<Option<Uuid>>,
     pub reasons: Vec<Option<String>>,
+    pub pools: Vec<String>,
+    pub connections: Vec<String>,
+    pub settings_versions: Vec<i64>,
+    pub evidence: Vec<serde_json::Value>,
 }
 
 impl NewProcessed {
     pub fn push(
         &mut self,
-        source: &str,
-        event_id: &str,
-        outcome: &str,
-        user_id: Option<Uuid>,
-        binding_id: Option<Uuid>,
-        reason: Option<String>,
+        event: &LoginEvent,
+        reply: &Reply,
+        settings_version: i64,
+        evidence: serde_json::Value,
     ) {
-        self.sources.push(source.to_owned());
-        self.event_ids.push(event_id.to_owned());
-        self.outcomes.push(outcome.to_owned());
-        self.user_ids.push(user_id);
-        self.binding_ids.push(binding_id);
-        self.reasons.push(reason);
+        self.sources.push(event.source.clone());
+        self.event_ids.push(event.id.clone());
+        self.outcomes.push(reply.outcome.as_str().to_owned());
+        self.user_ids.push(reply.user_id);
+        self.binding_ids.push(reply.binding_id);
+        self.reasons.push(reply.reason.clone());
+        self.pools.push(event.user_pool_id.as_str().to_owned());
+        self.connections.push(event.connection.as_str().to_owned());
+        self.settings_versions.push(settings_version);
+        self.evidence.push(evidence);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -61,4 +70,47 @@ pub async fn prune(
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// A decided login with its evidence, as stored.
+#[derive(Debug, Clone)]
+pub struct DecisionRow {
+    pub source: String,
+    pub event_id: String,
+    pub outcome: String,
+    pub user_id: Option<Uuid>,
+    pub binding_id: Option<Uuid>,
+    pub reason: Option<String>,
+    pub processed_at: chrono::DateTime<chrono::Utc>,
+    pub user_pool_id: Option<String>,
+    pub connection: Option<String>,
+    pub settings_version: Option<i64>,
+    pub evidence: Option<serde_json::Value>,
+    /// The connection's settings as they were at that version.
+    pub settings: Option<serde_json::Value>,
+}
+
+/// The decisions of `event_id` (of `source`, when given): several sources may reuse an id.
+pub async fn decisions(
+    conn: &mut sqlx::PgConnection,
+    event_id: &str,
+    source: Option<&str>,
+) -> sqlx::Result<Vec<DecisionRow>> {
+    sqlx::query_as!(
+        DecisionRow,
+        r#"SELECT p.source, p.event_id, p.outcome, p.user_id, p.binding_id, p.reason,
+                  p.processed_at, p.user_pool_id, p.connection, p.settings_version, p.evidence,
+                  v.settings AS "settings?"
+           FROM processed_events p
+           LEFT JOIN connection_versions v
+             ON v.user_pool_id = p.user_pool_id AND v.identifier = p.connection
+            AND v.version = p.settings_version
+           WHERE p.event_id = $1 AND ($2::text IS NULL OR p.source = $2)
+           ORDER BY p.processed_at
+           LIMIT 20"#,
+        event_id,
+        source
+    )
+    .fetch_all(conn)
+    .await
 }

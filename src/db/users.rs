@@ -4,15 +4,36 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::domain::{Email, Phone, Username, decision::PoolUser, login::NormalizedFields};
+
 /// A user as matching sees it, with the connections it already holds an identity of.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct MatchRow {
     pub id: Uuid,
     pub user_pool_id: String,
     pub email: Option<String>,
+    pub email_verified: bool,
     pub phone: Option<String>,
+    pub phone_verified: bool,
     pub username: Option<String>,
+    pub protected: bool,
     pub linked_connections: Vec<String>,
+}
+
+impl MatchRow {
+    /// The user as the decision sees it, for a login of `connection`.
+    pub fn pool_user(&self, connection: &str) -> PoolUser {
+        PoolUser {
+            id: self.id,
+            email: self.email.clone().map(Email::from_stored),
+            email_verified: self.email_verified,
+            phone: self.phone.clone().map(Phone::from_e164),
+            phone_verified: self.phone_verified,
+            username: self.username.clone().map(Username::from_stored),
+            protected: self.protected,
+            linked_on_connection: self.linked_connections.iter().any(|c| c == connection),
+        }
+    }
 }
 
 /// Normalised values to look up, one list per field.
@@ -23,10 +44,25 @@ pub struct FieldKeys {
     pub usernames: Vec<String>,
 }
 
-/// Every user holding one of the given normalised values, in any pool (the caller matches the
-/// pool): one index lookup per field.
+impl FieldKeys {
+    /// Adds every valid value of a login (suspicious ones included).
+    pub fn add(&mut self, fields: &NormalizedFields) {
+        if let Some(email) = fields.email.value() {
+            self.emails.push(email.as_str().to_owned());
+        }
+        if let Some(phone) = fields.phone.value() {
+            self.phones.push(phone.as_str().to_owned());
+        }
+        if let Some(username) = fields.username.value() {
+            self.usernames.push(username.as_str().to_owned());
+        }
+    }
+}
+
+/// Every user of `pool` holding one of the given normalised values: one index lookup per field.
 pub async fn find_by_fields(
     conn: &mut PgConnection,
+    pool: &str,
     keys: &FieldKeys,
 ) -> sqlx::Result<Vec<MatchRow>> {
     if keys.emails.is_empty() && keys.phones.is_empty() && keys.usernames.is_empty() {
@@ -34,13 +70,16 @@ pub async fn find_by_fields(
     }
     sqlx::query_as!(
         MatchRow,
-        r#"SELECT u.id, u.user_pool_id, u.email, u.phone, u.username,
+        r#"SELECT u.id, u.user_pool_id, u.email, u.email_verified, u.phone, u.phone_verified,
+                  u.username, u.protected,
                   ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id) AS "linked_connections!"
            FROM users u
-           WHERE u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3)"#,
+           WHERE (u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3))
+             AND u.user_pool_id = $4"#,
         &keys.emails,
         &keys.phones,
         &keys.usernames,
+        pool,
     )
     .fetch_all(conn)
     .await
@@ -109,6 +148,8 @@ pub struct UserRecord {
     pub phone_verified: bool,
     pub username: Option<String>,
     pub name: Option<String>,
+    /// Never linked automatically.
+    pub protected: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -121,11 +162,26 @@ pub struct UserRow {
     pub phone_verified: bool,
     pub username: Option<String>,
     pub name: Option<String>,
+    pub protected: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 impl UserRow {
+    /// The user as the decision sees a candidate (without its identities).
+    pub fn pool_user(&self) -> PoolUser {
+        PoolUser {
+            id: self.id,
+            email: self.email.clone().map(Email::from_stored),
+            email_verified: self.email_verified,
+            phone: self.phone.clone().map(Phone::from_e164),
+            phone_verified: self.phone_verified,
+            username: self.username.clone().map(Username::from_stored),
+            protected: self.protected,
+            linked_on_connection: false,
+        }
+    }
+
     pub fn record(&self) -> UserRecord {
         UserRecord {
             id: self.id,
@@ -136,6 +192,7 @@ impl UserRow {
             phone_verified: self.phone_verified,
             username: self.username.clone(),
             name: self.name.clone(),
+            protected: self.protected,
         }
     }
 }
@@ -144,7 +201,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<UserR
     sqlx::query_as!(
         UserRow,
         r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                  created_at, updated_at
+                  protected, created_at, updated_at
            FROM users WHERE id = $1"#,
         id
     )
@@ -163,7 +220,7 @@ pub async fn find_holders(
     sqlx::query_as!(
         UserRow,
         r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                  created_at, updated_at
+                  protected, created_at, updated_at
            FROM users
            WHERE user_pool_id = $1 AND (email = $2 OR phone = $3 OR username = $4)
            ORDER BY id"#,
@@ -178,8 +235,9 @@ pub async fn find_holders(
 
 pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<()> {
     sqlx::query!(
-        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
+                              protected)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         user.id,
         user.user_pool_id,
         user.email,
@@ -188,6 +246,7 @@ pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Res
         user.phone_verified,
         user.username,
         user.name,
+        user.protected,
     )
     .execute(conn)
     .await?;
@@ -199,7 +258,7 @@ pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec
     sqlx::query_as!(
         UserRow,
         r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                  created_at, updated_at
+                  protected, created_at, updated_at
            FROM users WHERE id = ANY($1)"#,
         ids
     )

@@ -174,6 +174,11 @@ pub struct ConnectionSpec {
     pub require_verified: Option<bool>,
     pub default_country_code: Option<String>,
     pub binding_ttl: Option<String>,
+    /// Link to candidates whose matching email or phone is unverified on the account (for a
+    /// source that is the source of truth for its accounts). Default `false`.
+    pub trust_unverified_accounts: Option<bool>,
+    /// When not empty, an email outside these domains is unusable (not matched, not copied).
+    pub allowed_email_domains: Option<Vec<String>>,
 }
 
 /// A validation failure that names the offending field.
@@ -206,9 +211,28 @@ pub struct ConnectionSettings {
     pub require_verified: bool,
     pub default_country_code: Option<CountryCode>,
     pub binding_ttl: Duration,
+    pub trust_unverified_accounts: bool,
+    /// Canonical domains (IDNA-mapped, lowercase); empty: every domain is allowed.
+    pub allowed_email_domains: Vec<String>,
+    /// Changes whenever the stored settings change (0 for settings not stored yet).
+    pub version: i64,
 }
 
 impl ConnectionSettings {
+    /// Whether an email of `domain` (canonical) may be used.
+    pub fn email_domain_allowed(&self, domain: &str) -> bool {
+        self.allowed_email_domains.is_empty()
+            || self.allowed_email_domains.iter().any(|d| d == domain)
+    }
+
+    /// The same settings apart from the version (what a change is judged by).
+    pub fn same_settings(&self, other: &Self) -> bool {
+        Self {
+            version: other.version,
+            ..self.clone()
+        } == *other
+    }
+
     pub fn validate(spec: &ConnectionSpec) -> Result<Self, FieldError> {
         let identifier = spec
             .identifier
@@ -278,6 +302,22 @@ impl ConnectionSettings {
                 ttl
             }
         };
+        let mut allowed_email_domains = Vec::new();
+        for raw in spec.allowed_email_domains.iter().flatten() {
+            let domain = super::identifier::canonical_domain(raw);
+            let valid = !domain.is_empty()
+                && domain.len() <= 253
+                && !domain.contains(|c: char| c == '@' || c.is_whitespace() || c.is_control());
+            if !valid {
+                return Err(FieldError::new(
+                    "allowed_email_domains",
+                    format!("{raw:?} is not a domain"),
+                ));
+            }
+            if !allowed_email_domains.contains(&domain) {
+                allowed_email_domains.push(domain);
+            }
+        }
         Ok(Self {
             identifier,
             user_pool_id,
@@ -289,6 +329,9 @@ impl ConnectionSettings {
             require_verified: spec.require_verified.unwrap_or(true),
             default_country_code,
             binding_ttl,
+            trust_unverified_accounts: spec.trust_unverified_accounts.unwrap_or(false),
+            allowed_email_domains,
+            version: 0,
         })
     }
 
@@ -310,6 +353,8 @@ impl ConnectionSettings {
             require_verified: Some(self.require_verified),
             default_country_code: self.default_country_code.as_ref().map(|c| c.to_string()),
             binding_ttl: Some(format_ttl(self.binding_ttl)),
+            trust_unverified_accounts: Some(self.trust_unverified_accounts),
+            allowed_email_domains: Some(self.allowed_email_domains.clone()),
         }
     }
 }
@@ -422,6 +467,13 @@ mod tests {
         );
 
         let mut bad = spec("ok");
+        bad.allowed_email_domains = Some(vec!["not a domain".into()]);
+        assert_eq!(
+            ConnectionSettings::validate(&bad).unwrap_err().field,
+            "allowed_email_domains"
+        );
+
+        let mut bad = spec("ok");
         bad.binding_ttl = Some("soon".into());
         assert_eq!(
             ConnectionSettings::validate(&bad).unwrap_err().field,
@@ -445,12 +497,17 @@ mod tests {
         full.require_verified = Some(false);
         full.default_country_code = Some("+86".into());
         full.binding_ttl = Some("1h 30m".into());
+        full.trust_unverified_accounts = Some(true);
+        full.allowed_email_domains = Some(vec!["Corp.Example".into(), "corp.example".into()]);
         let settings = ConnectionSettings::validate(&full).unwrap();
         assert_eq!(settings.binding_ttl, Duration::from_secs(5400));
         assert_eq!(format_ttl(settings.binding_ttl), "90m");
         assert_eq!(format_ttl(Duration::from_secs(72 * 3600)), "72h");
         assert_eq!(format_ttl(Duration::from_secs(61)), "61s");
         assert_eq!(settings.default_country_code.as_ref().unwrap().code(), 86);
+        assert_eq!(settings.allowed_email_domains, vec!["corp.example"]);
+        assert!(settings.email_domain_allowed("corp.example"));
+        assert!(!settings.email_domain_allowed("evil.example"));
         assert_eq!(
             ConnectionSettings::validate(&settings.to_spec()).unwrap(),
             settings

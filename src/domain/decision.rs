@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::connection::{Association, ConnectionSettings, LoginMode, MatchField};
-use super::login::NormalizedFields;
+use super::login::{Field, NormalizedFields};
 use super::{Email, Phone, Username};
 
 /// The outcome reported in replies and recorded per processed event.
@@ -49,32 +49,70 @@ impl Outcome {
     }
 }
 
-/// Why a pending binding was opened instead of linking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BindingReason {
-    AskBinding,
-    AmbiguousMatch,
-    CandidateAlreadyLinked,
+macro_rules! reason_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(raw: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|r| r.as_str() == raw)
+            }
+        }
+    };
 }
 
-impl BindingReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AskBinding => "ask_binding",
-            Self::AmbiguousMatch => "ambiguous_match",
-            Self::CandidateAlreadyLinked => "candidate_already_linked",
-        }
+reason_enum!(
+    /// Why a pending binding was opened instead of linking.
+    BindingReason {
+        AskBinding => "ask_binding",
+        AmbiguousMatch => "ambiguous_match",
+        CandidateAlreadyLinked => "candidate_already_linked",
+        ProtectedAccount => "protected_account",
+        ConfusableIdentifier => "confusable_identifier",
+        CandidateUnverified => "candidate_unverified",
     }
+);
 
-    pub fn parse(raw: &str) -> Option<Self> {
-        [
-            Self::AskBinding,
-            Self::AmbiguousMatch,
-            Self::CandidateAlreadyLinked,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == raw)
+reason_enum!(
+    /// Why a candidate was not linked automatically (the safety rules, in their order of
+    /// precedence).
+    SetAside {
+        ProtectedAccount => "protected_account",
+        ConfusableIdentifier => "confusable_identifier",
+        CandidateUnverified => "candidate_unverified",
+        CandidateAlreadyLinked => "candidate_already_linked",
+    }
+);
+
+reason_enum!(
+    /// Why a login's field was not used (for matching, or for a new account).
+    WhyNot {
+        Unverified => "unverified",
+        Malformed => "malformed",
+        Suspicious => "suspicious",
+        DomainNotAllowed => "domain_not_allowed",
+        Held => "held",
+        NotMatchedOn => "not_matched_on",
+    }
+);
+
+impl From<SetAside> for BindingReason {
+    fn from(reason: SetAside) -> Self {
+        match reason {
+            SetAside::ProtectedAccount => Self::ProtectedAccount,
+            SetAside::ConfusableIdentifier => Self::ConfusableIdentifier,
+            SetAside::CandidateUnverified => Self::CandidateUnverified,
+            SetAside::CandidateAlreadyLinked => Self::CandidateAlreadyLinked,
+        }
     }
 }
 
@@ -82,12 +120,16 @@ impl BindingReason {
 pub const UNKNOWN_USER: &str = "unknown_user";
 
 /// A user of the pool that shares at least one normalised email, phone or username with the login.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PoolUser {
     pub id: Uuid,
     pub email: Option<Email>,
+    pub email_verified: bool,
     pub phone: Option<Phone>,
+    pub phone_verified: bool,
     pub username: Option<Username>,
+    /// Never linked automatically (admins, break-glass accounts).
+    pub protected: bool,
     /// The user already holds an identity of the login's connection.
     pub linked_on_connection: bool,
 }
@@ -135,7 +177,7 @@ pub enum Action {
         user_id: Uuid,
         matched_on: Vec<MatchField>,
     },
-    /// Step 5: park the identity for an admin.
+    /// Step 5: park the identity for an admin (or the person, through the platform).
     OpenBinding {
         candidates: Vec<Uuid>,
         reason: BindingReason,
@@ -158,23 +200,74 @@ impl Action {
     }
 }
 
+/// One field of the login, as the decision judged it (contract section 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldEvidence {
+    pub field: MatchField,
+    /// The canonical value, or the raw one when malformed.
+    pub value: String,
+    pub usable: bool,
+    pub why_not: Option<WhyNot>,
+}
+
+/// A candidate account: the fields it matched on and why it was set aside, if it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateEvidence {
+    pub user_id: Uuid,
+    pub matched_on: Vec<MatchField>,
+    pub set_aside: Option<SetAside>,
+}
+
+/// Why the decision is what it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub fields: Vec<FieldEvidence>,
+    pub candidates: Vec<CandidateEvidence>,
+}
+
+impl Evidence {
+    /// The evidence as events and viewers see it: emails and phone numbers masked.
+    pub fn masked(&self) -> Self {
+        let fields = self
+            .fields
+            .iter()
+            .map(|f| FieldEvidence {
+                value: match f.field {
+                    MatchField::Email => super::mask::email(&f.value),
+                    MatchField::Phone => super::mask::phone(&f.value),
+                    MatchField::Username => f.value.clone(),
+                },
+                ..f.clone()
+            })
+            .collect();
+        Self {
+            fields,
+            candidates: self.candidates.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// A pending binding found past its `expires_at`: it expires now and the login starts afresh.
     pub expire_binding: Option<Uuid>,
     pub action: Action,
+    pub evidence: Evidence,
 }
 
+/// Decides one login (steps 3 to 5 and the safety rules).
 pub fn decide(
     login: &NormalizedFields,
     settings: &ConnectionSettings,
     situation: &Situation,
     now: DateTime<Utc>,
 ) -> Decision {
+    let judge = Judge { login, settings };
     if let Some(user_id) = situation.linked_user {
         return Decision {
             expire_binding: None,
             action: Action::ExistingUser { user_id },
+            evidence: judge.evidence(false, &[], None, &[]),
         };
     }
 
@@ -187,119 +280,275 @@ pub fn decide(
                     binding_id: binding.id,
                     reason: binding.reason,
                 },
+                evidence: judge.evidence(false, &[], None, &[]),
             };
         }
         expire_binding = Some(binding.id);
     }
 
-    let action = match settings.association {
-        Association::Disabled => no_candidate(login, settings, situation),
+    let candidates = match settings.association {
+        Association::Disabled => Vec::new(),
         Association::FieldMatching | Association::AskBinding => {
-            let candidates = candidates(login, settings, &situation.pool_users);
-            match (settings.association, candidates.as_slice()) {
-                (_, []) => no_candidate(login, settings, situation),
-                (Association::FieldMatching, [(user, matched_on)]) => {
-                    if user.linked_on_connection {
-                        Action::OpenBinding {
-                            candidates: vec![user.id],
-                            reason: BindingReason::CandidateAlreadyLinked,
-                        }
-                    } else {
-                        Action::Link {
-                            user_id: user.id,
-                            matched_on: matched_on.clone(),
-                        }
-                    }
-                }
-                (Association::FieldMatching, many) => Action::OpenBinding {
-                    candidates: many.iter().map(|(u, _)| u.id).collect(),
-                    reason: BindingReason::AmbiguousMatch,
-                },
-                (_, some) => Action::OpenBinding {
-                    candidates: some.iter().map(|(u, _)| u.id).collect(),
-                    reason: BindingReason::AskBinding,
-                },
-            }
+            judge.candidates(&situation.pool_users)
         }
     };
+    let action = match (settings.association, candidates.as_slice()) {
+        (_, []) => judge.no_candidate(&situation.pool_users),
+        (Association::FieldMatching, [only]) => match only.set_aside {
+            None => Action::Link {
+                user_id: only.user_id,
+                matched_on: only.matched_on.clone(),
+            },
+            Some(reason) => Action::OpenBinding {
+                candidates: vec![only.user_id],
+                reason: reason.into(),
+            },
+        },
+        (Association::FieldMatching, many) => Action::OpenBinding {
+            candidates: many.iter().map(|c| c.user_id).collect(),
+            reason: BindingReason::AmbiguousMatch,
+        },
+        (_, some) => Action::OpenBinding {
+            candidates: some.iter().map(|c| c.user_id).collect(),
+            reason: BindingReason::AskBinding,
+        },
+    };
+    let created = match &action {
+        Action::CreateUser(new) => Some(new),
+        _ => None,
+    };
+    let searched = settings.association != Association::Disabled;
+    let evidence = judge.evidence(searched, &candidates, created, &situation.pool_users);
     Decision {
         expire_binding,
         action,
+        evidence,
     }
 }
 
-/// The login's value of `field`, if it may take part in matching.
-fn usable(login: &NormalizedFields, settings: &ConnectionSettings, field: MatchField) -> bool {
-    match field {
-        MatchField::Email => {
-            login.email.is_some() && (login.email_verified || !settings.require_verified)
+/// The rules about one login under one connection's settings.
+struct Judge<'a> {
+    login: &'a NormalizedFields,
+    settings: &'a ConnectionSettings,
+}
+
+impl Judge<'_> {
+    /// Why the login's `field` cannot be used at all, whatever the decision: malformed,
+    /// suspicious, outside the allowed domains, or unverified where verification is required.
+    fn unusable(&self, field: MatchField) -> Option<WhyNot> {
+        self.judged(field, true)
+    }
+
+    /// `unusable`, leaving suspicion out when `suspicion` is false.
+    fn judged(&self, field: MatchField, suspicion: bool) -> Option<WhyNot> {
+        let login = self.login;
+        let (malformed, suspicious, verified) = match field {
+            MatchField::Email => (
+                matches!(login.email, Field::Malformed(_)),
+                login.email.is_suspicious(),
+                login.email_verified,
+            ),
+            MatchField::Phone => (
+                matches!(login.phone, Field::Malformed(_)),
+                login.phone.is_suspicious(),
+                login.phone_verified,
+            ),
+            MatchField::Username => (
+                matches!(login.username, Field::Malformed(_)),
+                login.username.is_suspicious(),
+                true,
+            ),
+        };
+        if malformed {
+            return Some(WhyNot::Malformed);
         }
-        MatchField::Phone => {
-            login.phone.is_some() && (login.phone_verified || !settings.require_verified)
+        if suspicion && suspicious {
+            return Some(WhyNot::Suspicious);
         }
-        MatchField::Username => login.username.is_some(),
+        if field == MatchField::Email
+            && let Some(email) = login.email.value()
+            && !self.settings.email_domain_allowed(email.domain())
+        {
+            return Some(WhyNot::DomainNotAllowed);
+        }
+        if self.settings.require_verified && !verified {
+            return Some(WhyNot::Unverified);
+        }
+        None
+    }
+
+    /// Whether candidates are looked for with this field: in `match_fields`, present and valid,
+    /// in an allowed domain and verified where required. A suspicious value is looked for too, to
+    /// find the account it could pass for; it never links by itself.
+    fn searched(&self, field: MatchField) -> bool {
+        self.settings.match_fields.contains(&field)
+            && self.present(field)
+            && self.judged(field, false).is_none()
+    }
+
+    fn present(&self, field: MatchField) -> bool {
+        match field {
+            MatchField::Email => self.login.email.value().is_some(),
+            MatchField::Phone => self.login.phone.value().is_some(),
+            MatchField::Username => self.login.username.value().is_some(),
+        }
+    }
+
+    /// Whether `user` holds the login's value of `field`.
+    fn holds(&self, user: &PoolUser, field: MatchField) -> bool {
+        let login = self.login;
+        match field {
+            MatchField::Email => login
+                .email
+                .value()
+                .is_some_and(|e| user.email.as_ref() == Some(e)),
+            MatchField::Phone => login
+                .phone
+                .value()
+                .is_some_and(|p| user.phone.as_ref() == Some(p)),
+            MatchField::Username => login
+                .username
+                .value()
+                .is_some_and(|u| user.username.as_ref() == Some(u)),
+        }
+    }
+
+    /// Users whose normalised `match_fields` equal the login's, each with the fields that matched
+    /// (in `match_fields` order) and why it cannot be linked automatically, in a stable order (by
+    /// id).
+    fn candidates(&self, pool_users: &[PoolUser]) -> Vec<CandidateEvidence> {
+        let mut found: Vec<CandidateEvidence> = pool_users
+            .iter()
+            .filter_map(|user| {
+                let matched_on = matched_fields(self.login, self.settings, user);
+                (!matched_on.is_empty()).then(|| CandidateEvidence {
+                    user_id: user.id,
+                    set_aside: self.set_aside(user, &matched_on),
+                    matched_on,
+                })
+            })
+            .collect();
+        found.sort_by_key(|c| c.user_id);
+        found.dedup_by_key(|c| c.user_id);
+        found
+    }
+
+    /// The first safety rule that keeps `user` from being linked automatically, in the
+    /// contract's order.
+    fn set_aside(&self, user: &PoolUser, matched_on: &[MatchField]) -> Option<SetAside> {
+        let suspicious = |f: &MatchField| match f {
+            MatchField::Email => self.login.email.is_suspicious(),
+            MatchField::Phone => self.login.phone.is_suspicious(),
+            MatchField::Username => self.login.username.is_suspicious(),
+        };
+        let unverified_on_account = |f: &MatchField| match f {
+            MatchField::Email => !user.email_verified,
+            MatchField::Phone => !user.phone_verified,
+            MatchField::Username => false,
+        };
+        if user.protected {
+            Some(SetAside::ProtectedAccount)
+        } else if matched_on.iter().any(suspicious) {
+            Some(SetAside::ConfusableIdentifier)
+        } else if !self.settings.trust_unverified_accounts
+            && matched_on.iter().any(unverified_on_account)
+        {
+            Some(SetAside::CandidateUnverified)
+        } else if user.linked_on_connection {
+            Some(SetAside::CandidateAlreadyLinked)
+        } else {
+            None
+        }
+    }
+
+    fn no_candidate(&self, pool_users: &[PoolUser]) -> Action {
+        if self.settings.login_mode == LoginMode::LoginOnly {
+            return Action::Reject;
+        }
+        Action::CreateUser(new_user_fields(self.login, self.settings, pool_users))
+    }
+
+    /// The evidence of the login's fields: each present field with its value, whether it was
+    /// used and why not. `searching`: candidates were looked for (step 5, association enabled).
+    fn evidence(
+        &self,
+        searching: bool,
+        candidates: &[CandidateEvidence],
+        created: Option<&NewUserFields>,
+        pool_users: &[PoolUser],
+    ) -> Evidence {
+        let mut fields = Vec::new();
+        for field in MatchField::ALL.iter().copied() {
+            let value = match field {
+                MatchField::Email => text(&self.login.email, Email::as_str),
+                MatchField::Phone => text(&self.login.phone, Phone::as_str),
+                MatchField::Username => text(&self.login.username, Username::as_str),
+            };
+            let Some(value) = value else { continue };
+            let copied = created.is_some_and(|new| match field {
+                MatchField::Email => new.email.is_some(),
+                MatchField::Phone => new.phone.is_some(),
+                MatchField::Username => new.username.is_some(),
+            });
+            let held = pool_users.iter().any(|u| self.holds(u, field));
+            let why_not = self.unusable(field).or(if copied {
+                None
+            } else if created.is_some() && held {
+                Some(WhyNot::Held)
+            } else if !(searching && self.searched(field)) {
+                Some(WhyNot::NotMatchedOn)
+            } else {
+                None
+            });
+            fields.push(FieldEvidence {
+                field,
+                value,
+                usable: why_not.is_none(),
+                why_not,
+            });
+        }
+        Evidence {
+            fields,
+            candidates: candidates.to_vec(),
+        }
     }
 }
 
-fn field_matches(login: &NormalizedFields, user: &PoolUser, field: MatchField) -> bool {
+fn text<T>(field: &Field<T>, as_str: fn(&T) -> &str) -> Option<String> {
     match field {
-        MatchField::Email => login.email.is_some() && login.email == user.email,
-        MatchField::Phone => login.phone.is_some() && login.phone == user.phone,
-        MatchField::Username => login.username.is_some() && login.username == user.username,
+        Field::Absent => None,
+        Field::Malformed(raw) => Some(raw.clone()),
+        Field::Valid { value, .. } => Some(as_str(value).to_owned()),
     }
 }
 
-/// Users whose normalised `match_fields` equal the login's, each with the fields that matched (in
-/// `match_fields` order), in a stable order (by id).
-fn candidates<'a>(
-    login: &NormalizedFields,
-    settings: &ConnectionSettings,
-    pool_users: &'a [PoolUser],
-) -> Vec<(&'a PoolUser, Vec<MatchField>)> {
-    let mut found: Vec<(&PoolUser, Vec<MatchField>)> = pool_users
-        .iter()
-        .filter_map(|user| {
-            let matched = matched_fields(login, settings, user);
-            (!matched.is_empty()).then_some((user, matched))
-        })
-        .collect();
-    found.sort_by_key(|(u, _)| u.id);
-    found.dedup_by_key(|(u, _)| u.id);
-    found
-}
-
-fn no_candidate(
-    login: &NormalizedFields,
-    settings: &ConnectionSettings,
-    situation: &Situation,
-) -> Action {
-    if settings.login_mode == LoginMode::LoginOnly {
-        return Action::Reject;
-    }
-    Action::CreateUser(new_user_fields(login, settings, &situation.pool_users))
-}
-
-/// What a new account receives from a login: each field only where it is valid, verified (when
-/// the connection requires it) and not held by another user of the pool.
+/// What a new account receives from a login: each field only where it is valid, not suspicious,
+/// in an allowed domain, verified (when the connection requires it) and not held by another user
+/// of the pool.
 pub fn new_user_fields(
     login: &NormalizedFields,
     settings: &ConnectionSettings,
     pool_users: &[PoolUser],
 ) -> NewUserFields {
-    let held = |field: MatchField| pool_users.iter().any(|u| field_matches(login, u, field));
-    let verified_ok = |verified: bool| verified || !settings.require_verified;
+    let judge = Judge { login, settings };
+    let take = |field: MatchField| {
+        judge.unusable(field).is_none() && !pool_users.iter().any(|u| judge.holds(u, field))
+    };
     let email = login
         .email
-        .clone()
-        .filter(|_| verified_ok(login.email_verified) && !held(MatchField::Email));
+        .value()
+        .cloned()
+        .filter(|_| take(MatchField::Email));
     let phone = login
         .phone
-        .clone()
-        .filter(|_| verified_ok(login.phone_verified) && !held(MatchField::Phone));
+        .value()
+        .cloned()
+        .filter(|_| take(MatchField::Phone));
     let username = login
         .username
-        .clone()
-        .filter(|_| !held(MatchField::Username));
+        .value()
+        .cloned()
+        .filter(|_| take(MatchField::Username));
     NewUserFields {
         email_verified: email.is_some() && login.email_verified,
         email,
@@ -311,17 +560,18 @@ pub fn new_user_fields(
 }
 
 /// The connection's match fields (in order) on which `user` matches the login, counting only
-/// fields the login may match on.
+/// fields candidates are looked for with.
 pub fn matched_fields(
     login: &NormalizedFields,
     settings: &ConnectionSettings,
     user: &PoolUser,
 ) -> Vec<MatchField> {
+    let judge = Judge { login, settings };
     settings
         .match_fields
         .iter()
         .copied()
-        .filter(|f| usable(login, settings, *f) && field_matches(login, user, *f))
+        .filter(|f| judge.searched(*f) && judge.holds(user, *f))
         .collect()
 }
 

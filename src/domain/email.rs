@@ -1,8 +1,11 @@
-//! Email addresses as the contract normalises them: trimmed, lowercased, one `@` with text on both
-//! sides. Deliberately no deeper RFC 5322 check: identity sources disagree about the edge cases and
-//! the contract only asks that the same address always normalises to the same string.
+//! Email addresses as the contract normalises them: trimmed, one `@` with text on both sides, the
+//! local part in the identifier canonical form and the domain IDNA-mapped (`identifier`).
+//! Deliberately no deeper RFC 5322 check: identity sources disagree about the edge cases and the
+//! contract only asks that the same address always normalises to the same string.
 
 use std::fmt;
+
+use super::identifier;
 
 /// Longest address accepted (RFC 5321 path limit).
 const MAX_LEN: usize = 254;
@@ -20,9 +23,39 @@ pub enum EmailError {
     Shape,
     #[error("email must not contain whitespace or control characters")]
     Characters,
+    #[error("email has characters that pass for others (a lookalike of another address)")]
+    Suspicious,
 }
 
 impl Email {
+    /// The canonical form of `raw`, and whether `raw` is suspicious (see `identifier`).
+    pub fn parse_checked(raw: &str) -> Result<(Self, bool), EmailError> {
+        let email = Self::parse(raw)?;
+        let trimmed = raw.trim();
+        let (local, domain) = trimmed.split_once('@').expect("parse checked the shape");
+        Ok((email, identifier::is_suspicious_email(local, domain)))
+    }
+
+    /// For values an admin or an import supplies: a suspicious value is refused, since its
+    /// canonical form could be another person's address.
+    pub fn parse_strict(raw: &str) -> Result<Self, EmailError> {
+        match Self::parse_checked(raw)? {
+            (_, true) => Err(EmailError::Suspicious),
+            (email, false) => Ok(email),
+        }
+    }
+
+    /// A value read back from storage, where only canonical values are written.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The domain, after the `@`.
+    pub fn domain(&self) -> &str {
+        self.0.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+
+    /// The canonical form of `raw` (suspicious or not).
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
@@ -37,7 +70,11 @@ impl Email {
         let mut parts = trimmed.split('@');
         match (parts.next(), parts.next(), parts.next()) {
             (Some(local), Some(domain), None) if !local.is_empty() && !domain.is_empty() => {
-                Ok(Self(trimmed.to_lowercase()))
+                Ok(Self(format!(
+                    "{}@{}",
+                    identifier::canonical(local),
+                    identifier::canonical_domain(domain)
+                )))
             }
             _ => Err(EmailError::Shape),
         }
@@ -101,6 +138,32 @@ mod tests {
     fn rejects_overlong_addresses() {
         let raw = format!("{}@example.com", "a".repeat(250));
         assert_eq!(Email::parse(&raw), Err(EmailError::TooLong));
+    }
+
+    #[test]
+    fn idn_domains_are_one_domain_whatever_their_spelling() {
+        let ascii = idna::domain_to_ascii("例子.公司").unwrap();
+        assert_eq!(
+            Email::parse(&format!("Zhāng@{}", ascii.to_uppercase())).unwrap(),
+            Email::parse("zhāng@例子.公司").unwrap()
+        );
+    }
+
+    #[test]
+    fn lookalikes_are_flagged_and_refused_where_strict() {
+        let (email, suspicious) = Email::parse_checked("\u{212A}evin@corp.example").unwrap();
+        assert!(suspicious);
+        assert_eq!(
+            email.as_str(),
+            "kevin@corp.example",
+            "its canonical form is another's"
+        );
+        assert_eq!(
+            Email::parse_strict("\u{212A}evin@corp.example"),
+            Err(EmailError::Suspicious)
+        );
+        assert!(!Email::parse_checked("zhāng@例子.公司").unwrap().1);
+        assert_eq!(Email::parse("a@b.example").unwrap().domain(), "b.example");
     }
 
     #[test]

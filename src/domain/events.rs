@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::connection::MatchField;
-use super::decision::Outcome;
+use super::decision::{CandidateEvidence, FieldEvidence, Outcome};
 
 pub const SOURCE: &str = "identity-sync";
 
@@ -125,6 +125,9 @@ pub struct LoginRejected<'a> {
     pub identity: IdentityRef,
     pub reason: &'a str,
     pub cause_event_id: Option<&'a str>,
+    /// The decision's evidence (section 7), values masked.
+    pub fields: Vec<FieldEvidence>,
+    pub candidates: Vec<CandidateEvidence>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +140,10 @@ pub struct BindingPending<'a> {
     #[serde(serialize_with = "rfc3339")]
     pub expires_at: DateTime<Utc>,
     pub cause_event_id: Option<&'a str>,
+    /// The decision's evidence (section 7), values masked. `candidates` above keeps its
+    /// section 3.4 form (user ids); each candidate's evidence is here.
+    pub fields: Vec<FieldEvidence>,
+    pub candidate_evidence: Vec<CandidateEvidence>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +307,8 @@ mod tests {
             },
             reason: "unknown_user",
             cause_event_id: Some("e-1"),
+            fields: Vec::new(),
+            candidates: Vec::new(),
         };
         let event = OutboundEvent::new(data, time);
         let body = &event.body;

@@ -298,33 +298,84 @@ fn brief(value: &Value) -> String {
     }
 }
 
+/// One identifier of a login as the decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Field<T> {
+    /// Not in the profile.
+    #[default]
+    Absent,
+    /// In the profile but not a valid value: the raw text (cut to 256 characters), for the
+    /// decision's evidence.
+    Malformed(String),
+    /// Valid, in canonical form; `suspicious` when the raw value could pass for another (see
+    /// `identifier`).
+    Valid { value: T, suspicious: bool },
+}
+
+impl<T> Field<T> {
+    /// The canonical value, suspicious or not.
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Self::Valid { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn is_suspicious(&self) -> bool {
+        matches!(
+            self,
+            Self::Valid {
+                suspicious: true,
+                ..
+            }
+        )
+    }
+
+    fn of<E>(raw: Option<&str>, parse: impl FnOnce(&str) -> Result<(T, bool), E>) -> Self {
+        match raw {
+            None => Self::Absent,
+            Some(raw) => match parse(raw) {
+                Ok((value, suspicious)) => Self::Valid { value, suspicious },
+                Err(_) => Self::Malformed(raw.chars().take(256).collect()),
+            },
+        }
+    }
+}
+
+impl<T: Clone> Field<T> {
+    /// A field that holds `value`, not suspicious (for tests and stored values).
+    pub fn valid(value: T) -> Self {
+        Self::Valid {
+            value,
+            suspicious: false,
+        }
+    }
+}
+
 /// The login's fields normalised with its connection's settings: what matching compares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NormalizedFields {
-    pub email: Option<Email>,
+    pub email: Field<Email>,
     pub email_verified: bool,
-    pub phone: Option<Phone>,
+    pub phone: Field<Phone>,
     pub phone_verified: bool,
-    pub username: Option<Username>,
+    pub username: Field<Username>,
     pub name: Option<String>,
 }
 
 impl NormalizedFields {
-    /// Malformed email or phone values are dropped here: they take part in nothing, and the event
-    /// is still processed.
+    /// Malformed email or phone values take part in nothing (the event is still processed);
+    /// they are kept for the evidence.
     pub fn of(profile: &Profile, settings: &ConnectionSettings) -> Self {
+        let country = settings.default_country_code.as_ref();
         Self {
-            email: profile.email.as_deref().and_then(|e| Email::parse(e).ok()),
+            email: Field::of(profile.email.as_deref(), Email::parse_checked),
             email_verified: profile.email_verified,
-            phone: profile
-                .phone
-                .as_deref()
-                .and_then(|p| Phone::parse(p, settings.default_country_code.as_ref()).ok()),
+            phone: Field::of(profile.phone.as_deref(), |raw| {
+                Phone::parse(raw, country).map(|p| (p, false))
+            }),
             phone_verified: profile.phone_verified,
-            username: profile
-                .username
-                .as_deref()
-                .and_then(|u| Username::parse(u).ok()),
+            username: Field::of(profile.username.as_deref(), Username::parse_checked),
             name: profile.name.clone(),
         }
     }
@@ -540,9 +591,13 @@ mod tests {
         })
         .unwrap();
         let fields = NormalizedFields::of(&event.profile, &settings);
-        assert_eq!(fields.email.unwrap().as_str(), "zhang.san@example.com");
-        assert_eq!(fields.phone.unwrap().as_str(), "+8613800138000");
-        assert_eq!(fields.username.unwrap().as_str(), "zhangsan");
+        assert_eq!(
+            fields.email.value().unwrap().as_str(),
+            "zhang.san@example.com"
+        );
+        assert_eq!(fields.phone.value().unwrap().as_str(), "+8613800138000");
+        assert_eq!(fields.username.value().unwrap().as_str(), "zhangsan");
+        assert!(!fields.username.is_suspicious());
     }
 
     #[test]
@@ -558,7 +613,7 @@ mod tests {
         })
         .unwrap();
         let fields = NormalizedFields::of(&event.profile, &settings);
-        assert_eq!(fields.email, None);
-        assert_eq!(fields.phone, None);
+        assert_eq!(fields.email, Field::Malformed("not-an-email".into()));
+        assert_eq!(fields.phone, Field::Malformed("12".into()));
     }
 }

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod decision;
 pub mod email;
 pub mod events;
+pub mod identifier;
 pub mod login;
 pub mod mask;
 pub mod phone;

@@ -10,7 +10,9 @@ use uuid::Uuid;
 use super::{
     Association, ConnectionId, CountryCode, Email, LoginMode, MatchField, Phone, Username,
     connection::{ConnectionSettings, UserPoolId},
-    decision::{Action, BindingReason, PendingBinding, PoolUser, Situation, decide},
+    decision::{
+        Action, BindingReason, NewUserFields, PendingBinding, PoolUser, Situation, WhyNot, decide,
+    },
     login::{self, NormalizedFields},
 };
 
@@ -108,35 +110,178 @@ proptest! {
 }
 
 // The decision over a small universe of values, so that matches are frequent.
-const EMAILS: [&str; 3] = ["a@example.com", "b@example.com", "c@example.com"];
+const EMAILS: [&str; 3] = ["a@example.com", "b@example.com", "c@corp.example"];
 const PHONES: [&str; 3] = ["+8613800138000", "+8613900139000", "+14155552671"];
 const USERNAMES: [&str; 3] = ["amy", "bob", "cyd"];
+const DOMAINS: [&str; 2] = ["example.com", "corp.example"];
 
-fn pick<T: Clone + std::fmt::Debug + 'static>(
-    values: &[T],
-) -> impl Strategy<Value = Option<T>> + use<T> {
-    let values = values.to_vec();
-    prop::option::of(prop::sample::select(values))
+/// A login field: absent, malformed, or one of `values` (suspicious or not).
+#[derive(Debug, Clone)]
+enum Given {
+    Absent,
+    Malformed,
+    Value(&'static str, bool),
 }
 
-fn fields() -> impl Strategy<Value = NormalizedFields> {
+fn given(values: &'static [&'static str]) -> impl Strategy<Value = Given> {
+    prop_oneof![
+        1 => Just(Given::Absent),
+        1 => Just(Given::Malformed),
+        6 => (prop::sample::select(values.to_vec()), prop::bool::weighted(0.2))
+            .prop_map(|(v, suspicious)| Given::Value(v, suspicious)),
+    ]
+}
+
+fn field<T>(given: &Given, parse: impl Fn(&str) -> T) -> login::Field<T> {
+    match given {
+        Given::Absent => login::Field::Absent,
+        Given::Malformed => login::Field::Malformed("not a value".into()),
+        Given::Value(v, suspicious) => login::Field::Valid {
+            value: parse(v),
+            suspicious: *suspicious,
+        },
+    }
+}
+
+/// A generated login, kept as plain values for the oracle.
+#[derive(Debug, Clone)]
+struct Login {
+    email: Given,
+    email_verified: bool,
+    phone: Given,
+    phone_verified: bool,
+    username: Given,
+}
+
+impl Login {
+    fn fields(&self) -> NormalizedFields {
+        NormalizedFields {
+            email: field(&self.email, |v| Email::parse(v).unwrap()),
+            email_verified: self.email_verified,
+            phone: field(&self.phone, |v| Phone::parse(v, None).unwrap()),
+            phone_verified: self.phone_verified,
+            username: field(&self.username, |v| Username::parse(v).unwrap()),
+            name: None,
+        }
+    }
+
+    fn given(&self, f: MatchField) -> &Given {
+        match f {
+            MatchField::Email => &self.email,
+            MatchField::Phone => &self.phone,
+            MatchField::Username => &self.username,
+        }
+    }
+
+    fn verified(&self, f: MatchField) -> bool {
+        match f {
+            MatchField::Email => self.email_verified,
+            MatchField::Phone => self.phone_verified,
+            MatchField::Username => true,
+        }
+    }
+}
+
+fn logins() -> impl Strategy<Value = Login> {
     (
-        pick(&EMAILS),
+        given(&EMAILS),
         any::<bool>(),
-        pick(&PHONES),
+        given(&PHONES),
         any::<bool>(),
-        pick(&USERNAMES),
+        given(&USERNAMES),
     )
-        .prop_map(|(email, email_verified, phone, phone_verified, username)| {
-            NormalizedFields {
-                email: email.map(|e| Email::parse(e).unwrap()),
+        .prop_map(
+            |(email, email_verified, phone, phone_verified, username)| Login {
+                email,
                 email_verified,
-                phone: phone.map(|p| Phone::parse(p, None).unwrap()),
+                phone,
                 phone_verified,
-                username: username.map(|u| Username::parse(u).unwrap()),
-                name: None,
-            }
-        })
+                username,
+            },
+        )
+}
+
+/// A generated pool user, as plain values.
+#[derive(Debug, Clone)]
+struct User {
+    id: u128,
+    email: Option<&'static str>,
+    email_verified: bool,
+    phone: Option<&'static str>,
+    phone_verified: bool,
+    username: Option<&'static str>,
+    protected: bool,
+    linked: bool,
+}
+
+impl User {
+    fn value(&self, f: MatchField) -> Option<&'static str> {
+        match f {
+            MatchField::Email => self.email,
+            MatchField::Phone => self.phone,
+            MatchField::Username => self.username,
+        }
+    }
+
+    fn verified(&self, f: MatchField) -> bool {
+        match f {
+            MatchField::Email => self.email_verified,
+            MatchField::Phone => self.phone_verified,
+            MatchField::Username => true,
+        }
+    }
+
+    fn pool_user(&self) -> PoolUser {
+        PoolUser {
+            id: Uuid::from_u128(self.id),
+            email: self.email.map(|e| Email::parse(e).unwrap()),
+            email_verified: self.email_verified,
+            phone: self.phone.map(|p| Phone::parse(p, None).unwrap()),
+            phone_verified: self.phone_verified,
+            username: self.username.map(|u| Username::parse(u).unwrap()),
+            protected: self.protected,
+            linked_on_connection: self.linked,
+        }
+    }
+}
+
+fn pick(values: &'static [&'static str]) -> impl Strategy<Value = Option<&'static str>> {
+    prop::option::of(prop::sample::select(values.to_vec()))
+}
+
+fn users() -> impl Strategy<Value = Vec<User>> {
+    let user = (
+        pick(&EMAILS),
+        prop::bool::weighted(0.8),
+        pick(&PHONES),
+        prop::bool::weighted(0.8),
+        pick(&USERNAMES),
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.2),
+    );
+    prop::collection::vec(user, 0..5).prop_map(|users| {
+        users
+            .into_iter()
+            .enumerate()
+            .map(
+                |(
+                    i,
+                    (email, email_verified, phone, phone_verified, username, protected, linked),
+                )| {
+                    User {
+                        id: i as u128 + 1,
+                        email,
+                        email_verified,
+                        phone,
+                        phone_verified,
+                        username,
+                        protected,
+                        linked,
+                    }
+                },
+            )
+            .collect()
+    })
 }
 
 fn settings() -> impl Strategy<Value = ConnectionSettings> {
@@ -145,120 +290,239 @@ fn settings() -> impl Strategy<Value = ConnectionSettings> {
         prop::sample::select(LoginMode::ALL.to_vec()),
         prop::sample::subsequence(MatchField::ALL.to_vec(), 1..=3).prop_shuffle(),
         any::<bool>(),
+        any::<bool>(),
+        prop::sample::subsequence(DOMAINS.to_vec(), 0..=2),
     )
         .prop_map(
-            |(association, login_mode, match_fields, require_verified)| ConnectionSettings {
-                identifier: ConnectionId::parse("conn").unwrap(),
-                user_pool_id: UserPoolId::parse("pool").unwrap(),
-                display_name: "conn".into(),
-                provider: String::new(),
-                login_mode,
-                association,
-                match_fields,
-                require_verified,
-                default_country_code: None,
-                binding_ttl: std::time::Duration::from_secs(3600),
+            |(association, login_mode, match_fields, require_verified, trust, domains)| {
+                ConnectionSettings {
+                    identifier: ConnectionId::parse("conn").unwrap(),
+                    user_pool_id: UserPoolId::parse("pool").unwrap(),
+                    display_name: "conn".into(),
+                    provider: String::new(),
+                    login_mode,
+                    association,
+                    match_fields,
+                    require_verified,
+                    default_country_code: None,
+                    binding_ttl: std::time::Duration::from_secs(3600),
+                    trust_unverified_accounts: trust,
+                    allowed_email_domains: domains.iter().map(|d| d.to_string()).collect(),
+                    version: 1,
+                }
             },
         )
 }
 
-fn situation() -> impl Strategy<Value = Situation> {
-    let user = (
-        pick(&EMAILS),
-        pick(&PHONES),
-        pick(&USERNAMES),
-        any::<bool>(),
-    );
-    (
-        prop::collection::vec(user, 0..5),
-        any::<bool>(),
-        prop::option::of(any::<bool>()),
-    )
-        .prop_map(|(users, linked, pending)| {
-            let pool_users: Vec<PoolUser> = users
-                .into_iter()
-                .enumerate()
-                .map(
-                    |(i, (email, phone, username, linked_on_connection))| PoolUser {
-                        id: Uuid::from_u128(i as u128 + 1),
-                        email: email.map(|e| Email::parse(e).unwrap()),
-                        phone: phone.map(|p| Phone::parse(p, None).unwrap()),
-                        username: username.map(|u| Username::parse(u).unwrap()),
-                        linked_on_connection,
-                    },
-                )
+/// What the contract's section 1 says the action must be: written from the contract's table and
+/// safety rules, apart from the implementation.
+fn expected(
+    login: &Login,
+    s: &ConnectionSettings,
+    users: &[User],
+    linked: bool,
+    pending: Option<bool>,
+) -> Action {
+    if linked {
+        return Action::ExistingUser {
+            user_id: Uuid::from_u128(99),
+        };
+    }
+    if pending == Some(true) {
+        return Action::StillPending {
+            binding_id: Uuid::from_u128(77),
+            reason: BindingReason::AskBinding,
+        };
+    }
+    let domain_ok = |v: &str| {
+        s.allowed_email_domains.is_empty()
+            || s.allowed_email_domains
+                .iter()
+                .any(|d| v.ends_with(&format!("@{d}")))
+    };
+    // A field candidates are looked for with (suspicious values too: they find the account
+    // they could pass for).
+    let searched = |f: MatchField| match login.given(f) {
+        Given::Value(v, _) => {
+            (f != MatchField::Email || domain_ok(v)) && (login.verified(f) || !s.require_verified)
+        }
+        _ => false,
+    };
+    let login_value = |f: MatchField| match login.given(f) {
+        Given::Value(v, _) => Some(*v),
+        _ => None,
+    };
+    let mut candidates: Vec<(&User, Vec<MatchField>)> = Vec::new();
+    if s.association != Association::Disabled {
+        for u in users {
+            let matched: Vec<MatchField> = s
+                .match_fields
+                .iter()
+                .copied()
+                .filter(|f| searched(*f) && u.value(*f).is_some() && u.value(*f) == login_value(*f))
                 .collect();
-            let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-            Situation {
-                linked_user: linked.then(|| Uuid::from_u128(99)),
-                pending_binding: pending.map(|fresh| PendingBinding {
-                    id: Uuid::from_u128(77),
-                    reason: BindingReason::AskBinding,
-                    expires_at: if fresh {
-                        now + Duration::hours(1)
-                    } else {
-                        now - Duration::hours(1)
-                    },
-                }),
-                pool_users,
+            if !matched.is_empty() {
+                candidates.push((u, matched));
             }
-        })
+        }
+    }
+    let ids = |c: &[(&User, Vec<MatchField>)]| -> Vec<Uuid> {
+        c.iter().map(|(u, _)| Uuid::from_u128(u.id)).collect()
+    };
+    match (s.association, candidates.len()) {
+        (_, 0) => {}
+        (Association::FieldMatching, 1) => {
+            let (u, matched) = &candidates[0];
+            let suspicious = matched
+                .iter()
+                .any(|f| matches!(login.given(*f), Given::Value(_, true)));
+            let unverified = matched.iter().any(|f| !u.verified(*f));
+            let reason = if u.protected {
+                Some(BindingReason::ProtectedAccount)
+            } else if suspicious {
+                Some(BindingReason::ConfusableIdentifier)
+            } else if unverified && !s.trust_unverified_accounts {
+                Some(BindingReason::CandidateUnverified)
+            } else if u.linked {
+                Some(BindingReason::CandidateAlreadyLinked)
+            } else {
+                None
+            };
+            return match reason {
+                None => Action::Link {
+                    user_id: Uuid::from_u128(u.id),
+                    matched_on: matched.clone(),
+                },
+                Some(reason) => Action::OpenBinding {
+                    candidates: ids(&candidates),
+                    reason,
+                },
+            };
+        }
+        (Association::FieldMatching, _) => {
+            return Action::OpenBinding {
+                candidates: ids(&candidates),
+                reason: BindingReason::AmbiguousMatch,
+            };
+        }
+        _ => {
+            return Action::OpenBinding {
+                candidates: ids(&candidates),
+                reason: BindingReason::AskBinding,
+            };
+        }
+    }
+    if s.login_mode == LoginMode::LoginOnly {
+        return Action::Reject;
+    }
+    // A new account: each value only if valid, not suspicious, in an allowed domain, verified
+    // where required, and held by nobody of the pool.
+    let give = |f: MatchField| match login.given(f) {
+        Given::Value(v, false)
+            if (f != MatchField::Email || domain_ok(v))
+                && (login.verified(f) || !s.require_verified)
+                && users.iter().all(|u| u.value(f) != Some(*v)) =>
+        {
+            Some(*v)
+        }
+        _ => None,
+    };
+    let email = give(MatchField::Email).map(|e| Email::parse(e).unwrap());
+    let phone = give(MatchField::Phone).map(|p| Phone::parse(p, None).unwrap());
+    Action::CreateUser(NewUserFields {
+        email_verified: email.is_some() && login.email_verified,
+        email,
+        phone_verified: phone.is_some() && login.phone_verified,
+        phone,
+        username: give(MatchField::Username).map(|u| Username::parse(u).unwrap()),
+        name: None,
+    })
 }
 
 proptest! {
     #![proptest_config(cases(20_000))]
 
     #[test]
-    fn the_decision_keeps_its_promises(login in fields(), s in settings(), situation in situation()) {
+    fn the_decision_is_what_the_contract_says(
+        login in logins(),
+        s in settings(),
+        users in users(),
+        linked in prop::bool::weighted(0.1),
+        pending in prop::option::weighted(0.1, any::<bool>()),
+    ) {
         let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-        let decision = decide(&login, &s, &situation, now);
-        if let Some(user_id) = situation.linked_user {
-            prop_assert_eq!(decision.action, Action::ExistingUser { user_id });
-            return Ok(());
+        let situation = Situation {
+            linked_user: linked.then(|| Uuid::from_u128(99)),
+            pending_binding: pending.map(|fresh| PendingBinding {
+                id: Uuid::from_u128(77),
+                reason: BindingReason::AskBinding,
+                expires_at: if fresh { now + Duration::hours(1) } else { now - Duration::hours(1) },
+            }),
+            pool_users: users.iter().map(User::pool_user).collect(),
+        };
+        let decision = decide(&login.fields(), &s, &situation, now);
+        prop_assert_eq!(&decision.action, &expected(&login, &s, &users, linked, pending));
+        let expires = !linked && pending == Some(false);
+        prop_assert_eq!(decision.expire_binding, expires.then(|| Uuid::from_u128(77)));
+        // Evidence: one entry per field given, its value usable only if it was not judged
+        // malformed, suspicious, out of domain or unverified.
+        for f in MatchField::ALL {
+            let entry = decision.evidence.fields.iter().find(|e| e.field == *f);
+            prop_assert_eq!(entry.is_some(), !matches!(login.given(*f), Given::Absent));
+            if let Some(entry) = entry {
+                prop_assert_eq!(entry.usable, entry.why_not.is_none());
+                if matches!(login.given(*f), Given::Value(_, true)) {
+                    prop_assert_eq!(entry.why_not, Some(WhyNot::Suspicious));
+                }
+                if matches!(login.given(*f), Given::Malformed) {
+                    prop_assert_eq!(entry.why_not, Some(WhyNot::Malformed));
+                }
+            }
         }
-        match &decision.action {
-            Action::ExistingUser { .. } => prop_assert!(false, "not linked, yet existing_user"),
-            Action::StillPending { binding_id, .. } => {
-                let pending = situation.pending_binding.as_ref().unwrap();
-                prop_assert_eq!(*binding_id, pending.id);
-                prop_assert!(pending.expires_at > now);
-            }
-            Action::CreateUser(new) => {
-                prop_assert_eq!(s.login_mode, LoginMode::Normal, "login_only never creates");
-                for u in &situation.pool_users {
-                    prop_assert!(new.email.is_none() || new.email != u.email, "a held email is never given");
-                    prop_assert!(new.phone.is_none() || new.phone != u.phone, "a held phone is never given");
-                    prop_assert!(new.username.is_none() || new.username != u.username);
-                }
-                if s.require_verified {
-                    prop_assert!(new.email.is_none() || login.email_verified);
-                    prop_assert!(new.phone.is_none() || login.phone_verified);
-                }
-            }
-            Action::Link { user_id, matched_on } => {
-                prop_assert_eq!(s.association, Association::FieldMatching, "only field matching links");
-                prop_assert!(!matched_on.is_empty());
-                let target = situation.pool_users.iter().find(|u| u.id == *user_id).unwrap();
-                prop_assert!(!target.linked_on_connection, "one identity per connection");
-                // Never an ambiguous link: no other user matches.
-                let others = situation.pool_users.iter().filter(|u| u.id != *user_id).filter(|u| {
-                    !super::decision::matched_fields(&login, &s, u).is_empty()
-                });
-                prop_assert_eq!(others.count(), 0);
-            }
-            Action::OpenBinding { candidates, reason } => {
-                prop_assert!(s.association != Association::Disabled);
-                prop_assert!(!candidates.is_empty());
-                if *reason == BindingReason::AmbiguousMatch {
-                    prop_assert!(candidates.len() >= 2);
-                }
-            }
-            Action::Reject => prop_assert_eq!(s.login_mode, LoginMode::LoginOnly),
+    }
+}
+
+/// Characters that case mapping or compatibility normalisation can turn into ASCII, a few
+/// legitimate non-ASCII ones, and ASCII.
+const TRICKY: &[&str] = &[
+    "a", "k", "s", "i", "f", "K", "S", "I", "\u{212A}", "\u{17F}", "\u{DF}", "\u{131}", "\u{130}",
+    "\u{FB01}", "\u{FF21}", "\u{FF41}", "\u{1D2E}", "\u{2170}", "\u{E9}", "e\u{301}", "\u{5F20}",
+    "\u{430}", "\u{3BF}", "\u{101}", "\u{100}", " ", ".", "-", "_", "0",
+];
+
+fn tricky_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(TRICKY.to_vec()), 1..8).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(cases(20_000))]
+
+    #[test]
+    fn canonical_forms_are_idempotent(raw in tricky_text()) {
+        if let Ok(username) = Username::parse(&raw) {
+            prop_assert_eq!(Username::parse(username.as_str()).unwrap(), username);
         }
-        if let Some(expired) = decision.expire_binding {
-            let pending = situation.pending_binding.as_ref().unwrap();
-            prop_assert_eq!(expired, pending.id);
-            prop_assert!(pending.expires_at <= now);
+        let email = format!("{raw}@{raw}.example");
+        if let Ok(parsed) = Email::parse(&email) {
+            prop_assert_eq!(Email::parse(parsed.as_str()).unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_not_suspicious_never_passes_for_another_ascii_one(
+        raw in tricky_text(),
+        ascii in "[a-zA-Z0-9._-]{1,8}",
+    ) {
+        if let (Ok((a, false)), Ok(b)) = (Username::parse_checked(&raw), Username::parse(&ascii))
+            && a == b
+        {
+            prop_assert!(raw.trim().eq_ignore_ascii_case(ascii.trim()), "{raw:?} passes for {ascii:?}");
+        }
+        let (left, right) = (format!("{raw}@corp.example"), format!("{ascii}@corp.example"));
+        if let (Ok((a, false)), Ok(b)) = (Email::parse_checked(&left), Email::parse(&right))
+            && a == b
+        {
+            prop_assert!(raw.trim().eq_ignore_ascii_case(ascii.trim()), "{left:?} passes for {right:?}");
         }
     }
 }

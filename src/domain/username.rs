@@ -1,6 +1,9 @@
-//! Usernames as the contract normalises them: trimmed and lowercased.
+//! Usernames as the contract normalises them: the identifier canonical form (trimmed, NFC,
+//! lowercased; see `identifier`).
 
 use std::fmt;
+
+use super::identifier;
 
 const MAX_LEN: usize = 128;
 
@@ -15,6 +18,8 @@ pub enum UsernameError {
     TooLong,
     #[error("username must not contain control characters")]
     Characters,
+    #[error("username has characters that pass for others (a lookalike of another username)")]
+    Suspicious,
 }
 
 impl Username {
@@ -29,7 +34,25 @@ impl Username {
         if trimmed.chars().any(char::is_control) {
             return Err(UsernameError::Characters);
         }
-        Ok(Self(trimmed.to_lowercase()))
+        Ok(Self(identifier::canonical(trimmed)))
+    }
+
+    /// The canonical form of `raw`, and whether `raw` is suspicious (see `identifier`).
+    pub fn parse_checked(raw: &str) -> Result<(Self, bool), UsernameError> {
+        Ok((Self::parse(raw)?, identifier::is_suspicious(raw)))
+    }
+
+    /// For values an admin or an import supplies: a suspicious value is refused.
+    pub fn parse_strict(raw: &str) -> Result<Self, UsernameError> {
+        match Self::parse_checked(raw)? {
+            (_, true) => Err(UsernameError::Suspicious),
+            (username, false) => Ok(username),
+        }
+    }
+
+    /// A value read back from storage, where only canonical values are written.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
     }
 
     pub fn as_str(&self) -> &str {
@@ -54,6 +77,18 @@ mod tests {
     #[test]
     fn trims_and_lowercases() {
         assert_eq!(Username::parse("  ZhangSan ").unwrap().as_str(), "zhangsan");
+    }
+
+    #[test]
+    fn the_kelvin_sign_is_a_suspicious_kevin() {
+        let (username, suspicious) = Username::parse_checked("\u{212A}evin").unwrap();
+        assert!(suspicious);
+        assert_eq!(username.as_str(), "kevin");
+        assert_eq!(
+            Username::parse_strict("\u{212A}evin"),
+            Err(UsernameError::Suspicious)
+        );
+        assert_eq!(Username::parse_strict("张三").unwrap().as_str(), "张三");
     }
 
     #[test]

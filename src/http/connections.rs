@@ -58,6 +58,10 @@ pub struct ConnectionBody {
     pub default_country_code: Option<String>,
     /// A duration such as `72h` (default).
     pub binding_ttl: Option<String>,
+    /// Link candidates whose matching email or phone is unverified on the account; default false.
+    pub trust_unverified_accounts: Option<bool>,
+    /// When not empty, emails outside these domains are not used.
+    pub allowed_email_domains: Option<Vec<String>>,
 }
 
 /// Create (201) or update (200) a connection; the identifier is fixed by the path. A change
@@ -86,6 +90,8 @@ pub async fn put(
         require_verified: body.require_verified,
         default_country_code: body.default_country_code,
         binding_ttl: body.binding_ttl,
+        trust_unverified_accounts: body.trust_unverified_accounts,
+        allowed_email_domains: body.allowed_email_domains,
     };
     let (view, created) = state
         .admin

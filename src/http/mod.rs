@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bindings;
 pub mod connections;
 mod console;
+pub mod decisions;
 pub mod error;
 mod extract;
 pub mod openapi;
@@ -159,6 +160,7 @@ pub fn router(state: AppState) -> Router {
             get(connections::show).put(connections::put),
         )
         .route("/v1/audit", get(audit::list))
+        .route("/v1/decisions/{event_id}", get(decisions::show))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_requests,

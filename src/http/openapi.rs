@@ -7,7 +7,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{audit, bindings, connections, users};
+use super::{audit, bindings, connections, decisions, users};
 
 struct BearerAuth;
 
@@ -30,9 +30,10 @@ impl Modify for BearerAuth {
         users::find, users::show, users::create, users::unlink,
         connections::list, connections::show, connections::put,
         audit::list,
+        decisions::show,
     ),
     modifiers(&BearerAuth),
-    tags((name = "bindings"), (name = "users"), (name = "connections"), (name = "audit")),
+    tags((name = "bindings"), (name = "users"), (name = "connections"), (name = "audit"), (name = "decisions")),
 )]
 pub struct ApiDoc;
 

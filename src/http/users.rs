@@ -97,6 +97,9 @@ pub struct NewUser {
     pub phone_verified: bool,
     pub username: Option<String>,
     pub name: Option<String>,
+    /// Never linked automatically to an external identity; default false.
+    #[serde(default)]
+    pub protected: bool,
 }
 
 /// Create one account; 409 when its email, phone, username or id is taken.
@@ -119,6 +122,7 @@ pub async fn create(
         phone_verified: body.phone_verified,
         username: body.username,
         name: body.name,
+        protected: body.protected,
     };
     Ok((
         StatusCode::CREATED,

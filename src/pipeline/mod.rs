@@ -150,18 +150,8 @@ async fn decide_batch(
         locks.identity(pool, event.connection.as_str(), &event.external_id);
         id_keys.push(pool, event.connection.as_str(), &event.external_id);
         event_ids.push(event.id.clone());
-        if let Some(email) = &fields.email {
-            locks.email(pool, email);
-            field_keys.emails.push(email.as_str().to_owned());
-        }
-        if let Some(phone) = &fields.phone {
-            locks.phone(pool, phone);
-            field_keys.phones.push(phone.as_str().to_owned());
-        }
-        if let Some(username) = &fields.username {
-            locks.username(pool, username);
-            field_keys.usernames.push(username.as_str().to_owned());
-        }
+        locks.fields(pool, &fields);
+        field_keys.add(&fields);
         prepared.push(Ok((settings, fields)));
     }
 
@@ -304,6 +294,7 @@ fn decide_one(
         reason: None,
     };
     let cause = Some(event.id.as_str());
+    let masked = decision.evidence.masked();
     match decision.action {
         Action::ExistingUser { user_id } => {
             writes.touch(event, user_id, profile);
@@ -362,6 +353,8 @@ fn decide_one(
                 reason: reason.as_str(),
                 expires_at,
                 cause_event_id: cause,
+                fields: masked.fields,
+                candidate_evidence: masked.candidates,
             };
             writes.outbox.event(OutboundEvent::new(data, now));
             reply.binding_id = Some(binding_id);
@@ -373,6 +366,8 @@ fn decide_one(
                 identity: identity_ref(event),
                 reason: UNKNOWN_USER,
                 cause_event_id: cause,
+                fields: masked.fields,
+                candidates: masked.candidates,
             };
             writes.outbox.event(OutboundEvent::new(data, now));
             reply.reason = Some(UNKNOWN_USER.to_owned());
@@ -388,9 +383,10 @@ fn decide_one(
                 phone_verified: new.phone_verified,
                 username: new.username.as_ref().map(|u| u.as_str().to_owned()),
                 name: new.name.clone(),
+                protected: false,
             };
             writes.users.push(&record);
-            state.add_user(user_id, pool, new.email, new.phone, new.username);
+            state.add_user(user_id, pool, &new);
             writes.link(&key, user_id, profile);
             state.link(key, user_id);
             let data = UserCreated {
@@ -411,12 +407,10 @@ fn decide_one(
     }
     debug_assert_ne!(outcome, Outcome::Error);
     writes.processed.push(
-        &event.source,
-        &event.id,
-        outcome.as_str(),
-        reply.user_id,
-        reply.binding_id,
-        reply.reason.clone(),
+        event,
+        &reply,
+        settings.version,
+        serde_json::to_value(&decision.evidence).expect("evidence serialises"),
     );
     state.record_processed(event, reply.clone());
     Verdict::Decided {

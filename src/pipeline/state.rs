@@ -2,15 +2,14 @@
 //! batch's events are decided one after another, so that a later event of the same batch sees the
 //! users, links and bindings an earlier one created.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use crate::db::batch::Snapshot;
+use crate::db::{batch::Snapshot, users::MatchRow};
 use crate::domain::{
-    Email, Phone, Username,
     decision::Outcome,
-    decision::{BindingReason, PendingBinding, PoolUser, Situation},
+    decision::{BindingReason, NewUserFields, PendingBinding, Situation},
     events::Reply,
     login::{LoginEvent, NormalizedFields},
 };
@@ -25,21 +24,13 @@ pub fn identity_key(event: &LoginEvent) -> IdentityKey {
     )
 }
 
-struct KnownUser {
-    id: Uuid,
-    pool: String,
-    email: Option<Email>,
-    phone: Option<Phone>,
-    username: Option<Username>,
-    linked_connections: HashSet<String>,
-}
-
 #[derive(Default)]
 pub struct BatchState {
     processed: HashMap<(String, String), Reply>,
     links: HashMap<IdentityKey, Uuid>,
     pending: HashMap<IdentityKey, PendingBinding>,
-    users: Vec<KnownUser>,
+    /// The pool users the batch's logins share a value with, and the users it created.
+    users: Vec<MatchRow>,
 }
 
 impl BatchState {
@@ -79,18 +70,7 @@ impl BatchState {
                 },
             );
         }
-        for row in users {
-            state.users.push(KnownUser {
-                id: row.id,
-                pool: row.user_pool_id,
-                // Stored values are normalised already; re-parsing them only guards against rows
-                // edited by hand.
-                email: row.email.and_then(|e| Email::parse(&e).ok()),
-                phone: row.phone.map(Phone::from_e164),
-                username: row.username.and_then(|u| Username::parse(&u).ok()),
-                linked_connections: row.linked_connections.into_iter().collect(),
-            });
-        }
+        state.users = users;
         state
     }
 
@@ -108,22 +88,19 @@ impl BatchState {
         let key = identity_key(event);
         let pool = event.user_pool_id.as_str();
         let connection = event.connection.as_str();
+        let holds = |value: Option<&str>, stored: &Option<String>| {
+            value.is_some() && value == stored.as_deref()
+        };
         let pool_users = self
             .users
             .iter()
-            .filter(|u| u.pool == pool)
+            .filter(|u| u.user_pool_id == pool)
             .filter(|u| {
-                (fields.email.is_some() && u.email == fields.email)
-                    || (fields.phone.is_some() && u.phone == fields.phone)
-                    || (fields.username.is_some() && u.username == fields.username)
+                holds(fields.email.value().map(|e| e.as_str()), &u.email)
+                    || holds(fields.phone.value().map(|p| p.as_str()), &u.phone)
+                    || holds(fields.username.value().map(|n| n.as_str()), &u.username)
             })
-            .map(|u| PoolUser {
-                id: u.id,
-                email: u.email.clone(),
-                phone: u.phone.clone(),
-                username: u.username.clone(),
-                linked_on_connection: u.linked_connections.contains(connection),
-            })
+            .map(|u| u.pool_user(connection))
             .collect();
         Situation {
             linked_user: self.links.get(&key).copied(),
@@ -142,26 +119,23 @@ impl BatchState {
 
     pub fn link(&mut self, key: IdentityKey, user_id: Uuid) {
         if let Some(user) = self.users.iter_mut().find(|u| u.id == user_id) {
-            user.linked_connections.insert(key.1.clone());
+            user.linked_connections.push(key.1.clone());
         }
         self.links.insert(key, user_id);
     }
 
-    pub fn add_user(
-        &mut self,
-        id: Uuid,
-        pool: &str,
-        email: Option<Email>,
-        phone: Option<Phone>,
-        username: Option<Username>,
-    ) {
-        self.users.push(KnownUser {
+    /// A user the batch created, so that later logins of the batch see it.
+    pub fn add_user(&mut self, id: Uuid, pool: &str, new: &NewUserFields) {
+        self.users.push(MatchRow {
             id,
-            pool: pool.to_owned(),
-            email,
-            phone,
-            username,
-            linked_connections: HashSet::new(),
+            user_pool_id: pool.to_owned(),
+            email: new.email.as_ref().map(|e| e.as_str().to_owned()),
+            email_verified: new.email_verified,
+            phone: new.phone.as_ref().map(|p| p.as_str().to_owned()),
+            phone_verified: new.phone_verified,
+            username: new.username.as_ref().map(|u| u.as_str().to_owned()),
+            protected: false,
+            linked_connections: Vec::new(),
         });
     }
 }

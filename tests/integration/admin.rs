@@ -640,7 +640,8 @@ async fn connections_are_read_created_and_updated_live() {
         asking,
         json!({"user_pool_id": "pool-1", "identifier": "asking", "display_name": "asking", "provider": "wecom",
                "login_mode": "normal", "association": "ask_binding", "match_fields": ["email", "phone", "username"],
-               "require_verified": true, "default_country_code": "86", "binding_ttl": "1h"})
+               "require_verified": true, "default_country_code": "86", "binding_ttl": "1h",
+               "trust_unverified_accounts": false, "allowed_email_domains": [], "settings_version": 1})
     );
     assert_eq!(api.get("/v1/connections/pool-1/nope").await.0, 404);
 
@@ -661,6 +662,21 @@ async fn connections_are_read_created_and_updated_live() {
     assert_eq!(
         updated["association"], "disabled",
         "a PUT replaces the whole connection"
+    );
+    assert_eq!(created["settings_version"], 1);
+    assert_eq!(
+        updated["settings_version"], 2,
+        "a change takes the next version"
+    );
+    let (_, same) = api
+        .put(
+            "/v1/connections/pool-9/feishu",
+            json!({"login_mode": "login_only"}),
+        )
+        .await;
+    assert_eq!(
+        same["settings_version"], 2,
+        "the same settings again are no change"
     );
 
     for (body, field) in [

@@ -229,13 +229,24 @@ async fn ask_binding_parks_the_identity_and_reports_the_same_binding_again() {
         data_keys(&pending),
         [
             "binding_id",
+            "candidate_evidence",
             "candidates",
             "cause_event_id",
             "expires_at",
+            "fields",
             "identity",
             "reason",
             "user_pool_id"
         ]
+    );
+    // The evidence, values masked.
+    assert_eq!(
+        pending.body["data"]["fields"],
+        json!([{"field": "phone", "value": "+86*******9000", "usable": true, "why_not": null}])
+    );
+    assert_eq!(
+        pending.body["data"]["candidate_evidence"],
+        json!([{"user_id": existing, "matched_on": ["phone"], "set_aside": null}])
     );
     let data = &pending.body["data"];
     assert_eq!(data["binding_id"], binding_id.to_string());
@@ -365,9 +376,21 @@ async fn login_only_rejects_unknown_people() {
     assert_envelope(&rejected, "login.rejected", "only/ldap-1");
     assert_eq!(
         data_keys(&rejected),
-        ["cause_event_id", "identity", "reason", "user_pool_id"]
+        [
+            "candidates",
+            "cause_event_id",
+            "fields",
+            "identity",
+            "reason",
+            "user_pool_id"
+        ]
     );
     let data = &rejected.body["data"];
+    assert_eq!(
+        data["fields"],
+        json!([{"field": "email", "value": "n***@example.com", "usable": true, "why_not": null}])
+    );
+    assert_eq!(data["candidates"], json!([]));
     assert_eq!(data["user_pool_id"], POOL);
     assert_eq!(
         data["identity"],

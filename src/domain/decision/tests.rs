@@ -32,25 +32,29 @@ fn username(raw: &str) -> Option<Username> {
     Some(Username::parse(raw).unwrap())
 }
 
+fn valid<T: Clone>(value: Option<T>) -> Field<T> {
+    value.map_or(Field::Absent, Field::valid)
+}
+
 /// A verified login with an email, a phone and a username.
 fn login() -> NormalizedFields {
     NormalizedFields {
-        email: email("zhang@example.com"),
+        email: valid(email("zhang@example.com")),
         email_verified: true,
-        phone: phone("+8613800138000"),
+        phone: valid(phone("+8613800138000")),
         phone_verified: true,
-        username: username("zhangsan"),
+        username: valid(username("zhangsan")),
         name: Some("张三".into()),
     }
 }
 
+/// A pool user whose email and phone are verified on the account.
 fn user(n: u128) -> PoolUser {
     PoolUser {
         id: Uuid::from_u128(n),
-        email: None,
-        phone: None,
-        username: None,
-        linked_on_connection: false,
+        email_verified: true,
+        phone_verified: true,
+        ..PoolUser::default()
     }
 }
 
@@ -570,4 +574,309 @@ fn binding_reasons_round_trip() {
     ] {
         assert_eq!(BindingReason::parse(reason.as_str()), Some(reason));
     }
+}
+
+// --- The safety rules of section 1, one row per sentence. ---
+
+fn suspicious<T>(value: T) -> Field<T> {
+    Field::Valid {
+        value,
+        suspicious: true,
+    }
+}
+
+fn matching(fields: &[&str]) -> ConnectionSettings {
+    settings("field_matching", "normal", fields)
+}
+
+fn reason_of(decision: &Decision) -> Option<BindingReason> {
+    match decision.action {
+        Action::OpenBinding { reason, .. } => Some(reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn safety_rules_one_row_per_sentence() {
+    let e = || email("zhang@example.com").unwrap();
+    let protected = PoolUser {
+        protected: true,
+        ..by_email(1)
+    };
+    let unverified = PoolUser {
+        email_verified: false,
+        ..by_email(1)
+    };
+    let linked = PoolUser {
+        linked_on_connection: true,
+        ..by_email(1)
+    };
+    let lookalike = NormalizedFields {
+        email: suspicious(e()),
+        ..login()
+    };
+    let trusting = ConnectionSettings {
+        trust_unverified_accounts: true,
+        ..matching(&["email"])
+    };
+    type Row = (
+        &'static str,
+        NormalizedFields,
+        ConnectionSettings,
+        Vec<PoolUser>,
+        Option<BindingReason>,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "a suspicious value that equals a candidate's gives confusable_identifier",
+            lookalike.clone(),
+            matching(&["email"]),
+            vec![by_email(1)],
+            Some(BindingReason::ConfusableIdentifier),
+        ),
+        (
+            "a candidate whose matching email is unverified on the account is not linked",
+            login(),
+            matching(&["email"]),
+            vec![unverified.clone()],
+            Some(BindingReason::CandidateUnverified),
+        ),
+        (
+            "a source of truth may trust unverified accounts",
+            login(),
+            trusting,
+            vec![unverified.clone()],
+            None,
+        ),
+        (
+            "a protected account is never linked automatically",
+            login(),
+            matching(&["email"]),
+            vec![protected.clone()],
+            Some(BindingReason::ProtectedAccount),
+        ),
+        (
+            "protected_account comes before confusable_identifier",
+            lookalike.clone(),
+            matching(&["email"]),
+            vec![protected.clone()],
+            Some(BindingReason::ProtectedAccount),
+        ),
+        (
+            "confusable_identifier comes before candidate_unverified",
+            lookalike.clone(),
+            matching(&["email"]),
+            vec![unverified.clone()],
+            Some(BindingReason::ConfusableIdentifier),
+        ),
+        (
+            "candidate_unverified comes before candidate_already_linked",
+            login(),
+            matching(&["email"]),
+            vec![PoolUser {
+                linked_on_connection: true,
+                ..unverified.clone()
+            }],
+            Some(BindingReason::CandidateUnverified),
+        ),
+        (
+            "candidate_already_linked last",
+            login(),
+            matching(&["email"]),
+            vec![linked],
+            Some(BindingReason::CandidateAlreadyLinked),
+        ),
+        (
+            "with several candidates ambiguous_match wins",
+            login(),
+            matching(&["email", "phone"]),
+            vec![protected, by_phone(2)],
+            Some(BindingReason::AmbiguousMatch),
+        ),
+    ];
+    for (sentence, fields, s, users, reason) in rows {
+        let decision = decide(&fields, &s, &with_users(users), now());
+        assert_eq!(
+            reason_of(&decision),
+            reason,
+            "{sentence}: {:?}",
+            decision.action
+        );
+        if reason.is_none() {
+            assert!(matches!(decision.action, Action::Link { .. }), "{sentence}");
+        }
+    }
+}
+
+#[test]
+fn protected_accounts_are_set_aside_in_every_association_mode_that_matches() {
+    let protected = PoolUser {
+        protected: true,
+        ..by_email(1)
+    };
+    let asking = settings("ask_binding", "normal", &["email"]);
+    let decision = decide(
+        &login(),
+        &asking,
+        &with_users(vec![protected.clone()]),
+        now(),
+    );
+    assert_eq!(reason_of(&decision), Some(BindingReason::AskBinding));
+    assert_eq!(
+        decision.evidence.candidates[0].set_aside,
+        Some(SetAside::ProtectedAccount),
+        "the evidence says it would not have been linked"
+    );
+    let only = settings("field_matching", "login_only", &["email"]);
+    let decision = decide(&login(), &only, &with_users(vec![protected]), now());
+    assert_eq!(reason_of(&decision), Some(BindingReason::ProtectedAccount));
+}
+
+#[test]
+fn a_suspicious_value_is_never_copied_onto_a_new_account() {
+    let lookalike = NormalizedFields {
+        username: suspicious(username("kevin").unwrap()),
+        ..login()
+    };
+    let decision = decide(
+        &lookalike,
+        &matching(&["email"]),
+        &Situation::default(),
+        now(),
+    );
+    let Action::CreateUser(new) = &decision.action else {
+        panic!("{:?}", decision.action)
+    };
+    assert_eq!(new.username, None);
+    assert!(new.email.is_some());
+    let field = decision
+        .evidence
+        .fields
+        .iter()
+        .find(|f| f.field == MatchField::Username)
+        .unwrap();
+    assert_eq!(field.why_not, Some(WhyNot::Suspicious));
+    assert!(!field.usable);
+}
+
+#[test]
+fn an_email_outside_the_allowed_domains_is_unusable() {
+    let s = ConnectionSettings {
+        allowed_email_domains: vec!["corp.example".into()],
+        ..matching(&["email"])
+    };
+    let decision = decide(&login(), &s, &with_users(vec![by_email(1)]), now());
+    let Action::CreateUser(new) = &decision.action else {
+        panic!("not matched: {:?}", decision.action)
+    };
+    assert_eq!(new.email, None, "not copied");
+    assert_eq!(
+        decision.evidence.fields[0].why_not,
+        Some(WhyNot::DomainNotAllowed)
+    );
+    let inside = ConnectionSettings {
+        allowed_email_domains: vec!["example.com".into()],
+        ..matching(&["email"])
+    };
+    let decision = decide(&login(), &inside, &with_users(vec![by_email(1)]), now());
+    assert!(matches!(decision.action, Action::Link { .. }));
+}
+
+#[test]
+fn legitimate_non_ascii_values_match_exactly() {
+    let chinese = NormalizedFields {
+        username: valid(username("张三")),
+        ..NormalizedFields::default()
+    };
+    let holder = PoolUser {
+        username: username("张三"),
+        ..user(1)
+    };
+    let decision = decide(
+        &chinese,
+        &matching(&["username"]),
+        &with_users(vec![holder]),
+        now(),
+    );
+    assert!(
+        matches!(decision.action, Action::Link { .. }),
+        "{:?}",
+        decision.action
+    );
+}
+
+#[test]
+fn the_evidence_says_why_each_field_was_or_was_not_used() {
+    // email unverified, phone malformed, username held by another user and not matched on.
+    let fields = NormalizedFields {
+        email: valid(email("zhang@example.com")),
+        email_verified: false,
+        phone: Field::Malformed("12".into()),
+        phone_verified: true,
+        username: valid(username("zhangsan")),
+        name: None,
+    };
+    let holder = PoolUser {
+        username: username("zhangsan"),
+        ..user(5)
+    };
+    let decision = decide(
+        &fields,
+        &matching(&["email", "phone"]),
+        &with_users(vec![holder]),
+        now(),
+    );
+    assert!(matches!(decision.action, Action::CreateUser(_)));
+    let why: Vec<(MatchField, Option<WhyNot>, bool)> = decision
+        .evidence
+        .fields
+        .iter()
+        .map(|f| (f.field, f.why_not, f.usable))
+        .collect();
+    assert_eq!(
+        why,
+        vec![
+            (MatchField::Email, Some(WhyNot::Unverified), false),
+            (MatchField::Phone, Some(WhyNot::Malformed), false),
+            (MatchField::Username, Some(WhyNot::Held), false),
+        ]
+    );
+    assert_eq!(
+        decision.evidence.fields[1].value, "12",
+        "the raw value of a malformed field"
+    );
+    assert!(decision.evidence.candidates.is_empty());
+
+    // A link: the matched field is used, another valid one was not matched on.
+    let decision = decide(
+        &login(),
+        &matching(&["email"]),
+        &with_users(vec![by_email(1)]),
+        now(),
+    );
+    let why: Vec<(MatchField, Option<WhyNot>)> = decision
+        .evidence
+        .fields
+        .iter()
+        .map(|f| (f.field, f.why_not))
+        .collect();
+    assert_eq!(
+        why,
+        vec![
+            (MatchField::Email, None),
+            (MatchField::Phone, Some(WhyNot::NotMatchedOn)),
+            (MatchField::Username, Some(WhyNot::NotMatchedOn)),
+        ]
+    );
+    assert_eq!(
+        decision.evidence.candidates,
+        vec![CandidateEvidence {
+            user_id: Uuid::from_u128(1),
+            matched_on: vec![MatchField::Email],
+            set_aside: None,
+        }]
+    );
+    let masked = decision.evidence.masked();
+    assert_eq!(masked.fields[0].value, "z***@example.com");
+    assert_eq!(masked.fields[1].value, "+86*******8000");
 }

@@ -1,0 +1,40 @@
+//! `/v1/decisions`: why a login was decided as it was.
+
+use axum::{Extension, Json, extract::State};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::{ApiPath, ApiQuery},
+};
+use crate::admin::{Actor, views::DecisionView};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DecisionQuery {
+    /// The CloudEvents `source` of the login, needed when several sources used the same id.
+    pub source: Option<String>,
+}
+
+/// The decision of one login with its evidence: the fields and why each was or was not used,
+/// the candidate accounts and why each was set aside, the connection's settings at the time.
+#[utoipa::path(get, path = "/v1/decisions/{event_id}", tag = "decisions",
+    params(("event_id" = String, Path), DecisionQuery), security(("bearer" = [])),
+    responses((status = 200, body = DecisionView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn show(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiPath(event_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DecisionQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let source = q.source.filter(|s| !s.is_empty());
+    let decision: DecisionView = state
+        .admin
+        .get_decision(&event_id, source.as_deref())
+        .await?;
+    Ok(super::as_seen_by(&actor, decision, &[]))
+}
