@@ -7,6 +7,7 @@ pub mod bindings;
 pub mod connections;
 pub mod decisions;
 pub mod expiry;
+pub mod user_update;
 pub mod users;
 pub mod views;
 

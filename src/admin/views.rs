@@ -37,7 +37,8 @@ pub struct BindingView {
     pub external_id: String,
     /// `pending`, `resolved` or `expired`.
     pub status: String,
-    /// `ask_binding`, `ambiguous_match` or `candidate_already_linked`.
+    /// `ask_binding`, `ambiguous_match`, `candidate_already_linked`, `protected_account`,
+    /// `confusable_identifier` or `candidate_unverified`.
     pub reason: String,
     pub candidates: Vec<CandidateView>,
     /// The external identity's profile, as the login carried it.
@@ -53,6 +54,9 @@ pub struct BindingView {
     pub resolved_at: Option<DateTime<Utc>>,
     /// The reason given with a rejection.
     pub resolution_reason: Option<String>,
+    /// The login that opened the binding: its decision's evidence is at
+    /// `/v1/decisions/{cause_event_id}`.
+    pub cause_event_id: Option<String>,
 }
 
 impl BindingView {
@@ -73,6 +77,7 @@ impl BindingView {
             resolved_by: row.resolved_by,
             resolved_at: row.resolved_at,
             resolution_reason: row.resolution_reason,
+            cause_event_id: row.cause_event_id,
         }
     }
 }

@@ -167,8 +167,8 @@ pub struct UserRow {
     pub updated_at: DateTime<Utc>,
 }
 
-impl UserRow {
-    /// The user as the decision sees a candidate (without its identities).
+impl UserRecord {
+    /// The user as the decision sees it (without its identities).
     pub fn pool_user(&self) -> PoolUser {
         PoolUser {
             id: self.id,
@@ -180,6 +180,33 @@ impl UserRow {
             protected: self.protected,
             linked_on_connection: false,
         }
+    }
+}
+
+/// Writes every changeable field of a user.
+pub async fn update(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<()> {
+    sqlx::query!(
+        r#"UPDATE users SET email = $2, email_verified = $3, phone = $4, phone_verified = $5,
+                  username = $6, name = $7, protected = $8, updated_at = now()
+           WHERE id = $1"#,
+        user.id,
+        user.email,
+        user.email_verified,
+        user.phone,
+        user.phone_verified,
+        user.username,
+        user.name,
+        user.protected,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl UserRow {
+    /// The user as the decision sees a candidate (without its identities).
+    pub fn pool_user(&self) -> PoolUser {
+        self.record().pool_user()
     }
 
     pub fn record(&self) -> UserRecord {

@@ -30,6 +30,8 @@ pub enum EventType {
     UserLinked,
     #[serde(rename = "user.unlinked")]
     UserUnlinked,
+    #[serde(rename = "user.updated")]
+    UserUpdated,
     #[serde(rename = "login.rejected")]
     LoginRejected,
     #[serde(rename = "binding.pending")]
@@ -45,6 +47,7 @@ impl EventType {
         Self::UserCreated,
         Self::UserLinked,
         Self::UserUnlinked,
+        Self::UserUpdated,
         Self::LoginRejected,
         Self::BindingPending,
         Self::BindingResolved,
@@ -57,6 +60,7 @@ impl EventType {
             Self::UserCreated => "user.created",
             Self::UserLinked => "user.linked",
             Self::UserUnlinked => "user.unlinked",
+            Self::UserUpdated => "user.updated",
             Self::LoginRejected => "login.rejected",
             Self::BindingPending => "binding.pending",
             Self::BindingResolved => "binding.resolved",
@@ -117,6 +121,17 @@ pub struct UserUnlinked<'a> {
     /// Who unlinked it (the admin token's name, or the command's actor).
     pub actor: &'a str,
     pub reason: Option<&'a str>,
+}
+
+/// An account changed: by an admin (`actor`) or, from a login, by its source (`cause_event_id`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UserUpdated<'a> {
+    pub user_pool_id: &'a str,
+    pub user: UserSummary,
+    /// The names of the fields that changed.
+    pub changed: Vec<&'static str>,
+    pub cause_event_id: Option<&'a str>,
+    pub actor: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -238,6 +253,7 @@ event_data! {
     UserCreated => UserCreated, |d| Subject::User(d.user.id);
     UserLinked => UserLinked, |d| Subject::User(d.user_id);
     UserUnlinked => UserUnlinked, |d| Subject::User(d.user_id);
+    UserUpdated => UserUpdated, |d| Subject::User(d.user.id);
     LoginRejected => LoginRejected, |d| Subject::Identity(
         format!("{}/{}", d.identity.connection, d.identity.external_id));
     BindingPending => BindingPending, |d| Subject::Binding(d.binding_id);

@@ -149,7 +149,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bindings/{id}", get(bindings::show))
         .route("/v1/bindings/{id}/resolve", post(bindings::resolve))
         .route("/v1/users", get(users::find).post(users::create))
-        .route("/v1/users/{id}", get(users::show))
+        .route("/v1/users/{id}", get(users::show).patch(users::update))
         .route(
             "/v1/users/{id}/identities/{connection}/{external_id}",
             delete(users::unlink),

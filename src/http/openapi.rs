@@ -27,7 +27,7 @@ impl Modify for BearerAuth {
     info(title = "identity-sync admin API", description = "Resolve pending bindings, look up and manage accounts and connections, read the audit log."),
     paths(
         bindings::list, bindings::show, bindings::resolve,
-        users::find, users::show, users::create, users::unlink,
+        users::find, users::show, users::create, users::update, users::unlink,
         connections::list, connections::show, connections::put,
         audit::list,
         decisions::show,

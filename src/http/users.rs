@@ -13,6 +13,7 @@ use super::{
 use crate::accounts::AccountInput;
 use crate::admin::{
     Actor,
+    user_update::UserPatch,
     users::Lookup,
     views::{Page, UserView},
 };
@@ -148,4 +149,22 @@ pub async fn unlink(
             .unlink(id, &connection, &external_id, &actor)
             .await?,
     ))
+}
+
+/// Change an account: email, phone, username, name, the verification flags, `protected`. A field
+/// left out stays, `null` clears it. Publishes `user.updated`; 409 when a value is held by another
+/// user of the pool, 422 for a bad (or lookalike) value.
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", params(("id" = Uuid, Path)),
+    request_body = UserPatch, security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(patch): ApiJson<UserPatch>,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(state.admin.update_user(id, &patch, &actor).await?))
 }

@@ -1,6 +1,6 @@
 // Drives the admin console (/admin) in headless Chromium: signs in with a token, finds the
-// pending binding named by EXPECT_BINDING ("<connection> / <external id>"), compares, links it to
-// the first candidate, and checks that it leaves the list. Run by the integration test
+// pending binding named by EXPECT_BINDING ("<connection> / <external id>"), compares, reads the
+// decision's evidence, links it to the first candidate, and checks that it leaves the list. Run by the integration test
 // `console::the_console_resolves_a_binding`, which prepares the binding and checks the events.
 //
 // Environment: CONSOLE_URL, TOKEN, EXPECT_BINDING, SCREENSHOT (optional), CHROMIUM (optional).
@@ -49,6 +49,10 @@ try {
   const header = await page.locator("#compare-head th").allTextContents();
   if (!header.includes("Candidate 1")) fail("no candidate column: " + header.join(", "));
   const emailRow = await page.locator("#compare-body tr", { hasText: "Email" }).allTextContents();
+  // The decision's evidence beside the comparison.
+  await page.waitForSelector("#why-fields tr");
+  const why = await page.locator("#why-fields tr").allTextContents();
+  const setAside = await page.locator("#why-candidates tr").allTextContents();
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
 
   await page.locator("#link-actions button").first().click();
@@ -56,7 +60,7 @@ try {
   const status = await page.textContent("#status");
   if (await item.count() !== 0) fail("the resolved binding is still listed");
   if (errors.length) fail("page errors: " + errors.join("; "));
-  console.log(JSON.stringify({ listed: true, resolved: true, status, email_row: emailRow[0], loaded_ms: loaded }));
+  console.log(JSON.stringify({ listed: true, resolved: true, status, email_row: emailRow[0], why, set_aside: setAside, loaded_ms: loaded }));
 } finally {
   await browser.close();
 }

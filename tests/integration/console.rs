@@ -65,6 +65,18 @@ async fn the_console_resolves_a_binding() {
     );
     let result: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(result["resolved"], true);
+    // The comparison shows the candidate's email masked, and the evidence beside it.
+    let email_row = result["email_row"].as_str().unwrap();
+    assert!(
+        email_row.contains("Browser@Example.com") && email_row.contains("b***@example.com"),
+        "{email_row}"
+    );
+    assert_eq!(
+        result["why"],
+        json!(["emailbrowser@example.comyes—"]),
+        "the email was used"
+    );
+    assert_eq!(result["set_aside"], json!(["Candidate 1email-"]));
 
     let (_, shown) = app.api().get(&format!("/v1/bindings/{binding}")).await;
     assert_eq!(shown["status"], "resolved");

@@ -18,3 +18,4 @@ mod ordering;
 mod outcomes;
 mod publishers;
 mod reliability;
+mod trust;

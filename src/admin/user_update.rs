@@ -1,0 +1,215 @@
+//! Changing an account: `PATCH /v1/users/{id}`. The new values are normalised and checked like
+//! those of a new account (a suspicious value is refused), taken under the same locks as a
+//! login's, and the change publishes `user.updated`.
+
+use chrono::Utc;
+use serde::{Deserialize, Deserializer};
+use uuid::Uuid;
+
+use super::{Actor, Admin, AdminError, views::UserView};
+use crate::db::{
+    audit, identities,
+    locks::LockSet,
+    outbox::{self, NewOutbox},
+    users::{self, FieldKeys, UserRecord},
+};
+use crate::domain::{
+    Email, Phone, Username,
+    events::{OutboundEvent, UserSummary, UserUpdated},
+};
+
+/// The fields to change; a field left out stays as it is, `null` clears it.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    pub email_verified: Option<bool>,
+    /// With its `+` country code.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub phone: Option<Option<String>>,
+    pub phone_verified: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub username: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    pub protected: Option<bool>,
+}
+
+/// A field that is present in the body, `null` or not.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn invalid(field: &'static str, message: String) -> AdminError {
+    AdminError::invalid("invalid_field", Some(field), format!("{field}: {message}"))
+}
+
+impl UserPatch {
+    /// `current` with the patch applied and normalised; the names of the fields that change.
+    fn apply(&self, current: &UserRecord) -> Result<(UserRecord, Vec<&'static str>), AdminError> {
+        let mut next = current.clone();
+        if let Some(email) = &self.email {
+            next.email = email
+                .as_deref()
+                .map(|raw| Email::parse_strict(raw).map_err(|e| invalid("email", e.to_string())))
+                .transpose()?
+                .map(Email::into_inner);
+        }
+        if let Some(phone) = &self.phone {
+            next.phone = phone
+                .as_deref()
+                .map(|raw| Phone::parse(raw, None).map_err(|e| invalid("phone", e.to_string())))
+                .transpose()?
+                .map(Phone::into_inner);
+        }
+        if let Some(username) = &self.username {
+            next.username = username
+                .as_deref()
+                .map(|raw| {
+                    Username::parse_strict(raw).map_err(|e| invalid("username", e.to_string()))
+                })
+                .transpose()?
+                .map(Username::into_inner);
+        }
+        if let Some(name) = &self.name {
+            if name
+                .as_deref()
+                .is_some_and(|n| n.chars().count() > 256 || n.contains('\0'))
+            {
+                return Err(invalid("name", "at most 256 characters without NUL".into()));
+            }
+            next.name = name.clone();
+        }
+        if let Some(verified) = self.email_verified {
+            next.email_verified = verified;
+        }
+        if let Some(verified) = self.phone_verified {
+            next.phone_verified = verified;
+        }
+        if let Some(protected) = self.protected {
+            next.protected = protected;
+        }
+        // A flag without its value means nothing.
+        next.email_verified &= next.email.is_some();
+        next.phone_verified &= next.phone.is_some();
+        let mut changed = Vec::new();
+        let mut note = |name: &'static str, differs: bool| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        note("email", next.email != current.email);
+        note(
+            "email_verified",
+            next.email_verified != current.email_verified,
+        );
+        note("phone", next.phone != current.phone);
+        note(
+            "phone_verified",
+            next.phone_verified != current.phone_verified,
+        );
+        note("username", next.username != current.username);
+        note("name", next.name != current.name);
+        note("protected", next.protected != current.protected);
+        Ok((next, changed))
+    }
+}
+
+impl Admin {
+    /// Applies `patch` to the account `id`; a value held by another user of the pool is a
+    /// conflict. Publishes `user.updated` when something changed.
+    pub async fn update_user(
+        &self,
+        id: Uuid,
+        patch: &UserPatch,
+        actor: &Actor,
+    ) -> Result<UserView, AdminError> {
+        let mut tx = self.pool.begin().await?;
+        let current = users::get(&mut tx, id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
+        let (next, changed) = patch.apply(&current.record())?;
+        let pool = current.user_pool_id.clone();
+        let mut locks = LockSet::new();
+        locks.user(id);
+        let wanted = next.pool_user();
+        if let Some(email) = &wanted.email {
+            locks.email(&pool, email);
+        }
+        if let Some(phone) = &wanted.phone {
+            locks.phone(&pool, phone);
+        }
+        if let Some(username) = &wanted.username {
+            locks.username(&pool, username);
+        }
+        locks.acquire(&mut tx).await?;
+
+        let mut keys = FieldKeys::default();
+        keys.emails.extend(next.email.clone());
+        keys.phones.extend(next.phone.clone());
+        keys.usernames.extend(next.username.clone());
+        let taken: Vec<String> = users::find_by_fields(&mut tx, &pool, &keys)
+            .await?
+            .into_iter()
+            .filter(|holder| holder.id != id)
+            .flat_map(|holder| {
+                let mut fields = Vec::new();
+                if next.email.is_some() && holder.email == next.email {
+                    fields.push(format!("email is held by user {}", holder.id));
+                }
+                if next.phone.is_some() && holder.phone == next.phone {
+                    fields.push(format!("phone is held by user {}", holder.id));
+                }
+                if next.username.is_some() && holder.username == next.username {
+                    fields.push(format!("username is held by user {}", holder.id));
+                }
+                fields
+            })
+            .collect();
+        if !taken.is_empty() {
+            return Err(AdminError::conflict("field_taken", taken.join("; ")));
+        }
+        let links = identities::of_users(&mut tx, &[id]).await?;
+        let before = UserView::new(current.clone(), &links);
+        if changed.is_empty() {
+            return Ok(before);
+        }
+        users::update(&mut tx, &next).await?;
+        let after_row = users::get(&mut tx, id).await?.expect("still there");
+        let after = UserView::new(after_row, &links);
+        let data = UserUpdated {
+            user_pool_id: &pool,
+            user: UserSummary {
+                id,
+                email: next.email.clone(),
+                phone: next.phone.clone(),
+                username: next.username.clone(),
+                name: next.name.clone(),
+            },
+            changed,
+            cause_event_id: None,
+            actor: Some(&actor.name),
+        };
+        let mut events = NewOutbox::default();
+        events.event(OutboundEvent::new(data, Utc::now()));
+        let published = outbox::insert_many(&mut tx, self.origin, events).await?;
+        audit::record(
+            &mut tx,
+            &actor.name,
+            "user.update",
+            &format!("user/{id}"),
+            Some(serde_json::to_value(&before).expect("serialises")),
+            Some(serde_json::to_value(&after).expect("serialises")),
+        )
+        .await?;
+        self.commit(tx, published).await?;
+        Ok(after)
+    }
+}
