@@ -366,6 +366,7 @@ async fn decisions_are_explained_to_admins_masked_to_viewers_and_on_the_command_
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{text}");
     assert!(output.status.success(), "{text}");
     assert!(
         text.contains("binding_pending") && text.contains("malformed"),
