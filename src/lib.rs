@@ -21,3 +21,4 @@ pub mod retry;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;
+pub mod verify;

@@ -56,6 +56,8 @@ impl UserPatch {
     fn apply(&self, current: &UserRecord) -> Result<(UserRecord, Vec<&'static str>), AdminError> {
         let mut next = current.clone();
         if let Some(email) = &self.email {
+            // A new address is not verified unless the body says so.
+            next.email_verified = false;
             next.email = email
                 .as_deref()
                 .map(|raw| Email::parse_strict(raw).map_err(|e| invalid("email", e.to_string())))
@@ -63,6 +65,7 @@ impl UserPatch {
                 .map(Email::into_inner);
         }
         if let Some(phone) = &self.phone {
+            next.phone_verified = false;
             next.phone = phone
                 .as_deref()
                 .map(|raw| Phone::parse(raw, None).map_err(|e| invalid("phone", e.to_string())))
@@ -86,6 +89,13 @@ impl UserPatch {
                 return Err(invalid("name", "at most 256 characters without NUL".into()));
             }
             next.name = name.clone();
+        }
+        // Keeping the same value keeps its flag.
+        if next.email == current.email && self.email_verified.is_none() {
+            next.email_verified = current.email_verified;
+        }
+        if next.phone == current.phone && self.phone_verified.is_none() {
+            next.phone_verified = current.phone_verified;
         }
         if let Some(verified) = self.email_verified {
             next.email_verified = verified;
@@ -132,24 +142,37 @@ impl Admin {
         actor: &Actor,
     ) -> Result<UserView, AdminError> {
         let mut tx = self.pool.begin().await?;
-        let current = users::get(&mut tx, id)
-            .await?
-            .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
-        let (next, changed) = patch.apply(&current.record())?;
+        // The locks of the user and of its old and new values, taken before the user is read
+        // for good: a concurrent PATCH waits, and so does a login matching on an old value. If
+        // the user changed before the locks were taken, lock what it holds now, and read again.
+        let mut seen = None;
+        let (current, next, changed) = loop {
+            let current = users::get(&mut tx, id)
+                .await?
+                .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
+            if seen.as_ref() == Some(&current.record()) {
+                let (next, changed) = patch.apply(&current.record())?;
+                break (current, next, changed);
+            }
+            let (next, _) = patch.apply(&current.record())?;
+            let mut locks = LockSet::new();
+            locks.user(id);
+            for user in [current.record(), next] {
+                let wanted = user.pool_user();
+                if let Some(email) = &wanted.email {
+                    locks.email(&current.user_pool_id, email);
+                }
+                if let Some(phone) = &wanted.phone {
+                    locks.phone(&current.user_pool_id, phone);
+                }
+                if let Some(username) = &wanted.username {
+                    locks.username(&current.user_pool_id, username);
+                }
+            }
+            locks.acquire(&mut tx).await?;
+            seen = Some(current.record());
+        };
         let pool = current.user_pool_id.clone();
-        let mut locks = LockSet::new();
-        locks.user(id);
-        let wanted = next.pool_user();
-        if let Some(email) = &wanted.email {
-            locks.email(&pool, email);
-        }
-        if let Some(phone) = &wanted.phone {
-            locks.phone(&pool, phone);
-        }
-        if let Some(username) = &wanted.username {
-            locks.username(&pool, username);
-        }
-        locks.acquire(&mut tx).await?;
 
         let mut keys = FieldKeys::default();
         keys.emails.extend(next.email.clone());

@@ -54,9 +54,10 @@ pub struct BindingView {
     pub resolved_at: Option<DateTime<Utc>>,
     /// The reason given with a rejection.
     pub resolution_reason: Option<String>,
-    /// The login that opened the binding: its decision's evidence is at
-    /// `/v1/decisions/{cause_event_id}`.
+    /// The login that opened the binding (its id and CloudEvents source): its decision's
+    /// evidence is at `/v1/decisions/{cause_event_id}?source={cause_source}`.
     pub cause_event_id: Option<String>,
+    pub cause_source: Option<String>,
 }
 
 impl BindingView {
@@ -78,6 +79,7 @@ impl BindingView {
             resolved_at: row.resolved_at,
             resolution_reason: row.resolution_reason,
             cause_event_id: row.cause_event_id,
+            cause_source: row.cause_source,
         }
     }
 }
@@ -265,6 +267,26 @@ pub struct DecisionView {
     /// `confusable_identifier`, `candidate_unverified`, `candidate_already_linked` or null).
     #[schema(value_type = Vec<Object>)]
     pub candidates: Value,
+}
+
+impl DecisionView {
+    /// With the fields' values masked by their kind, as viewers see them (a malformed value is
+    /// masked too: it may still be an address).
+    pub fn masked(mut self) -> Self {
+        if let Value::Array(fields) = &mut self.fields {
+            for field in fields {
+                let kind = field["field"].as_str().unwrap_or_default().to_owned();
+                if let Some(Value::String(value)) = field.get_mut("value") {
+                    *value = match kind.as_str() {
+                        "email" => mask::email(value),
+                        "phone" => mask::phone(value),
+                        _ => value.clone(),
+                    };
+                }
+            }
+        }
+        self
+    }
 }
 
 impl From<crate::db::processed::DecisionRow> for DecisionView {

@@ -33,6 +33,9 @@ pub enum Command {
     Run,
     /// Create the database if needed and apply the migrations.
     Migrate,
+    /// Check every invariant the contract promises over the database (read-only); exit 1 on any
+    /// violation.
+    Verify,
     /// Manage accounts.
     Users {
         #[command(subcommand)]
@@ -102,6 +105,25 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             println!("database is up to date ({applied} migrations)");
             pool.close().await;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let pool = db::connect_and_migrate(&settings.database).await?;
+            let bounds = crate::verify::Bounds {
+                orphan_after: settings.outbox.orphan_after,
+                retention: settings.outbox.retention,
+            };
+            let violations = crate::verify::verify(&pool, bounds).await?;
+            pool.close().await;
+            for violation in &violations {
+                println!("{violation}");
+            }
+            if violations.is_empty() {
+                println!("every invariant holds");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{} violation(s)", violations.len());
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Users {
             command: UsersCommand::Import(args),

@@ -101,16 +101,16 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
                AND i.user_pool_id = v.pool),
            new_bindings AS (
              INSERT INTO bindings (id, user_pool_id, connection, external_id, profile, reason,
-                                   candidates, cause_event_id, expires_at)
+                                   candidates, cause_event_id, cause_source, expires_at)
              SELECT b.id, b.pool, b.connection, b.external_id, b.profile, b.reason,
                     ARRAY(SELECT c.candidate FROM unnest($25::int4[], $26::uuid[]) WITH ORDINALITY
                               AS c(owner, candidate, n)
                           WHERE c.owner = b.n - 1 ORDER BY c.n),
-                    b.cause_event_id, b.expires_at
+                    b.cause_event_id, b.cause_source, b.expires_at
              FROM unnest($19::uuid[], $20::text[], $21::text[], $22::text[], $23::jsonb[],
-                         $24::text[], $27::text[], $28::timestamptz[])
+                         $24::text[], $27::text[], $45::text[], $28::timestamptz[])
                   WITH ORDINALITY AS b(id, pool, connection, external_id, profile, reason,
-                                       cause_event_id, expires_at, n)),
+                                       cause_event_id, cause_source, expires_at, n)),
            processed AS (
              INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason,
                                            user_pool_id, connection, settings_version, evidence)
@@ -190,6 +190,7 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
         &w.processed.connections,
         &w.processed.settings_versions,
         &w.processed.evidence,
+        &w.bindings.cause_sources as &[Option<String>],
     )
     .fetch_one(conn)
     .await?;

@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::identities::IdentityKeys;
+use crate::domain::login::LoginEvent;
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct PendingRow {
@@ -28,6 +29,7 @@ pub struct NewBindings {
     pub candidate_owner: Vec<i32>,
     pub candidates: Vec<Uuid>,
     pub cause_event_ids: Vec<Option<String>>,
+    pub cause_sources: Vec<Option<String>>,
     pub expires_at: Vec<DateTime<Utc>>,
 }
 
@@ -42,7 +44,7 @@ impl NewBindings {
         profile: Value,
         reason: &str,
         candidates: &[Uuid],
-        cause_event_id: Option<&str>,
+        cause: Option<&LoginEvent>,
         expires_at: DateTime<Utc>,
     ) {
         let owner = self.ids.len() as i32;
@@ -54,7 +56,8 @@ impl NewBindings {
             self.candidate_owner.push(owner);
             self.candidates.push(*candidate);
         }
-        self.cause_event_ids.push(cause_event_id.map(str::to_owned));
+        self.cause_event_ids.push(cause.map(|e| e.id.clone()));
+        self.cause_sources.push(cause.map(|e| e.source.clone()));
         self.expires_at.push(expires_at);
     }
 
@@ -98,6 +101,7 @@ pub struct BindingRow {
     pub candidates: Vec<Uuid>,
     pub status: String,
     pub cause_event_id: Option<String>,
+    pub cause_source: Option<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub resolution: Option<String>,
@@ -111,7 +115,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Bindi
     sqlx::query_as!(
         BindingRow,
         r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates, status,
-                  cause_event_id, created_at, expires_at, resolution, user_id, resolved_by,
+                  cause_event_id, cause_source, created_at, expires_at, resolution, user_id, resolved_by,
                   resolved_at, resolution_reason
            FROM bindings WHERE id = $1"#,
         id
@@ -135,7 +139,7 @@ pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> sqlx::Result<
     sqlx::query_as!(
         BindingRow,
         r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates, status,
-                  cause_event_id, created_at, expires_at, resolution, user_id, resolved_by,
+                  cause_event_id, cause_source, created_at, expires_at, resolution, user_id, resolved_by,
                   resolved_at, resolution_reason
            FROM bindings
            WHERE ($1::text IS NULL OR user_pool_id = $1)

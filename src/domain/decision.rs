@@ -308,6 +308,19 @@ pub fn decide(
             candidates: many.iter().map(|c| c.user_id).collect(),
             reason: BindingReason::AmbiguousMatch,
         },
+        // Asking the person: a protected account or a lookalike of the one candidate says so,
+        // so that the platform does not offer self-service proof against it.
+        (_, [only])
+            if matches!(
+                only.set_aside,
+                Some(SetAside::ProtectedAccount | SetAside::ConfusableIdentifier)
+            ) =>
+        {
+            Action::OpenBinding {
+                candidates: vec![only.user_id],
+                reason: only.set_aside.expect("matched above").into(),
+            }
+        }
         (_, some) => Action::OpenBinding {
             candidates: some.iter().map(|c| c.user_id).collect(),
             reason: BindingReason::AskBinding,
@@ -514,10 +527,16 @@ impl Judge<'_> {
     }
 }
 
+/// The value the evidence shows: the canonical one, or the raw one when it is malformed or
+/// suspicious (the canonical form of a lookalike hides what it was).
 fn text<T>(field: &Field<T>, as_str: fn(&T) -> &str) -> Option<String> {
     match field {
         Field::Absent => None,
         Field::Malformed(raw) => Some(raw.clone()),
+        Field::Valid {
+            suspicious: Some(raw),
+            ..
+        } => Some(raw.clone()),
         Field::Valid { value, .. } => Some(as_str(value).to_owned()),
     }
 }

@@ -307,9 +307,12 @@ pub enum Field<T> {
     /// In the profile but not a valid value: the raw text (cut to 256 characters), for the
     /// decision's evidence.
     Malformed(String),
-    /// Valid, in canonical form; `suspicious` when the raw value could pass for another (see
-    /// `identifier`).
-    Valid { value: T, suspicious: bool },
+    /// Valid, in canonical form; `suspicious` holds the raw value (cut to 256 characters) when
+    /// it could pass for another (see `identifier`).
+    Valid {
+        value: T,
+        suspicious: Option<String>,
+    },
 }
 
 impl<T> Field<T> {
@@ -325,7 +328,7 @@ impl<T> Field<T> {
         matches!(
             self,
             Self::Valid {
-                suspicious: true,
+                suspicious: Some(_),
                 ..
             }
         )
@@ -335,7 +338,10 @@ impl<T> Field<T> {
         match raw {
             None => Self::Absent,
             Some(raw) => match parse(raw) {
-                Ok((value, suspicious)) => Self::Valid { value, suspicious },
+                Ok((value, suspicious)) => Self::Valid {
+                    value,
+                    suspicious: suspicious.then(|| raw.chars().take(256).collect()),
+                },
                 Err(_) => Self::Malformed(raw.chars().take(256).collect()),
             },
         }
@@ -347,7 +353,7 @@ impl<T: Clone> Field<T> {
     pub fn valid(value: T) -> Self {
         Self::Valid {
             value,
-            suspicious: false,
+            suspicious: None,
         }
     }
 }

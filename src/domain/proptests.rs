@@ -138,7 +138,7 @@ fn field<T>(given: &Given, parse: impl Fn(&str) -> T) -> login::Field<T> {
         Given::Malformed => login::Field::Malformed("not a value".into()),
         Given::Value(v, suspicious) => login::Field::Valid {
             value: parse(v),
-            suspicious: *suspicious,
+            suspicious: suspicious.then(|| format!("lookalike of {v}")),
         },
     }
 }
@@ -406,9 +406,22 @@ fn expected(
             };
         }
         _ => {
+            // Asking the person: "protected ... whatever the association mode", and a
+            // lookalike of the one candidate, say so.
+            let reason = match candidates.as_slice() {
+                [(u, _)] if u.protected => BindingReason::ProtectedAccount,
+                [(_, matched)]
+                    if matched
+                        .iter()
+                        .any(|f| matches!(login.given(*f), Given::Value(_, true))) =>
+                {
+                    BindingReason::ConfusableIdentifier
+                }
+                _ => BindingReason::AskBinding,
+            };
             return Action::OpenBinding {
                 candidates: ids(&candidates),
-                reason: BindingReason::AskBinding,
+                reason,
             };
         }
     }
@@ -487,7 +500,8 @@ proptest! {
 const TRICKY: &[&str] = &[
     "a", "k", "s", "i", "f", "K", "S", "I", "\u{212A}", "\u{17F}", "\u{DF}", "\u{131}", "\u{130}",
     "\u{FB01}", "\u{FF21}", "\u{FF41}", "\u{1D2E}", "\u{2170}", "\u{E9}", "e\u{301}", "\u{5F20}",
-    "\u{430}", "\u{3BF}", "\u{101}", "\u{100}", " ", ".", "-", "_", "0",
+    "\u{430}", "\u{3BF}", "\u{101}", "\u{100}", " ", ".", "-", "_", "0", "\u{3002}", "\u{AD}",
+    "\u{200B}", "\u{212B}", "\u{F9E1}", "\u{674E}", "\u{3A3}", "\u{3C2}",
 ];
 
 fn tricky_text() -> impl Strategy<Value = String> {
@@ -517,6 +531,12 @@ proptest! {
             && a == b
         {
             prop_assert!(raw.trim().eq_ignore_ascii_case(ascii.trim()), "{raw:?} passes for {ascii:?}");
+        }
+        let (left, right) = (format!("{ascii}@{raw}.example"), format!("{ascii}@corp.example"));
+        if let (Ok((a, false)), Ok(b)) = (Email::parse_checked(&left), Email::parse(&right))
+            && a == b
+        {
+            prop_assert!(raw.trim().eq_ignore_ascii_case("corp"), "{left:?} passes for {right:?}");
         }
         let (left, right) = (format!("{raw}@corp.example"), format!("{ascii}@corp.example"));
         if let (Ok((a, false)), Ok(b)) = (Email::parse_checked(&left), Email::parse(&right))

@@ -36,5 +36,10 @@ pub async fn show(
         .admin
         .get_decision(&event_id, source.as_deref())
         .await?;
+    let decision = if actor.sees_masked() {
+        decision.masked()
+    } else {
+        decision
+    };
     Ok(super::as_seen_by(&actor, decision, &[]))
 }

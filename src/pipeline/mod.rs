@@ -334,7 +334,7 @@ fn decide_one(
                 profile,
                 reason.as_str(),
                 &candidates,
-                cause,
+                Some(event),
                 expires_at,
             );
             state.open_binding(

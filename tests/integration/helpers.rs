@@ -342,9 +342,25 @@ impl Drop for BrokerUser {
     }
 }
 
+/// Fails the test on any violation of the contract's invariants in the database at `url`.
+pub async fn verify(url: &str) {
+    let pool = PgPool::connect(url).await.expect("connecting to verify");
+    let bounds = identity_sync::verify::Bounds {
+        orphan_after: Duration::from_secs(2),
+        retention: Duration::from_secs(7 * 24 * 3600),
+    };
+    let violations = identity_sync::verify::verify(&pool, bounds)
+        .await
+        .expect("verify runs");
+    pool.close().await;
+    let lines: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    assert!(lines.is_empty(), "invariants broken:\n{}", lines.join("\n"));
+}
+
 /// The application, running in this process.
 pub struct TestApp {
     pub address: SocketAddr,
+    db_url: String,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -355,6 +371,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(settings: Settings) -> Self {
+        let db_url = secrecy::ExposeSecret::expose_secret(&settings.database.url).to_owned();
         let app = Application::build(settings)
             .await
             .expect("application builds");
@@ -363,6 +380,7 @@ impl TestApp {
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let app = Self {
             address,
+            db_url,
             shutdown,
             handle,
         };
@@ -398,6 +416,7 @@ impl TestApp {
         metric_value(&self.metrics().await, name)
     }
 
+    /// Stops the application, then checks every invariant over its database.
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(12), self.handle)
@@ -405,6 +424,7 @@ impl TestApp {
             .expect("stopped within the deadline")
             .unwrap()
             .unwrap();
+        verify(&self.db_url).await;
     }
 }
 

@@ -236,7 +236,7 @@ async fn idle_connections_and_a_readiness_flood_leave_the_api_and_the_worker_wor
         "",
         &[(
             "admin",
-            "header_read_timeout = \"1s\"\nmax_connections = 300",
+            "header_read_timeout = \"1s\"\nmax_connections = 1000",
         )],
     )
     .await;
@@ -408,5 +408,36 @@ async fn viewers_see_emails_and_phones_masked_except_what_they_searched_by() {
     assert_eq!(shown["email"], "li.si@example.com");
     let (_, audit) = admin.get("/v1/audit").await;
     assert_eq!(audit["items"][0]["after"]["phone"], "+8613900139000");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_client_address_cannot_take_every_connection() {
+    let services = Services::with_keys("", &[("admin", "max_connections = 8")]).await;
+    let app = TestApp::spawn(&services).await;
+    // A quarter of the connections per address: two here. Of four idle connections from this
+    // address (the readiness checks' may still be closing), at least two are closed at once.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(tokio::net::TcpStream::connect(app.address).await.unwrap());
+    }
+    let mut closed = 0;
+    for stream in &mut streams {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 2,
+        "only {closed} of 4 connections from one address were refused"
+    );
+    drop(streams);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        reqwest::get(app.url("/healthz")).await.unwrap().status(),
+        200
+    );
     app.stop().await;
 }

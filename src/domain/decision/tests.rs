@@ -581,7 +581,7 @@ fn binding_reasons_round_trip() {
 fn suspicious<T>(value: T) -> Field<T> {
     Field::Valid {
         value,
-        suspicious: true,
+        suspicious: Some("\u{212A}...".into()),
     }
 }
 
@@ -721,7 +721,11 @@ fn protected_accounts_are_set_aside_in_every_association_mode_that_matches() {
         &with_users(vec![protected.clone()]),
         now(),
     );
-    assert_eq!(reason_of(&decision), Some(BindingReason::AskBinding));
+    assert_eq!(
+        reason_of(&decision),
+        Some(BindingReason::ProtectedAccount),
+        "whatever the association mode: the platform must not offer self-service proof"
+    );
     assert_eq!(
         decision.evidence.candidates[0].set_aside,
         Some(SetAside::ProtectedAccount),
