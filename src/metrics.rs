@@ -33,6 +33,9 @@ pub struct ComponentLabel {
     pub component: &'static str,
 }
 
+/// The parts whose transient failures are counted.
+pub const COMPONENTS: [&str; 3] = ["consumer", "database", "relay"];
+
 /// Cheap to clone: every metric is an `Arc` inside.
 #[derive(Clone)]
 pub struct Metrics {
@@ -163,6 +166,27 @@ impl Metrics {
             "Broker users listed in amqp.trusted_publishers (0: anyone who can publish is heard)",
             trusted_publishers.clone(),
         );
+        // Every label a family can take is there from the start, at 0: a scrape (or a test)
+        // tells "nothing happened" from "not exported".
+        for outcome in crate::domain::decision::Outcome::ALL {
+            decisions.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
+        for kind in crate::domain::login::RejectionKind::ALL {
+            dead_letters.get_or_create(&ReasonLabel {
+                reason: kind.code(),
+            });
+        }
+        for component in COMPONENTS {
+            transient_errors.get_or_create(&ComponentLabel { component });
+        }
+        for kind in ["event", "reply"] {
+            outbox_published.get_or_create(&KindLabel { kind });
+        }
+        for kind in ["event", "processed"] {
+            pruned.get_or_create(&KindLabel { kind });
+        }
         Self {
             registry: Arc::new(registry),
             decisions,
@@ -184,7 +208,9 @@ impl Metrics {
         }
     }
 
+    /// Counts a failure retried with backoff; `component` is one of `COMPONENTS`.
     pub fn transient(&self, component: &'static str) {
+        debug_assert!(COMPONENTS.contains(&component), "{component}");
         self.transient_errors
             .get_or_create(&ComponentLabel { component })
             .inc();

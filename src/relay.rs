@@ -85,6 +85,11 @@ impl Handoff {
         let _order = self.order.lock().await;
         match tx.commit().await {
             Ok(()) => {
+                if crate::failpoint::armed("exit_after_commit") {
+                    // For the fault tests: a crash after the commit, before the relay or the
+                    // broker heard of it.
+                    std::process::exit(3);
+                }
                 self.queue(Queued::Committed(rows));
                 Ok(())
             }

@@ -59,6 +59,10 @@ try {
   await page.waitForFunction(() => /linked/.test(document.querySelector("#status.ok")?.textContent || ""));
   const status = await page.textContent("#status");
   if (await item.count() !== 0) fail("the resolved binding is still listed");
+  // And after the list is loaded again from the API.
+  await page.click("#filters button[type=submit]");
+  await page.waitForFunction(() => !document.querySelector("#bindings").hasAttribute("aria-busy"));
+  if (await item.count() !== 0) fail("the resolved binding is listed again after a reload");
   if (errors.length) fail("page errors: " + errors.join("; "));
   console.log(JSON.stringify({ listed: true, resolved: true, status, email_row: emailRow[0], why, set_aside: setAside, loaded_ms: loaded }));
 } finally {

@@ -318,6 +318,18 @@ async fn resolution_errors() {
         .post(&path, json!({"action": "link", "user_id": Uuid::now_v7()}))
         .await;
     assert_eq!((status, error_code(&body)), (422, "user_not_in_pool"));
+    // A real account, of another pool.
+    let (status, foreign) = api
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": "pool-2", "username": "elsewhere"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = api
+        .post(&path, json!({"action": "link", "user_id": foreign["id"]}))
+        .await;
+    assert_eq!((status, error_code(&body)), (422, "user_not_in_pool"));
     assert_eq!(body["error"]["field"], "user_id");
     for bad in [
         json!({"action": "merge"}),

@@ -90,6 +90,8 @@ async fn an_unreachable_database_stops_the_program_after_retries() {
     );
     let last = stderr.trim().lines().last().unwrap();
     assert!(last.contains("database unreachable"), "{stderr}");
+    let retries = stderr.matches("database not reachable yet").count();
+    assert!(retries >= 2, "it retried ({retries} warnings): {stderr}");
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ async fn outcomes(broker: &mut Broker, pending: Vec<String>) -> HashMap<Outcome,
     seen
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forty_copies_of_one_new_identity_with_two_workers_give_one_user() {
     let services = Services::new().await;
     let mut broker = Broker::connect(&services).await;
@@ -60,7 +60,7 @@ async fn forty_copies_of_one_new_identity_with_two_workers_give_one_user() {
     second.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identities_sharing_a_new_email_end_on_one_account() {
     let services = Services::new().await;
     let mut broker = Broker::connect(&services).await;
@@ -98,7 +98,7 @@ async fn identities_sharing_a_new_email_end_on_one_account() {
     second.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_email_goes_to_exactly_one_of_several_new_accounts() {
     let services = Services::new().await;
     let mut broker = Broker::connect(&services).await;

@@ -119,3 +119,71 @@ async fn a_worker_killed_mid_stream_redelivers_without_double_effects() {
     assert_eq!(broker.queue_depth(broker.work_queue()).await, 0);
     assert_eq!(worker.terminate().code(), Some(0), "graceful stop exits 0");
 }
+
+#[tokio::test]
+async fn a_crash_between_commit_and_ack_is_answered_by_the_dedupe_record_and_the_rows_adopted() {
+    let services = Services::new().await;
+    let mut broker = Broker::connect(&services).await;
+    let db = services.migrate().await;
+    for n in 0..300 {
+        broker
+            .send(&login("plain", &format!("c-{n}"), json!({})))
+            .await;
+    }
+    // This worker exits right after its first commit: before its relay saw the rows and
+    // before the broker got an ack.
+    let mut doomed =
+        WorkerProcess::start_with_env(&services, &[("IDSYNC_FAILPOINTS", "exit_after_commit")]);
+    let status = tokio::task::spawn_blocking(move || doomed.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "it died at the failpoint");
+    let committed = count(&db, "SELECT count(*) FROM processed_events").await;
+    assert!(committed > 0, "the batch was committed");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        committed,
+        "its events were never published"
+    );
+
+    let app = TestApp::spawn(&services).await;
+    wait_until(WAIT * 2, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == 300
+    })
+    .await
+    .expect("every event decided");
+    wait_until(WAIT, || async {
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        )
+        .await
+            == 0
+    })
+    .await
+    .expect("the dead process's rows were adopted and published");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "idsync_duplicates_total") as i64,
+        committed,
+        "the redelivered batch was answered from its dedupe records"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 300);
+    let mut ids = HashSet::new();
+    while let Some(event) = broker
+        .next_event_within(std::time::Duration::from_secs(2))
+        .await
+    {
+        ids.insert(event.body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        ids.len(),
+        300,
+        "every user.created published, the adopted ones too"
+    );
+    app.stop().await;
+}

@@ -502,6 +502,8 @@ pub fn error_code(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("not an API error: {body}"))
 }
 
+/// The value of one series of a scrape; a series that is not there fails the test (every label
+/// of the worker's metrics is exported from the start, so a missing one is a typo or a bug).
 pub fn metric_value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| {
@@ -509,7 +511,7 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
                 .and_then(|rest| rest.strip_prefix(' '))
         })
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
 /// The application as a separate process (for kill -9 tests).
@@ -795,8 +797,25 @@ impl Broker {
     }
 
     /// Asserts that no further event arrives within a short while.
+    /// Asserts that no further event arrives: once the outbox has nothing left to publish (and
+    /// a moment for what was just published to be delivered), nothing more is here.
     pub async fn no_more_events(&mut self) {
-        if let Some(extra) = self.next_event_within(Duration::from_millis(700)).await {
+        let url = secrecy::ExposeSecret::expose_secret(&self.settings.database.url).to_owned();
+        let db = PgPool::connect(&url)
+            .await
+            .expect("connecting to the test database");
+        wait_until(WAIT, || async {
+            count(
+                &db,
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            )
+            .await
+                == 0
+        })
+        .await
+        .expect("the outbox drained");
+        db.close().await;
+        if let Some(extra) = self.next_event_within(Duration::from_millis(300)).await {
             panic!("unexpected event: {}", extra.body);
         }
     }

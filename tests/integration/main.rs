@@ -12,6 +12,7 @@ mod console;
 mod crash;
 mod dead_letters;
 mod dedupe;
+mod guarantees;
 mod hostile;
 mod http;
 mod ordering;

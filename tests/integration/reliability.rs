@@ -164,6 +164,16 @@ async fn an_event_failing_the_same_way_every_time_is_bounded_by_the_delivery_lim
         attempts <= 3 * 22,
         "bounded, not a hot loop: {attempts} attempts"
     );
+    // And it went the documented way: retried in place (11 tries alone per delivery), then
+    // handed back to the broker until the delivery limit (2) ended it.
+    assert!(attempts >= 2 * 11, "retried in place: {attempts} attempts");
+    // The first delivery and two redeliveries each ended handed back.
+    assert_eq!(app.metric("idsync_requeued_total").await, 3.0);
+    assert!(
+        app.metric("idsync_transient_errors_total{component=\"database\"}")
+            .await
+            >= 20.0
+    );
     assert_eq!(broker.queue_depth(broker.work_queue()).await, 0);
     app.stop().await;
 }
@@ -591,25 +601,69 @@ async fn published_events_are_replayed_with_their_ids_and_pruned_after_retention
     assert_eq!(ids(&again), ids(&original));
     app.stop().await;
 
-    // Retention: published events and dedupe records older than their windows go.
+    // Retention: published events and dedupe records older than their windows go; an event not
+    // published yet, and recent ones, stay; accounts, identities and bindings are never pruned.
+    let db = services.db().await;
+    sqlx::raw_sql(
+        r#"UPDATE outbox SET created_at = now() - interval '2 hours'
+             WHERE id <> (SELECT max(id) FROM outbox WHERE kind = 'event');
+           INSERT INTO outbox (origin, kind, routing_key, message_id, payload, created_at,
+                               next_attempt_at)
+             VALUES (gen_random_uuid(), 'event', 'user.created', gen_random_uuid(), '{}',
+                     now() - interval '2 hours', now() + interval '1 day');
+           UPDATE processed_events SET processed_at = now() - interval '2 hours'
+             WHERE event_id <> (SELECT payload -> 'data' ->> 'cause_event_id' FROM outbox
+                                WHERE id = (SELECT max(id) FROM outbox
+                                            WHERE kind = 'event' AND published_at IS NOT NULL));"#,
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let identities = count(&db, "SELECT count(*) FROM identities").await;
+    let bindings = count(&db, "SELECT count(*) FROM bindings").await;
     let mut settings = services.settings();
-    settings.outbox.retention = Duration::from_millis(500);
-    settings.worker.dedupe_retention = Some(Duration::from_millis(500));
+    settings.outbox.retention = Duration::from_secs(3600);
+    settings.worker.dedupe_retention = Some(Duration::from_secs(3600));
     settings.outbox.prune_interval = Duration::from_millis(200);
     let app = TestApp::spawn_with(settings).await;
-    let db = services.db().await;
     wait_until(WAIT, || async {
-        count(&db, "SELECT count(*) FROM outbox").await == 0
-            && count(&db, "SELECT count(*) FROM processed_events").await == 0
+        count(&db, "SELECT count(*) FROM processed_events").await == 1
     })
     .await
-    .expect("old rows pruned");
-    assert!(app.metric("idsync_pruned_rows_total{kind=\"event\"}").await >= 4.0);
+    .expect("old dedupe records pruned");
+    wait_until(WAIT, || async {
+        app.metric("idsync_pruned_rows_total{kind=\"event\"}").await >= 3.0
+    })
+    .await
+    .expect("old published events pruned");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"
+        )
+        .await,
+        1,
+        "the recent published event stays"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        1,
+        "an event not published yet stays, however old"
+    );
     assert_eq!(
         count(&db, "SELECT count(*) FROM users").await,
         3,
-        "accounts are never pruned"
+        "accounts stay"
     );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM identities").await,
+        identities
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM bindings").await, bindings);
     let _ = QueueBindOptions::default();
     app.stop().await;
 }
