@@ -169,23 +169,23 @@ impl Metrics {
         // Every label a family can take is there from the start, at 0: a scrape (or a test)
         // tells "nothing happened" from "not exported".
         for outcome in crate::domain::decision::Outcome::ALL {
-            decisions.get_or_create(&OutcomeLabel {
+            drop(decisions.get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str(),
-            });
+            }));
         }
         for kind in crate::domain::login::RejectionKind::ALL {
-            dead_letters.get_or_create(&ReasonLabel {
+            drop(dead_letters.get_or_create(&ReasonLabel {
                 reason: kind.code(),
-            });
+            }));
         }
         for component in COMPONENTS {
-            transient_errors.get_or_create(&ComponentLabel { component });
+            drop(transient_errors.get_or_create(&ComponentLabel { component }));
         }
         for kind in ["event", "reply"] {
-            outbox_published.get_or_create(&KindLabel { kind });
+            drop(outbox_published.get_or_create(&KindLabel { kind }));
         }
         for kind in ["event", "processed"] {
-            pruned.get_or_create(&KindLabel { kind });
+            drop(pruned.get_or_create(&KindLabel { kind }));
         }
         Self {
             registry: Arc::new(registry),
