@@ -109,6 +109,86 @@ proptest! {
     }
 }
 
+/// A well-formed email with random case and surrounding whitespace.
+fn email_text() -> impl Strategy<Value = (String, String)> {
+    (
+        "[a-z0-9][a-z0-9._+-]{0,15}",
+        "[a-z0-9][a-z0-9-]{0,8}(\\.[a-z]{2,5}){1,2}",
+        prop::collection::vec(any::<bool>(), 32),
+        "[ \t]{0,2}",
+    )
+        .prop_map(|(local, domain, upper, pad)| {
+            let canonical = format!("{local}@{domain}");
+            let written: String = canonical
+                .chars()
+                .zip(upper.iter().cycle())
+                .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            (format!("{pad}{written}{pad}"), canonical)
+        })
+}
+
+proptest! {
+    #![proptest_config(cases(10_000))]
+
+    #[test]
+    fn well_formed_emails_normalise_to_their_lowercase((written, canonical) in email_text()) {
+        let email = Email::parse(&written).unwrap();
+        prop_assert_eq!(email.as_str(), canonical.as_str());
+        prop_assert!(!Email::parse_checked(&written).unwrap().1, "plain ASCII is never suspicious");
+        prop_assert_eq!(Email::parse(email.as_str()).unwrap(), email);
+    }
+
+    #[test]
+    fn chinese_mobile_numbers_normalise_to_e164(
+        prefix in prop::sample::select(vec!["130", "138", "139", "150", "186", "199"]),
+        rest in "[0-9]{8}",
+        style in 0usize..4,
+    ) {
+        let national = format!("{prefix}{rest}");
+        let written = match style {
+            0 => national.clone(),
+            1 => format!("+86 {prefix} {} {}", &rest[..4], &rest[4..]),
+            2 => format!("{prefix}-{}-{}", &rest[..4], &rest[4..]),
+            _ => format!("  +86{national} "),
+        };
+        let cc = CountryCode::parse("86").unwrap();
+        let phone = Phone::parse(&written, Some(&cc)).unwrap();
+        prop_assert_eq!(phone.as_str(), format!("+86{national}"));
+        prop_assert_eq!(Phone::parse(phone.as_str(), None).unwrap(), phone);
+    }
+
+    #[test]
+    fn well_typed_events_decode_and_normalise(
+        (email, canonical) in email_text(),
+        verified in prop_oneof![Just(json!(true)), Just(json!(false)), Just(json!("true")), Just(json!("FALSE"))],
+        username in "[A-Za-z][A-Za-z0-9._-]{0,20}",
+        external_id in "[a-zA-Z0-9:_-]{1,64}",
+    ) {
+        let event = json!({
+            "specversion": "1.0", "id": "e-1", "source": "urn:test", "type": "login.completed",
+            "data": {"user_pool_id": "pool-1", "connection": "conn", "external_id": external_id,
+                     "profile": {"email": email, "email_verified": verified, "username": username,
+                                 "attributes": {"dept": "sales"}}}
+        });
+        let decoded = login::decode(&serde_json::to_vec(&event).unwrap(), 65536).unwrap();
+        let spec = super::connection::ConnectionSpec {
+            identifier: Some("conn".into()),
+            user_pool_id: Some("pool-1".into()),
+            ..Default::default()
+        };
+        let settings = ConnectionSettings::validate(&spec).unwrap();
+        let fields = NormalizedFields::of(&decoded.profile, &settings);
+        prop_assert_eq!(fields.email.value().map(|e| e.as_str()), Some(canonical.as_str()));
+        prop_assert_eq!(
+            fields.username.value().map(|u| u.as_str().to_owned()),
+            Some(username.to_lowercase())
+        );
+        let expected = verified == json!(true) || verified == json!("true");
+        prop_assert_eq!(fields.email_verified, expected);
+    }
+}
+
 // The decision over a small universe of values, so that matches are frequent.
 const EMAILS: [&str; 3] = ["a@example.com", "b@example.com", "c@corp.example"];
 const PHONES: [&str; 3] = ["+8613800138000", "+8613900139000", "+14155552671"];
