@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
-    Actor, Admin, AdminError,
+    Admin, AdminError,
     views::{BindingView, CandidateView, Page},
 };
 use crate::db::{
@@ -15,37 +15,24 @@ use crate::db::{
     connections,
     identities::{self, IdentityWrites},
     locks::LockSet,
-    outbox::{self, NewOutbox},
+    outbox::{self, NewOutbox, OutboxRow},
     users::{self, FieldKeys, NewUsers, UserRecord},
 };
 use crate::domain::{
-    Email, LoginMode, Phone, Username,
-    decision::{self, PoolUser},
-    events::{
-        BindingExpired, BindingResolved, IdentityRef, LinkMethod, OutboundEvent, Resolution,
-        UserCreated, UserLinked, UserSummary,
-    },
+    ConnectionSettings,
+    decision::PoolUser,
+    effects::{Effect, Identity},
     login::{NormalizedFields, Profile},
+    resolution::{
+        self, BindingFacts, BindingStatus, LinkTarget, Proof, Refusal, RefusalClass, Request,
+        Resolver,
+    },
 };
 
+use super::Actor;
+pub use crate::domain::resolution::Request as ResolveAction;
+
 pub const STATUSES: &[&str] = &["pending", "resolved", "expired"];
-
-#[derive(Debug, Clone)]
-pub enum ResolveAction {
-    Link { user_id: Uuid },
-    Create,
-    Reject { reason: Option<String> },
-}
-
-impl ResolveAction {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Link { .. } => "link",
-            Self::Create => "create",
-            Self::Reject { .. } => "reject",
-        }
-    }
-}
 
 /// Candidate summaries for several bindings at once.
 async fn views(conn: &mut PgConnection, rows: Vec<BindingRow>) -> sqlx::Result<Vec<BindingView>> {
@@ -86,13 +73,6 @@ fn profile_fields(
     NormalizedFields::of(&profile, settings)
 }
 
-fn identity_ref(row: &BindingRow) -> IdentityRef {
-    IdentityRef {
-        connection: row.connection.clone(),
-        external_id: row.external_id.clone(),
-    }
-}
-
 impl Admin {
     pub async fn list_bindings(
         &self,
@@ -131,245 +111,234 @@ impl Admin {
         Ok(view(&mut conn, row).await?)
     }
 
-    /// Resolves a pending binding. Of two concurrent resolves of one binding exactly one wins:
-    /// both take the identity's lock, and the second then finds the binding no longer pending.
+    /// Resolves a pending binding (the admin API: proof `admin`). Of two concurrent resolves of
+    /// one binding exactly one wins: both take the identity's lock, and the second then finds
+    /// the binding no longer pending.
     pub async fn resolve_binding(
         &self,
         id: Uuid,
-        action: ResolveAction,
+        request: Request,
         actor: &Actor,
     ) -> Result<BindingView, AdminError> {
+        let resolver = Resolver {
+            actor: actor.name.clone(),
+            proof: Proof::Admin,
+        };
+        self.resolve(id, request, &resolver).await
+    }
+
+    /// Resolves a binding as `resolver`: the admin API and the commands over the queue.
+    pub(crate) async fn resolve(
+        &self,
+        id: Uuid,
+        request: Request,
+        resolver: &Resolver,
+    ) -> Result<BindingView, AdminError> {
         let mut tx = self.pool.begin().await?;
-        let first = bindings::get(&mut tx, id)
-            .await?
-            .ok_or_else(|| AdminError::NotFound(format!("no binding {id}")))?;
-        let pool_id = first.user_pool_id.clone();
-        let settings = connections::get(&mut tx, &pool_id, &first.connection).await?;
-
-        let mut locks = LockSet::new();
-        locks.identity(&pool_id, &first.connection, &first.external_id);
-        let mut target = None;
-        match &action {
-            ResolveAction::Link { user_id } => {
-                let user = users::get(&mut tx, *user_id)
-                    .await?
-                    .filter(|u| u.user_pool_id == pool_id)
-                    .ok_or_else(|| {
-                        AdminError::invalid(
-                            "user_not_in_pool",
-                            Some("user_id"),
-                            format!("no user {user_id} in user pool {pool_id}"),
-                        )
-                    })?;
-                locks.user(user.id);
-                let pool_user = user.pool_user();
-                if let Some(email) = &pool_user.email {
-                    locks.email(&pool_id, email);
-                }
-                if let Some(phone) = &pool_user.phone {
-                    locks.phone(&pool_id, phone);
-                }
-                if let Some(username) = &pool_user.username {
-                    locks.username(&pool_id, username);
-                }
-                target = Some(user);
-            }
-            ResolveAction::Create => {
-                let Some(settings) = &settings else {
-                    return Err(AdminError::conflict(
-                        "connection_missing",
-                        format!(
-                            "connection {} no longer exists in user pool {pool_id}",
-                            first.connection
-                        ),
-                    ));
-                };
-                if settings.login_mode == LoginMode::LoginOnly {
-                    return Err(AdminError::conflict(
-                        "login_only_connection",
-                        format!(
-                            "connection {} is login_only: it never creates accounts",
-                            first.connection
-                        ),
-                    ));
-                }
-                locks.fields(&pool_id, &profile_fields(&first, settings));
-            }
-            ResolveAction::Reject { .. } => {}
-        }
-        locks.acquire(&mut tx).await?;
-
-        // Read again under the locks: a concurrent resolve or the expiry sweeper may have won.
-        let binding = bindings::get(&mut tx, id)
-            .await?
-            .expect("bindings are never deleted");
-        let before = view(&mut tx, binding.clone()).await?;
-        if binding.status != "pending" {
-            return Err(AdminError::conflict(
-                "binding_not_pending",
-                format!(
-                    "binding {id} is {}, only a pending binding can be resolved",
-                    binding.status
-                ),
-            ));
-        }
-        let now = Utc::now();
-        let mut outbox = NewOutbox::default();
-        if binding.expires_at <= now {
-            bindings::expire(&mut tx, &[id]).await?;
-            let data = BindingExpired {
-                binding_id: id,
-                user_pool_id: &pool_id,
-                identity: identity_ref(&binding),
-            };
-            outbox.event(OutboundEvent::new(data, now));
-            let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
+        let facts = self.resolution_facts(&mut tx, id, &request).await?;
+        let before = view(&mut tx, facts.row.clone()).await?;
+        let resolved = resolution::resolve(
+            &facts.binding,
+            facts.settings.as_ref(),
+            &request,
+            facts.target.as_ref(),
+            &facts.holders,
+            resolver,
+            Utc::now(),
+        );
+        let published = self
+            .apply(
+                &mut tx,
+                &facts.binding.identity,
+                &facts.row.profile,
+                resolved.effects,
+            )
+            .await?;
+        if let Err(refusal) = resolved.outcome {
+            // What must happen anyway (an overdue binding expires) is committed.
             self.commit(tx, published).await?;
-
-            return Err(AdminError::conflict(
-                "binding_expired",
-                format!("binding {id} has expired"),
-            ));
+            return Err(refused(&refusal, &facts.binding, &request));
         }
-
-        let identity = identity_ref(&binding);
-        let cause = binding.cause_event_id.as_deref();
-        let mut consequences = Vec::new();
-        let (resolution, user_id) = match &action {
-            ResolveAction::Link { user_id } => {
-                let user = target.expect("looked up above");
-                let held = identities::of_users(&mut tx, &[user.id]).await?;
-                if held.iter().any(|i| i.connection == binding.connection) {
-                    return Err(AdminError::conflict(
-                        "user_already_linked",
-                        format!(
-                            "user {user_id} already has an identity of connection {}",
-                            binding.connection
-                        ),
-                    ));
-                }
-                let mut writes = IdentityWrites::default();
-                writes.push(
-                    &pool_id,
-                    &binding.connection,
-                    &binding.external_id,
-                    user.id,
-                    binding.profile.clone(),
-                );
-                identities::insert_many(&mut tx, &writes).await?;
-                let matched_on = settings
-                    .as_ref()
-                    .map(|s| {
-                        decision::matched_fields(&profile_fields(&binding, s), s, &user.pool_user())
-                    })
-                    .unwrap_or_default();
-                let data = UserLinked {
-                    user_pool_id: &pool_id,
-                    user_id: user.id,
-                    identity: identity.clone(),
-                    method: LinkMethod::Binding,
-                    matched_on,
-                    cause_event_id: cause,
-                };
-                consequences.push(OutboundEvent::new(data, now));
-                (Resolution::Linked, Some(user.id))
-            }
-            ResolveAction::Create => {
-                let settings = settings.as_ref().expect("checked above");
-                let fields = profile_fields(&binding, settings);
-                let mut keys = FieldKeys::default();
-                keys.add(&fields);
-                // Holders of the pool only: a value held in another pool is free in this one.
-                let holders: Vec<PoolUser> = users::find_by_fields(&mut tx, &pool_id, &keys)
-                    .await?
-                    .iter()
-                    .map(|u| u.pool_user(&binding.connection))
-                    .collect();
-                let new = decision::new_user_fields(&fields, settings, &holders);
-                let record = UserRecord {
-                    id: Uuid::now_v7(),
-                    user_pool_id: pool_id.clone(),
-                    email: new.email.map(Email::into_inner),
-                    email_verified: new.email_verified,
-                    phone: new.phone.map(Phone::into_inner),
-                    phone_verified: new.phone_verified,
-                    username: new.username.map(Username::into_inner),
-                    name: new.name,
-                    protected: false,
-                };
-                let mut new_users = NewUsers::default();
-                new_users.push(&record);
-                users::insert_many(&mut tx, &new_users).await?;
-                let mut writes = IdentityWrites::default();
-                writes.push(
-                    &pool_id,
-                    &binding.connection,
-                    &binding.external_id,
-                    record.id,
-                    binding.profile.clone(),
-                );
-                identities::insert_many(&mut tx, &writes).await?;
-                let data = UserCreated {
-                    user_pool_id: &pool_id,
-                    user: UserSummary {
-                        id: record.id,
-                        email: record.email.clone(),
-                        phone: record.phone.clone(),
-                        username: record.username.clone(),
-                        name: record.name.clone(),
-                    },
-                    identity: identity.clone(),
-                    cause_event_id: cause,
-                };
-                consequences.push(OutboundEvent::new(data, now));
-                (Resolution::Created, Some(record.id))
-            }
-            ResolveAction::Reject { .. } => (Resolution::Rejected, None),
-        };
-        let reason = match &action {
-            ResolveAction::Reject { reason } => reason.as_deref(),
-            _ => None,
-        };
-        let resolved = bindings::resolve(
-            &mut tx,
-            &ResolutionRow {
-                id,
-                resolution: resolution.as_str(),
-                user_id,
-                resolved_by: &actor.name,
-                reason,
-            },
-        )
-        .await?;
-        debug_assert!(resolved, "the binding was pending under the lock");
-        let data = BindingResolved {
-            binding_id: id,
-            user_pool_id: &pool_id,
-            resolution,
-            user_id,
-            resolved_by: &actor.name,
-            proof: "admin",
-        };
-        // binding.resolved first: a subscriber sees the decision, then its consequence.
-        outbox.event(OutboundEvent::new(data, now));
-        for event in consequences {
-            outbox.event(event);
-        }
-        let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
-
         let after_row = bindings::get(&mut tx, id).await?.expect("still there");
         let after = view(&mut tx, after_row).await?;
         audit::record(
             &mut tx,
-            &actor.name,
-            &format!("binding.{}", action.name()),
+            &resolver.actor,
+            &format!("binding.{}", request.name()),
             &format!("binding/{id}"),
             Some(serde_json::to_value(&before).expect("serialises")),
             Some(serde_json::to_value(&after).expect("serialises")),
         )
         .await?;
         self.commit(tx, published).await?;
-
         Ok(after)
+    }
+
+    /// Reads what a resolution needs, under the locks of the binding's identity and of the
+    /// values the resolution could touch (the linked account's, the new account's).
+    async fn resolution_facts(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        request: &Request,
+    ) -> Result<Facts, AdminError> {
+        let first = bindings::get(tx, id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no binding {id}")))?;
+        let pool = first.user_pool_id.clone();
+        let settings = connections::get(tx, &pool, &first.connection).await?;
+        let mut locks = LockSet::new();
+        locks.identity(&pool, &first.connection, &first.external_id);
+        let mut target = None;
+        match request {
+            Request::Link { user_id } => {
+                let user = users::get(tx, *user_id)
+                    .await?
+                    .filter(|u| u.user_pool_id == pool);
+                if let Some(user) = &user {
+                    locks.user(user.id);
+                    locks.record_fields(&pool, &user.record());
+                }
+                target = Some(user);
+            }
+            Request::Create => {
+                if let Some(settings) = &settings {
+                    locks.fields(&pool, &profile_fields(&first, settings));
+                }
+            }
+            Request::Reject { .. } => {}
+        }
+        locks.acquire(tx).await?;
+
+        // Read again under the locks: a concurrent resolve or the expiry sweeper may have won.
+        let row = bindings::get(tx, id)
+            .await?
+            .expect("bindings are never deleted");
+        let fields = settings
+            .as_ref()
+            .map(|s| profile_fields(&row, s))
+            .unwrap_or_default();
+        let target = match target {
+            None => None,
+            Some(None) => Some(LinkTarget::NotInPool),
+            Some(Some(user)) => {
+                let held = identities::of_users(tx, &[user.id]).await?;
+                Some(LinkTarget::User(PoolUser {
+                    linked_on_connection: held.iter().any(|i| i.connection == row.connection),
+                    ..user.pool_user()
+                }))
+            }
+        };
+        let mut holders = Vec::new();
+        if matches!(request, Request::Create) {
+            let mut keys = FieldKeys::default();
+            keys.add(&fields);
+            // Holders of the pool only: a value held in another pool is free in this one.
+            holders = users::find_by_fields(tx, &row.user_pool_id, &keys)
+                .await?
+                .iter()
+                .map(|u| u.pool_user(&row.connection))
+                .collect();
+        }
+        let binding = BindingFacts {
+            id,
+            identity: Identity {
+                user_pool_id: row.user_pool_id.clone(),
+                connection: row.connection.clone(),
+                external_id: row.external_id.clone(),
+            },
+            status: BindingStatus::parse(&row.status).unwrap_or(BindingStatus::Pending),
+            expires_at: row.expires_at,
+            candidates: row.candidates.clone(),
+            cause_event_id: row.cause_event_id.clone(),
+            fields,
+        };
+        Ok(Facts {
+            row,
+            binding,
+            settings,
+            target,
+            holders,
+        })
+    }
+
+    /// Applies a resolution's effects in `tx`; returns the outbox rows written, to hand to the
+    /// relay once committed.
+    pub(crate) async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        identity: &Identity,
+        profile: &Value,
+        effects: Vec<Effect>,
+    ) -> sqlx::Result<Vec<OutboxRow>> {
+        let mut outbox = NewOutbox::default();
+        for effect in effects {
+            match effect {
+                Effect::ExpireBinding { binding_id } => {
+                    bindings::expire(tx, &[binding_id]).await?;
+                }
+                Effect::CreateUser { user_id, fields } => {
+                    let mut new_users = NewUsers::default();
+                    new_users.push(&UserRecord::new(user_id, &identity.user_pool_id, &fields));
+                    users::insert_many(tx, &new_users).await?;
+                }
+                Effect::LinkIdentity { user_id } => {
+                    let mut writes = IdentityWrites::default();
+                    writes.push(
+                        &identity.user_pool_id,
+                        &identity.connection,
+                        &identity.external_id,
+                        user_id,
+                        profile.clone(),
+                    );
+                    identities::insert_many(tx, &writes).await?;
+                }
+                Effect::ResolveBinding {
+                    binding_id,
+                    resolution,
+                    user_id,
+                    resolved_by,
+                    proof,
+                    reason,
+                } => {
+                    let row = ResolutionRow {
+                        id: binding_id,
+                        resolution: resolution.as_str(),
+                        user_id,
+                        resolved_by: &resolved_by,
+                        proof: &proof,
+                        reason: reason.as_deref(),
+                    };
+                    let resolved = bindings::resolve(tx, &row).await?;
+                    debug_assert!(resolved, "the binding was pending under the lock");
+                }
+                Effect::Emit(event) => outbox.event(event),
+                Effect::TouchIdentity { .. } | Effect::OpenBinding { .. } => {
+                    unreachable!("a resolution neither logs in nor opens bindings")
+                }
+            }
+        }
+        outbox::insert_many(tx, self.origin, outbox).await
+    }
+}
+
+/// What `resolution_facts` reads.
+struct Facts {
+    row: BindingRow,
+    binding: BindingFacts,
+    settings: Option<ConnectionSettings>,
+    target: Option<LinkTarget>,
+    holders: Vec<PoolUser>,
+}
+
+/// A refusal as the admin API answers it.
+fn refused(refusal: &Refusal, binding: &BindingFacts, request: &Request) -> AdminError {
+    let message = refusal.message(binding, request);
+    match refusal.class() {
+        RefusalClass::Conflict => AdminError::conflict(refusal.code(), message),
+        RefusalClass::Invalid => {
+            let field = matches!(request, Request::Link { .. }).then_some("user_id");
+            AdminError::invalid(refusal.code(), field, message)
+        }
     }
 }

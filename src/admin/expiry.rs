@@ -12,7 +12,10 @@ use crate::db::{
     locks::LockSet,
     outbox::{self, NewOutbox},
 };
-use crate::domain::events::{BindingExpired, IdentityRef, OutboundEvent};
+use crate::domain::{
+    effects::{self, Effect},
+    events::IdentityRef,
+};
 
 const BATCH: i64 = 200;
 
@@ -39,15 +42,15 @@ impl Admin {
             let now = Utc::now();
             let mut events = NewOutbox::default();
             for b in &expired {
-                let data = BindingExpired {
-                    binding_id: b.id,
-                    user_pool_id: &b.user_pool_id,
-                    identity: IdentityRef {
-                        connection: b.connection.clone(),
-                        external_id: b.external_id.clone(),
-                    },
+                let identity = IdentityRef {
+                    connection: b.connection.clone(),
+                    external_id: b.external_id.clone(),
                 };
-                events.event(OutboundEvent::new(data, now));
+                if let Effect::Emit(event) =
+                    effects::binding_expired(&b.user_pool_id, b.id, identity, now)
+                {
+                    events.event(event);
+                }
             }
             let published = outbox::insert_many(&mut tx, self.origin, events).await?;
             self.commit(tx, published).await?;

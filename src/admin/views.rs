@@ -54,6 +54,9 @@ pub struct BindingView {
     pub resolved_at: Option<DateTime<Utc>>,
     /// The reason given with a rejection.
     pub resolution_reason: Option<String>,
+    /// How the resolution was proven: `admin`, or what the person proved ownership with
+    /// (`password`, `otp`, `session`, `sso`).
+    pub resolution_proof: Option<String>,
     /// The login that opened the binding (its id and CloudEvents source): its decision's
     /// evidence is at `/v1/decisions/{cause_event_id}?source={cause_source}`.
     pub cause_event_id: Option<String>,
@@ -78,6 +81,7 @@ impl BindingView {
             resolved_by: row.resolved_by,
             resolved_at: row.resolved_at,
             resolution_reason: row.resolution_reason,
+            resolution_proof: row.resolution_proof,
             cause_event_id: row.cause_event_id,
             cause_source: row.cause_source,
         }

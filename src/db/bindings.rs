@@ -109,6 +109,7 @@ pub struct BindingRow {
     pub resolved_by: Option<String>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolution_reason: Option<String>,
+    pub resolution_proof: Option<String>,
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BindingRow>> {
@@ -116,7 +117,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Bindi
         BindingRow,
         r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates, status,
                   cause_event_id, cause_source, created_at, expires_at, resolution, user_id, resolved_by,
-                  resolved_at, resolution_reason
+                  resolved_at, resolution_reason, resolution_proof
            FROM bindings WHERE id = $1"#,
         id
     )
@@ -140,7 +141,7 @@ pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> sqlx::Result<
         BindingRow,
         r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates, status,
                   cause_event_id, cause_source, created_at, expires_at, resolution, user_id, resolved_by,
-                  resolved_at, resolution_reason
+                  resolved_at, resolution_reason, resolution_proof
            FROM bindings
            WHERE ($1::text IS NULL OR user_pool_id = $1)
              AND ($2::text IS NULL OR status = $2)
@@ -163,6 +164,7 @@ pub struct Resolution<'a> {
     pub resolution: &'a str,
     pub user_id: Option<Uuid>,
     pub resolved_by: &'a str,
+    pub proof: &'a str,
     pub reason: Option<&'a str>,
 }
 
@@ -170,13 +172,15 @@ pub struct Resolution<'a> {
 pub async fn resolve(conn: &mut PgConnection, r: &Resolution<'_>) -> sqlx::Result<bool> {
     let done = sqlx::query!(
         r#"UPDATE bindings SET status = 'resolved', resolution = $2, user_id = $3, resolved_by = $4,
-                               resolved_at = now(), resolution_reason = $5
+                               resolved_at = now(), resolution_reason = $5,
+                               resolution_proof = $6
            WHERE id = $1 AND status = 'pending'"#,
         r.id,
         r.resolution,
         r.user_id,
         r.resolved_by,
         r.reason,
+        r.proof,
     )
     .execute(conn)
     .await?;

@@ -55,6 +55,21 @@ impl LockSet {
         self
     }
 
+    /// The email, phone and username an account holds.
+    pub fn record_fields(&mut self, pool: &str, user: &crate::db::users::UserRecord) -> &mut Self {
+        let held = user.pool_user();
+        if let Some(email) = &held.email {
+            self.email(pool, email);
+        }
+        if let Some(phone) = &held.phone {
+            self.phone(pool, phone);
+        }
+        if let Some(username) = &held.username {
+            self.username(pool, username);
+        }
+        self
+    }
+
     /// A user's own row, for writers that change a user without knowing its fields in advance.
     pub fn user(&mut self, id: uuid::Uuid) -> &mut Self {
         self.0.push(format!("user{SEP}{id}"));

@@ -4,7 +4,11 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{Email, Phone, Username, decision::PoolUser, login::NormalizedFields};
+use crate::domain::{
+    Email, Phone, Username,
+    decision::{NewUserFields, PoolUser},
+    login::NormalizedFields,
+};
 
 /// A user as matching sees it, with the connections it already holds an identity of.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -168,6 +172,21 @@ pub struct UserRow {
 }
 
 impl UserRecord {
+    /// A new account of `pool` with the fields a login or a resolution gives it.
+    pub fn new(id: Uuid, pool: &str, fields: &NewUserFields) -> Self {
+        Self {
+            id,
+            user_pool_id: pool.to_owned(),
+            email: fields.email.as_ref().map(|e| e.as_str().to_owned()),
+            email_verified: fields.email_verified,
+            phone: fields.phone.as_ref().map(|p| p.as_str().to_owned()),
+            phone_verified: fields.phone_verified,
+            username: fields.username.as_ref().map(|u| u.as_str().to_owned()),
+            name: fields.name.clone(),
+            protected: false,
+        }
+    }
+
     /// The user as the decision sees it (without its identities).
     pub fn pool_user(&self) -> PoolUser {
         PoolUser {

@@ -4,6 +4,7 @@
 
 pub mod connection;
 pub mod decision;
+pub mod effects;
 pub mod email;
 pub mod events;
 pub mod identifier;
@@ -12,6 +13,7 @@ pub mod mask;
 pub mod phone;
 #[cfg(test)]
 mod proptests;
+pub mod resolution;
 pub mod strict_json;
 pub mod username;
 

@@ -23,12 +23,9 @@ use crate::db::{
     users::{FieldKeys, NewUsers, UserRecord},
 };
 use crate::domain::{
-    ConnectionSettings,
-    decision::{self, Action, Outcome, UNKNOWN_USER},
-    events::{
-        BindingExpired, BindingPending, IdentityRef, LinkMethod, LoginRejected, OutboundEvent,
-        Reply, UserCreated, UserLinked, UserSummary,
-    },
+    ConnectionSettings, decision,
+    effects::{self, Effect, Identity},
+    events::Reply,
     login::{LoginEvent, NormalizedFields, Rejection, RejectionKind},
 };
 use crate::relay::Handoff;
@@ -247,13 +244,7 @@ impl Writes {
     }
 }
 
-fn identity_ref(event: &LoginEvent) -> IdentityRef {
-    IdentityRef {
-        connection: event.connection.as_str().to_owned(),
-        external_id: event.external_id.clone(),
-    }
-}
-
+/// Decides one login against the batch's view and gathers its effects into the batch's writes.
 fn decide_one(
     message: &Inbound,
     settings: &ConnectionSettings,
@@ -269,153 +260,81 @@ fn decide_one(
             duplicate: true,
         };
     }
-    let pool = event.user_pool_id.as_str();
-    let key = identity_key(event);
-    let profile = Value::Object(event.profile.raw.clone());
     let decision = decision::decide(fields, settings, &state.situation(event, fields), now);
-
-    if let Some(binding_id) = decision.expire_binding {
-        state.expire_binding(&key);
-        writes.expired.push(binding_id);
-        let data = BindingExpired {
-            binding_id,
-            user_pool_id: pool,
-            identity: identity_ref(event),
-        };
-        writes.outbox.event(OutboundEvent::new(data, now));
-    }
-
-    let outcome = decision.action.outcome();
-    let mut reply = Reply {
-        event_id: Some(event.id.clone()),
-        outcome,
-        user_id: None,
-        binding_id: None,
-        reason: None,
+    let identity = Identity {
+        user_pool_id: event.user_pool_id.as_str().to_owned(),
+        connection: event.connection.as_str().to_owned(),
+        external_id: event.external_id.clone(),
     };
-    let cause = Some(event.id.as_str());
-    let masked = decision.evidence.masked();
-    match decision.action {
-        Action::ExistingUser { user_id } => {
-            writes.touch(event, user_id, profile);
-            reply.user_id = Some(user_id);
-        }
-        Action::StillPending { binding_id, reason } => {
-            reply.binding_id = Some(binding_id);
-            reply.reason = Some(reason.as_str().to_owned());
-        }
-        Action::Link {
-            user_id,
-            matched_on,
-        } => {
-            writes.link(&key, user_id, profile);
-            state.link(key, user_id);
-            let data = UserLinked {
-                user_pool_id: pool,
-                user_id,
-                identity: identity_ref(event),
-                method: LinkMethod::FieldMatching,
-                matched_on,
-                cause_event_id: cause,
-            };
-            writes.outbox.event(OutboundEvent::new(data, now));
-            reply.user_id = Some(user_id);
-        }
-        Action::OpenBinding { candidates, reason } => {
-            let binding_id = Uuid::now_v7();
-            let expires_at = now
-                + chrono::Duration::from_std(settings.binding_ttl)
-                    .unwrap_or(chrono::Duration::hours(72));
-            writes.bindings.push(
-                binding_id,
-                pool,
-                &key.1,
-                &key.2,
-                profile,
-                reason.as_str(),
-                &candidates,
-                Some(event),
-                expires_at,
-            );
-            state.open_binding(
-                key,
-                decision::PendingBinding {
-                    id: binding_id,
-                    reason,
-                    expires_at,
-                },
-            );
-            let data = BindingPending {
-                binding_id,
-                user_pool_id: pool,
-                identity: identity_ref(event),
-                candidates,
-                reason: reason.as_str(),
-                expires_at,
-                cause_event_id: cause,
-                fields: masked.fields,
-                candidate_evidence: masked.candidates,
-            };
-            writes.outbox.event(OutboundEvent::new(data, now));
-            reply.binding_id = Some(binding_id);
-            reply.reason = Some(reason.as_str().to_owned());
-        }
-        Action::Reject => {
-            let data = LoginRejected {
-                user_pool_id: pool,
-                identity: identity_ref(event),
-                reason: UNKNOWN_USER,
-                cause_event_id: cause,
-                fields: masked.fields,
-                candidates: masked.candidates,
-            };
-            writes.outbox.event(OutboundEvent::new(data, now));
-            reply.reason = Some(UNKNOWN_USER.to_owned());
-        }
-        Action::CreateUser(new) => {
-            let user_id = Uuid::now_v7();
-            let record = UserRecord {
-                id: user_id,
-                user_pool_id: pool.to_owned(),
-                email: new.email.as_ref().map(|e| e.as_str().to_owned()),
-                email_verified: new.email_verified,
-                phone: new.phone.as_ref().map(|p| p.as_str().to_owned()),
-                phone_verified: new.phone_verified,
-                username: new.username.as_ref().map(|u| u.as_str().to_owned()),
-                name: new.name.clone(),
-                protected: false,
-            };
-            writes.users.push(&record);
-            state.add_user(user_id, pool, &new);
-            writes.link(&key, user_id, profile);
-            state.link(key, user_id);
-            let data = UserCreated {
-                user_pool_id: pool,
-                user: UserSummary {
-                    id: user_id,
-                    email: record.email,
-                    phone: record.phone,
-                    username: record.username,
-                    name: record.name,
-                },
-                identity: identity_ref(event),
-                cause_event_id: cause,
-            };
-            writes.outbox.event(OutboundEvent::new(data, now));
-            reply.user_id = Some(user_id);
-        }
+    let planned = effects::of_login(&identity, &event.id, &decision, settings, now);
+    for effect in planned.effects {
+        writes.apply(effect, event, state);
     }
-    debug_assert_ne!(outcome, Outcome::Error);
     writes.processed.push(
         event,
-        &reply,
+        &planned.reply,
         settings.version,
         serde_json::to_value(&decision.evidence).expect("evidence serialises"),
     );
-    state.record_processed(event, reply.clone());
+    state.record_processed(event, planned.reply.clone());
     Verdict::Decided {
-        reply,
+        reply: planned.reply,
         duplicate: false,
+    }
+}
+
+impl Writes {
+    /// Applies one effect of a login: to the batch's writes, and to its view so that the next
+    /// logins of the batch see it.
+    fn apply(&mut self, effect: Effect, event: &LoginEvent, state: &mut BatchState) {
+        let key = identity_key(event);
+        let pool = event.user_pool_id.as_str();
+        let profile = || Value::Object(event.profile.raw.clone());
+        match effect {
+            Effect::ExpireBinding { binding_id } => {
+                state.expire_binding(&key);
+                self.expired.push(binding_id);
+            }
+            Effect::CreateUser { user_id, fields } => {
+                self.users.push(&UserRecord::new(user_id, pool, &fields));
+                state.add_user(user_id, pool, &fields);
+            }
+            Effect::LinkIdentity { user_id } => {
+                self.link(&key, user_id, profile());
+                state.link(key, user_id);
+            }
+            Effect::TouchIdentity { user_id } => self.touch(event, user_id, profile()),
+            Effect::OpenBinding {
+                binding_id,
+                candidates,
+                reason,
+                expires_at,
+            } => {
+                self.bindings.push(
+                    binding_id,
+                    pool,
+                    &key.1,
+                    &key.2,
+                    profile(),
+                    reason.as_str(),
+                    &candidates,
+                    Some(event),
+                    expires_at,
+                );
+                state.open_binding(
+                    key,
+                    decision::PendingBinding {
+                        id: binding_id,
+                        reason,
+                        expires_at,
+                    },
+                );
+            }
+            Effect::Emit(outbound) => self.outbox.event(outbound),
+            Effect::ResolveBinding { .. } => {
+                unreachable!("a login opens bindings, it does not resolve them")
+            }
+        }
     }
 }
 

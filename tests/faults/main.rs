@@ -212,13 +212,24 @@ async fn broker_restarts_while_events_flow() {
         run("rabbitmqctl", &["-q", "start_app"]);
         run("rabbitmqctl", &["-q", "await_startup"]);
         if round == 0 {
-            // While events still flow, the events exchange goes too: the worker must declare it
-            // again when its publishes fail, without a restart.
+            // While events still flow, the events exchange goes too, once the worker is back
+            // (its consumer deciding, its relay publishing): the relay must declare it again
+            // when its publishes fail, without a restart.
+            let back: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+                .fetch_one(&db)
+                .await
+                .unwrap();
             wait_until(WAIT * 2, || async {
-                exchange_exists(&services, "idsync.events").await
+                let published: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at > $1")
+                        .bind(back)
+                        .fetch_one(&db)
+                        .await
+                        .unwrap();
+                published > 0
             })
             .await
-            .expect("the events exchange declared after the restart");
+            .expect("the relay publishing again after the restart");
             delete_exchange(&services, "idsync.events").await;
             wait_until(WAIT * 2, || async {
                 exchange_exists(&services, "idsync.events").await

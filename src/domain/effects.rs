@@ -1,0 +1,390 @@
+//! What a decision or a binding resolution makes happen, as data. The domain says what must
+//! happen; the adapters only apply it: the pipeline batches a login's effects into its one write
+//! statement, the admin service and the command consumer write a resolution's in their
+//! transaction. Every outbound event is built here, once per type.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    connection::{ConnectionSettings, MatchField},
+    decision::{Action, BindingReason, Decision, NewUserFields, Outcome, UNKNOWN_USER},
+    events::{
+        BindingExpired, BindingPending, BindingResolved, IdentityRef, LinkMethod, LoginRejected,
+        OutboundEvent, Reply, Resolution, UserCreated, UserLinked, UserSummary,
+    },
+};
+
+/// The external identity a login or a binding is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_pool_id: String,
+    pub connection: String,
+    pub external_id: String,
+}
+
+impl Identity {
+    pub fn reference(&self) -> IdentityRef {
+        IdentityRef {
+            connection: self.connection.clone(),
+            external_id: self.external_id.clone(),
+        }
+    }
+}
+
+/// One thing that must happen. The identity the effects are about is the context they are
+/// applied in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A pending binding of the identity, past its expiry, expires.
+    ExpireBinding { binding_id: Uuid },
+    /// A new account.
+    CreateUser {
+        user_id: Uuid,
+        fields: NewUserFields,
+    },
+    /// The identity is linked to an account, with its profile as snapshot.
+    LinkIdentity { user_id: Uuid },
+    /// The linked identity's snapshot and last login time are refreshed.
+    TouchIdentity { user_id: Uuid },
+    /// The identity is parked for a person or an admin to resolve.
+    OpenBinding {
+        binding_id: Uuid,
+        candidates: Vec<Uuid>,
+        reason: BindingReason,
+        expires_at: DateTime<Utc>,
+    },
+    /// A pending binding is resolved.
+    ResolveBinding {
+        binding_id: Uuid,
+        resolution: Resolution,
+        user_id: Option<Uuid>,
+        resolved_by: String,
+        proof: String,
+        reason: Option<String>,
+    },
+    /// An event to publish (committed with the rest).
+    Emit(OutboundEvent),
+}
+
+/// A login's effects and the reply that says what was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginEffects {
+    pub effects: Vec<Effect>,
+    pub reply: Reply,
+}
+
+/// The effects of deciding one login (`event_id` is its CloudEvents id).
+pub fn of_login(
+    identity: &Identity,
+    event_id: &str,
+    decision: &Decision,
+    settings: &ConnectionSettings,
+    now: DateTime<Utc>,
+) -> LoginEffects {
+    let pool = identity.user_pool_id.as_str();
+    let cause = Some(event_id);
+    let mut effects = Vec::new();
+    if let Some(binding_id) = decision.expire_binding {
+        effects.push(Effect::ExpireBinding { binding_id });
+        effects.push(binding_expired(pool, binding_id, identity.reference(), now));
+    }
+    let mut reply = Reply {
+        event_id: Some(event_id.to_owned()),
+        outcome: decision.action.outcome(),
+        user_id: None,
+        binding_id: None,
+        reason: None,
+    };
+    let masked = decision.evidence.masked();
+    match &decision.action {
+        Action::ExistingUser { user_id } => {
+            effects.push(Effect::TouchIdentity { user_id: *user_id });
+            reply.user_id = Some(*user_id);
+        }
+        Action::StillPending { binding_id, reason } => {
+            reply.binding_id = Some(*binding_id);
+            reply.reason = Some(reason.as_str().to_owned());
+        }
+        Action::Link {
+            user_id,
+            matched_on,
+        } => {
+            effects.push(Effect::LinkIdentity { user_id: *user_id });
+            effects.push(user_linked(
+                pool,
+                *user_id,
+                identity.reference(),
+                LinkMethod::FieldMatching,
+                matched_on.clone(),
+                cause,
+                now,
+            ));
+            reply.user_id = Some(*user_id);
+        }
+        Action::OpenBinding { candidates, reason } => {
+            let binding_id = Uuid::now_v7();
+            let expires_at = now
+                + chrono::Duration::from_std(settings.binding_ttl)
+                    .unwrap_or(chrono::Duration::hours(72));
+            effects.push(Effect::OpenBinding {
+                binding_id,
+                candidates: candidates.clone(),
+                reason: *reason,
+                expires_at,
+            });
+            let data = BindingPending {
+                binding_id,
+                user_pool_id: pool,
+                identity: identity.reference(),
+                candidates: candidates.clone(),
+                reason: reason.as_str(),
+                expires_at,
+                cause_event_id: cause,
+                fields: masked.fields,
+                candidate_evidence: masked.candidates,
+            };
+            effects.push(Effect::Emit(OutboundEvent::new(data, now)));
+            reply.binding_id = Some(binding_id);
+            reply.reason = Some(reason.as_str().to_owned());
+        }
+        Action::Reject => {
+            let data = LoginRejected {
+                user_pool_id: pool,
+                identity: identity.reference(),
+                reason: UNKNOWN_USER,
+                cause_event_id: cause,
+                fields: masked.fields,
+                candidates: masked.candidates,
+            };
+            effects.push(Effect::Emit(OutboundEvent::new(data, now)));
+            reply.reason = Some(UNKNOWN_USER.to_owned());
+        }
+        Action::CreateUser(fields) => {
+            let user_id = Uuid::now_v7();
+            effects.extend(create_user(pool, user_id, fields, identity, cause, now));
+            reply.user_id = Some(user_id);
+        }
+    }
+    debug_assert_ne!(reply.outcome, Outcome::Error);
+    LoginEffects { effects, reply }
+}
+
+/// A new account with the identity linked to it, and its `user.created`.
+pub fn create_user(
+    pool: &str,
+    user_id: Uuid,
+    fields: &NewUserFields,
+    identity: &Identity,
+    cause: Option<&str>,
+    now: DateTime<Utc>,
+) -> Vec<Effect> {
+    let data = UserCreated {
+        user_pool_id: pool,
+        user: UserSummary {
+            id: user_id,
+            email: fields.email.as_ref().map(|e| e.as_str().to_owned()),
+            phone: fields.phone.as_ref().map(|p| p.as_str().to_owned()),
+            username: fields.username.as_ref().map(|u| u.as_str().to_owned()),
+            name: fields.name.clone(),
+        },
+        identity: identity.reference(),
+        cause_event_id: cause,
+    };
+    vec![
+        Effect::CreateUser {
+            user_id,
+            fields: fields.clone(),
+        },
+        Effect::LinkIdentity { user_id },
+        Effect::Emit(OutboundEvent::new(data, now)),
+    ]
+}
+
+/// `user.linked`.
+pub fn user_linked(
+    pool: &str,
+    user_id: Uuid,
+    identity: IdentityRef,
+    method: LinkMethod,
+    matched_on: Vec<MatchField>,
+    cause: Option<&str>,
+    now: DateTime<Utc>,
+) -> Effect {
+    let data = UserLinked {
+        user_pool_id: pool,
+        user_id,
+        identity,
+        method,
+        matched_on,
+        cause_event_id: cause,
+    };
+    Effect::Emit(OutboundEvent::new(data, now))
+}
+
+/// `binding.expired`.
+pub fn binding_expired(
+    pool: &str,
+    binding_id: Uuid,
+    identity: IdentityRef,
+    now: DateTime<Utc>,
+) -> Effect {
+    let data = BindingExpired {
+        binding_id,
+        user_pool_id: pool,
+        identity,
+    };
+    Effect::Emit(OutboundEvent::new(data, now))
+}
+
+/// `binding.resolved`.
+pub fn binding_resolved(
+    pool: &str,
+    binding_id: Uuid,
+    resolution: Resolution,
+    user_id: Option<Uuid>,
+    resolved_by: &str,
+    proof: &str,
+    now: DateTime<Utc>,
+) -> Effect {
+    let data = BindingResolved {
+        binding_id,
+        user_pool_id: pool,
+        resolution,
+        user_id,
+        resolved_by,
+        proof,
+    };
+    Effect::Emit(OutboundEvent::new(data, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        connection::ConnectionSpec,
+        decision::{Evidence, NewUserFields},
+        events::EventType,
+    };
+
+    fn identity() -> Identity {
+        Identity {
+            user_pool_id: "pool-1".into(),
+            connection: "dingtalk".into(),
+            external_id: "dt-1".into(),
+        }
+    }
+
+    fn settings() -> ConnectionSettings {
+        ConnectionSettings::validate(&ConnectionSpec {
+            identifier: Some("dingtalk".into()),
+            user_pool_id: Some("pool-1".into()),
+            binding_ttl: Some("1h".into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn kinds(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Emit(event) => event.kind.as_str().to_owned(),
+                other => format!("{other:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            })
+            .collect()
+    }
+
+    fn decision(action: Action, expire: Option<Uuid>) -> Decision {
+        Decision {
+            expire_binding: expire,
+            action,
+            evidence: Evidence::default(),
+        }
+    }
+
+    #[test]
+    fn each_outcome_has_its_effects_and_its_one_event() {
+        let now = Utc::now();
+        let user = Uuid::now_v7();
+        let cases = [
+            (
+                Action::ExistingUser { user_id: user },
+                vec!["TouchIdentity"],
+            ),
+            (
+                Action::Link {
+                    user_id: user,
+                    matched_on: vec![MatchField::Email],
+                },
+                vec!["LinkIdentity", "user.linked"],
+            ),
+            (
+                Action::OpenBinding {
+                    candidates: vec![user],
+                    reason: BindingReason::AskBinding,
+                },
+                vec!["OpenBinding", "binding.pending"],
+            ),
+            (Action::Reject, vec!["login.rejected"]),
+            (
+                Action::CreateUser(NewUserFields::default()),
+                vec!["CreateUser", "LinkIdentity", "user.created"],
+            ),
+        ];
+        for (action, expected) in cases {
+            let planned = of_login(
+                &identity(),
+                "e-1",
+                &decision(action.clone(), None),
+                &settings(),
+                now,
+            );
+            assert_eq!(kinds(&planned.effects), expected, "{action:?}");
+            assert_eq!(planned.reply.outcome, action.outcome());
+        }
+        let expiring = of_login(
+            &identity(),
+            "e-1",
+            &decision(Action::Reject, Some(user)),
+            &settings(),
+            now,
+        );
+        assert_eq!(
+            kinds(&expiring.effects),
+            vec!["ExpireBinding", "binding.expired", "login.rejected"],
+            "an overdue binding expires first"
+        );
+    }
+
+    #[test]
+    fn a_binding_expires_after_the_connections_ttl() {
+        let now = Utc::now();
+        let planned = of_login(
+            &identity(),
+            "e-1",
+            &decision(
+                Action::OpenBinding {
+                    candidates: vec![],
+                    reason: BindingReason::AskBinding,
+                },
+                None,
+            ),
+            &settings(),
+            now,
+        );
+        let Effect::OpenBinding { expires_at, .. } = &planned.effects[0] else {
+            panic!("{:?}", planned.effects)
+        };
+        assert_eq!(*expires_at, now + chrono::Duration::hours(1));
+        let Effect::Emit(event) = &planned.effects[1] else {
+            panic!()
+        };
+        assert_eq!(event.kind, EventType::BindingPending);
+        assert_eq!(event.body["data"]["cause_event_id"], "e-1");
+    }
+}

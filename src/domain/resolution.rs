@@ -1,0 +1,317 @@
+//! Resolving a pending binding (contract section 1, "Resolving a pending binding", and section 6):
+//! the rules that decide whether a `link`, `create` or `reject` may happen, and its effects. The
+//! admin API and the commands over the queue both resolve through here; they differ only in who
+//! resolves and with what proof.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    connection::{ConnectionSettings, LoginMode},
+    decision::{self, PoolUser},
+    effects::{self, Effect, Identity},
+    events::{LinkMethod, Resolution},
+    login::NormalizedFields,
+};
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(raw: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == raw)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Where a binding is in its life.
+    BindingStatus { Pending => "pending", Resolved => "resolved", Expired => "expired" }
+);
+
+text_enum!(
+    /// How the decision to resolve was proven (section 6): `admin` for an admin's decision, the
+    /// others for a person who proved they own the account.
+    Proof {
+        Admin => "admin",
+        Password => "password",
+        Otp => "otp",
+        Session => "session",
+        Sso => "sso",
+    }
+);
+
+/// What to do with a pending binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Link { user_id: Uuid },
+    Create,
+    Reject { reason: Option<String> },
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Link { .. } => "link",
+            Self::Create => "create",
+            Self::Reject { .. } => "reject",
+        }
+    }
+}
+
+/// Who resolves, and the proof they give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// The admin token's name, or the person's (or operator's) login a command names.
+    pub actor: String,
+    pub proof: Proof,
+}
+
+/// What is known of the binding when it is resolved (read under its identity's lock).
+#[derive(Debug, Clone)]
+pub struct BindingFacts {
+    pub id: Uuid,
+    pub identity: Identity,
+    pub status: BindingStatus,
+    pub expires_at: DateTime<Utc>,
+    pub candidates: Vec<Uuid>,
+    /// The login that opened it.
+    pub cause_event_id: Option<String>,
+    /// Its profile, normalised with the connection's settings.
+    pub fields: NormalizedFields,
+}
+
+/// The account a `link` names, as found in the binding's pool.
+#[derive(Debug, Clone)]
+pub enum LinkTarget {
+    /// No such account in the binding's pool.
+    NotInPool,
+    /// The account (`linked_on_connection`: it already holds an identity of the connection).
+    User(PoolUser),
+}
+
+/// Why a resolution is refused, with the code the admin API and the command replies give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotPending(BindingStatus),
+    Expired,
+    UserNotInPool,
+    NotACandidate,
+    UserAlreadyLinked,
+    LoginOnly,
+    ConnectionMissing,
+}
+
+/// How a refusal maps onto HTTP: 409 or 422.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalClass {
+    Conflict,
+    Invalid,
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotPending(_) => "binding_not_pending",
+            Self::Expired => "binding_expired",
+            Self::UserNotInPool => "user_not_in_pool",
+            Self::NotACandidate => "not_a_candidate",
+            Self::UserAlreadyLinked => "user_already_linked",
+            Self::LoginOnly => "login_only_connection",
+            Self::ConnectionMissing => "connection_missing",
+        }
+    }
+
+    pub fn class(&self) -> RefusalClass {
+        match self {
+            Self::UserNotInPool | Self::NotACandidate => RefusalClass::Invalid,
+            _ => RefusalClass::Conflict,
+        }
+    }
+
+    /// A sentence for the error body.
+    pub fn message(&self, binding: &BindingFacts, request: &Request) -> String {
+        let id = binding.id;
+        let connection = &binding.identity.connection;
+        let pool = &binding.identity.user_pool_id;
+        let user = match request {
+            Request::Link { user_id } => user_id.to_string(),
+            _ => String::new(),
+        };
+        match self {
+            Self::NotPending(status) => {
+                format!("binding {id} is {status}, only a pending binding can be resolved")
+            }
+            Self::Expired => format!("binding {id} has expired"),
+            Self::UserNotInPool => format!("no user {user} in user pool {pool}"),
+            Self::NotACandidate => format!(
+                "user {user} is not a candidate of binding {id}: a person can only prove an \
+                 account the login matched"
+            ),
+            Self::UserAlreadyLinked => {
+                format!("user {user} already has an identity of connection {connection}")
+            }
+            Self::LoginOnly => {
+                format!("connection {connection} is login_only: it never creates accounts")
+            }
+            Self::ConnectionMissing => {
+                format!("connection {connection} no longer exists in user pool {pool}")
+            }
+        }
+    }
+}
+
+/// What resolving gives: effects to apply (even a refusal may have some: an overdue binding
+/// expires), and the resolution or the refusal.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub effects: Vec<Effect>,
+    pub outcome: Result<(Resolution, Option<Uuid>), Refusal>,
+}
+
+impl Resolved {
+    fn refused(refusal: Refusal) -> Self {
+        Self {
+            effects: Vec::new(),
+            outcome: Err(refusal),
+        }
+    }
+}
+
+/// Resolves `binding` as `request` asks, by `resolver`. `target` is the account a `link` names;
+/// `holders` the pool's users holding a value of the binding's profile (for `create`).
+pub fn resolve(
+    binding: &BindingFacts,
+    settings: Option<&ConnectionSettings>,
+    request: &Request,
+    target: Option<&LinkTarget>,
+    holders: &[PoolUser],
+    resolver: &Resolver,
+    now: DateTime<Utc>,
+) -> Resolved {
+    if let Some(refusal) = refused_up_front(settings, request, target) {
+        return Resolved::refused(refusal);
+    }
+    if binding.status != BindingStatus::Pending {
+        return Resolved::refused(Refusal::NotPending(binding.status));
+    }
+    let pool = binding.identity.user_pool_id.as_str();
+    if binding.expires_at <= now {
+        return Resolved {
+            effects: vec![
+                Effect::ExpireBinding {
+                    binding_id: binding.id,
+                },
+                effects::binding_expired(pool, binding.id, binding.identity.reference(), now),
+            ],
+            outcome: Err(Refusal::Expired),
+        };
+    }
+    let cause = binding.cause_event_id.as_deref();
+    let (resolution, user_id, consequences) = match (request, target) {
+        (Request::Link { .. }, Some(LinkTarget::User(user))) => {
+            if resolver.proof != Proof::Admin && !binding.candidates.contains(&user.id) {
+                return Resolved::refused(Refusal::NotACandidate);
+            }
+            if user.linked_on_connection {
+                return Resolved::refused(Refusal::UserAlreadyLinked);
+            }
+            let matched_on = settings
+                .map(|s| decision::matched_fields(&binding.fields, s, user))
+                .unwrap_or_default();
+            let link = vec![
+                Effect::LinkIdentity { user_id: user.id },
+                effects::user_linked(
+                    pool,
+                    user.id,
+                    binding.identity.reference(),
+                    LinkMethod::Binding,
+                    matched_on,
+                    cause,
+                    now,
+                ),
+            ];
+            (Resolution::Linked, Some(user.id), link)
+        }
+        (Request::Create, _) => {
+            let settings = settings.expect("checked up front");
+            let fields = decision::new_user_fields(&binding.fields, settings, holders);
+            let user_id = Uuid::now_v7();
+            let create =
+                effects::create_user(pool, user_id, &fields, &binding.identity, cause, now);
+            (Resolution::Created, Some(user_id), create)
+        }
+        (Request::Reject { .. }, _) => (Resolution::Rejected, None, Vec::new()),
+        (Request::Link { .. }, _) => return Resolved::refused(Refusal::UserNotInPool),
+    };
+    let reason = match request {
+        Request::Reject { reason } => reason.clone(),
+        _ => None,
+    };
+    // binding.resolved first: a subscriber sees the decision, then its consequence.
+    let mut effects = vec![
+        Effect::ResolveBinding {
+            binding_id: binding.id,
+            resolution,
+            user_id,
+            resolved_by: resolver.actor.clone(),
+            proof: resolver.proof.as_str().to_owned(),
+            reason,
+        },
+        effects::binding_resolved(
+            pool,
+            binding.id,
+            resolution,
+            user_id,
+            &resolver.actor,
+            resolver.proof.as_str(),
+            now,
+        ),
+    ];
+    effects.extend(consequences);
+    Resolved {
+        effects,
+        outcome: Ok((resolution, user_id)),
+    }
+}
+
+/// Refusals that depend on the request alone, checked before the binding's state.
+fn refused_up_front(
+    settings: Option<&ConnectionSettings>,
+    request: &Request,
+    target: Option<&LinkTarget>,
+) -> Option<Refusal> {
+    match request {
+        Request::Link { .. } => match target {
+            Some(LinkTarget::User(_)) => None,
+            _ => Some(Refusal::UserNotInPool),
+        },
+        Request::Create => match settings {
+            None => Some(Refusal::ConnectionMissing),
+            Some(s) if s.login_mode == LoginMode::LoginOnly => Some(Refusal::LoginOnly),
+            Some(_) => None,
+        },
+        Request::Reject { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
