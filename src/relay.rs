@@ -614,7 +614,7 @@ impl Settler {
                 unconfirmed.push(i);
                 continue;
             };
-            let is_event = row.kind == outbox::KIND_EVENT;
+            let is_event = row.kind == outbox::OutboxKind::Event;
             match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {
                     if is_event {
@@ -718,7 +718,7 @@ async fn publish_rows(
         }
         let body = serde_json::to_vec(&row.payload).expect("json value serialises");
         let mut properties = json_properties(&row.message_id.to_string());
-        let exchange = if row.kind == outbox::KIND_EVENT {
+        let exchange = if row.kind == outbox::OutboxKind::Event {
             properties = properties
                 .with_type(ShortString::from(row.routing_key.as_str()))
                 .with_timestamp(row.created_at.timestamp().max(0) as u64);

@@ -23,10 +23,7 @@ use crate::domain::{
     decision::PoolUser,
     effects::{Effect, Identity},
     login::{NormalizedFields, Profile},
-    resolution::{
-        self, BindingFacts, BindingStatus, LinkTarget, Proof, Refusal, RefusalClass, Request,
-        Resolver,
-    },
+    resolution::{self, BindingFacts, LinkTarget, Proof, Refusal, RefusalClass, Request, Resolver},
 };
 
 use super::Actor;
@@ -247,7 +244,7 @@ impl Admin {
                 connection: row.connection.clone(),
                 external_id: row.external_id.clone(),
             },
-            status: BindingStatus::parse(&row.status).unwrap_or(BindingStatus::Pending),
+            status: row.status,
             expires_at: row.expires_at,
             candidates: row.candidates.clone(),
             cause_event_id: row.cause_event_id.clone(),

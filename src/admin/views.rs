@@ -70,7 +70,7 @@ impl BindingView {
             user_pool_id: row.user_pool_id,
             connection: row.connection,
             external_id: row.external_id,
-            status: row.status,
+            status: row.status.as_str().to_owned(),
             reason: row.reason,
             candidates,
             profile: row.profile,

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    db::is_transient,
+    db::{ErrorClass, classify},
     domain::login::{self, Rejection, RejectionKind},
     health::Health,
     metrics::{Metrics, OutcomeLabel},
@@ -409,8 +409,8 @@ impl Worker {
             match self.pipeline.process(batch).await {
                 // Replies and events were handed to the relay at the commit, before the acks.
                 Ok(verdicts) => return Ok(verdicts),
-                Err(error) if is_transient(&error) => {
-                    if is_conflict(&error) {
+                Err(error) if classify(&error) != ErrorClass::Permanent => {
+                    if classify(&error) == ErrorClass::Conflict {
                         conflicts += 1;
                         if conflicts > MAX_CONFLICT_RETRIES {
                             return Err(Failure::Conflicting(error));
@@ -432,13 +432,6 @@ impl Worker {
             }
         }
     }
-}
-
-fn is_conflict(error: &sqlx::Error) -> bool {
-    matches!(
-        error.as_database_error().and_then(|e| e.code()).as_deref(),
-        Some("23505" | "40001" | "40P01")
-    )
 }
 
 fn processing_failed(error: &sqlx::Error) -> Verdict {

@@ -84,7 +84,12 @@ pub struct BatchWrites<'a> {
 /// Writes them in one statement of data-modifying CTEs. Returns what the outbox rows got (ids
 /// ascending in the order they were pushed, sequences).
 pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result<Vec<Stored>> {
-    let kinds: Vec<String> = w.outbox.kinds.iter().map(|k| (*k).to_owned()).collect();
+    let kinds: Vec<String> = w
+        .outbox
+        .kinds
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
     let row = sqlx::query!(
         r#"WITH new_users AS (
              INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name)

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::identities::IdentityKeys;
-use crate::domain::login::LoginEvent;
+use crate::domain::{login::LoginEvent, resolution::BindingStatus};
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct PendingRow {
@@ -99,7 +99,7 @@ pub struct BindingRow {
     pub profile: Value,
     pub reason: String,
     pub candidates: Vec<Uuid>,
-    pub status: String,
+    pub status: BindingStatus,
     pub cause_event_id: Option<String>,
     pub cause_source: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -115,7 +115,8 @@ pub struct BindingRow {
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<BindingRow>> {
     sqlx::query_as!(
         BindingRow,
-        r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates, status,
+        r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates,
+                  status AS "status: BindingStatus",
                   cause_event_id, cause_source, created_at, expires_at, resolution, user_id, resolved_by,
                   resolved_at, resolution_reason, resolution_proof
            FROM bindings WHERE id = $1"#,
@@ -139,7 +140,8 @@ pub struct ListFilter {
 pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> sqlx::Result<Vec<BindingRow>> {
     sqlx::query_as!(
         BindingRow,
-        r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates, status,
+        r#"SELECT id, user_pool_id, connection, external_id, profile, reason, candidates,
+                  status AS "status: BindingStatus",
                   cause_event_id, cause_source, created_at, expires_at, resolution, user_id, resolved_by,
                   resolved_at, resolution_reason, resolution_proof
            FROM bindings

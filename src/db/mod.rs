@@ -11,6 +11,7 @@ pub mod locks;
 mod nodelay;
 pub mod outbox;
 pub mod processed;
+pub mod types;
 pub mod users;
 
 use std::time::Duration;
@@ -130,32 +131,54 @@ pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     Ok(pool_options(2).connect_lazy_with(options))
 }
 
-/// Failures that retrying the same work can cure: the database being unreachable or restarting,
-/// serialization failures and deadlocks, and unique violations caused by a concurrent writer
-/// (the retry sees the other writer's row).
-pub fn is_transient(error: &sqlx::Error) -> bool {
+/// What a database error means for whoever met it: the one classification the worker and the
+/// HTTP side share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Another writer got in the way (serialization failure, deadlock, a unique violation from
+    /// a concurrent insert): the same work, tried again, sees the other's result.
+    Conflict,
+    /// The database is unreachable, restarting, read-only during a failover, out of resources or
+    /// timed out: the same work succeeds later.
+    Unavailable,
+    /// The database refuses the data itself (a check or a type): trying again cannot help.
+    Permanent,
+}
+
+/// Classifies a database error.
+pub fn classify(error: &sqlx::Error) -> ErrorClass {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
+        | sqlx::Error::Protocol(_) => ErrorClass::Unavailable,
         sqlx::Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
-            // 40001 serialization_failure, 40P01 deadlock_detected, 23505 unique_violation,
+            // 40001 serialization_failure, 40P01 deadlock_detected, 23505 unique_violation;
             // 08xxx connection exceptions, 57P0x admin/crash shutdown, 57014 statement timeout
             // or cancel, 53xxx insufficient resources, 58xxx system (I/O) errors, 55P03
             // lock_not_available, 25006 read-only transaction (a standby during a failover).
-            matches!(
-                code,
-                "40001" | "40P01" | "23505" | "55P03" | "57014" | "25006"
-            ) || code.starts_with("08")
+            if matches!(code, "40001" | "40P01" | "23505") {
+                ErrorClass::Conflict
+            } else if matches!(code, "55P03" | "57014" | "25006")
+                || code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code.starts_with("58")
+            {
+                ErrorClass::Unavailable
+            } else {
+                ErrorClass::Permanent
+            }
         }
-        _ => false,
+        _ => ErrorClass::Permanent,
     }
+}
+
+/// Failures that retrying the same work can cure: conflicts and unavailability.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    classify(error) != ErrorClass::Permanent
 }

@@ -6,13 +6,12 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, types::Json};
 use uuid::Uuid;
 
-pub const KIND_EVENT: &str = "event";
-pub const KIND_REPLY: &str = "reply";
+pub use super::types::OutboxKind;
 
 /// Rows to insert, as parallel columns.
 #[derive(Debug, Default)]
 pub struct NewOutbox {
-    pub kinds: Vec<&'static str>,
+    pub kinds: Vec<OutboxKind>,
     pub routing_keys: Vec<String>,
     pub message_ids: Vec<Uuid>,
     pub correlation_ids: Vec<Option<String>>,
@@ -23,7 +22,7 @@ pub struct NewOutbox {
 
 impl NewOutbox {
     pub fn event(&mut self, event: crate::domain::events::OutboundEvent) {
-        self.kinds.push(KIND_EVENT);
+        self.kinds.push(OutboxKind::Event);
         self.routing_keys.push(event.kind.as_str().to_owned());
         self.message_ids.push(event.id);
         self.correlation_ids.push(None);
@@ -32,7 +31,7 @@ impl NewOutbox {
     }
 
     pub fn reply(&mut self, reply_to: &str, correlation_id: Option<&str>, body: Value) {
-        self.kinds.push(KIND_REPLY);
+        self.kinds.push(OutboxKind::Reply);
         self.routing_keys.push(reply_to.to_owned());
         self.message_ids.push(Uuid::now_v7());
         self.correlation_ids.push(correlation_id.map(str::to_owned));
@@ -66,7 +65,7 @@ impl NewOutbox {
                     }
                     OutboxRow {
                         id: stored.id,
-                        kind: kind.to_owned(),
+                        kind,
                         routing_key,
                         message_id,
                         correlation_id,
@@ -96,7 +95,7 @@ pub async fn insert_many(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let kinds: Vec<String> = rows.kinds.iter().map(|k| (*k).to_owned()).collect();
+    let kinds: Vec<String> = rows.kinds.iter().map(|k| k.as_str().to_owned()).collect();
     let stored = sqlx::query_scalar!(
         // created_at is the database's clock at insert: rows are adopted by other relays by
         // age, which must not count time the transaction spent before writing them.
@@ -143,7 +142,7 @@ pub async fn insert_many(
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: OutboxKind,
     pub routing_key: String,
     pub message_id: Uuid,
     pub correlation_id: Option<String>,
@@ -163,7 +162,8 @@ pub async fn claim(
 ) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as!(
         OutboxRow,
-        r#"SELECT id, kind, routing_key, message_id, correlation_id, payload, created_at
+        r#"SELECT id, kind AS "kind: OutboxKind", routing_key, message_id, correlation_id, payload,
+                  created_at
            FROM outbox
            WHERE published_at IS NULL
              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
@@ -294,7 +294,8 @@ pub async fn events_between(
 ) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as!(
         OutboxRow,
-        r#"SELECT id, kind, routing_key, message_id, correlation_id, payload, created_at
+        r#"SELECT id, kind AS "kind: OutboxKind", routing_key, message_id, correlation_id, payload,
+                  created_at
            FROM outbox
            WHERE kind = 'event' AND created_at >= $1 AND created_at < $2
              AND ($3::text IS NULL OR routing_key = $3) AND id > $4

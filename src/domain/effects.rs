@@ -13,10 +13,11 @@ use super::{
         BindingExpired, BindingPending, BindingResolved, IdentityRef, LinkMethod, LoginRejected,
         OutboundEvent, Reply, Resolution, UserCreated, UserLinked, UserSummary,
     },
+    login::LoginEvent,
 };
 
 /// The external identity a login or a binding is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub user_pool_id: String,
     pub connection: String,
@@ -24,6 +25,15 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The identity a login is about.
+    pub fn of(event: &LoginEvent) -> Self {
+        Self {
+            user_pool_id: event.user_pool_id.as_str().to_owned(),
+            connection: event.connection.as_str().to_owned(),
+            external_id: event.external_id.clone(),
+        }
+    }
+
     pub fn reference(&self) -> IdentityRef {
         IdentityRef {
             connection: self.connection.clone(),

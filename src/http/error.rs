@@ -108,29 +108,31 @@ impl From<sqlx::Error> for ApiError {
                 "a value in the request cannot be stored (e.g. it holds a NUL character)",
             );
         }
-        if code == "23505" {
-            // A concurrent writer took the same value first.
-            tracing::info!(%error, "admin request conflicted with a concurrent change");
-            return Self::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "a concurrent change conflicted with this one; retry",
-            );
-        }
-        if crate::db::is_transient(&error) {
-            tracing::warn!(%error, "admin request failed: database unavailable or busy");
-            Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the database is unavailable; retry later",
-            )
-        } else {
-            tracing::error!(%error, "admin request failed");
-            Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
+        match crate::db::classify(&error) {
+            crate::db::ErrorClass::Conflict => {
+                tracing::info!(%error, "admin request conflicted with a concurrent change");
+                Self::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "a concurrent change conflicted with this one; retry",
+                )
+            }
+            crate::db::ErrorClass::Unavailable => {
+                tracing::warn!(%error, "admin request failed: database unavailable or busy");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; retry later",
+                )
+            }
+            crate::db::ErrorClass::Permanent => {
+                tracing::error!(%error, "admin request failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
         }
     }
 }

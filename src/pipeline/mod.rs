@@ -198,8 +198,13 @@ impl Writes {
     fn link(&mut self, key: &IdentityKey, user_id: Uuid, profile: Value) {
         self.created_index
             .insert(key.clone(), self.new_identities.user_ids.len());
-        self.new_identities
-            .push(&key.0, &key.1, &key.2, user_id, profile);
+        self.new_identities.push(
+            &key.user_pool_id,
+            &key.connection,
+            &key.external_id,
+            user_id,
+            profile,
+        );
     }
 
     fn touch(&mut self, event: &LoginEvent, user_id: Uuid, profile: Value) {
@@ -261,12 +266,7 @@ fn decide_one(
         };
     }
     let decision = decision::decide(fields, settings, &state.situation(event, fields), now);
-    let identity = Identity {
-        user_pool_id: event.user_pool_id.as_str().to_owned(),
-        connection: event.connection.as_str().to_owned(),
-        external_id: event.external_id.clone(),
-    };
-    let planned = effects::of_login(&identity, &event.id, &decision, settings, now);
+    let planned = effects::of_login(&Identity::of(event), &event.id, &decision, settings, now);
     for effect in planned.effects {
         writes.apply(effect, event, state);
     }
@@ -313,8 +313,8 @@ impl Writes {
                 self.bindings.push(
                     binding_id,
                     pool,
-                    &key.1,
-                    &key.2,
+                    &key.connection,
+                    &key.external_id,
                     profile(),
                     reason.as_str(),
                     &candidates,

@@ -10,18 +10,16 @@ use crate::db::{batch::Snapshot, users::MatchRow};
 use crate::domain::{
     decision::Outcome,
     decision::{BindingReason, NewUserFields, PendingBinding, Situation},
+    effects::Identity,
     events::Reply,
     login::{LoginEvent, NormalizedFields},
 };
 
-pub type IdentityKey = (String, String, String);
+/// An external identity: (pool, connection, external id).
+pub type IdentityKey = Identity;
 
 pub fn identity_key(event: &LoginEvent) -> IdentityKey {
-    (
-        event.user_pool_id.as_str().to_owned(),
-        event.connection.as_str().to_owned(),
-        event.external_id.clone(),
-    )
+    Identity::of(event)
 }
 
 #[derive(Default)]
@@ -54,7 +52,11 @@ impl BatchState {
         }
         for row in links {
             state.links.insert(
-                (row.user_pool_id, row.connection, row.external_id),
+                Identity {
+                    user_pool_id: row.user_pool_id,
+                    connection: row.connection,
+                    external_id: row.external_id,
+                },
                 row.user_id,
             );
         }
@@ -62,7 +64,11 @@ impl BatchState {
             // A reason the program does not know (a newer version wrote it) still means pending.
             let reason = BindingReason::parse(&row.reason).unwrap_or(BindingReason::AskBinding);
             state.pending.insert(
-                (row.user_pool_id, row.connection, row.external_id),
+                Identity {
+                    user_pool_id: row.user_pool_id,
+                    connection: row.connection,
+                    external_id: row.external_id,
+                },
                 PendingBinding {
                     id: row.id,
                     reason,
@@ -119,7 +125,7 @@ impl BatchState {
 
     pub fn link(&mut self, key: IdentityKey, user_id: Uuid) {
         if let Some(user) = self.users.iter_mut().find(|u| u.id == user_id) {
-            user.linked_connections.push(key.1.clone());
+            user.linked_connections.push(key.connection.clone());
         }
         self.links.insert(key, user_id);
     }

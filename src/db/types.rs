@@ -1,0 +1,85 @@
+//! How domain values cross the database edge: text columns decoded into the domain's types
+//! (stored values are canonical, so they are taken as they are), so that nobody re-parses or
+//! compares them as strings.
+
+use sqlx::{
+    Decode, Encode, Postgres, Type,
+    encode::IsNull,
+    error::BoxDynError,
+    postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef},
+};
+
+use crate::domain::{Email, Phone, Username, resolution::BindingStatus};
+
+/// A text column holding a domain value.
+macro_rules! text_column {
+    ($name:ty, |$raw:ident| $decode:expr, |$value:ident| $encode:expr) => {
+        impl Type<Postgres> for $name {
+            fn type_info() -> PgTypeInfo {
+                <String as Type<Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &PgTypeInfo) -> bool {
+                <String as Type<Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> Decode<'r, Postgres> for $name {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+                let $raw = <&str as Decode<Postgres>>::decode(value)?;
+                $decode
+            }
+        }
+
+        impl Encode<'_, Postgres> for $name {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                let $value = self;
+                <&str as Encode<Postgres>>::encode_by_ref(&$encode, buf)
+            }
+        }
+    };
+}
+
+text_column!(Email, |raw| Ok(Email::from_stored(raw.to_owned())), |v| v
+    .as_str());
+text_column!(Phone, |raw| Ok(Phone::from_e164(raw.to_owned())), |v| v
+    .as_str());
+text_column!(
+    Username,
+    |raw| Ok(Username::from_stored(raw.to_owned())),
+    |v| v.as_str()
+);
+text_column!(
+    BindingStatus,
+    |raw| BindingStatus::parse(raw).ok_or_else(|| format!("unknown binding status {raw:?}").into()),
+    |v| v.as_str()
+);
+text_column!(
+    OutboxKind,
+    |raw| OutboxKind::parse(raw).ok_or_else(|| format!("unknown outbox kind {raw:?}").into()),
+    |v| v.as_str()
+);
+
+/// What an outbox row holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// An outbound event, published to the events exchange and kept for replay.
+    Event,
+    /// A reply, published to the requester's queue and deleted.
+    Reply,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Reply => "reply",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Event, Self::Reply]
+            .into_iter()
+            .find(|k| k.as_str() == raw)
+    }
+}
