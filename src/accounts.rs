@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::db::{
     locks::LockSet,
-    users::{self, UserRecord},
+    users::{self, UserRecord, UserRow},
 };
 use crate::domain::{CountryCode, Email, Phone, Username, connection::UserPoolId};
 
@@ -108,10 +108,10 @@ impl AccountInput {
             id: self.id.unwrap_or_else(Uuid::now_v7),
             user_pool_id: pool.as_str().to_owned(),
             email_verified: email.is_some() && self.email_verified,
-            email: email.map(Email::into_inner),
+            email,
             phone_verified: phone.is_some() && self.phone_verified,
-            phone: phone.map(Phone::into_inner),
-            username: username.map(Username::into_inner),
+            phone,
+            username,
             name: self.name.clone(),
             protected: self.protected,
         })
@@ -137,16 +137,7 @@ pub async fn create_in(
 ) -> Result<Created, AccountError> {
     let pool = record.user_pool_id.as_str();
     let mut locks = LockSet::new();
-    locks.user(record.id);
-    if let Some(email) = &record.email {
-        locks.email(pool, &Email::from_stored(email.clone()));
-    }
-    if let Some(phone) = &record.phone {
-        locks.phone(pool, &Phone::from_e164(phone.clone()));
-    }
-    if let Some(username) = &record.username {
-        locks.username(pool, &Username::from_stored(username.clone()));
-    }
+    locks.user(record.id).record_fields(pool, record);
     locks.acquire(conn).await?;
 
     if explicit_id && let Some(existing) = users::get(conn, record.id).await? {
@@ -159,14 +150,7 @@ pub async fn create_in(
             )))
         };
     }
-    let holders = users::find_holders(
-        conn,
-        pool,
-        record.email.as_deref(),
-        record.phone.as_deref(),
-        record.username.as_deref(),
-    )
-    .await?;
+    let holders = users::holders_of(conn, record).await?;
     if let [holder] = holders.as_slice() {
         let same = UserRecord {
             id: holder.id,
@@ -176,21 +160,35 @@ pub async fn create_in(
             return Ok(Created::Unchanged(holder.id));
         }
     }
-    if !holders.is_empty() {
-        let mut taken = Vec::new();
-        for holder in &holders {
-            if record.email.is_some() && holder.email == record.email {
-                taken.push(format!("email is held by user {}", holder.id));
-            }
-            if record.phone.is_some() && holder.phone == record.phone {
-                taken.push(format!("phone is held by user {}", holder.id));
-            }
-            if record.username.is_some() && holder.username == record.username {
-                taken.push(format!("username is held by user {}", holder.id));
-            }
-        }
+    let taken = held_elsewhere(record, &holders);
+    if !taken.is_empty() {
         return Err(AccountError::Conflict(taken.join("; ")));
     }
     users::insert_one(conn, record).await?;
     Ok(Created::Added(record.id))
+}
+
+/// For each value of `record` that another user already holds, which user holds it.
+pub fn held_elsewhere(record: &UserRecord, holders: &[UserRow]) -> Vec<String> {
+    let mut taken = Vec::new();
+    for holder in holders.iter().filter(|h| h.id != record.id) {
+        let fields = [
+            (
+                "email",
+                record.email.is_some() && holder.email == record.email,
+            ),
+            (
+                "phone",
+                record.phone.is_some() && holder.phone == record.phone,
+            ),
+            (
+                "username",
+                record.username.is_some() && holder.username == record.username,
+            ),
+        ];
+        for (field, _) in fields.iter().filter(|(_, held)| *held) {
+            taken.push(format!("{field} is held by user {}", holder.id));
+        }
+    }
+    taken
 }

@@ -22,3 +22,4 @@ pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod verify;
+pub mod worker;

@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use crate::{
     admin::Admin,
-    amqp::consumer::Worker,
     db,
     health::Health,
     http::{self, AppState, ReadinessProbe, RequestLimits, auth::Tokens, serve::ConnectionLimits},
@@ -21,6 +20,7 @@ use crate::{
     pipeline::{self, Pipeline},
     relay::Relay,
     settings::{Settings, SettingsError},
+    worker::Worker,
 };
 
 /// Everything in flight must be finished within this after a stop is requested.
@@ -99,18 +99,50 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(address = %self.address, origin = %self.origin, "identity-sync running");
-        self.metrics
-            .trusted_publishers
-            .set(self.settings.amqp.trusted_publishers.len() as i64);
-        if self.settings.amqp.trusted_publishers.is_empty() {
+        self.report_trusted_publishers();
+        let (failed, mut failures) = mpsc::unbounded_channel();
+        let running = self.start(&shutdown, &failed);
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            name = failures.recv() => name,
+        };
+        if let Some(name) = failure {
+            // Half a process (consuming with no relay, say) is worse than none: stop, so that
+            // the supervisor (systemd, compose, Kubernetes) starts a whole one.
+            running.health.set_failed();
+            tracing::error!(
+                task = name,
+                "a task of the process ended unexpectedly; stopping"
+            );
+            shutdown.cancel();
+        }
+        running.stop().await;
+        match failure {
+            Some(name) => Err(anyhow::anyhow!("the {name} task ended unexpectedly")),
+            None => Ok(()),
+        }
+    }
+
+    fn report_trusted_publishers(&self) {
+        let trusted = &self.settings.amqp.trusted_publishers;
+        self.metrics.trusted_publishers.set(trusted.len() as i64);
+        if trusted.is_empty() {
             tracing::warn!(
                 "amqp.trusted_publishers is empty: any broker user that can publish to the \
                  inbound exchange is heard; list the platform's broker user(s) there"
             );
         }
+    }
+
+    /// Spawns every task of the process under supervision: the worker stops with `shutdown`,
+    /// the rest when [`Running::stop`] says so.
+    fn start(
+        self,
+        shutdown: &CancellationToken,
+        failed: &mpsc::UnboundedSender<&'static str>,
+    ) -> Running {
         let relay_stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
-        let (failed, mut failures) = mpsc::unbounded_channel();
         let (relay, handoff) = Relay::new(
             self.settings.clone(),
             self.relay_pool.clone(),
@@ -119,7 +151,6 @@ impl Application {
             self.health.clone(),
             relay_stop.clone(),
         );
-
         let pipeline = Pipeline::new(self.pool.clone(), self.origin, handoff.clone());
         let worker = Worker::new(
             self.settings.clone(),
@@ -130,103 +161,106 @@ impl Application {
         );
         // The sweeper works with the worker's pool, the API with a pool of its own.
         let sweeper = Admin::new(self.pool.clone(), self.origin, handoff.clone());
-        let admin = Admin::new(self.admin_pool.clone(), self.origin, handoff);
-        let retention = supervise(
-            "retention",
-            crate::retention::run(
-                self.pool.clone(),
-                self.settings.clone(),
-                self.metrics.clone(),
-                relay_stop.clone(),
-            ),
-            &relay_stop,
-            &failed,
+        let background = self.spawn_background(sweeper, &relay_stop, failed);
+        let router = self.router(Admin::new(self.admin_pool.clone(), self.origin, handoff));
+        let limits = ConnectionLimits {
+            header_read_timeout: self.settings.admin.header_read_timeout,
+            max_connections: self.settings.admin.max_connections,
+        };
+        let serve = http::serve::serve(self.listener, router, limits, http_stop.clone());
+        Running {
+            server: supervise("HTTP server", serve, &http_stop, failed),
+            worker: supervise("worker", worker.run(), shutdown, failed),
+            relay: supervise("relay", relay.run(), &relay_stop, failed),
+            background,
+            relay_stop,
+            http_stop,
+            health: self.health,
+            pools: [self.pool, self.relay_pool, self.admin_pool, self.probe_pool],
+        }
+    }
+
+    /// Retention, the expiry sweeper and the relay's heartbeat.
+    fn spawn_background(
+        &self,
+        sweeper: Admin,
+        stop: &CancellationToken,
+        failed: &mpsc::UnboundedSender<&'static str>,
+    ) -> Vec<JoinHandle<()>> {
+        let settings = &self.settings;
+        let retention = crate::retention::run(
+            self.pool.clone(),
+            settings.clone(),
+            self.metrics.clone(),
+            stop.clone(),
         );
-        let expiry = supervise(
-            "expiry sweeper",
-            sweeper.run_expiry(
-                self.settings.admin.expiry_sweep_interval,
-                relay_stop.clone(),
-            ),
-            &relay_stop,
-            &failed,
+        let expiry = sweeper.run_expiry(settings.admin.expiry_sweep_interval, stop.clone());
+        let heartbeat = crate::relay::heartbeat(
+            self.relay_pool.clone(),
+            self.origin,
+            settings.outbox.poll_interval,
+            stop.clone(),
         );
+        vec![
+            supervise("retention", retention, stop, failed),
+            supervise("expiry sweeper", expiry, stop, failed),
+            supervise("relay heartbeat", heartbeat, stop, failed),
+        ]
+    }
+
+    fn router(&self, admin: Admin) -> axum::Router {
         let admin_settings = &self.settings.admin;
-        let router = http::router(AppState {
+        http::router(AppState {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
             admin,
-            tokens: self.tokens,
+            tokens: self.tokens.clone(),
             probe: Arc::new(ReadinessProbe::new(self.probe_pool.clone())),
             limits: RequestLimits::new(
                 admin_settings.max_concurrent_requests,
                 admin_settings.request_timeout,
             ),
-        });
-        let limits = ConnectionLimits {
-            header_read_timeout: admin_settings.header_read_timeout,
-            max_connections: admin_settings.max_connections,
-        };
-        let server = supervise(
-            "HTTP server",
-            http::serve::serve(self.listener, router, limits, http_stop.clone()),
-            &http_stop,
-            &failed,
-        );
-        let mut worker = supervise("worker", worker.run(), &shutdown, &failed);
-        let mut relay = supervise("relay", relay.run(), &relay_stop, &failed);
-        let heartbeat = supervise(
-            "relay heartbeat",
-            crate::relay::heartbeat(
-                self.relay_pool.clone(),
-                self.origin,
-                self.settings.outbox.poll_interval,
-                relay_stop.clone(),
-            ),
-            &relay_stop,
-            &failed,
-        );
+        })
+    }
+}
 
-        let failure = tokio::select! {
-            _ = shutdown.cancelled() => None,
-            name = failures.recv() => name,
-        };
-        if let Some(name) = failure {
-            // Half a process (consuming with no relay, say) is worse than none: stop, so that
-            // the supervisor (systemd, compose, Kubernetes) starts a whole one.
-            self.health.set_failed();
-            tracing::error!(
-                task = name,
-                "a task of the process ended unexpectedly; stopping"
-            );
-            shutdown.cancel();
-        }
+/// The tasks of a started [`Application`], and what they hold.
+struct Running {
+    health: Health,
+    worker: JoinHandle<()>,
+    relay: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    server: JoinHandle<()>,
+    relay_stop: CancellationToken,
+    http_stop: CancellationToken,
+    pools: [PgPool; 4],
+}
+
+impl Running {
+    /// Stops in order once the worker's stop was asked for: the worker finishes the messages in
+    /// flight, then the relay publishes its last commits, then the HTTP side and the pools close.
+    async fn stop(mut self) {
         tracing::info!("stopping: finishing messages in flight");
         let stop = async {
             // The worker first, so that the relay's last round includes its last commits.
-            let _ = (&mut worker).await;
-            relay_stop.cancel();
-            let _ = expiry.await;
-            let _ = retention.await;
-            let _ = (&mut relay).await;
-            let _ = heartbeat.await;
+            let _ = (&mut self.worker).await;
+            self.relay_stop.cancel();
+            for task in self.background.drain(..) {
+                let _ = task.await;
+            }
+            let _ = (&mut self.relay).await;
         };
         if tokio::time::timeout(STOP_DEADLINE, stop).await.is_err() {
             tracing::warn!("stop deadline reached; unacknowledged messages will be redelivered");
-            worker.abort();
-            relay.abort();
+            self.worker.abort();
+            self.relay.abort();
         }
-        http_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-        self.relay_pool.close().await;
-        self.admin_pool.close().await;
-        self.probe_pool.close().await;
-        self.pool.close().await;
+        self.http_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+        for pool in &self.pools {
+            pool.close().await;
+        }
         tracing::info!("stopped");
-        match failure {
-            Some(name) => Err(anyhow::anyhow!("the {name} task ended unexpectedly")),
-            None => Ok(()),
-        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::db::{
     identities::{self, IdentityWrites},
     locks::LockSet,
     outbox::{self, NewOutbox, OutboxRow},
-    users::{self, FieldKeys, NewUsers, UserRecord},
+    users::{self, FieldKeys, NewUsers, UserRecord, UserRow},
 };
 use crate::domain::{
     ConnectionSettings,
@@ -182,30 +182,8 @@ impl Admin {
         let first = bindings::get(tx, id)
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("no binding {id}")))?;
-        let pool = first.user_pool_id.clone();
-        let settings = connections::get(tx, &pool, &first.connection).await?;
-        let mut locks = LockSet::new();
-        locks.identity(&pool, &first.connection, &first.external_id);
-        let mut target = None;
-        match request {
-            Request::Link { user_id } => {
-                let user = users::get(tx, *user_id)
-                    .await?
-                    .filter(|u| u.user_pool_id == pool);
-                if let Some(user) = &user {
-                    locks.user(user.id);
-                    locks.record_fields(&pool, &user.record());
-                }
-                target = Some(user);
-            }
-            Request::Create => {
-                if let Some(settings) = &settings {
-                    locks.fields(&pool, &profile_fields(&first, settings));
-                }
-            }
-            Request::Reject { .. } => {}
-        }
-        locks.acquire(tx).await?;
+        let settings = connections::get(tx, &first.user_pool_id, &first.connection).await?;
+        let target = lock_for(tx, &first, settings.as_ref(), request).await?;
 
         // Read again under the locks: a concurrent resolve or the expiry sweeper may have won.
         let row = bindings::get(tx, id)
@@ -237,22 +215,9 @@ impl Admin {
                 .map(|u| u.pool_user(&row.connection))
                 .collect();
         }
-        let binding = BindingFacts {
-            id,
-            identity: Identity {
-                user_pool_id: row.user_pool_id.clone(),
-                connection: row.connection.clone(),
-                external_id: row.external_id.clone(),
-            },
-            status: row.status,
-            expires_at: row.expires_at,
-            candidates: row.candidates.clone(),
-            cause_event_id: row.cause_event_id.clone(),
-            fields,
-        };
         Ok(Facts {
+            binding: binding_facts(&row, fields),
             row,
-            binding,
             settings,
             target,
             holders,
@@ -337,5 +302,56 @@ fn refused(refusal: &Refusal, binding: &BindingFacts, request: &Request) -> Admi
             let field = matches!(request, Request::Link { .. }).then_some("user_id");
             AdminError::invalid(refusal.code(), field, message)
         }
+    }
+}
+
+/// Takes the locks of a resolution of `binding`: its identity's, and for a link the target
+/// user's and its values, for a creation the values the new account would take. For a link,
+/// returns the target as read before the locks (`None` inside: not a user of the pool).
+async fn lock_for(
+    tx: &mut PgConnection,
+    binding: &BindingRow,
+    settings: Option<&ConnectionSettings>,
+    request: &Request,
+) -> sqlx::Result<Option<Option<UserRow>>> {
+    let pool = binding.user_pool_id.as_str();
+    let mut locks = LockSet::new();
+    locks.identity(pool, &binding.connection, &binding.external_id);
+    let mut target = None;
+    match request {
+        Request::Link { user_id } => {
+            let user = users::get(tx, *user_id)
+                .await?
+                .filter(|u| u.user_pool_id == pool);
+            if let Some(user) = &user {
+                locks.user(user.id).record_fields(pool, &user.record());
+            }
+            target = Some(user);
+        }
+        Request::Create => {
+            if let Some(settings) = settings {
+                locks.fields(pool, &profile_fields(binding, settings));
+            }
+        }
+        Request::Reject { .. } => {}
+    }
+    locks.acquire(tx).await?;
+    Ok(target)
+}
+
+/// The binding as the resolution rules see it.
+fn binding_facts(row: &BindingRow, fields: NormalizedFields) -> BindingFacts {
+    BindingFacts {
+        id: row.id,
+        identity: Identity {
+            user_pool_id: row.user_pool_id.clone(),
+            connection: row.connection.clone(),
+            external_id: row.external_id.clone(),
+        },
+        status: row.status,
+        expires_at: row.expires_at,
+        candidates: row.candidates.clone(),
+        cause_event_id: row.cause_event_id.clone(),
+        fields,
     }
 }

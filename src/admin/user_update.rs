@@ -11,12 +11,13 @@ use crate::db::{
     audit, identities,
     locks::LockSet,
     outbox::{self, NewOutbox},
-    users::{self, FieldKeys, UserRecord},
+    users::{self, UserRecord, UserRow},
 };
 use crate::domain::{
     Email, Phone, Username,
     events::{OutboundEvent, UserSummary, UserUpdated},
 };
+use sqlx::PgConnection;
 
 /// The fields to change; a field left out stays as it is, `null` clears it.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -61,16 +62,14 @@ impl UserPatch {
             next.email = email
                 .as_deref()
                 .map(|raw| Email::parse_strict(raw).map_err(|e| invalid("email", e.to_string())))
-                .transpose()?
-                .map(Email::into_inner);
+                .transpose()?;
         }
         if let Some(phone) = &self.phone {
             next.phone_verified = false;
             next.phone = phone
                 .as_deref()
                 .map(|raw| Phone::parse(raw, None).map_err(|e| invalid("phone", e.to_string())))
-                .transpose()?
-                .map(Phone::into_inner);
+                .transpose()?;
         }
         if let Some(username) = &self.username {
             next.username = username
@@ -78,8 +77,7 @@ impl UserPatch {
                 .map(|raw| {
                     Username::parse_strict(raw).map_err(|e| invalid("username", e.to_string()))
                 })
-                .transpose()?
-                .map(Username::into_inner);
+                .transpose()?;
         }
         if let Some(name) = &self.name {
             if name
@@ -142,65 +140,11 @@ impl Admin {
         actor: &Actor,
     ) -> Result<UserView, AdminError> {
         let mut tx = self.pool.begin().await?;
-        // The locks of the user and of its old and new values, taken before the user is read
-        // for good: a concurrent PATCH waits, and so does a login matching on an old value. If
-        // the user changed before the locks were taken, lock what it holds now, and read again.
-        let mut seen = None;
-        let (current, next, changed) = loop {
-            let current = users::get(&mut tx, id)
-                .await?
-                .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
-            if seen.as_ref() == Some(&current.record()) {
-                let (next, changed) = patch.apply(&current.record())?;
-                break (current, next, changed);
-            }
-            let (next, _) = patch.apply(&current.record())?;
-            let mut locks = LockSet::new();
-            locks.user(id);
-            for user in [current.record(), next] {
-                let wanted = user.pool_user();
-                if let Some(email) = &wanted.email {
-                    locks.email(&current.user_pool_id, email);
-                }
-                if let Some(phone) = &wanted.phone {
-                    locks.phone(&current.user_pool_id, phone);
-                }
-                if let Some(username) = &wanted.username {
-                    locks.username(&current.user_pool_id, username);
-                }
-            }
-            locks.acquire(&mut tx).await?;
-            seen = Some(current.record());
-        };
+        let (current, next, changed) = lock_and_apply(&mut tx, id, patch).await?;
         let pool = current.user_pool_id.clone();
-
-        let mut keys = FieldKeys::default();
-        keys.emails.extend(next.email.clone());
-        keys.phones.extend(next.phone.clone());
-        keys.usernames.extend(next.username.clone());
-        let taken: Vec<String> = users::find_by_fields(&mut tx, &pool, &keys)
-            .await?
-            .into_iter()
-            .filter(|holder| holder.id != id)
-            .flat_map(|holder| {
-                let mut fields = Vec::new();
-                if next.email.is_some() && holder.email == next.email {
-                    fields.push(format!("email is held by user {}", holder.id));
-                }
-                if next.phone.is_some() && holder.phone == next.phone {
-                    fields.push(format!("phone is held by user {}", holder.id));
-                }
-                if next.username.is_some() && holder.username == next.username {
-                    fields.push(format!("username is held by user {}", holder.id));
-                }
-                fields
-            })
-            .collect();
-        if !taken.is_empty() {
-            return Err(AdminError::conflict("field_taken", taken.join("; ")));
-        }
+        refuse_taken_values(&mut tx, &next).await?;
         let links = identities::of_users(&mut tx, &[id]).await?;
-        let before = UserView::new(current.clone(), &links);
+        let before = UserView::new(current, &links);
         if changed.is_empty() {
             return Ok(before);
         }
@@ -234,5 +178,44 @@ impl Admin {
         .await?;
         self.commit(tx, published).await?;
         Ok(after)
+    }
+}
+
+/// The user as it is, as it will be, and the fields that change. The locks of the user and of
+/// its old and new values are taken before the user is read for good: a concurrent PATCH waits,
+/// and so does a login matching on an old value. If the user changed before the locks were
+/// taken, lock what it holds now, and read again.
+async fn lock_and_apply(
+    tx: &mut PgConnection,
+    id: Uuid,
+    patch: &UserPatch,
+) -> Result<(UserRow, UserRecord, Vec<&'static str>), AdminError> {
+    let mut seen = None;
+    loop {
+        let current = users::get(tx, id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
+        let (next, changed) = patch.apply(&current.record())?;
+        if seen.as_ref() == Some(&current.record()) {
+            return Ok((current, next, changed));
+        }
+        let mut locks = LockSet::new();
+        locks
+            .user(id)
+            .record_fields(&current.user_pool_id, &current.record())
+            .record_fields(&current.user_pool_id, &next);
+        locks.acquire(tx).await?;
+        seen = Some(current.record());
+    }
+}
+
+/// A conflict naming each new value another user of the pool already holds.
+async fn refuse_taken_values(tx: &mut PgConnection, next: &UserRecord) -> Result<(), AdminError> {
+    let holders = users::holders_of(tx, next).await?;
+    let taken = crate::accounts::held_elsewhere(next, &holders);
+    if taken.is_empty() {
+        Ok(())
+    } else {
+        Err(AdminError::conflict("field_taken", taken.join("; ")))
     }
 }

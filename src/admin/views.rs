@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::db::{audit::AuditRow, bindings::BindingRow, identities::IdentityRow, users::UserRow};
 use crate::domain::{ConnectionSettings, mask};
+use crate::domain::{Email, Phone, Username};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IdentityRefView {
@@ -94,7 +95,7 @@ impl CandidateView {
             id: user.id,
             email: user.email.as_deref().map(mask::email),
             phone: user.phone.as_deref().map(mask::phone),
-            username: user.username.clone(),
+            username: user.username.as_deref().map(str::to_owned),
             name: user.name.clone(),
             identities: identities
                 .iter()
@@ -151,11 +152,11 @@ impl UserView {
                 .collect(),
             id: user.id,
             user_pool_id: user.user_pool_id,
-            email: user.email,
+            email: user.email.map(Email::into_inner),
             email_verified: user.email_verified,
-            phone: user.phone,
+            phone: user.phone.map(Phone::into_inner),
             phone_verified: user.phone_verified,
-            username: user.username,
+            username: user.username.map(Username::into_inner),
             name: user.name,
             protected: user.protected,
             created_at: user.created_at,

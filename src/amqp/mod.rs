@@ -1,9 +1,8 @@
 //! RabbitMQ adapter (lapin 4): connecting, declaring the topology, and the consumer that feeds
 //! login events to the pipeline.
 
-pub mod consumer;
 pub mod properties;
-mod settle;
+pub(crate) mod settle;
 pub mod topology;
 
 use std::{io, time::Duration};

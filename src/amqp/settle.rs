@@ -32,7 +32,7 @@ use crate::{
 
 /// What becomes of one delivery.
 #[derive(Debug)]
-pub(super) enum Action {
+pub(crate) enum Action {
     /// Decided (or a duplicate): acknowledge.
     Ack,
     /// Back to the queue; counts toward the queue's delivery limit.
@@ -42,7 +42,7 @@ pub(super) enum Action {
 }
 
 #[derive(Debug)]
-pub(super) struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub rejection: Rejection,
     pub event_id: Option<String>,
     /// Where the error reply goes: already checked against the allowed reply queues.
@@ -51,7 +51,7 @@ pub(super) struct DeadLetter {
 
 /// Settles deliveries for one consumer session. Dead letters and error replies go out on a
 /// confirm channel of the session's connection, opened again whenever the broker closed it.
-pub(super) struct Settler<'a> {
+pub(crate) struct Settler<'a> {
     connection: &'a Connection,
     publisher: Option<Channel>,
     dead_letter_exchange: &'a str,
@@ -276,7 +276,7 @@ fn mask_reason(reason: &str) -> String {
 }
 
 /// The id of a message that could not be decoded, when its body is JSON with a usable `id`.
-pub(super) fn undecoded_event_id(delivery: &Delivery, rejection: &Rejection) -> Option<String> {
+pub(crate) fn undecoded_event_id(delivery: &Delivery, rejection: &Rejection) -> Option<String> {
     if rejection.kind == RejectionKind::TooLarge {
         return None;
     }

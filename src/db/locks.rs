@@ -57,14 +57,13 @@ impl LockSet {
 
     /// The email, phone and username an account holds.
     pub fn record_fields(&mut self, pool: &str, user: &crate::db::users::UserRecord) -> &mut Self {
-        let held = user.pool_user();
-        if let Some(email) = &held.email {
+        if let Some(email) = &user.email {
             self.email(pool, email);
         }
-        if let Some(phone) = &held.phone {
+        if let Some(phone) = &user.phone {
             self.phone(pool, phone);
         }
-        if let Some(username) = &held.username {
+        if let Some(username) = &user.username {
             self.username(pool, username);
         }
         self

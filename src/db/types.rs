@@ -83,3 +83,32 @@ impl OutboxKind {
             .find(|k| k.as_str() == raw)
     }
 }
+
+/// A value read back from the database, where only canonical values are written.
+pub trait Stored: Sized {
+    fn from_stored(value: String) -> Self;
+}
+
+impl Stored for Email {
+    fn from_stored(value: String) -> Self {
+        Email::from_stored(value)
+    }
+}
+
+impl Stored for Phone {
+    fn from_stored(value: String) -> Self {
+        Phone::from_e164(value)
+    }
+}
+
+impl Stored for Username {
+    fn from_stored(value: String) -> Self {
+        Username::from_stored(value)
+    }
+}
+
+/// Serde's reading of an optional stored value in a row aggregated as JSON (no `Deserialize`
+/// on the domain types themselves: a value from a request must be parsed, never taken as is).
+pub fn stored<'de, D: serde::Deserializer<'de>, T: Stored>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(<Option<String> as serde::Deserialize>::deserialize(d)?.map(T::from_stored))
+}

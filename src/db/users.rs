@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::types::stored;
 use crate::domain::{
     Email, Phone, Username,
     decision::{NewUserFields, PoolUser},
@@ -15,11 +16,14 @@ use crate::domain::{
 pub struct MatchRow {
     pub id: Uuid,
     pub user_pool_id: String,
-    pub email: Option<String>,
+    #[serde(deserialize_with = "stored")]
+    pub email: Option<Email>,
     pub email_verified: bool,
-    pub phone: Option<String>,
+    #[serde(deserialize_with = "stored")]
+    pub phone: Option<Phone>,
     pub phone_verified: bool,
-    pub username: Option<String>,
+    #[serde(deserialize_with = "stored")]
+    pub username: Option<Username>,
     pub protected: bool,
     pub linked_connections: Vec<String>,
 }
@@ -29,11 +33,11 @@ impl MatchRow {
     pub fn pool_user(&self, connection: &str) -> PoolUser {
         PoolUser {
             id: self.id,
-            email: self.email.clone().map(Email::from_stored),
+            email: self.email.clone(),
             email_verified: self.email_verified,
-            phone: self.phone.clone().map(Phone::from_e164),
+            phone: self.phone.clone(),
             phone_verified: self.phone_verified,
-            username: self.username.clone().map(Username::from_stored),
+            username: self.username.clone(),
             protected: self.protected,
             linked_on_connection: self.linked_connections.iter().any(|c| c == connection),
         }
@@ -74,8 +78,9 @@ pub async fn find_by_fields(
     }
     sqlx::query_as!(
         MatchRow,
-        r#"SELECT u.id, u.user_pool_id, u.email, u.email_verified, u.phone, u.phone_verified,
-                  u.username, u.protected,
+        r#"SELECT u.id, u.user_pool_id, u.email AS "email: Email", u.email_verified,
+                  u.phone AS "phone: Phone", u.phone_verified, u.username AS "username: Username",
+                  u.protected,
                   ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id) AS "linked_connections!"
            FROM users u
            WHERE (u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3))
@@ -106,11 +111,14 @@ impl NewUsers {
     pub fn push(&mut self, user: &UserRecord) {
         self.ids.push(user.id);
         self.pools.push(user.user_pool_id.clone());
-        self.emails.push(user.email.clone());
+        self.emails
+            .push(user.email.as_ref().map(|e| e.as_str().to_owned()));
         self.email_verified.push(user.email_verified);
-        self.phones.push(user.phone.clone());
+        self.phones
+            .push(user.phone.as_ref().map(|p| p.as_str().to_owned()));
         self.phone_verified.push(user.phone_verified);
-        self.usernames.push(user.username.clone());
+        self.usernames
+            .push(user.username.as_ref().map(|u| u.as_str().to_owned()));
         self.names.push(user.name.clone());
     }
 
@@ -146,11 +154,11 @@ pub async fn insert_many(conn: &mut PgConnection, users: &NewUsers) -> sqlx::Res
 pub struct UserRecord {
     pub id: Uuid,
     pub user_pool_id: String,
-    pub email: Option<String>,
+    pub email: Option<Email>,
     pub email_verified: bool,
-    pub phone: Option<String>,
+    pub phone: Option<Phone>,
     pub phone_verified: bool,
-    pub username: Option<String>,
+    pub username: Option<Username>,
     pub name: Option<String>,
     /// Never linked automatically.
     pub protected: bool,
@@ -160,11 +168,11 @@ pub struct UserRecord {
 pub struct UserRow {
     pub id: Uuid,
     pub user_pool_id: String,
-    pub email: Option<String>,
+    pub email: Option<Email>,
     pub email_verified: bool,
-    pub phone: Option<String>,
+    pub phone: Option<Phone>,
     pub phone_verified: bool,
-    pub username: Option<String>,
+    pub username: Option<Username>,
     pub name: Option<String>,
     pub protected: bool,
     pub created_at: DateTime<Utc>,
@@ -177,11 +185,11 @@ impl UserRecord {
         Self {
             id,
             user_pool_id: pool.to_owned(),
-            email: fields.email.as_ref().map(|e| e.as_str().to_owned()),
+            email: fields.email.clone(),
             email_verified: fields.email_verified,
-            phone: fields.phone.as_ref().map(|p| p.as_str().to_owned()),
+            phone: fields.phone.clone(),
             phone_verified: fields.phone_verified,
-            username: fields.username.as_ref().map(|u| u.as_str().to_owned()),
+            username: fields.username.clone(),
             name: fields.name.clone(),
             protected: false,
         }
@@ -191,11 +199,11 @@ impl UserRecord {
     pub fn pool_user(&self) -> PoolUser {
         PoolUser {
             id: self.id,
-            email: self.email.clone().map(Email::from_stored),
+            email: self.email.clone(),
             email_verified: self.email_verified,
-            phone: self.phone.clone().map(Phone::from_e164),
+            phone: self.phone.clone(),
             phone_verified: self.phone_verified,
-            username: self.username.clone().map(Username::from_stored),
+            username: self.username.clone(),
             protected: self.protected,
             linked_on_connection: false,
         }
@@ -209,11 +217,11 @@ pub async fn update(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<
                   username = $6, name = $7, protected = $8, updated_at = now()
            WHERE id = $1"#,
         user.id,
-        user.email,
+        user.email as _,
         user.email_verified,
-        user.phone,
+        user.phone as _,
         user.phone_verified,
-        user.username,
+        user.username as _,
         user.name,
         user.protected,
     )
@@ -246,12 +254,26 @@ impl UserRow {
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as!(
         UserRow,
-        r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                  protected, created_at, updated_at
+        r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
+                  phone_verified, username AS "username: Username", name, protected, created_at,
+                  updated_at
            FROM users WHERE id = $1"#,
         id
     )
     .fetch_optional(conn)
+    .await
+}
+
+/// Users of `user`'s pool holding its email, its phone or its username (`user` included, if
+/// it is stored).
+pub async fn holders_of(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<Vec<UserRow>> {
+    find_holders(
+        conn,
+        &user.user_pool_id,
+        user.email.as_ref().map(Email::as_str),
+        user.phone.as_ref().map(Phone::as_str),
+        user.username.as_ref().map(Username::as_str),
+    )
     .await
 }
 
@@ -265,15 +287,16 @@ pub async fn find_holders(
 ) -> sqlx::Result<Vec<UserRow>> {
     sqlx::query_as!(
         UserRow,
-        r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                  protected, created_at, updated_at
+        r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
+                  phone_verified, username AS "username: Username", name, protected, created_at,
+                  updated_at
            FROM users
            WHERE user_pool_id = $1 AND (email = $2 OR phone = $3 OR username = $4)
            ORDER BY id"#,
         pool,
         email,
         phone,
-        username
+        username,
     )
     .fetch_all(conn)
     .await
@@ -286,11 +309,11 @@ pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Res
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         user.id,
         user.user_pool_id,
-        user.email,
+        user.email as _,
         user.email_verified,
-        user.phone,
+        user.phone as _,
         user.phone_verified,
-        user.username,
+        user.username as _,
         user.name,
         user.protected,
     )
@@ -303,8 +326,9 @@ pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Res
 pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<UserRow>> {
     sqlx::query_as!(
         UserRow,
-        r#"SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                  protected, created_at, updated_at
+        r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
+                  phone_verified, username AS "username: Username", name, protected, created_at,
+                  updated_at
            FROM users WHERE id = ANY($1)"#,
         ids
     )

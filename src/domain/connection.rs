@@ -6,6 +6,8 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use super::phone::CountryCode;
+
 /// Contract default for `binding_ttl`.
 pub const DEFAULT_BINDING_TTL: Duration = Duration::from_secs(72 * 3600);
 /// A binding left open for more than a year is a configuration mistake, not a policy.
@@ -71,83 +73,11 @@ impl fmt::Display for UserPoolId {
     }
 }
 
-/// A calling code such as `86`, with the region used to read national numbers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CountryCode {
-    code: u16,
-    region: phonenumber::country::Id,
-}
-
-impl CountryCode {
-    /// Accepts `86` or `+86`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let digits = raw.trim().trim_start_matches('+');
-        let code: u16 = digits
-            .parse()
-            .ok()
-            .filter(|_| (1..=3).contains(&digits.len()))
-            .ok_or_else(|| format!("{raw:?} is not a calling code (1 to 3 digits, e.g. \"86\")"))?;
-        let region = super::phone::region_for_calling_code(code)
-            .ok_or_else(|| format!("{raw:?} is not a known calling code"))?;
-        Ok(Self { code, region })
-    }
-
-    pub fn code(&self) -> u16 {
-        self.code
-    }
-
-    pub(crate) fn region(&self) -> phonenumber::country::Id {
-        self.region
-    }
-}
-
-impl fmt::Display for CountryCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)
-    }
-}
-
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(raw: &str) -> Result<Self, String> {
-                match raw {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "{other:?} is not one of {}",
-                        [$($text),+].join(", ")
-                    )),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-string_enum!(
+text_enum!(
     /// What happens to an identity that maps to no existing account.
     LoginMode { Normal => "normal", LoginOnly => "login_only" }
 );
-string_enum!(
+text_enum!(
     /// How an unknown identity is associated with existing accounts.
     Association {
         Disabled => "disabled",
@@ -155,7 +85,7 @@ string_enum!(
         AskBinding => "ask_binding",
     }
 );
-string_enum!(
+text_enum!(
     /// A user field compared during association.
     MatchField { Email => "email", Phone => "phone", Username => "username" }
 );
@@ -234,20 +164,16 @@ impl ConnectionSettings {
     }
 
     pub fn validate(spec: &ConnectionSpec) -> Result<Self, FieldError> {
-        let identifier = spec
-            .identifier
-            .as_deref()
-            .ok_or_else(|| FieldError::new("identifier", "is required"))
-            .and_then(|raw| {
-                ConnectionId::parse(raw).map_err(|m| FieldError::new("identifier", m))
-            })?;
-        let user_pool_id = spec
-            .user_pool_id
-            .as_deref()
-            .ok_or_else(|| FieldError::new("user_pool_id", "is required"))
-            .and_then(|raw| {
-                UserPoolId::parse(raw).map_err(|m| FieldError::new("user_pool_id", m))
-            })?;
+        let identifier = required(
+            "identifier",
+            spec.identifier.as_deref(),
+            ConnectionId::parse,
+        )?;
+        let user_pool_id = required(
+            "user_pool_id",
+            spec.user_pool_id.as_deref(),
+            UserPoolId::parse,
+        )?;
         let display_name = bounded_text("display_name", spec.display_name.as_deref())?
             .unwrap_or_else(|| identifier.as_str().to_owned());
         let provider = bounded_text("provider", spec.provider.as_deref())?.unwrap_or_default();
@@ -255,69 +181,12 @@ impl ConnectionSettings {
             parse_opt("login_mode", spec.login_mode.as_deref())?.unwrap_or(LoginMode::Normal);
         let association =
             parse_opt("association", spec.association.as_deref())?.unwrap_or(Association::Disabled);
-        let match_fields = match &spec.match_fields {
-            None => vec![MatchField::Email],
-            Some(raw) => {
-                if raw.is_empty() {
-                    return Err(FieldError::new(
-                        "match_fields",
-                        "must name at least one field",
-                    ));
-                }
-                let mut fields = Vec::with_capacity(raw.len());
-                for name in raw {
-                    let field: MatchField = name
-                        .parse()
-                        .map_err(|m| FieldError::new("match_fields", m))?;
-                    if fields.contains(&field) {
-                        return Err(FieldError::new(
-                            "match_fields",
-                            format!("{name:?} is listed twice"),
-                        ));
-                    }
-                    fields.push(field);
-                }
-                fields
-            }
-        };
         let default_country_code = match spec.default_country_code.as_deref() {
             None | Some("") => None,
             Some(raw) => Some(
                 CountryCode::parse(raw).map_err(|m| FieldError::new("default_country_code", m))?,
             ),
         };
-        let binding_ttl = match spec.binding_ttl.as_deref() {
-            None => DEFAULT_BINDING_TTL,
-            Some(raw) => {
-                let ttl = humantime::parse_duration(raw).map_err(|e| {
-                    FieldError::new("binding_ttl", format!("{raw:?} is not a duration ({e})"))
-                })?;
-                if ttl < Duration::from_secs(1) || ttl > MAX_BINDING_TTL || ttl.subsec_nanos() != 0
-                {
-                    return Err(FieldError::new(
-                        "binding_ttl",
-                        "must be whole seconds, from 1s to 366 days",
-                    ));
-                }
-                ttl
-            }
-        };
-        let mut allowed_email_domains = Vec::new();
-        for raw in spec.allowed_email_domains.iter().flatten() {
-            let domain = super::identifier::canonical_domain(raw);
-            let valid = !domain.is_empty()
-                && domain.len() <= 253
-                && !domain.contains(|c: char| c == '@' || c.is_whitespace() || c.is_control());
-            if !valid {
-                return Err(FieldError::new(
-                    "allowed_email_domains",
-                    format!("{raw:?} is not a domain"),
-                ));
-            }
-            if !allowed_email_domains.contains(&domain) {
-                allowed_email_domains.push(domain);
-            }
-        }
         Ok(Self {
             identifier,
             user_pool_id,
@@ -325,12 +194,12 @@ impl ConnectionSettings {
             provider,
             login_mode,
             association,
-            match_fields,
+            match_fields: match_fields(spec.match_fields.as_deref())?,
             require_verified: spec.require_verified.unwrap_or(true),
             default_country_code,
-            binding_ttl,
+            binding_ttl: binding_ttl(spec.binding_ttl.as_deref())?,
             trust_unverified_accounts: spec.trust_unverified_accounts.unwrap_or(false),
-            allowed_email_domains,
+            allowed_email_domains: allowed_email_domains(spec.allowed_email_domains.as_deref())?,
             version: 0,
         })
     }
@@ -370,6 +239,80 @@ pub fn format_ttl(ttl: Duration) -> String {
     } else {
         format!("{secs}s")
     }
+}
+
+/// A setting that must be there, parsed by `parse`.
+fn required<T>(
+    field: &'static str,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, FieldError> {
+    let raw = raw.ok_or_else(|| FieldError::new(field, "is required"))?;
+    parse(raw).map_err(|m| FieldError::new(field, m))
+}
+
+/// `match_fields`: email alone by default; at least one field, none twice.
+fn match_fields(raw: Option<&[String]>) -> Result<Vec<MatchField>, FieldError> {
+    let Some(raw) = raw else {
+        return Ok(vec![MatchField::Email]);
+    };
+    if raw.is_empty() {
+        return Err(FieldError::new(
+            "match_fields",
+            "must name at least one field",
+        ));
+    }
+    let mut fields = Vec::with_capacity(raw.len());
+    for name in raw {
+        let field: MatchField = name
+            .parse()
+            .map_err(|m| FieldError::new("match_fields", m))?;
+        if fields.contains(&field) {
+            return Err(FieldError::new(
+                "match_fields",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        fields.push(field);
+    }
+    Ok(fields)
+}
+
+/// `binding_ttl`: whole seconds, from 1s to 366 days.
+fn binding_ttl(raw: Option<&str>) -> Result<Duration, FieldError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_BINDING_TTL);
+    };
+    let ttl = humantime::parse_duration(raw)
+        .map_err(|e| FieldError::new("binding_ttl", format!("{raw:?} is not a duration ({e})")))?;
+    if ttl < Duration::from_secs(1) || ttl > MAX_BINDING_TTL || ttl.subsec_nanos() != 0 {
+        return Err(FieldError::new(
+            "binding_ttl",
+            "must be whole seconds, from 1s to 366 days",
+        ));
+    }
+    Ok(ttl)
+}
+
+/// `allowed_email_domains`: canonical domains, each once.
+fn allowed_email_domains(raw: Option<&[String]>) -> Result<Vec<String>, FieldError> {
+    let mut domains = Vec::new();
+    for raw in raw.into_iter().flatten() {
+        let domain = super::identifier::canonical_domain(raw);
+        let valid = !domain.is_empty()
+            && domain.len() <= 253
+            && !domain.contains(|c: char| c == '@' || c.is_whitespace() || c.is_control());
+        if !valid {
+            return Err(FieldError::new(
+                "allowed_email_domains",
+                format!("{raw:?} is not a domain"),
+            ));
+        }
+        if !domains.contains(&domain) {
+            domains.push(domain);
+        }
+    }
+    Ok(domains)
 }
 
 fn bounded_text(field: &'static str, raw: Option<&str>) -> Result<Option<String>, FieldError> {

@@ -49,28 +49,7 @@ impl Outcome {
     }
 }
 
-macro_rules! reason_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            pub fn parse(raw: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|r| r.as_str() == raw)
-            }
-        }
-    };
-}
-
-reason_enum!(
+text_enum!(
     /// Why a pending binding was opened instead of linking.
     BindingReason {
         AskBinding => "ask_binding",
@@ -82,7 +61,7 @@ reason_enum!(
     }
 );
 
-reason_enum!(
+text_enum!(
     /// Why a candidate was not linked automatically (the safety rules, in their order of
     /// precedence).
     SetAside {
@@ -93,7 +72,7 @@ reason_enum!(
     }
 );
 
-reason_enum!(
+text_enum!(
     /// Why a login's field was not used (for matching, or for a new account).
     WhyNot {
         Unverified => "unverified",
@@ -292,40 +271,7 @@ pub fn decide(
             judge.candidates(&situation.pool_users)
         }
     };
-    let action = match (settings.association, candidates.as_slice()) {
-        (_, []) => judge.no_candidate(&situation.pool_users),
-        (Association::FieldMatching, [only]) => match only.set_aside {
-            None => Action::Link {
-                user_id: only.user_id,
-                matched_on: only.matched_on.clone(),
-            },
-            Some(reason) => Action::OpenBinding {
-                candidates: vec![only.user_id],
-                reason: reason.into(),
-            },
-        },
-        (Association::FieldMatching, many) => Action::OpenBinding {
-            candidates: many.iter().map(|c| c.user_id).collect(),
-            reason: BindingReason::AmbiguousMatch,
-        },
-        // Asking the person: a protected account or a lookalike of the one candidate says so,
-        // so that the platform does not offer self-service proof against it.
-        (_, [only])
-            if matches!(
-                only.set_aside,
-                Some(SetAside::ProtectedAccount | SetAside::ConfusableIdentifier)
-            ) =>
-        {
-            Action::OpenBinding {
-                candidates: vec![only.user_id],
-                reason: only.set_aside.expect("matched above").into(),
-            }
-        }
-        (_, some) => Action::OpenBinding {
-            candidates: some.iter().map(|c| c.user_id).collect(),
-            reason: BindingReason::AskBinding,
-        },
-    };
+    let action = judge.action(&candidates, &situation.pool_users);
     let created = match &action {
         Action::CreateUser(new) => Some(new),
         _ => None,
@@ -471,6 +417,44 @@ impl Judge<'_> {
             Some(SetAside::CandidateAlreadyLinked)
         } else {
             None
+        }
+    }
+
+    /// What to do given the candidates found (none: [`Judge::no_candidate`]).
+    fn action(&self, candidates: &[CandidateEvidence], pool_users: &[PoolUser]) -> Action {
+        match (self.settings.association, candidates) {
+            (_, []) => self.no_candidate(pool_users),
+            (Association::FieldMatching, [only]) => match only.set_aside {
+                None => Action::Link {
+                    user_id: only.user_id,
+                    matched_on: only.matched_on.clone(),
+                },
+                Some(reason) => Action::OpenBinding {
+                    candidates: vec![only.user_id],
+                    reason: reason.into(),
+                },
+            },
+            (Association::FieldMatching, many) => Action::OpenBinding {
+                candidates: many.iter().map(|c| c.user_id).collect(),
+                reason: BindingReason::AmbiguousMatch,
+            },
+            // Asking the person: a protected account or a lookalike of the one candidate says so,
+            // so that the platform does not offer self-service proof against it.
+            (_, [only])
+                if matches!(
+                    only.set_aside,
+                    Some(SetAside::ProtectedAccount | SetAside::ConfusableIdentifier)
+                ) =>
+            {
+                Action::OpenBinding {
+                    candidates: vec![only.user_id],
+                    reason: only.set_aside.expect("matched above").into(),
+                }
+            }
+            (_, some) => Action::OpenBinding {
+                candidates: some.iter().map(|c| c.user_id).collect(),
+                reason: BindingReason::AskBinding,
+            },
         }
     }
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     connection::{ConnectionSettings, MatchField},
-    decision::{Action, BindingReason, Decision, NewUserFields, Outcome, UNKNOWN_USER},
+    decision::{Action, BindingReason, Decision, Evidence, NewUserFields, Outcome, UNKNOWN_USER},
     events::{
         BindingExpired, BindingPending, BindingResolved, IdentityRef, LinkMethod, LoginRejected,
         OutboundEvent, Reply, Resolution, UserCreated, UserLinked, UserSummary,
@@ -134,40 +134,21 @@ pub fn of_login(
         }
         Action::OpenBinding { candidates, reason } => {
             let binding_id = Uuid::now_v7();
-            let expires_at = now
-                + chrono::Duration::from_std(settings.binding_ttl)
-                    .unwrap_or(chrono::Duration::hours(72));
-            effects.push(Effect::OpenBinding {
+            let ttl = chrono::Duration::from_std(settings.binding_ttl)
+                .unwrap_or(chrono::Duration::hours(72));
+            let open = Effect::OpenBinding {
                 binding_id,
                 candidates: candidates.clone(),
                 reason: *reason,
-                expires_at,
-            });
-            let data = BindingPending {
-                binding_id,
-                user_pool_id: pool,
-                identity: identity.reference(),
-                candidates: candidates.clone(),
-                reason: reason.as_str(),
-                expires_at,
-                cause_event_id: cause,
-                fields: masked.fields,
-                candidate_evidence: masked.candidates,
+                expires_at: now + ttl,
             };
-            effects.push(Effect::Emit(OutboundEvent::new(data, now)));
+            let pending = binding_pending(&open, identity, masked, cause, now);
+            effects.extend([open, pending]);
             reply.binding_id = Some(binding_id);
             reply.reason = Some(reason.as_str().to_owned());
         }
         Action::Reject => {
-            let data = LoginRejected {
-                user_pool_id: pool,
-                identity: identity.reference(),
-                reason: UNKNOWN_USER,
-                cause_event_id: cause,
-                fields: masked.fields,
-                candidates: masked.candidates,
-            };
-            effects.push(Effect::Emit(OutboundEvent::new(data, now)));
+            effects.push(login_rejected(identity, masked, cause, now));
             reply.reason = Some(UNKNOWN_USER.to_owned());
         }
         Action::CreateUser(fields) => {
@@ -178,6 +159,55 @@ pub fn of_login(
     }
     debug_assert_ne!(reply.outcome, Outcome::Error);
     LoginEffects { effects, reply }
+}
+
+/// `binding.pending` for an [`Effect::OpenBinding`], with the login's evidence (masked).
+fn binding_pending(
+    open: &Effect,
+    identity: &Identity,
+    evidence: Evidence,
+    cause: Option<&str>,
+    now: DateTime<Utc>,
+) -> Effect {
+    let Effect::OpenBinding {
+        binding_id,
+        candidates,
+        reason,
+        expires_at,
+    } = open
+    else {
+        unreachable!("binding.pending is the event of an opened binding")
+    };
+    let data = BindingPending {
+        binding_id: *binding_id,
+        user_pool_id: &identity.user_pool_id,
+        identity: identity.reference(),
+        candidates: candidates.clone(),
+        reason: reason.as_str(),
+        expires_at: *expires_at,
+        cause_event_id: cause,
+        fields: evidence.fields,
+        candidate_evidence: evidence.candidates,
+    };
+    Effect::Emit(OutboundEvent::new(data, now))
+}
+
+/// `login.rejected` of an unknown person in login-only mode, with the login's evidence (masked).
+fn login_rejected(
+    identity: &Identity,
+    evidence: Evidence,
+    cause: Option<&str>,
+    now: DateTime<Utc>,
+) -> Effect {
+    let data = LoginRejected {
+        user_pool_id: &identity.user_pool_id,
+        identity: identity.reference(),
+        reason: UNKNOWN_USER,
+        cause_event_id: cause,
+        fields: evidence.fields,
+        candidates: evidence.candidates,
+    };
+    Effect::Emit(OutboundEvent::new(data, now))
 }
 
 /// A new account with the identity linked to it, and its `user.created`.
@@ -193,9 +223,9 @@ pub fn create_user(
         user_pool_id: pool,
         user: UserSummary {
             id: user_id,
-            email: fields.email.as_ref().map(|e| e.as_str().to_owned()),
-            phone: fields.phone.as_ref().map(|p| p.as_str().to_owned()),
-            username: fields.username.as_ref().map(|u| u.as_str().to_owned()),
+            email: fields.email.clone(),
+            phone: fields.phone.clone(),
+            username: fields.username.clone(),
             name: fields.name.clone(),
         },
         identity: identity.reference(),

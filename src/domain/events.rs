@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::connection::MatchField;
 use super::decision::{CandidateEvidence, FieldEvidence, Outcome};
+use super::{Email, Phone, Username};
 
 pub const SOURCE: &str = "identity-sync";
 
@@ -79,12 +80,12 @@ pub struct IdentityRef {
     pub external_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserSummary {
     pub id: Uuid,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub username: Option<String>,
+    pub email: Option<Email>,
+    pub phone: Option<Phone>,
+    pub username: Option<Username>,
     pub name: Option<String>,
 }
 

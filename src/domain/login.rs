@@ -7,13 +7,13 @@ use super::connection::{ConnectionId, ConnectionSettings, UserPoolId};
 use super::strict_json::{self, StrictError};
 use super::{Email, Phone, Username};
 
-/// The envelope's attributes that identity-sync reads.
-struct RawEvent {
-    specversion: Option<Value>,
-    id: Option<Value>,
-    source: Option<Value>,
-    kind: Option<Value>,
-    data: Option<Value>,
+/// A CloudEvents envelope whose `specversion`, `id` and `source` were checked; `type` and
+/// `data` are left to the reader of the event.
+pub struct Envelope {
+    pub id: String,
+    pub source: String,
+    pub kind: Option<Value>,
+    pub data: Option<Value>,
 }
 
 pub const EVENT_TYPE: &str = "login.completed";
@@ -110,50 +110,8 @@ pub struct Profile {
 /// Decodes and validates one message body. `max_bytes` is checked before any parsing so that an
 /// oversized body costs nothing but its length.
 pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
-    if body.len() > max_bytes {
-        return Err(Rejection::new(
-            RejectionKind::TooLarge,
-            format!("body is {} bytes, the limit is {max_bytes}", body.len()),
-        ));
-    }
-    let mut envelope = match strict_json::parse(body) {
-        Ok(Value::Object(map)) => map,
-        Ok(other) => {
-            return Err(Rejection::new(
-                RejectionKind::NotCloudEvents,
-                format!("not a CloudEvents envelope: the body is {}", brief(&other)),
-            ));
-        }
-        Err(StrictError::Syntax(message)) => {
-            return Err(Rejection::new(RejectionKind::NotJson, message));
-        }
-        Err(StrictError::DuplicateKey(message)) => return Err(invalid(message)),
-    };
-    let raw = RawEvent {
-        specversion: envelope.remove("specversion"),
-        id: envelope.remove("id"),
-        source: envelope.remove("source"),
-        kind: envelope.remove("type"),
-        data: envelope.remove("data"),
-    };
-    match raw.specversion {
-        Some(Value::String(v)) if v == "1.0" => {}
-        Some(other) => {
-            return Err(Rejection::new(
-                RejectionKind::NotCloudEvents,
-                format!("specversion must be \"1.0\", got {}", brief(&other)),
-            ));
-        }
-        None => {
-            return Err(Rejection::new(
-                RejectionKind::NotCloudEvents,
-                "specversion is missing",
-            ));
-        }
-    }
-    let id = required_string(raw.id.as_ref(), "id", MAX_ID_CHARS)?;
-    let source = required_string(raw.source.as_ref(), "source", MAX_SOURCE_CHARS)?;
-    match raw.kind {
+    let envelope = Envelope::decode(body, max_bytes)?;
+    match envelope.kind {
         Some(Value::String(t)) if t == EVENT_TYPE => {}
         Some(other) => {
             return Err(Rejection::new(
@@ -164,7 +122,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
         None => return Err(invalid("type is missing")),
     }
 
-    let data = match raw.data {
+    let data = match envelope.data {
         Some(Value::Object(map)) => map,
         Some(_) => return Err(invalid("data must be an object")),
         None => return Err(invalid("data is missing")),
@@ -188,13 +146,59 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
     };
 
     Ok(LoginEvent {
-        id,
-        source,
+        id: envelope.id,
+        source: envelope.source,
         user_pool_id,
         connection,
         external_id,
         profile,
     })
+}
+
+impl Envelope {
+    /// Reads a body as a CloudEvents 1.0 envelope (strict JSON: a duplicate key is refused).
+    pub fn decode(body: &[u8], max_bytes: usize) -> Result<Self, Rejection> {
+        if body.len() > max_bytes {
+            return Err(Rejection::new(
+                RejectionKind::TooLarge,
+                format!("body is {} bytes, the limit is {max_bytes}", body.len()),
+            ));
+        }
+        let mut envelope = match strict_json::parse(body) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => {
+                return Err(Rejection::new(
+                    RejectionKind::NotCloudEvents,
+                    format!("not a CloudEvents envelope: the body is {}", brief(&other)),
+                ));
+            }
+            Err(StrictError::Syntax(message)) => {
+                return Err(Rejection::new(RejectionKind::NotJson, message));
+            }
+            Err(StrictError::DuplicateKey(message)) => return Err(invalid(message)),
+        };
+        match envelope.remove("specversion") {
+            Some(Value::String(v)) if v == "1.0" => {}
+            Some(other) => {
+                return Err(Rejection::new(
+                    RejectionKind::NotCloudEvents,
+                    format!("specversion must be \"1.0\", got {}", brief(&other)),
+                ));
+            }
+            None => {
+                return Err(Rejection::new(
+                    RejectionKind::NotCloudEvents,
+                    "specversion is missing",
+                ));
+            }
+        }
+        Ok(Self {
+            id: required_string(envelope.get("id"), "id", MAX_ID_CHARS)?,
+            source: required_string(envelope.get("source"), "source", MAX_SOURCE_CHARS)?,
+            kind: envelope.remove("type"),
+            data: envelope.remove("data"),
+        })
+    }
 }
 
 impl Profile {

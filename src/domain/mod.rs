@@ -2,6 +2,46 @@
 //! the outbound event formats. Nothing here performs I/O or knows about the broker, the database or
 //! HTTP, so every rule can be unit tested on its own.
 
+/// A closed set of values, each with its text form: `as_str`, `parse`, `FromStr` (an error
+/// listing the values), `Display`, serde, and `ALL` in declaration order.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name { $(#[serde(rename = $text)] $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The text form.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// The value of a text form.
+            pub fn parse(raw: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == raw)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(raw: &str) -> Result<Self, String> {
+                Self::parse(raw).ok_or_else(|| {
+                    format!("{raw:?} is not one of {}", [$($text),+].join(", "))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 pub mod connection;
 pub mod decision;
 pub mod effects;
@@ -17,9 +57,7 @@ pub mod resolution;
 pub mod strict_json;
 pub mod username;
 
-pub use connection::{
-    Association, ConnectionId, ConnectionSettings, CountryCode, LoginMode, MatchField,
-};
+pub use connection::{Association, ConnectionId, ConnectionSettings, LoginMode, MatchField};
 pub use email::Email;
-pub use phone::Phone;
+pub use phone::{CountryCode, Phone};
 pub use username::Username;

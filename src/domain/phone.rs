@@ -6,13 +6,13 @@ use std::fmt;
 
 use phonenumber::{Mode, country};
 
-use super::connection::CountryCode;
-
 /// Longer input than this is not a phone number, whatever it is; refusing early keeps the parser's
 /// work bounded on hostile input.
 const MAX_INPUT_LEN: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialises as its canonical text; never deserialised (a value from outside is parsed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct Phone(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +77,51 @@ impl fmt::Display for Phone {
 pub(crate) fn region_for_calling_code(code: u16) -> Option<country::Id> {
     let regions = phonenumber::metadata::DATABASE.region(&code)?;
     regions.first()?.parse().ok()
+}
+
+/// A calling code such as `86`, with the region used to read national numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountryCode {
+    code: u16,
+    region: phonenumber::country::Id,
+}
+
+impl CountryCode {
+    /// Accepts `86` or `+86`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let digits = raw.trim().trim_start_matches('+');
+        let code: u16 = digits
+            .parse()
+            .ok()
+            .filter(|_| (1..=3).contains(&digits.len()))
+            .ok_or_else(|| format!("{raw:?} is not a calling code (1 to 3 digits, e.g. \"86\")"))?;
+        let region = region_for_calling_code(code)
+            .ok_or_else(|| format!("{raw:?} is not a known calling code"))?;
+        Ok(Self { code, region })
+    }
+
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    pub(crate) fn region(&self) -> phonenumber::country::Id {
+        self.region
+    }
+}
+
+impl fmt::Display for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)
+    }
+}
+
+/// Read as the canonical text it holds.
+impl std::ops::Deref for Phone {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 #[cfg(test)]

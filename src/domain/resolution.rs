@@ -3,8 +3,6 @@
 //! admin API and the commands over the queue both resolve through here; they differ only in who
 //! resolves and with what proof.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -15,32 +13,6 @@ use super::{
     events::{LinkMethod, Resolution},
     login::NormalizedFields,
 };
-
-macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            pub fn parse(raw: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == raw)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
 
 text_enum!(
     /// Where a binding is in its life.
@@ -213,59 +185,19 @@ pub fn resolve(
     if binding.status != BindingStatus::Pending {
         return Resolved::refused(Refusal::NotPending(binding.status));
     }
-    let pool = binding.identity.user_pool_id.as_str();
     if binding.expires_at <= now {
-        return Resolved {
-            effects: vec![
-                Effect::ExpireBinding {
-                    binding_id: binding.id,
-                },
-                effects::binding_expired(pool, binding.id, binding.identity.reference(), now),
-            ],
-            outcome: Err(Refusal::Expired),
-        };
+        return expired(binding, now);
     }
-    let cause = binding.cause_event_id.as_deref();
-    let (resolution, user_id, consequences) = match (request, target) {
-        (Request::Link { .. }, Some(LinkTarget::User(user))) => {
-            if resolver.proof != Proof::Admin && !binding.candidates.contains(&user.id) {
-                return Resolved::refused(Refusal::NotACandidate);
-            }
-            if user.linked_on_connection {
-                return Resolved::refused(Refusal::UserAlreadyLinked);
-            }
-            let matched_on = settings
-                .map(|s| decision::matched_fields(&binding.fields, s, user))
-                .unwrap_or_default();
-            let link = vec![
-                Effect::LinkIdentity { user_id: user.id },
-                effects::user_linked(
-                    pool,
-                    user.id,
-                    binding.identity.reference(),
-                    LinkMethod::Binding,
-                    matched_on,
-                    cause,
-                    now,
-                ),
-            ];
-            (Resolution::Linked, Some(user.id), link)
-        }
-        (Request::Create, _) => {
-            let settings = settings.expect("checked up front");
-            let fields = decision::new_user_fields(&binding.fields, settings, holders);
-            let user_id = Uuid::now_v7();
-            let create =
-                effects::create_user(pool, user_id, &fields, &binding.identity, cause, now);
-            (Resolution::Created, Some(user_id), create)
-        }
-        (Request::Reject { .. }, _) => (Resolution::Rejected, None, Vec::new()),
-        (Request::Link { .. }, _) => return Resolved::refused(Refusal::UserNotInPool),
-    };
+    let (resolution, user_id, consequences) =
+        match consequences(binding, settings, request, target, holders, resolver, now) {
+            Ok(planned) => planned,
+            Err(refusal) => return Resolved::refused(refusal),
+        };
     let reason = match request {
         Request::Reject { reason } => reason.clone(),
         _ => None,
     };
+    let pool = binding.identity.user_pool_id.as_str();
     // binding.resolved first: a subscriber sees the decision, then its consequence.
     let mut effects = vec![
         Effect::ResolveBinding {
@@ -290,6 +222,71 @@ pub fn resolve(
     Resolved {
         effects,
         outcome: Ok((resolution, user_id)),
+    }
+}
+
+/// A binding past its expiry cannot be resolved: it expires now instead.
+fn expired(binding: &BindingFacts, now: DateTime<Utc>) -> Resolved {
+    let pool = binding.identity.user_pool_id.as_str();
+    Resolved {
+        effects: vec![
+            Effect::ExpireBinding {
+                binding_id: binding.id,
+            },
+            effects::binding_expired(pool, binding.id, binding.identity.reference(), now),
+        ],
+        outcome: Err(Refusal::Expired),
+    }
+}
+
+/// What the request does besides resolving the binding: link the identity to the target, create
+/// an account for it, or nothing (a rejection).
+fn consequences(
+    binding: &BindingFacts,
+    settings: Option<&ConnectionSettings>,
+    request: &Request,
+    target: Option<&LinkTarget>,
+    holders: &[PoolUser],
+    resolver: &Resolver,
+    now: DateTime<Utc>,
+) -> Result<(Resolution, Option<Uuid>, Vec<Effect>), Refusal> {
+    let pool = binding.identity.user_pool_id.as_str();
+    let cause = binding.cause_event_id.as_deref();
+    match (request, target) {
+        (Request::Link { .. }, Some(LinkTarget::User(user))) => {
+            if resolver.proof != Proof::Admin && !binding.candidates.contains(&user.id) {
+                return Err(Refusal::NotACandidate);
+            }
+            if user.linked_on_connection {
+                return Err(Refusal::UserAlreadyLinked);
+            }
+            let matched_on = settings
+                .map(|s| decision::matched_fields(&binding.fields, s, user))
+                .unwrap_or_default();
+            let link = vec![
+                Effect::LinkIdentity { user_id: user.id },
+                effects::user_linked(
+                    pool,
+                    user.id,
+                    binding.identity.reference(),
+                    LinkMethod::Binding,
+                    matched_on,
+                    cause,
+                    now,
+                ),
+            ];
+            Ok((Resolution::Linked, Some(user.id), link))
+        }
+        (Request::Create, _) => {
+            let settings = settings.expect("checked up front");
+            let fields = decision::new_user_fields(&binding.fields, settings, holders);
+            let user_id = Uuid::now_v7();
+            let create =
+                effects::create_user(pool, user_id, &fields, &binding.identity, cause, now);
+            Ok((Resolution::Created, Some(user_id), create))
+        }
+        (Request::Reject { .. }, _) => Ok((Resolution::Rejected, None, Vec::new())),
+        (Request::Link { .. }, _) => Err(Refusal::UserNotInPool),
     }
 }
 

@@ -7,7 +7,9 @@ use super::identifier;
 
 const MAX_LEN: usize = 128;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialises as its canonical text; never deserialised (a value from outside is parsed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct Username(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +69,15 @@ impl Username {
 impl fmt::Display for Username {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Read as the canonical text it holds.
+impl std::ops::Deref for Username {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 

@@ -96,61 +96,14 @@ async fn decide_batch(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Processed> {
     // Connections first: phone normalisation depends on their settings.
-    let mut pairs: Vec<(&str, &str)> = batch
-        .iter()
-        .map(|m| (m.event.user_pool_id.as_str(), m.event.connection.as_str()))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let (pools, idents): (Vec<String>, Vec<String>) = pairs
-        .iter()
-        .map(|(p, c)| ((*p).to_owned(), (*c).to_owned()))
-        .unzip();
-    let settings: HashMap<(String, String), ConnectionSettings> =
-        connections::find_many(conn, &pools, &idents)
-            .await?
-            .into_iter()
-            .map(|c| {
-                (
-                    (
-                        c.user_pool_id.as_str().to_owned(),
-                        c.identifier.as_str().to_owned(),
-                    ),
-                    c,
-                )
-            })
-            .collect();
-
-    let mut locks = LockSet::new();
-    let mut id_keys = IdentityKeys::default();
-    let mut field_keys = FieldKeys::default();
-    let mut event_ids = Vec::new();
-    // Per message: its connection and normalised fields, or why it cannot be processed.
-    let mut prepared: Vec<Result<(&ConnectionSettings, NormalizedFields), Rejection>> =
-        Vec::with_capacity(batch.len());
-    for message in batch {
-        let event = &message.event;
-        let pool = event.user_pool_id.as_str();
-        let Some(settings) = settings.get(&(pool.to_owned(), event.connection.as_str().to_owned()))
-        else {
-            prepared.push(Err(Rejection::new(
-                RejectionKind::UnknownConnection,
-                format!(
-                    "no connection {:?} in user pool {:?}",
-                    event.connection.as_str(),
-                    pool
-                ),
-            )));
-            continue;
-        };
-        let fields = NormalizedFields::of(&event.profile, settings);
-        locks.identity(pool, event.connection.as_str(), &event.external_id);
-        id_keys.push(pool, event.connection.as_str(), &event.external_id);
-        event_ids.push(event.id.clone());
-        locks.fields(pool, &fields);
-        field_keys.add(&fields);
-        prepared.push(Ok((settings, fields)));
-    }
+    let settings = batch_connections(conn, batch).await?;
+    let Prepared {
+        locks,
+        id_keys,
+        field_keys,
+        event_ids,
+        messages,
+    } = Prepared::of(batch, &settings);
 
     // After the locks, every read below sees the commits of whoever held them before us.
     locks.acquire(conn).await?;
@@ -159,7 +112,7 @@ async fn decide_batch(
 
     let mut writes = Writes::default();
     let mut verdicts = Vec::with_capacity(batch.len());
-    for (message, prepared) in batch.iter().zip(prepared) {
+    for (message, prepared) in batch.iter().zip(messages) {
         let verdict = match prepared {
             Err(rejection) => Verdict::Rejected(rejection),
             Ok((settings, fields)) => {
@@ -178,6 +131,78 @@ async fn decide_batch(
 
     let outbox = writes.flush(conn, origin).await?;
     Ok(Processed { verdicts, outbox })
+}
+
+/// The settings of every connection a batch names, by user pool and identifier.
+async fn batch_connections(
+    conn: &mut PgConnection,
+    batch: &[Inbound],
+) -> sqlx::Result<HashMap<(String, String), ConnectionSettings>> {
+    let mut pairs: Vec<(&str, &str)> = batch
+        .iter()
+        .map(|m| (m.event.user_pool_id.as_str(), m.event.connection.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (pools, idents): (Vec<String>, Vec<String>) = pairs
+        .iter()
+        .map(|(p, c)| ((*p).to_owned(), (*c).to_owned()))
+        .unzip();
+    let found = connections::find_many(conn, &pools, &idents).await?;
+    Ok(found
+        .into_iter()
+        .map(|c| {
+            let key = (
+                c.user_pool_id.as_str().to_owned(),
+                c.identifier.as_str().to_owned(),
+            );
+            (key, c)
+        })
+        .collect())
+}
+
+/// What a batch must lock and read, and per message its connection and normalised fields, or
+/// why it cannot be processed.
+struct Prepared<'a> {
+    locks: LockSet,
+    id_keys: IdentityKeys,
+    field_keys: FieldKeys,
+    event_ids: Vec<String>,
+    messages: Vec<Result<(&'a ConnectionSettings, NormalizedFields), Rejection>>,
+}
+
+impl<'a> Prepared<'a> {
+    fn of(batch: &[Inbound], settings: &'a HashMap<(String, String), ConnectionSettings>) -> Self {
+        let mut prepared = Self {
+            locks: LockSet::new(),
+            id_keys: IdentityKeys::default(),
+            field_keys: FieldKeys::default(),
+            event_ids: Vec::new(),
+            messages: Vec::with_capacity(batch.len()),
+        };
+        for message in batch {
+            let event = &message.event;
+            let pool = event.user_pool_id.as_str();
+            let connection = event.connection.as_str();
+            let Some(settings) = settings.get(&(pool.to_owned(), connection.to_owned())) else {
+                prepared.messages.push(Err(Rejection::new(
+                    RejectionKind::UnknownConnection,
+                    format!("no connection {connection:?} in user pool {pool:?}"),
+                )));
+                continue;
+            };
+            let fields = NormalizedFields::of(&event.profile, settings);
+            prepared
+                .locks
+                .identity(pool, connection, &event.external_id)
+                .fields(pool, &fields);
+            prepared.id_keys.push(pool, connection, &event.external_id);
+            prepared.event_ids.push(event.id.clone());
+            prepared.field_keys.add(&fields);
+            prepared.messages.push(Ok((settings, fields)));
+        }
+        prepared
+    }
 }
 
 /// Every write of a batch, gathered while deciding and flushed in a fixed order.

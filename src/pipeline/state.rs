@@ -94,17 +94,17 @@ impl BatchState {
         let key = identity_key(event);
         let pool = event.user_pool_id.as_str();
         let connection = event.connection.as_str();
-        let holds = |value: Option<&str>, stored: &Option<String>| {
-            value.is_some() && value == stored.as_deref()
-        };
+        fn holds<T: PartialEq>(value: Option<&T>, stored: &Option<T>) -> bool {
+            value.is_some() && value == stored.as_ref()
+        }
         let pool_users = self
             .users
             .iter()
             .filter(|u| u.user_pool_id == pool)
             .filter(|u| {
-                holds(fields.email.value().map(|e| e.as_str()), &u.email)
-                    || holds(fields.phone.value().map(|p| p.as_str()), &u.phone)
-                    || holds(fields.username.value().map(|n| n.as_str()), &u.username)
+                holds(fields.email.value(), &u.email)
+                    || holds(fields.phone.value(), &u.phone)
+                    || holds(fields.username.value(), &u.username)
             })
             .map(|u| u.pool_user(connection))
             .collect();
@@ -135,11 +135,11 @@ impl BatchState {
         self.users.push(MatchRow {
             id,
             user_pool_id: pool.to_owned(),
-            email: new.email.as_ref().map(|e| e.as_str().to_owned()),
+            email: new.email.clone(),
             email_verified: new.email_verified,
-            phone: new.phone.as_ref().map(|p| p.as_str().to_owned()),
+            phone: new.phone.clone(),
             phone_verified: new.phone_verified,
-            username: new.username.as_ref().map(|u| u.as_str().to_owned()),
+            username: new.username.clone(),
             protected: false,
             linked_connections: Vec::new(),
         });

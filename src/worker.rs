@@ -25,13 +25,11 @@ use crate::{
     settings::Settings,
 };
 
-use super::{
+use crate::amqp::{
     CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, properties,
     settle::{Action, DeadLetter, Settler, undecoded_event_id},
     topology,
 };
-
-pub use properties::ERROR_HEADER;
 /// Conflicts (unique or serialization failures, deadlocks) retried in place before a batch is
 /// split up, or a single event handed back to the broker.
 const MAX_CONFLICT_RETRIES: u32 = 10;
@@ -122,56 +120,83 @@ impl Worker {
         let amqp = &self.settings.amqp;
         let connection = connect(&amqp.url, "worker").await?;
         let tag = format!("identity-sync-{}", self.pipeline.origin());
-        let setup = async {
-            let channel = connection.create_channel().await?;
-            if let Err(error) = topology::declare(&channel, amqp).await {
-                if error.to_string().contains("PRECONDITION_FAILED") {
-                    tracing::error!(
-                        %error,
-                        "the broker holds a queue or exchange of the same name with other \
-                         arguments (amqp.delivery_limit changed?): delete or rename it, or \
-                         restore the setting"
-                    );
-                }
-                return Err(error);
-            }
-            channel
-                .basic_qos(amqp.prefetch, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    amqp.work_queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok((channel, consumer))
-        };
         let (channel, mut consumer) = bounded(
             OPERATION_TIMEOUT,
             "declaring the topology and consuming",
-            setup,
+            self.subscribe(&connection, &tag),
         )
         .await?;
         self.health.set_consumer(true);
         tracing::info!(queue = %amqp.work_queue, prefetch = amqp.prefetch, "consuming");
         let mut settler = Settler::new(&connection, &amqp.dead_letter_exchange, &self.metrics);
+        let result = self.consume(&mut consumer, &mut settler).await;
 
+        // Deliveries received but not handled go back to the queue when the channel closes.
+        let close = async {
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            connection
+                .close(200, "identity-sync worker stopping".into())
+                .await
+        };
+        let _ = bounded(CLOSE_TIMEOUT, "closing", close).await;
+        result
+    }
+
+    /// Declares the topology and starts consuming the work queue.
+    async fn subscribe(
+        &self,
+        connection: &lapin::Connection,
+        tag: &str,
+    ) -> lapin::Result<(lapin::Channel, lapin::Consumer)> {
+        let amqp = &self.settings.amqp;
+        let channel = connection.create_channel().await?;
+        if let Err(error) = topology::declare(&channel, amqp).await {
+            if error.to_string().contains("PRECONDITION_FAILED") {
+                tracing::error!(
+                    %error,
+                    "the broker holds a queue or exchange of the same name with other \
+                     arguments (amqp.delivery_limit changed?): delete or rename it, or \
+                     restore the setting"
+                );
+            }
+            return Err(error);
+        }
+        channel
+            .basic_qos(amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                amqp.work_queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    }
+
+    /// Handles deliveries in batches until a stop is requested or the session fails.
+    async fn consume(
+        &self,
+        consumer: &mut lapin::Consumer,
+        settler: &mut Settler<'_>,
+    ) -> Result<(), SessionError> {
         let batch_size = self.settings.worker.batch_size;
-        let result = loop {
+        loop {
             if !self.wait_for_outbox().await {
-                break Ok(());
+                return Ok(());
             }
             let first = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => break Ok(()),
+                _ = self.shutdown.cancelled() => return Ok(()),
                 next = consumer.next() => next,
             };
             let first = match first {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => break Err(error.into()),
-                None => break Err(SessionError::ConsumerEnded),
+                Some(Err(error)) => return Err(error.into()),
+                None => return Err(SessionError::ConsumerEnded),
             };
             // Take what has already arrived, up to a batch; never wait for more.
             let mut batch = vec![first];
@@ -186,25 +211,11 @@ impl Worker {
                     _ => break,
                 }
             }
-            if let Err(error) = self.handle(&mut settler, batch).await {
-                break Err(error);
-            }
+            self.handle(settler, batch).await?;
             if let Some(error) = pending_error {
-                break Err(error.into());
+                return Err(error.into());
             }
-        };
-
-        // Deliveries received but not handled go back to the queue when the channel closes.
-        let close = async {
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-            connection
-                .close(200, "identity-sync worker stopping".into())
-                .await
-        };
-        let _ = bounded(CLOSE_TIMEOUT, "closing", close).await;
-        result
+        }
     }
 
     /// Holds off while the outbox backlog is above `outbox.max_backlog` (a stalled downstream):
