@@ -22,7 +22,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::get,
 };
 use tokio::sync::Semaphore;
 
@@ -144,23 +144,7 @@ async fn limit_requests(State(state): State<AppState>, request: Request, next: N
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/v1/bindings", get(bindings::list))
-        .route("/v1/bindings/{id}", get(bindings::show))
-        .route("/v1/bindings/{id}/resolve", post(bindings::resolve))
-        .route("/v1/users", get(users::find).post(users::create))
-        .route("/v1/users/{id}", get(users::show).patch(users::update))
-        .route(
-            "/v1/users/{id}/identities/{connection}/{external_id}",
-            delete(users::unlink),
-        )
-        .route("/v1/connections", get(connections::list))
-        .route(
-            "/v1/connections/{user_pool_id}/{identifier}",
-            get(connections::show).put(connections::put),
-        )
-        .route("/v1/audit", get(audit::list))
-        .route("/v1/decisions/{event_id}", get(decisions::show))
+    let (api, document) = openapi::api()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_requests,
@@ -168,9 +152,15 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
-        ));
+        ))
+        .split_for_parts();
+    let document = serde_json::to_string(&document).expect("the OpenAPI document serialises");
+    let document = move || {
+        let document = document.clone();
+        async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+    };
     ops::routes()
-        .route("/openapi.json", get(openapi::document))
+        .route("/openapi.json", get(document))
         .route("/admin", get(console::page))
         .merge(api)
         .fallback(not_found)

@@ -1,13 +1,14 @@
-//! The OpenAPI 3 document of the admin API, generated from the handlers' annotations so that it
-//! cannot drift from the code. Served at `/openapi.json`.
+//! The admin API's routes and its OpenAPI 3 document, both from the handlers' annotations: each
+//! handler is registered once, here, so the document cannot drift from the router. Served at
+//! `/openapi.json`.
 
-use axum::{Json, response::IntoResponse};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{audit, bindings, connections, decisions, users};
+use super::{AppState, audit, bindings, connections, decisions, users};
 
 struct BearerAuth;
 
@@ -25,18 +26,23 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "identity-sync admin API", description = "Resolve pending bindings, look up and manage accounts and connections, read the audit log."),
-    paths(
-        bindings::list, bindings::show, bindings::resolve,
-        users::find, users::show, users::create, users::update, users::unlink,
-        connections::list, connections::show, connections::put,
-        audit::list,
-        decisions::show,
-    ),
     modifiers(&BearerAuth),
     tags((name = "bindings"), (name = "users"), (name = "connections"), (name = "audit"), (name = "decisions")),
 )]
 pub struct ApiDoc;
 
-pub async fn document() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
+/// Every endpoint of the admin API (`/v1`), with the document that describes them. A path's
+/// methods are registered together.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(bindings::list))
+        .routes(routes!(bindings::show))
+        .routes(routes!(bindings::resolve))
+        .routes(routes!(users::find, users::create))
+        .routes(routes!(users::show, users::update))
+        .routes(routes!(users::unlink))
+        .routes(routes!(connections::list))
+        .routes(routes!(connections::show, connections::put))
+        .routes(routes!(audit::list))
+        .routes(routes!(decisions::show))
 }
