@@ -15,12 +15,16 @@ const MAX_BINDING_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 const MAX_POOL_ID_LEN: usize = 128;
 const MAX_TEXT_LEN: usize = 256;
 
-/// `lowercase letters, digits and -, 1 to 31 characters`.
+/// A connection's identifier (`dingtalk-corp`), as logins name it in `data.connection`: lowercase
+/// ASCII letters, digits and `-`, 1 to 31 characters; unique within its pool and fixed once
+/// created.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct ConnectionId(String);
 
 impl ConnectionId {
+    /// Accepts `raw` exactly as given (no trimming, no lowercasing) when it has the identifier
+    /// format; the error says what the format is.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let ok_len = (1..=31).contains(&raw.len());
         let ok_chars = raw
@@ -35,6 +39,7 @@ impl ConnectionId {
         }
     }
 
+    /// The identifier's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -52,6 +57,8 @@ impl fmt::Display for ConnectionId {
 pub struct UserPoolId(String);
 
 impl UserPoolId {
+    /// Accepts 1 to 128 bytes without whitespace or control characters, kept exactly as given
+    /// (pool ids are compared as the platform writes them, case included).
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() || raw.len() > MAX_POOL_ID_LEN {
             return Err(format!("user pool id must be 1 to {MAX_POOL_ID_LEN} bytes"));
@@ -62,6 +69,7 @@ impl UserPoolId {
         Ok(Self(raw.to_owned()))
     }
 
+    /// The pool id's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -74,11 +82,25 @@ impl fmt::Display for UserPoolId {
 }
 
 text_enum!(
-    /// What happens to an identity that maps to no existing account.
+    /// What happens to an identity that maps to no existing account (the connection's
+    /// `login_mode`):
+    ///
+    /// - `normal` (the default): it gets a new account;
+    /// - `login_only`: it is rejected (`login.rejected`, reason `unknown_user`); the connection
+    ///   never creates an account, not even by resolving a binding.
     LoginMode { Normal => "normal", LoginOnly => "login_only" }
 );
 text_enum!(
-    /// How an unknown identity is associated with existing accounts.
+    /// How an unknown identity is associated with existing accounts (the connection's
+    /// `association`):
+    ///
+    /// - `disabled` (the default): no account is looked for; the identity gets a new account (or
+    ///   is rejected under `login_only`);
+    /// - `field_matching`: it is linked to the one account whose `match_fields` equal the
+    ///   login's, unless several match or a safety rule sets that account aside (then a pending
+    ///   binding);
+    /// - `ask_binding`: any match opens a pending binding, for the person (through the platform)
+    ///   or an admin to resolve.
     Association {
         Disabled => "disabled",
         FieldMatching => "field_matching",
@@ -86,7 +108,8 @@ text_enum!(
     }
 );
 text_enum!(
-    /// A user field compared during association.
+    /// An account field compared during association, in canonical form: `email`, `phone`
+    /// (E.164) or `username`. Also names the fields of a decision's evidence.
     MatchField { Email => "email", Phone => "phone", Username => "username" }
 );
 
@@ -94,15 +117,32 @@ text_enum!(
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionSpec {
+    /// Required: the connection's identifier (lowercase letters, digits and `-`, 1 to 31
+    /// characters).
     pub identifier: Option<String>,
+    /// Required: the user pool (tenant) the connection belongs to.
     pub user_pool_id: Option<String>,
+    /// The name people see in the console, up to 256 characters without control characters;
+    /// defaults to the identifier.
     pub display_name: Option<String>,
+    /// The kind of identity source (`dingtalk`, `wecom`, `ldap`), free text for people only: the
+    /// decision does not read it. Up to 256 characters; empty by default.
     pub provider: Option<String>,
+    /// `normal` (the default) or `login_only`.
     pub login_mode: Option<String>,
+    /// `disabled` (the default), `field_matching` or `ask_binding`.
     pub association: Option<String>,
+    /// The fields matching compares, in order, among `email`, `phone` and `username`: at least
+    /// one, none twice; `["email"]` by default.
     pub match_fields: Option<Vec<String>>,
+    /// Whether an email or phone must be verified by the source to take part in matching and
+    /// to be copied onto a new account. Default `true`.
     pub require_verified: Option<bool>,
+    /// The calling code (`86` or `+86`) used to read phone numbers given without `+`; absent or
+    /// empty: such numbers are unusable.
     pub default_country_code: Option<String>,
+    /// How long a pending binding waits before it expires, as a duration such as `72h` or
+    /// `1h 30m`: whole seconds, from 1 s to 366 days. Default `72h`.
     pub binding_ttl: Option<String>,
     /// Link to candidates whose matching email or phone is unverified on the account (for a
     /// source that is the source of truth for its accounts). Default `false`.
@@ -115,11 +155,14 @@ pub struct ConnectionSpec {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
+    /// The setting at fault, named as in the spec (`match_fields`, `binding_ttl`).
     pub field: &'static str,
+    /// What is wrong with it, for people (the admin API's 422 and the configuration error).
     pub message: String,
 }
 
 impl FieldError {
+    /// A failure of `field`, explained by `message`.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             field,
@@ -128,23 +171,40 @@ impl FieldError {
     }
 }
 
+/// A connection's validated settings, with the contract's defaults filled in: what the decision
+/// and a binding's resolution read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionSettings {
+    /// The connection's identifier within its pool.
     pub identifier: ConnectionId,
+    /// The user pool (tenant) whose accounts the connection's identities are linked to.
     pub user_pool_id: UserPoolId,
+    /// The name people see in the console; the identifier when none was given.
     pub display_name: String,
+    /// The kind of identity source (`dingtalk`, `ldap`), for people only; may be empty.
     pub provider: String,
+    /// What happens to an identity that matches no account.
     pub login_mode: LoginMode,
+    /// Whether and how an unknown identity is matched to existing accounts.
     pub association: Association,
-    /// Ordered and free of repeats; never empty.
+    /// The fields matching compares, in order (a candidate's `matched_on` follows it): free of
+    /// repeats and never empty.
     pub match_fields: Vec<MatchField>,
+    /// Whether a login's email or phone counts (for matching, or for a new account) only when
+    /// the source says it is verified; usernames are never subject to it.
     pub require_verified: bool,
+    /// The calling code whose region's national format reads phone numbers given without `+`;
+    /// `None`: such numbers are unusable.
     pub default_country_code: Option<CountryCode>,
+    /// How long a pending binding waits before it expires: whole seconds, from 1 s to 366 days.
     pub binding_ttl: Duration,
+    /// Whether a candidate whose matching email or phone is unverified on the account may still
+    /// be linked automatically (`false`: it is set aside as `candidate_unverified`).
     pub trust_unverified_accounts: bool,
     /// Canonical domains (IDNA-mapped, lowercase); empty: every domain is allowed.
     pub allowed_email_domains: Vec<String>,
-    /// Changes whenever the stored settings change (0 for settings not stored yet).
+    /// The `settings_version` decisions record: it changes whenever the stored settings change
+    /// (0 for settings not stored yet).
     pub version: i64,
 }
 
@@ -163,6 +223,8 @@ impl ConnectionSettings {
         } == *other
     }
 
+    /// Checks a spec and fills in the contract's defaults; the error names the first bad
+    /// setting. The version is 0 until the settings are stored.
     pub fn validate(spec: &ConnectionSpec) -> Result<Self, FieldError> {
         let identifier = required(
             "identifier",

@@ -15,15 +15,24 @@ use super::{Email, Phone, Username};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// `existing_user`: the identity was already linked to an account.
     ExistingUser,
+    /// `user_created`: a new account was made for the identity.
     UserCreated,
+    /// `user_linked`: the identity was linked to the one matching account.
     UserLinked,
+    /// `binding_pending`: a pending binding was opened, or the identity's binding is still
+    /// pending.
     BindingPending,
+    /// `rejected`: a `login_only` connection and no account for the person (`unknown_user`).
     Rejected,
+    /// `error`: the message could not be processed and was dead-lettered; said in the error
+    /// reply, never stored.
     Error,
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order.
     pub const ALL: &'static [Outcome] = &[
         Self::ExistingUser,
         Self::UserCreated,
@@ -33,6 +42,7 @@ impl Outcome {
         Self::Error,
     ];
 
+    /// The text form: the reply's `outcome`, the stored outcome and the metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ExistingUser => "existing_user",
@@ -44,13 +54,24 @@ impl Outcome {
         }
     }
 
+    /// The outcome of a text form; `None` for any other text.
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|o| o.as_str() == raw)
     }
 }
 
 text_enum!(
-    /// Why a pending binding was opened instead of linking.
+    /// Why a pending binding was opened instead of linking (the binding's and the reply's
+    /// `reason`):
+    ///
+    /// - `ask_binding`: the connection asks before linking (`association = "ask_binding"`);
+    /// - `ambiguous_match`: two or more accounts matched;
+    /// - `candidate_already_linked`: the one candidate already holds an identity of the
+    ///   connection;
+    /// - `protected_account`: the one candidate is protected;
+    /// - `confusable_identifier`: a lookalike value of the login matched the candidate;
+    /// - `candidate_unverified`: the candidate's matching email or phone is unverified on the
+    ///   account.
     BindingReason {
         AskBinding => "ask_binding",
         AmbiguousMatch => "ambiguous_match",
@@ -63,7 +84,10 @@ text_enum!(
 
 text_enum!(
     /// Why a candidate was not linked automatically (the safety rules, in their order of
-    /// precedence).
+    /// precedence): the account is `protected_account`; a lookalike value of the login matched it
+    /// (`confusable_identifier`); its matching email or phone is unverified on the account
+    /// (`candidate_unverified`); it already holds an identity of the connection
+    /// (`candidate_already_linked`).
     SetAside {
         ProtectedAccount => "protected_account",
         ConfusableIdentifier => "confusable_identifier",
@@ -73,7 +97,15 @@ text_enum!(
 );
 
 text_enum!(
-    /// Why a login's field was not used (for matching, or for a new account).
+    /// Why a login's field was not used (for matching, or for a new account):
+    ///
+    /// - `unverified`: the source does not say it is verified and the connection requires it;
+    /// - `malformed`: not a valid email, phone or username;
+    /// - `suspicious`: a lookalike of another identifier;
+    /// - `domain_not_allowed`: an email outside the connection's `allowed_email_domains`;
+    /// - `held`: valid, but another account of the pool holds it, so a new account did not get it;
+    /// - `not_matched_on`: valid, but matching did not look at it (not in `match_fields`, or no
+    ///   candidate search ran).
     WhyNot {
         Unverified => "unverified",
         Malformed => "malformed",
@@ -101,11 +133,18 @@ pub const UNKNOWN_USER: &str = "unknown_user";
 /// A user of the pool that shares at least one normalised email, phone or username with the login.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PoolUser {
+    /// The account's id.
     pub id: Uuid,
+    /// The account's email, canonical; `None` when it has none.
     pub email: Option<Email>,
+    /// Whether the account's email is verified; a candidate matched on an unverified one is
+    /// not taken over (`candidate_unverified`).
     pub email_verified: bool,
+    /// The account's phone number in E.164; `None` when it has none.
     pub phone: Option<Phone>,
+    /// Whether the account's phone number is verified, as `email_verified`.
     pub phone_verified: bool,
+    /// The account's username, canonical; `None` when it has none.
     pub username: Option<Username>,
     /// Never linked automatically (admins, break-glass accounts).
     pub protected: bool,
@@ -113,10 +152,14 @@ pub struct PoolUser {
     pub linked_on_connection: bool,
 }
 
+/// The identity's binding that still waits to be resolved, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingBinding {
+    /// The binding's id.
     pub id: Uuid,
+    /// Why it was opened; a later login of the identity gets it in its reply again.
     pub reason: BindingReason,
+    /// When it expires unresolved; a login after that expires it and is decided afresh.
     pub expires_at: DateTime<Utc>,
 }
 
@@ -125,6 +168,8 @@ pub struct PendingBinding {
 pub struct Situation {
     /// The account the identity (pool, connection, external id) is linked to.
     pub linked_user: Option<Uuid>,
+    /// The identity's pending binding, overdue or not (the decision compares `expires_at` with
+    /// the time of the decision).
     pub pending_binding: Option<PendingBinding>,
     /// Every pool user sharing a normalised field with the login, whatever the settings: the
     /// decision needs them both to find candidates and to know which fields are already held.
@@ -134,31 +179,46 @@ pub struct Situation {
 /// The fields a new account receives.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewUserFields {
+    /// The login's canonical email, where it is usable and no other account of the pool holds
+    /// it; `None` otherwise.
     pub email: Option<Email>,
+    /// The login's verification flag for the email the account receives; `false` without one.
     pub email_verified: bool,
+    /// The login's phone number in E.164, on the same terms as the email.
     pub phone: Option<Phone>,
+    /// The login's verification flag for the phone number the account receives; `false`
+    /// without one.
     pub phone_verified: bool,
+    /// The login's canonical username, on the same terms as the email.
     pub username: Option<Username>,
+    /// The profile's display name as received (not normalised, not unique).
     pub name: Option<String>,
 }
 
+/// What the decision does with a login (contract section 1, steps 3 to 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Step 3: already linked; refresh the identity's snapshot.
+    /// Step 3: already linked (to the account `user_id`); refresh the identity's snapshot.
     ExistingUser { user_id: Uuid },
     /// Step 4: a binding is still pending.
     StillPending {
+        /// The pending binding, repeated in the reply.
         binding_id: Uuid,
+        /// The reason it was opened with.
         reason: BindingReason,
     },
     /// Step 5: link to the one matching user.
     Link {
+        /// The account the identity is linked to.
         user_id: Uuid,
+        /// The fields on which the account matched, in `match_fields` order.
         matched_on: Vec<MatchField>,
     },
     /// Step 5: park the identity for an admin (or the person, through the platform).
     OpenBinding {
+        /// The candidate accounts, by id.
         candidates: Vec<Uuid>,
+        /// Why no account was linked.
         reason: BindingReason,
     },
     /// Step 5: `login_only` and nobody matches.
@@ -168,6 +228,7 @@ pub enum Action {
 }
 
 impl Action {
+    /// The outcome the reply and the dedupe record report for this action.
     pub fn outcome(&self) -> Outcome {
         match self {
             Action::ExistingUser { .. } => Outcome::ExistingUser,
@@ -182,25 +243,36 @@ impl Action {
 /// One field of the login, as the decision judged it (contract section 7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldEvidence {
+    /// Which of the login's fields this is.
     pub field: MatchField,
-    /// The canonical value, or the raw one when malformed.
+    /// The canonical value, or the value as received (cut to 256 characters) when malformed or
+    /// suspicious, so that an admin sees the lookalike; masked in events and for viewers.
     pub value: String,
+    /// Whether the field could be used; `false` exactly when `why_not` says why.
     pub usable: bool,
+    /// Why the field was not used; `None` when it was usable.
     pub why_not: Option<WhyNot>,
 }
 
 /// A candidate account: the fields it matched on and why it was set aside, if it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandidateEvidence {
+    /// The candidate account.
     pub user_id: Uuid,
+    /// The fields on which its value equals the login's, in `match_fields` order; never empty.
     pub matched_on: Vec<MatchField>,
+    /// The first safety rule that kept it from being linked automatically; `None` when none did.
     pub set_aside: Option<SetAside>,
 }
 
 /// Why the decision is what it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
+    /// Each field the login carried (email, phone, username, in that order), with whether it
+    /// was usable and why not.
     pub fields: Vec<FieldEvidence>,
+    /// The candidate accounts, in id order; empty when none matched or no candidate search ran
+    /// (an existing user, a still-pending binding, association disabled).
     pub candidates: Vec<CandidateEvidence>,
 }
 
@@ -226,11 +298,14 @@ impl Evidence {
     }
 }
 
+/// What is decided for one login: an overdue binding to expire first, what to do, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     /// A pending binding found past its `expires_at`: it expires now and the login starts afresh.
     pub expire_binding: Option<Uuid>,
+    /// What happens to the login.
     pub action: Action,
+    /// Why: the login's fields and the candidates as judged, stored with the dedupe record.
     pub evidence: Evidence,
 }
 

@@ -19,8 +19,12 @@ use super::{
 /// The external identity a login or a binding is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
+    /// The pool (tenant) the identity logs in to.
     pub user_pool_id: String,
+    /// The identifier of the connection it comes from.
     pub connection: String,
+    /// The person's id at the identity source; with the pool and the connection, it names the
+    /// identity.
     pub external_id: String,
 }
 
@@ -34,6 +38,7 @@ impl Identity {
         }
     }
 
+    /// The identity as events show it (without its pool, which the event names).
     pub fn reference(&self) -> IdentityRef {
         IdentityRef {
             connection: self.connection.clone(),
@@ -50,27 +55,40 @@ pub enum Effect {
     ExpireBinding { binding_id: Uuid },
     /// A new account.
     CreateUser {
+        /// The new account's id (a UUIDv7).
         user_id: Uuid,
+        /// The values it receives from the login.
         fields: NewUserFields,
     },
-    /// The identity is linked to an account, with its profile as snapshot.
+    /// The identity is linked to the account `user_id`, with its profile as snapshot.
     LinkIdentity { user_id: Uuid },
-    /// The linked identity's snapshot and last login time are refreshed.
+    /// The linked identity's snapshot and last login time are refreshed (`user_id`: the account
+    /// it is linked to).
     TouchIdentity { user_id: Uuid },
     /// The identity is parked for a person or an admin to resolve.
     OpenBinding {
+        /// The new binding's id (a UUIDv7).
         binding_id: Uuid,
+        /// The candidate accounts, by id.
         candidates: Vec<Uuid>,
+        /// Why no account was linked.
         reason: BindingReason,
+        /// The time of the login plus the connection's `binding_ttl`.
         expires_at: DateTime<Utc>,
     },
     /// A pending binding is resolved.
     ResolveBinding {
+        /// The binding resolved.
         binding_id: Uuid,
+        /// Linked, created or rejected.
         resolution: Resolution,
+        /// The account linked or created; `None` for a rejection.
         user_id: Option<Uuid>,
+        /// Who decided (the admin token's name, or the actor a command names).
         resolved_by: String,
+        /// How the decision was proven, in its text form (`admin`, `password`, ...).
         proof: String,
+        /// The reason a `reject` gave, kept with the binding; `None` otherwise.
         reason: Option<String>,
     },
     /// An event to publish (committed with the rest).
@@ -80,7 +98,9 @@ pub enum Effect {
 /// A login's effects and the reply that says what was decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoginEffects {
+    /// What must happen, in the order it must be applied (an overdue binding expires first).
     pub effects: Vec<Effect>,
+    /// The decision as the reply (if one was asked for) and the dedupe record give it.
     pub reply: Reply,
 }
 

@@ -10,21 +10,30 @@ use super::identifier;
 /// Longest address accepted (RFC 5321 path limit).
 const MAX_LEN: usize = 254;
 
+/// An email address in canonical form: `local@domain`, the local part trimmed, NFC and
+/// case-folded, the domain IDNA-mapped (`Zhang.San@Example.COM` is `zhang.san@example.com`).
 /// Serialises as its canonical text; never deserialised (a value from outside is parsed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
 
+/// Why a text is not a usable email address. In a login this only makes the email unusable
+/// (malformed); for an admin's or an import's value it is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmailError {
+    /// Nothing but whitespace.
     #[error("email is empty")]
     Empty,
+    /// Over 254 bytes once trimmed.
     #[error("email is longer than {MAX_LEN} characters")]
     TooLong,
+    /// No `@`, more than one, or nothing on one side of it.
     #[error("email must contain exactly one '@' with text on both sides")]
     Shape,
+    /// Whitespace or a control character inside the address.
     #[error("email must not contain whitespace or control characters")]
     Characters,
+    /// A lookalike of another address (see `identifier`); only `parse_strict` refuses it.
     #[error("email has characters that pass for others (a lookalike of another address)")]
     Suspicious,
 }
@@ -82,10 +91,12 @@ impl Email {
         }
     }
 
+    /// The canonical text, as stored and as compared.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The canonical text, taken out of the value.
     pub fn into_inner(self) -> String {
         self.0
     }

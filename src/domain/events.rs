@@ -11,39 +11,59 @@ use super::connection::MatchField;
 use super::decision::{CandidateEvidence, FieldEvidence, Outcome};
 use super::{Email, Phone, Username};
 
+/// The CloudEvents `source` of every event identity-sync publishes.
 pub const SOURCE: &str = "identity-sync";
 
 /// The reply to a login that asked for one (AMQP `reply_to`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
+    /// The `id` of the login answered; `None` for a dead-lettered message whose body had no
+    /// usable `id`.
     pub event_id: Option<String>,
+    /// What was decided, or `error` for a dead-lettered message.
     pub outcome: Outcome,
+    /// The account the identity is linked to (`existing_user`, `user_linked`, `user_created`);
+    /// `None` otherwise.
     pub user_id: Option<Uuid>,
+    /// The pending binding (`binding_pending`); `None` otherwise.
     pub binding_id: Option<Uuid>,
+    /// `None` for `existing_user`, `user_created` and `user_linked`; the binding's reason for
+    /// `binding_pending`, `unknown_user` for `rejected`, the dead-letter reason
+    /// (`<code>: <detail>`) for `error`.
     pub reason: Option<String>,
 }
 
+/// The `type` of an outbound event, which is also its routing key on the events exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
+    /// A login (or a binding resolved with `create`) made a new account.
     #[serde(rename = "user.created")]
     UserCreated,
+    /// An identity was linked to an existing account, by field matching or by a binding.
     #[serde(rename = "user.linked")]
     UserLinked,
+    /// An identity was removed from an account (admin API or `user.unlink` command).
     #[serde(rename = "user.unlinked")]
     UserUnlinked,
+    /// An account's fields changed.
     #[serde(rename = "user.updated")]
     UserUpdated,
+    /// A `login_only` connection refused a person with no account.
     #[serde(rename = "login.rejected")]
     LoginRejected,
+    /// A login was parked in a pending binding instead of being linked.
     #[serde(rename = "binding.pending")]
     BindingPending,
+    /// A pending binding was resolved (`link`, `create` or `reject`).
     #[serde(rename = "binding.resolved")]
     BindingResolved,
+    /// A pending binding passed its `expires_at` unresolved.
     #[serde(rename = "binding.expired")]
     BindingExpired,
 }
 
 impl EventType {
+    /// Every event type, in declaration order.
     pub const ALL: &'static [EventType] = &[
         Self::UserCreated,
         Self::UserLinked,
@@ -69,108 +89,168 @@ impl EventType {
         }
     }
 
+    /// The event type of a text form; `None` for any other text.
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.as_str() == raw)
     }
 }
 
+/// An external identity as events show it (`identity`); its pool is the event's `user_pool_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRef {
+    /// The identifier of the connection the identity comes from.
     pub connection: String,
+    /// The person's id at the identity source, as the login gave it.
     pub external_id: String,
 }
 
+/// An account as `user.created` and `user.updated` show it: its values after the change, in
+/// canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserSummary {
+    /// The account's id.
     pub id: Uuid,
+    /// The account's email, canonical; `None` when it has none.
     pub email: Option<Email>,
+    /// The account's phone number in E.164; `None` when it has none.
     pub phone: Option<Phone>,
+    /// The account's username, canonical; `None` when it has none.
     pub username: Option<Username>,
+    /// The account's display name as given; `None` when it has none.
     pub name: Option<String>,
 }
 
+/// The `data` of `user.created`: a login, or a binding resolved with `create`, made a new account
+/// with the identity linked to it.
 #[derive(Debug, Clone, Serialize)]
 pub struct UserCreated<'a> {
+    /// The pool of the new account.
     pub user_pool_id: &'a str,
+    /// The new account, with the values it received from the login.
     pub user: UserSummary,
+    /// The identity linked to it.
     pub identity: IdentityRef,
+    /// The `id` of the login that caused it; for a binding resolution, of the login that opened
+    /// the binding (`None` when that is not known).
     pub cause_event_id: Option<&'a str>,
 }
 
+/// How an identity came to be linked (`user.linked`'s `method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkMethod {
+    /// `field_matching`: automatically, by a login whose fields matched the one account.
     FieldMatching,
+    /// `binding`: by resolving a pending binding with `link`.
     Binding,
 }
 
+/// The `data` of `user.linked`: an identity was linked to an existing account.
 #[derive(Debug, Clone, Serialize)]
 pub struct UserLinked<'a> {
+    /// The pool of the account.
     pub user_pool_id: &'a str,
+    /// The account the identity is now linked to.
     pub user_id: Uuid,
+    /// The identity linked.
     pub identity: IdentityRef,
+    /// Automatically by field matching, or by a binding's resolution.
     pub method: LinkMethod,
+    /// The connection's match fields on which the account equals the login, in `match_fields`
+    /// order; may be empty for a binding resolved to an account the login did not match.
     pub matched_on: Vec<MatchField>,
+    /// The `id` of the login that caused the link; for a binding resolution, of the login that
+    /// opened the binding (`None` when that is not known).
     pub cause_event_id: Option<&'a str>,
 }
 
+/// The `data` of `user.unlinked`: an identity was removed from an account.
 #[derive(Debug, Clone, Serialize)]
 pub struct UserUnlinked<'a> {
+    /// The pool of the account.
     pub user_pool_id: &'a str,
+    /// The account the identity was removed from.
     pub user_id: Uuid,
+    /// The identity removed from the account.
     pub identity: IdentityRef,
     /// Who unlinked it (the admin token's name, or the command's actor).
     pub actor: &'a str,
+    /// Why, as the `user.unlink` command gives it; `None` from the admin API.
     pub reason: Option<&'a str>,
 }
 
 /// An account changed: by an admin (`actor`) or, from a login, by its source (`cause_event_id`).
 #[derive(Debug, Clone, Serialize)]
 pub struct UserUpdated<'a> {
+    /// The pool of the account.
     pub user_pool_id: &'a str,
+    /// The account after the change.
     pub user: UserSummary,
     /// The names of the fields that changed.
     pub changed: Vec<&'static str>,
+    /// The `id` of the login whose source changed the account; `None` for an admin's change.
     pub cause_event_id: Option<&'a str>,
+    /// The admin token's name; `None` for a change from a login.
     pub actor: Option<&'a str>,
 }
 
+/// The `data` of `login.rejected`: a `login_only` connection refused a person with no account.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoginRejected<'a> {
+    /// The pool the login happened in.
     pub user_pool_id: &'a str,
+    /// The identity refused.
     pub identity: IdentityRef,
+    /// Always `unknown_user`.
     pub reason: &'a str,
+    /// The `id` of the login refused.
     pub cause_event_id: Option<&'a str>,
     /// The decision's evidence (section 7), values masked.
     pub fields: Vec<FieldEvidence>,
+    /// The candidates' evidence; empty, since a login is rejected only when no account matched.
     pub candidates: Vec<CandidateEvidence>,
 }
 
+/// The `data` of `binding.pending`: a login was parked in a new pending binding.
 #[derive(Debug, Clone, Serialize)]
 pub struct BindingPending<'a> {
+    /// The new binding.
     pub binding_id: Uuid,
+    /// The pool the login happened in.
     pub user_pool_id: &'a str,
+    /// The identity parked.
     pub identity: IdentityRef,
+    /// The ids of the candidate accounts, in id order.
     pub candidates: Vec<Uuid>,
+    /// Why it was not linked: a binding reason (`ask_binding`, `ambiguous_match`, ...).
     pub reason: &'a str,
+    /// When the binding expires unresolved (the login's time plus the connection's
+    /// `binding_ttl`), RFC 3339 to the second.
     #[serde(serialize_with = "rfc3339")]
     pub expires_at: DateTime<Utc>,
+    /// The `id` of the login that opened the binding.
     pub cause_event_id: Option<&'a str>,
     /// The decision's evidence (section 7), values masked. `candidates` above keeps its
     /// section 3.4 form (user ids); each candidate's evidence is here.
     pub fields: Vec<FieldEvidence>,
+    /// Each candidate with the fields it matched and why it was set aside.
     pub candidate_evidence: Vec<CandidateEvidence>,
 }
 
+/// How a binding was resolved (`binding.resolved`'s `resolution`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
+    /// The identity was linked to an existing account.
     Linked,
+    /// A new account was made for the identity.
     Created,
+    /// The identity was left without an account.
     Rejected,
 }
 
 impl Resolution {
+    /// The text form, as events and the database write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Linked => "linked",
@@ -179,6 +259,7 @@ impl Resolution {
         }
     }
 
+    /// The resolution of a text form; `None` for any other text.
     pub fn parse(raw: &str) -> Option<Self> {
         [Self::Linked, Self::Created, Self::Rejected]
             .into_iter()
@@ -186,21 +267,33 @@ impl Resolution {
     }
 }
 
+/// The `data` of `binding.resolved`: a pending binding was resolved; the `user.linked` or
+/// `user.created` it causes follows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct BindingResolved<'a> {
+    /// The binding resolved.
     pub binding_id: Uuid,
+    /// The binding's pool.
     pub user_pool_id: &'a str,
+    /// Linked, created or rejected.
     pub resolution: Resolution,
+    /// The account linked or created; `None` when rejected.
     pub user_id: Option<Uuid>,
+    /// Who decided: the admin token's name, or the actor a command names.
     pub resolved_by: &'a str,
     /// How the person proved the decision (`admin` for the admin API; section 6).
     pub proof: &'a str,
 }
 
+/// The `data` of `binding.expired`: a pending binding passed its `expires_at` unresolved (found
+/// by the expiry sweeper, a later login of the identity, or an attempt to resolve it).
 #[derive(Debug, Clone, Serialize)]
 pub struct BindingExpired<'a> {
+    /// The binding that expired.
     pub binding_id: Uuid,
+    /// The binding's pool.
     pub user_pool_id: &'a str,
+    /// The identity it parked; its next login is decided afresh.
     pub identity: IdentityRef,
 }
 
@@ -208,7 +301,9 @@ pub struct BindingExpired<'a> {
 /// `sequence` per subject (contract 3.4); the others do not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
+    /// An account, by id: the subject of `user.*` events.
     User(Uuid),
+    /// A binding, by id: the subject of `binding.*` events.
     Binding(Uuid),
     /// An external identity that has no account (`connection/external_id`).
     Identity(String),
@@ -234,7 +329,9 @@ impl Subject {
 /// The `data` of one event type: the type and the subject rule belong to the payload, so that an
 /// event cannot be sent under another type or about something else.
 pub trait EventData: Serialize {
+    /// The type this payload is published as.
     const TYPE: EventType;
+    /// What the event is about.
     fn subject(&self) -> Subject;
 }
 
@@ -266,15 +363,22 @@ event_data! {
 /// given when it is stored (the database counts per subject).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundEvent {
+    /// The CloudEvents `id`, a UUIDv7: unchanged when the event is published again, so consumers
+    /// dedupe on it.
     pub id: Uuid,
+    /// The event's type, also its routing key.
     pub kind: EventType,
+    /// The CloudEvents `time` (UTC, written to the millisecond): when the change it reports was
+    /// decided (for a login, the time of its batch's transaction).
     pub time: DateTime<Utc>,
+    /// What the event is about; its `sequence` is counted per subject.
     pub subject: Subject,
     /// The full CloudEvents envelope.
     pub body: Value,
 }
 
 impl OutboundEvent {
+    /// The event of `data` at `time`, with a new id; its type and subject come from the payload.
     pub fn new<D: EventData>(data: D, time: DateTime<Utc>) -> Self {
         let id = Uuid::now_v7();
         let subject = data.subject();

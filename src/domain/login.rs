@@ -10,12 +10,19 @@ use super::{Email, Phone, Username};
 /// A CloudEvents envelope whose `specversion`, `id` and `source` were checked; `type` and
 /// `data` are left to the reader of the event.
 pub struct Envelope {
+    /// The CloudEvents `id`, 1 to 128 characters; with `source`, what a re-sent message is
+    /// recognised by.
     pub id: String,
+    /// The CloudEvents `source` (the publishing platform, e.g. `urn:authing:userpool:pool-1`),
+    /// 1 to 512 characters.
     pub source: String,
+    /// The `type` attribute as received, not checked yet; `None` when missing.
     pub kind: Option<Value>,
+    /// The `data` member as received, not checked yet; `None` when missing.
     pub data: Option<Value>,
 }
 
+/// The CloudEvents `type` every inbound login must have.
 pub const EVENT_TYPE: &str = "login.completed";
 const MAX_ID_CHARS: usize = 128;
 const MAX_SOURCE_CHARS: usize = 512;
@@ -25,24 +32,39 @@ const MAX_EXTERNAL_ID_CHARS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {detail}", kind.code())]
 pub struct Rejection {
+    /// Which check failed: the reason's stable code.
     pub kind: RejectionKind,
+    /// What exactly was wrong, for people; it may quote a short value of the message, so logs
+    /// mask it.
     pub detail: String,
 }
 
+/// The kinds of permanent failure, each with the code that starts the dead letter's
+/// `x-idsync-error` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectionKind {
+    /// `too_large`: the body is over `worker.max_message_bytes` (64 KiB by default).
     TooLarge,
+    /// `not_json`: the body is not JSON (syntax, encoding, or nesting deeper than 128 levels).
     NotJson,
+    /// `not_cloudevents`: not a JSON object, or `specversion` missing or not `"1.0"`.
     NotCloudEvents,
+    /// `wrong_type`: the `type` is not `login.completed`.
     WrongType,
+    /// `invalid_event`: a required field missing, empty, oversized or wrongly typed, a key
+    /// repeated in one object, a NUL character, or a wrongly typed profile field.
     InvalidEvent,
+    /// `unknown_connection`: the pool has no connection of that identifier.
     UnknownConnection,
+    /// `untrusted_publisher`: `amqp.trusted_publishers` is set and the message's AMQP `user_id`
+    /// is not in it; such a message gets no error reply.
     UntrustedPublisher,
     /// The database refused the event's data for a reason retrying cannot cure.
     ProcessingFailed,
 }
 
 impl RejectionKind {
+    /// Every kind, in declaration order.
     pub const ALL: &'static [RejectionKind] = &[
         Self::TooLarge,
         Self::NotJson,
@@ -70,6 +92,7 @@ impl RejectionKind {
 }
 
 impl Rejection {
+    /// A rejection of `kind`, explained by `detail`.
     pub fn new(kind: RejectionKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
@@ -87,21 +110,41 @@ impl Rejection {
 /// the typed fields below are what the decision reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoginEvent {
+    /// The CloudEvents `id`, 1 to 128 characters; replies and the events the login causes
+    /// (`cause_event_id`) name it.
     pub id: String,
+    /// The CloudEvents `source`, 1 to 512 characters; with `id`, the key of the dedupe record (the
+    /// same id from another source is another login).
     pub source: String,
+    /// The pool (tenant) the login happened in (`data.user_pool_id`).
     pub user_pool_id: UserPoolId,
+    /// The identity source's connection in that pool (`data.connection`).
     pub connection: ConnectionId,
+    /// The person's id at the identity source (a DingTalk union id, an OIDC `sub`), 1 to 256
+    /// characters, as received; with the pool and the connection it names the identity.
     pub external_id: String,
+    /// What the source says about the person; empty when the login carried no profile.
     pub profile: Profile,
 }
 
+/// The login's `data.profile` as the source sent it: the typed fields are as received, not
+/// normalised (see `NormalizedFields`), and every field is optional.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Profile {
+    /// The email address as received; `None` when absent or null.
     pub email: Option<String>,
+    /// Whether the source says it verified the email: `false` when absent or null (the strings
+    /// `"true"` and `"false"` are accepted too).
     pub email_verified: bool,
+    /// The phone number as received, in any format (`138 0013 8000`, `+86 138...`); `None` when
+    /// absent or null.
     pub phone: Option<String>,
+    /// Whether the source says it verified the phone number: as `email_verified`.
     pub phone_verified: bool,
+    /// The username as received; `None` when absent or null.
     pub username: Option<String>,
+    /// The person's display name (`张三`) as received; never matched on, copied onto a new
+    /// account.
     pub name: Option<String>,
     /// The profile object exactly as received, unknown fields included.
     pub raw: Map<String, Value>,
@@ -328,6 +371,8 @@ impl<T> Field<T> {
         }
     }
 
+    /// Whether the value is valid but could pass for another (a lookalike): it never causes an
+    /// automatic link and is never copied onto a new account.
     pub fn is_suspicious(&self) -> bool {
         matches!(
             self,
@@ -365,11 +410,19 @@ impl<T: Clone> Field<T> {
 /// The login's fields normalised with its connection's settings: what matching compares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NormalizedFields {
+    /// The profile's email: absent, malformed, or canonical (flagged when it is a lookalike).
     pub email: Field<Email>,
+    /// Whether the source says it verified the email (the profile's flag).
     pub email_verified: bool,
+    /// The profile's phone in E.164, read with the connection's default country code; a number
+    /// without `+` and without that code is malformed. Never flagged as suspicious.
     pub phone: Field<Phone>,
+    /// Whether the source says it verified the phone number (the profile's flag).
     pub phone_verified: bool,
+    /// The profile's username, canonical; usernames have no verification flag and count as
+    /// verified.
     pub username: Field<Username>,
+    /// The profile's display name as received: not matched on, given to a new account.
     pub name: Option<String>,
 }
 

@@ -10,24 +10,35 @@ use phonenumber::{Mode, country};
 /// work bounded on hostile input.
 const MAX_INPUT_LEN: usize = 64;
 
-/// Serialises as its canonical text; never deserialised (a value from outside is parsed).
+/// A phone number libphonenumber considers valid, in E.164 form (`+8613800138000`: `+`, the
+/// calling code and the national number, no spaces). Serialises as its canonical text; never
+/// deserialised (a value from outside is parsed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct Phone(String);
 
+/// Why a text is not a usable phone number. In a login this only makes the phone unusable
+/// (malformed); for an admin's or an import's value it is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PhoneError {
+    /// Nothing but whitespace.
     #[error("phone is empty")]
     Empty,
+    /// Over 64 bytes once trimmed: refused before parsing.
     #[error("phone is longer than {MAX_INPUT_LEN} characters")]
     TooLong,
+    /// A national number (no leading `+`) and no default country code to read it with.
     #[error("phone has no '+' country code and the connection has no default country code")]
     NoCountryCode,
+    /// Not a number, or not one libphonenumber considers valid for its region.
     #[error("phone is not a valid number")]
     Invalid,
 }
 
 impl Phone {
+    /// Normalises `raw` to E.164: with a leading `+` it is read as an international number,
+    /// otherwise in the national format of `default_country`'s region (trunk prefixes such as the
+    /// UK's leading 0 dropped). Spaces and punctuation are ignored.
     pub fn parse(raw: &str, default_country: Option<&CountryCode>) -> Result<Self, PhoneError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
@@ -54,14 +65,18 @@ impl Phone {
         Self(value)
     }
 
+    /// The E.164 text, as stored and as compared.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The E.164 text, taken out of the value.
     pub fn into_inner(self) -> String {
         self.0
     }
 
+    /// `+86*******8000`: the `+` with the next two digits and the last four digits stay, enough
+    /// for an admin to recognise the number, not enough to harvest it.
     pub fn masked(&self) -> String {
         crate::domain::mask::phone(&self.0)
     }
@@ -100,10 +115,12 @@ impl CountryCode {
         Ok(Self { code, region })
     }
 
+    /// The calling code as a number (`86`, without `+`).
     pub fn code(&self) -> u16 {
         self.code
     }
 
+    /// The region national numbers are read in (`CN` for `86`, `US` for `1`).
     pub(crate) fn region(&self) -> phonenumber::country::Id {
         self.region
     }

@@ -15,13 +15,17 @@ use super::{
 };
 
 text_enum!(
-    /// Where a binding is in its life.
+    /// Where a binding is in its life: `pending` (waiting for a `link`, `create` or `reject`),
+    /// `resolved` (one of them happened) or `expired` (its `expires_at` passed first). Only a
+    /// pending binding can be resolved.
     BindingStatus { Pending => "pending", Resolved => "resolved", Expired => "expired" }
 );
 
 text_enum!(
     /// How the decision to resolve was proven (section 6): `admin` for an admin's decision, the
-    /// others for a person who proved they own the account.
+    /// others for a person who proved they own the account (with its `password`, a one-time
+    /// password `otp`, an existing `session`, or single sign-on `sso`), who may only `link` to
+    /// one of the binding's candidates.
     Proof {
         Admin => "admin",
         Password => "password",
@@ -34,12 +38,18 @@ text_enum!(
 /// What to do with a pending binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// Link the identity to the account `user_id` of the binding's pool (refused if that account
+    /// already holds an identity of the binding's connection).
     Link { user_id: Uuid },
+    /// Give the identity a new account, with the values of its profile that are usable and free
+    /// in the pool (refused on a `login_only` connection).
     Create,
+    /// Leave the identity without an account; the optional `reason` is kept with the binding.
     Reject { reason: Option<String> },
 }
 
 impl Request {
+    /// The action's name (`link`, `create`, `reject`), as requests and the audit log write it.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Link { .. } => "link",
@@ -54,16 +64,22 @@ impl Request {
 pub struct Resolver {
     /// The admin token's name, or the person's (or operator's) login a command names.
     pub actor: String,
+    /// How the decision was proven; anything but `admin` may only link to a candidate.
     pub proof: Proof,
 }
 
 /// What is known of the binding when it is resolved (read under its identity's lock).
 #[derive(Debug, Clone)]
 pub struct BindingFacts {
+    /// The binding's id.
     pub id: Uuid,
+    /// The external identity it parks.
     pub identity: Identity,
+    /// Where it is in its life; only `pending` can be resolved.
     pub status: BindingStatus,
+    /// When it expires; from then on it cannot be resolved and expires instead.
     pub expires_at: DateTime<Utc>,
+    /// The candidate accounts listed when it was opened.
     pub candidates: Vec<Uuid>,
     /// The login that opened it.
     pub cause_event_id: Option<String>,
@@ -83,23 +99,35 @@ pub enum LinkTarget {
 /// Why a resolution is refused, with the code the admin API and the command replies give.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// `binding_not_pending`: the binding is already resolved or expired (its status given).
     NotPending(BindingStatus),
+    /// `binding_expired`: the binding was still pending but past its `expires_at`; it expires now.
     Expired,
+    /// `user_not_in_pool`: the account a `link` names is not in the binding's pool.
     UserNotInPool,
+    /// `not_a_candidate`: a person's proof can only link the identity to one of the binding's
+    /// candidates.
     NotACandidate,
+    /// `user_already_linked`: the account already holds an identity of the binding's connection.
     UserAlreadyLinked,
+    /// `login_only_connection`: a `login_only` connection never creates accounts.
     LoginOnly,
+    /// `connection_missing`: the binding's connection no longer exists, so no account can be
+    /// created under its settings.
     ConnectionMissing,
 }
 
 /// How a refusal maps onto HTTP: 409 or 422.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalClass {
+    /// 409: the binding's or the account's state does not allow it.
     Conflict,
+    /// 422: the request names an account it may not.
     Invalid,
 }
 
 impl Refusal {
+    /// The stable, machine-readable code of the error body and of a command's `refused` reply.
     pub fn code(&self) -> &'static str {
         match self {
             Self::NotPending(_) => "binding_not_pending",
@@ -112,6 +140,8 @@ impl Refusal {
         }
     }
 
+    /// Whether the refusal is a conflict with the current state (409) or an invalid request
+    /// (422).
     pub fn class(&self) -> RefusalClass {
         match self {
             Self::UserNotInPool | Self::NotACandidate => RefusalClass::Invalid,
@@ -155,7 +185,11 @@ impl Refusal {
 /// expires), and the resolution or the refusal.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// What must happen, in order, in the resolving transaction: `binding.resolved` before the
+    /// link or the new account it causes.
     pub effects: Vec<Effect>,
+    /// The resolution with the account linked or created (`None` for a rejection), or why it
+    /// was refused.
     pub outcome: Result<(Resolution, Option<Uuid>), Refusal>,
 }
 

@@ -7,24 +7,34 @@ use super::identifier;
 
 const MAX_LEN: usize = 128;
 
-/// Serialises as its canonical text; never deserialised (a value from outside is parsed).
+/// A username in canonical form (trimmed, NFC, case-folded: `ZhangSan` is `zhangsan`), 1 to 128
+/// characters without control characters. Serialises as its canonical text; never deserialised
+/// (a value from outside is parsed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct Username(String);
 
+/// Why a text is not a usable username. In a login this only makes the username unusable
+/// (malformed); for an admin's or an import's value it is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UsernameError {
+    /// Nothing but whitespace.
     #[error("username is empty")]
     Empty,
+    /// Over 128 characters once trimmed.
     #[error("username is longer than {MAX_LEN} characters")]
     TooLong,
+    /// A control character inside the name.
     #[error("username must not contain control characters")]
     Characters,
+    /// A lookalike of another username (see `identifier`); only `parse_strict` refuses it.
     #[error("username has characters that pass for others (a lookalike of another username)")]
     Suspicious,
 }
 
 impl Username {
+    /// The canonical form of `raw` (suspicious or not): trimmed, 1 to 128 characters, no control
+    /// characters.
     pub fn parse(raw: &str) -> Result<Self, UsernameError> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
@@ -57,10 +67,12 @@ impl Username {
         Self(value)
     }
 
+    /// The canonical text, as stored and as compared.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The canonical text, taken out of the value.
     pub fn into_inner(self) -> String {
         self.0
     }
