@@ -11,9 +11,29 @@ use serde::Serialize;
 #[derive(Clone, Default)]
 pub struct Health(Arc<Flags>);
 
+/// A consumer of the worker: each must be consuming for the process to be ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    /// The work queue's (`login.completed`).
+    Logins,
+    /// The commands queue's (`binding.resolve`, `user.unlink`).
+    Commands,
+}
+
+impl Consumer {
+    /// For logs and consumer tags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Logins => "logins",
+            Self::Commands => "commands",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Flags {
-    consumer: AtomicBool,
+    /// Per [`Consumer`], in declaration order.
+    consumers: [AtomicBool; 2],
     publisher: AtomicBool,
     /// Outbox rows not yet published, as the relay last counted them.
     outbox_backlog: AtomicI64,
@@ -27,7 +47,8 @@ pub struct Readiness {
     pub ready: bool,
     /// The database answers.
     pub database: bool,
-    /// Connected to the broker, topology declared, consuming.
+    /// Connected to the broker, topology declared, consuming the work queue and the commands
+    /// queue.
     pub consumer: bool,
     /// The outbox relay is connected with publisher confirms.
     pub publisher: bool,
@@ -36,8 +57,8 @@ pub struct Readiness {
 }
 
 impl Health {
-    pub fn set_consumer(&self, up: bool) {
-        self.0.consumer.store(up, Ordering::Relaxed);
+    pub fn set_consumer(&self, consumer: Consumer, up: bool) {
+        self.0.consumers[consumer as usize].store(up, Ordering::Relaxed);
     }
 
     pub fn set_publisher(&self, up: bool) {
@@ -65,7 +86,7 @@ impl Health {
     /// Readiness, given whether the database answers (asked by the caller, every time: the
     /// worker's own view changes only when it touches the database).
     pub fn readiness(&self, database: bool) -> Readiness {
-        let consumer = self.0.consumer.load(Ordering::Relaxed);
+        let consumer = self.0.consumers.iter().all(|up| up.load(Ordering::Relaxed));
         let publisher = self.0.publisher.load(Ordering::Relaxed);
         let tasks = !self.0.failed.load(Ordering::Relaxed);
         Readiness {

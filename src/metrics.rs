@@ -19,6 +19,12 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabel {
+    pub command: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -67,6 +73,9 @@ metrics! {
         "Login events decided, by outcome (duplicates included, dead letters excluded)";
     duplicates: Counter = Counter::default(), "duplicates",
         "Login events already processed, answered with their first decision";
+    commands: Family<CommandLabel, Counter> = Family::default(), "commands",
+        "Commands processed, by type and outcome (re-sent ones included; a dead-lettered \
+         command counts as type unknown, outcome error)";
     dead_letters: Family<ReasonLabel, Counter> = Family::default(), "dead_letters",
         "Messages dead-lettered, by reason";
     /// 0.5 ms to ~16 s.
@@ -114,6 +123,18 @@ impl Metrics {
                 outcome: outcome.as_str(),
             }));
         }
+        for command in crate::domain::command::ROUTING_KEYS {
+            for outcome in crate::domain::command::CommandOutcome::ALL {
+                drop(self.commands.get_or_create(&CommandLabel {
+                    command,
+                    outcome: outcome.as_str(),
+                }));
+            }
+        }
+        drop(self.commands.get_or_create(&CommandLabel {
+            command: "unknown",
+            outcome: "error",
+        }));
         for kind in crate::domain::login::RejectionKind::ALL {
             drop(self.dead_letters.get_or_create(&ReasonLabel {
                 reason: kind.code(),

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db::{outbox, processed},
+    db::{commands, outbox, processed},
     metrics::{KindLabel, Metrics},
     settings::Settings,
 };
@@ -41,9 +41,10 @@ pub async fn prune(
         }
     }
     while let Some(before) = processed_before {
-        let n = processed::prune(pool, before, CHUNK).await?;
-        records += n;
-        if n < CHUNK as u64 {
+        let logins = processed::prune(pool, before, CHUNK).await?;
+        let commands = commands::prune(pool, before, CHUNK).await?;
+        records += logins + commands;
+        if logins.max(commands) < CHUNK as u64 {
             break;
         }
     }

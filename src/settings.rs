@@ -55,10 +55,13 @@ pub struct AmqpSettings {
     pub inbound_exchange: String,
     pub routing_key: String,
     pub work_queue: String,
+    /// The queue of the platform's commands (`binding.resolve`, `user.unlink`), bound to the
+    /// inbound exchange with those routing keys.
+    pub commands_queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
     pub events_exchange: String,
-    /// `x-delivery-limit` of the work queue: after this many redeliveries (crashes, connection
+    /// `x-delivery-limit` of the work and commands queues: after this many redeliveries (crashes, connection
     /// losses) a message is dead-lettered by the broker.
     pub delivery_limit: u32,
     /// When not empty, only messages whose AMQP `user_id` is in this list are accepted.
@@ -76,6 +79,7 @@ impl Default for AmqpSettings {
             inbound_exchange: "idsync.in".into(),
             routing_key: "login.completed".into(),
             work_queue: "idsync.login-completed".into(),
+            commands_queue: "idsync.commands".into(),
             dead_letter_exchange: "idsync.dlx".into(),
             dead_letter_queue: "idsync.login-completed.dlq".into(),
             events_exchange: "idsync.events".into(),
@@ -355,7 +359,22 @@ impl Settings {
                     .into(),
             );
         }
-        for queue in [&self.amqp.work_queue, &self.amqp.dead_letter_queue] {
+        if self.amqp.commands_queue == self.amqp.work_queue
+            || self.amqp.commands_queue == self.amqp.dead_letter_queue
+            || self.amqp.work_queue == self.amqp.dead_letter_queue
+        {
+            return invalid(
+                "amqp.work_queue, amqp.commands_queue and amqp.dead_letter_queue must be three \
+                 different queues"
+                    .into(),
+            );
+        }
+        let queues = [
+            &self.amqp.work_queue,
+            &self.amqp.commands_queue,
+            &self.amqp.dead_letter_queue,
+        ];
+        for queue in queues {
             if queue.starts_with(&self.amqp.reply_queue_prefix) {
                 return invalid(format!(
                     "amqp.reply_queue_prefix {:?} would let replies into the worker's queue {queue:?}",

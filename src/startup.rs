@@ -20,7 +20,7 @@ use crate::{
     pipeline::{self, Pipeline},
     relay::Relay,
     settings::{Settings, SettingsError},
-    worker::Worker,
+    worker::{Commands, Worker},
 };
 
 /// Everything in flight must be finished within this after a stop is requested.
@@ -159,6 +159,16 @@ impl Application {
             self.health.clone(),
             shutdown.clone(),
         );
+        let commands = Worker::new(
+            self.settings.clone(),
+            Commands::new(Admin::new(self.pool.clone(), self.origin, handoff.clone())),
+            self.metrics.clone(),
+            self.health.clone(),
+            shutdown.clone(),
+        );
+        let workers = async {
+            tokio::join!(worker.run(), commands.run());
+        };
         // The sweeper works with the worker's pool, the API with a pool of its own.
         let sweeper = Admin::new(self.pool.clone(), self.origin, handoff.clone());
         let background = self.spawn_background(sweeper, &relay_stop, failed);
@@ -170,7 +180,7 @@ impl Application {
         let serve = http::serve::serve(self.listener, router, limits, http_stop.clone());
         Running {
             server: supervise("HTTP server", serve, &http_stop, failed),
-            worker: supervise("worker", worker.run(), shutdown, failed),
+            worker: supervise("worker", workers, shutdown, failed),
             relay: supervise("relay", relay.run(), &relay_stop, failed),
             background,
             relay_stop,

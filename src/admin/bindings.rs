@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
-    Admin, AdminError,
+    Admin, AdminError, Applied,
     views::{BindingView, CandidateView, Page},
 };
 use crate::db::{
@@ -124,7 +124,7 @@ impl Admin {
         self.resolve(id, request, &resolver).await
     }
 
-    /// Resolves a binding as `resolver`: the admin API and the commands over the queue.
+    /// Resolves a binding as `resolver`, in a transaction of its own.
     pub(crate) async fn resolve(
         &self,
         id: Uuid,
@@ -132,8 +132,23 @@ impl Admin {
         resolver: &Resolver,
     ) -> Result<BindingView, AdminError> {
         let mut tx = self.pool.begin().await?;
-        let facts = self.resolution_facts(&mut tx, id, &request).await?;
-        let before = view(&mut tx, facts.row.clone()).await?;
+        let applied = self.resolve_in(&mut tx, id, request, resolver).await?;
+        // A refusal commits too: what must happen anyway (an overdue binding expires) happens.
+        self.commit(tx, applied.published).await?;
+        applied.result
+    }
+
+    /// Resolves a binding as `resolver` in `tx`: the admin API and the commands over the queue.
+    /// An error means nothing was written; a refusal after writing is in the [`Applied`].
+    pub(crate) async fn resolve_in(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        request: Request,
+        resolver: &Resolver,
+    ) -> Result<Applied<BindingView>, AdminError> {
+        let facts = self.resolution_facts(tx, id, &request).await?;
+        let before = view(tx, facts.row.clone()).await?;
         let resolved = resolution::resolve(
             &facts.binding,
             facts.settings.as_ref(),
@@ -145,21 +160,20 @@ impl Admin {
         );
         let published = self
             .apply(
-                &mut tx,
+                tx,
                 &facts.binding.identity,
                 &facts.row.profile,
                 resolved.effects,
             )
             .await?;
         if let Err(refusal) = resolved.outcome {
-            // What must happen anyway (an overdue binding expires) is committed.
-            self.commit(tx, published).await?;
-            return Err(refused(&refusal, &facts.binding, &request));
+            let result = Err(refused(&refusal, &facts.binding, &request));
+            return Ok(Applied { result, published });
         }
-        let after_row = bindings::get(&mut tx, id).await?.expect("still there");
-        let after = view(&mut tx, after_row).await?;
+        let after_row = bindings::get(tx, id).await?.expect("still there");
+        let after = view(tx, after_row).await?;
         audit::record(
-            &mut tx,
+            tx,
             &resolver.actor,
             &format!("binding.{}", request.name()),
             &format!("binding/{id}"),
@@ -167,8 +181,10 @@ impl Admin {
             Some(serde_json::to_value(&after).expect("serialises")),
         )
         .await?;
-        self.commit(tx, published).await?;
-        Ok(after)
+        Ok(Applied {
+            result: Ok(after),
+            published,
+        })
     }
 
     /// Reads what a resolution needs, under the locks of the binding's identity and of the
@@ -275,7 +291,9 @@ impl Admin {
                     debug_assert!(resolved, "the binding was pending under the lock");
                 }
                 Effect::Emit(event) => outbox.event(event),
-                Effect::TouchIdentity { .. } | Effect::OpenBinding { .. } => {
+                Effect::TouchIdentity { .. }
+                | Effect::OpenBinding { .. }
+                | Effect::UpdateUser { .. } => {
                     unreachable!("a resolution neither logs in nor opens bindings")
                 }
             }

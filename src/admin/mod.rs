@@ -4,6 +4,7 @@
 //! outbox events and its audit record in one transaction, and wakes the relay.
 
 pub mod bindings;
+mod commands;
 pub mod connections;
 pub mod decisions;
 pub mod expiry;
@@ -36,6 +37,15 @@ pub enum AdminError {
 }
 
 impl AdminError {
+    /// The stable code of the error body, and of a command's `refused` reply.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::Conflict { code, .. } | Self::Invalid { code, .. } => code,
+            Self::Database(_) => "internal",
+        }
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::Conflict {
             code,
@@ -52,6 +62,24 @@ impl AdminError {
             code,
             field,
             message: message.into(),
+        }
+    }
+}
+
+/// What an operation inside a caller's transaction did: its result (a refusal may come after
+/// writes that must be committed anyway), and the outbox rows to hand to the relay once the
+/// caller commits.
+pub(crate) struct Applied<T> {
+    pub result: Result<T, AdminError>,
+    pub published: Vec<OutboxRow>,
+}
+
+impl<T> Applied<T> {
+    /// The same, without the result's value.
+    pub fn discard(self) -> Applied<()> {
+        Applied {
+            result: self.result.map(|_| ()),
+            published: self.published,
         }
     }
 }
@@ -101,6 +129,11 @@ impl Admin {
             origin,
             relay,
         }
+    }
+
+    /// The process's id, which its outbox rows carry.
+    pub fn origin(&self) -> Uuid {
+        self.origin
     }
 
     /// Commits `tx` and hands the outbox rows it wrote to the relay.

@@ -3,7 +3,9 @@
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{Actor, Admin, AdminError, views::UserView};
+use sqlx::PgConnection;
+
+use super::{Actor, Admin, AdminError, Applied, views::UserView};
 use crate::accounts::{self, AccountError, AccountInput, Created};
 use crate::db::{
     audit, identities,
@@ -150,17 +152,48 @@ impl Admin {
         actor: &Actor,
     ) -> Result<UserView, AdminError> {
         let mut tx = self.pool.begin().await?;
-        let user = users::get(&mut tx, user_id)
+        let target = Unlink {
+            user_pool_id: None,
+            user_id,
+            connection,
+            external_id,
+            reason: None,
+        };
+        let applied = self.unlink_in(&mut tx, &target, &actor.name).await?;
+        self.commit(tx, applied.published).await?;
+        applied.result
+    }
+
+    /// Removes an identity from a user in `tx`, publishing `user.unlinked`: the admin API and
+    /// the `user.unlink` command. An error means nothing was written.
+    pub(crate) async fn unlink_in(
+        &self,
+        tx: &mut PgConnection,
+        target: &Unlink<'_>,
+        actor: &str,
+    ) -> Result<Applied<UserView>, AdminError> {
+        let Unlink {
+            user_id,
+            connection,
+            external_id,
+            ..
+        } = *target;
+        let user = users::get(tx, user_id)
             .await?
+            .filter(|u| {
+                target
+                    .user_pool_id
+                    .is_none_or(|pool| u.user_pool_id == pool)
+            })
             .ok_or_else(|| AdminError::NotFound(format!("no user {user_id}")))?;
         let mut locks = LockSet::new();
         locks
             .identity(&user.user_pool_id, connection, external_id)
             .user(user_id);
-        locks.acquire(&mut tx).await?;
-        let before_links = identities::of_users(&mut tx, &[user_id]).await?;
+        locks.acquire(tx).await?;
+        let before_links = identities::of_users(tx, &[user_id]).await?;
         let before = UserView::new(user.clone(), &before_links);
-        let removed = identities::delete(&mut tx, user_id, connection, external_id)
+        let removed = identities::delete(tx, user_id, connection, external_id)
             .await?
             .ok_or_else(|| {
                 AdminError::NotFound(format!(
@@ -174,25 +207,38 @@ impl Admin {
                 connection: removed.connection.clone(),
                 external_id: removed.external_id.clone(),
             },
-            actor: &actor.name,
-            reason: None,
+            actor,
+            reason: target.reason,
         };
         let mut outbox = NewOutbox::default();
         outbox.event(OutboundEvent::new(data, Utc::now()));
-        let published = outbox::insert_many(&mut tx, self.origin, outbox).await?;
-        let after_links = identities::of_users(&mut tx, &[user_id]).await?;
+        let published = outbox::insert_many(tx, self.origin, outbox).await?;
+        let after_links = identities::of_users(tx, &[user_id]).await?;
         let after = UserView::new(user, &after_links);
         audit::record(
-            &mut tx,
-            &actor.name,
+            tx,
+            actor,
             "identity.unlink",
             &format!("user/{user_id}/identities/{connection}/{external_id}"),
             Some(serde_json::to_value(&before).expect("serialises")),
             Some(serde_json::to_value(&after).expect("serialises")),
         )
         .await?;
-        self.commit(tx, published).await?;
-
-        Ok(after)
+        Ok(Applied {
+            result: Ok(after),
+            published,
+        })
     }
+}
+
+/// Which identity to unlink.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unlink<'a> {
+    /// When set, the user must belong to this pool (the command names it; the admin API does
+    /// not).
+    pub user_pool_id: Option<&'a str>,
+    pub user_id: Uuid,
+    pub connection: &'a str,
+    pub external_id: &'a str,
+    pub reason: Option<&'a str>,
 }

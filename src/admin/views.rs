@@ -183,6 +183,8 @@ pub struct ConnectionView {
     pub binding_ttl: String,
     pub trust_unverified_accounts: bool,
     pub allowed_email_domains: Vec<String>,
+    /// `ignore`, `notify` or `update_user`.
+    pub on_profile_change: String,
     /// Changes whenever the settings change.
     pub settings_version: i64,
 }
@@ -206,6 +208,7 @@ impl From<&ConnectionSettings> for ConnectionView {
             binding_ttl: crate::domain::connection::format_ttl(c.binding_ttl),
             trust_unverified_accounts: c.trust_unverified_accounts,
             allowed_email_domains: c.allowed_email_domains.clone(),
+            on_profile_change: c.on_profile_change.as_str().to_owned(),
             settings_version: c.version,
         }
     }

@@ -22,12 +22,10 @@ use lapin::{
 use super::{OPERATION_TIMEOUT, bounded, properties};
 use crate::{
     domain::{
-        decision::Outcome,
-        events::Reply,
         login::{Rejection, RejectionKind},
         mask,
     },
-    metrics::{Metrics, OutcomeLabel, ReasonLabel},
+    metrics::{Metrics, ReasonLabel},
 };
 
 /// What becomes of one delivery.
@@ -43,10 +41,20 @@ pub(crate) enum Action {
 
 #[derive(Debug)]
 pub(crate) struct DeadLetter {
+    /// Why; its reason goes into the dead letter's `x-idsync-error` header.
     pub rejection: Rejection,
+    /// The message's id, when it could be read, for the log.
     pub event_id: Option<String>,
-    /// Where the error reply goes: already checked against the allowed reply queues.
-    pub reply_to: Option<String>,
+    /// The error reply, when one is owed.
+    pub reply: Option<ErrorReply>,
+}
+
+/// An error reply: where it goes (already checked against the allowed reply queues) and its
+/// JSON body.
+#[derive(Debug)]
+pub(crate) struct ErrorReply {
+    pub to: String,
+    pub body: Vec<u8>,
 }
 
 /// Settles deliveries for one consumer session. Dead letters and error replies go out on a
@@ -166,31 +174,13 @@ impl<'a> Settler<'a> {
                 reason: dead.rejection.kind.code(),
             })
             .inc();
-        self.metrics
-            .decisions
-            .get_or_create(&OutcomeLabel {
-                outcome: Outcome::Error.as_str(),
-            })
-            .inc();
-
-        // An untrusted publisher is not answered: it could aim error replies at the platform's
-        // own reply queue to fake failures of chosen logins.
-        let answer = dead.rejection.kind != RejectionKind::UntrustedPublisher;
-        if let Some(reply_to) = dead.reply_to.as_ref().filter(|_| answer) {
-            let reply = Reply {
-                event_id: dead.event_id.clone(),
-                outcome: Outcome::Error,
-                user_id: None,
-                binding_id: None,
-                reason: Some(reason),
-            };
-            let body = serde_json::to_vec(&reply).expect("replies serialise");
+        if let Some(reply) = &dead.reply {
             let mut properties = properties::json(&uuid::Uuid::now_v7().to_string());
             if let Some(correlation_id) = delivery.properties.correlation_id() {
                 properties = properties.with_correlation_id(correlation_id.clone());
             }
             // The requester may be gone, or the name unknown: a reply is worth one try.
-            if let Err(error) = self.publish("", reply_to, &body, properties).await {
+            if let Err(error) = self.publish("", &reply.to, &reply.body, properties).await {
                 tracing::debug!(%error, "an error reply could not be published");
             }
         }

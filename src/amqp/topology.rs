@@ -6,7 +6,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 
-use crate::settings::AmqpSettings;
+use crate::{domain::command::ROUTING_KEYS, settings::AmqpSettings};
 
 fn durable_exchange() -> ExchangeDeclareOptions {
     ExchangeDeclareOptions {
@@ -64,32 +64,44 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> lapin::Resul
         )
         .await?;
 
-    let mut work_args = FieldTable::default();
-    work_args.insert("x-queue-type".into(), string("quorum"));
-    work_args.insert(
+    let bindings = [settings.routing_key.as_str()];
+    inbound_queue(channel, settings, &settings.work_queue, &bindings).await?;
+    inbound_queue(channel, settings, &settings.commands_queue, &ROUTING_KEYS).await?;
+    Ok(())
+}
+
+/// A quorum queue of the inbound exchange, bound with `routing_keys`, with the delivery limit
+/// and dead-lettering of every queue the worker consumes.
+async fn inbound_queue(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    queue: &str,
+    routing_keys: &[&str],
+) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongInt(settings.delivery_limit as i32),
     );
-    work_args.insert(
+    args.insert(
         "x-dead-letter-exchange".into(),
         string(&settings.dead_letter_exchange),
     );
     channel
-        .queue_declare(
-            settings.work_queue.as_str().into(),
-            durable_queue(),
-            work_args,
-        )
+        .queue_declare(queue.into(), durable_queue(), args)
         .await?;
-    channel
-        .queue_bind(
-            settings.work_queue.as_str().into(),
-            settings.inbound_exchange.as_str().into(),
-            settings.routing_key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    for routing_key in routing_keys {
+        channel
+            .queue_bind(
+                queue.into(),
+                settings.inbound_exchange.as_str().into(),
+                (*routing_key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }
 

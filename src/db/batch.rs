@@ -21,8 +21,9 @@ pub struct Snapshot {
     pub users: Vec<MatchRow>,
 }
 
-/// Dedupe records of the event ids, identities and pending bindings of the external ids, and
-/// accounts holding any of the values, in one statement. Each lookup leads with its most
+/// Dedupe records of the event ids, identities (with the identifiers of their last snapshot)
+/// and pending bindings of the external ids, and accounts holding any of the values or linked to
+/// one of those identities, in one statement. Each lookup leads with its most
 /// selective column; the caller matches whole keys (source, pool, connection).
 pub async fn load(
     conn: &mut PgConnection,
@@ -37,7 +38,11 @@ pub async fn load(
                 FROM processed_events WHERE event_id = ANY($1)) p)
                AS "processed!: Json<Vec<ProcessedRow>>",
              (SELECT coalesce(jsonb_agg(i), '[]') FROM (
-                SELECT user_pool_id, connection, external_id, user_id
+                SELECT user_pool_id, connection, external_id, user_id,
+                       jsonb_build_object(
+                         'email', profile->'email', 'email_verified', profile->'email_verified',
+                         'phone', profile->'phone', 'phone_verified', profile->'phone_verified',
+                         'username', profile->'username') AS snapshot
                 FROM identities WHERE external_id = ANY($2)) i)
                AS "links!: Json<Vec<LinkRow>>",
              (SELECT coalesce(jsonb_agg(b), '[]') FROM (
@@ -46,11 +51,12 @@ pub async fn load(
                AS "pending!: Json<Vec<PendingRow>>",
              (SELECT coalesce(jsonb_agg(u), '[]') FROM (
                 SELECT u.id, u.user_pool_id, u.email, u.email_verified, u.phone, u.phone_verified,
-                       u.username, u.protected,
+                       u.username, u.name, u.protected,
                        ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id)
                          AS linked_connections
                 FROM users u
-                WHERE u.email = ANY($3) OR u.phone = ANY($4) OR u.username = ANY($5)) u)
+                WHERE u.email = ANY($3) OR u.phone = ANY($4) OR u.username = ANY($5)
+                   OR u.id IN (SELECT user_id FROM identities WHERE external_id = ANY($2))) u)
                AS "users!: Json<Vec<MatchRow>>""#,
         event_ids,
         external_ids,

@@ -17,6 +17,7 @@ struct Row {
     binding_ttl_seconds: i64,
     trust_unverified_accounts: bool,
     allowed_email_domains: Vec<String>,
+    on_profile_change: String,
     settings_version: i64,
 }
 
@@ -37,6 +38,7 @@ impl Row {
             binding_ttl: Some(format!("{}s", self.binding_ttl_seconds)),
             trust_unverified_accounts: Some(self.trust_unverified_accounts),
             allowed_email_domains: Some(self.allowed_email_domains),
+            on_profile_change: Some(self.on_profile_change),
         };
         let mut settings =
             ConnectionSettings::validate(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
@@ -76,8 +78,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
     sqlx::query!(
         r#"INSERT INTO connections (user_pool_id, identifier, display_name, provider, login_mode,
                association, match_fields, require_verified, default_country_code, binding_ttl_seconds,
-               trust_unverified_accounts, allowed_email_domains, settings_version)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+               trust_unverified_accounts, allowed_email_domains, on_profile_change, settings_version)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
            ON CONFLICT (user_pool_id, identifier) DO UPDATE SET
                display_name = EXCLUDED.display_name,
                provider = EXCLUDED.provider,
@@ -89,6 +91,7 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
                binding_ttl_seconds = EXCLUDED.binding_ttl_seconds,
                trust_unverified_accounts = EXCLUDED.trust_unverified_accounts,
                allowed_email_domains = EXCLUDED.allowed_email_domains,
+               on_profile_change = EXCLUDED.on_profile_change,
                settings_version = EXCLUDED.settings_version,
                updated_at = now()"#,
         c.user_pool_id.as_str(),
@@ -103,6 +106,7 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         c.binding_ttl.as_secs() as i64,
         c.trust_unverified_accounts,
         &c.allowed_email_domains,
+        c.on_profile_change.as_str(),
         version,
     )
     .execute(&mut *conn)
@@ -134,7 +138,8 @@ async fn get_for_update(
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
-                  trust_unverified_accounts, allowed_email_domains, settings_version
+                  trust_unverified_accounts, allowed_email_domains, on_profile_change,
+                  settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2 FOR UPDATE"#,
         pool,
         identifier
@@ -173,7 +178,7 @@ pub async fn find_many(
         r#"SELECT c.user_pool_id, c.identifier, c.display_name, c.provider, c.login_mode,
                   c.association, c.match_fields, c.require_verified, c.default_country_code,
                   c.binding_ttl_seconds, c.trust_unverified_accounts, c.allowed_email_domains,
-                  c.settings_version
+                  c.on_profile_change, c.settings_version
            FROM connections c
            JOIN unnest($1::text[], $2::text[]) AS k(pool, identifier)
              ON c.user_pool_id = k.pool AND c.identifier = k.identifier"#,
@@ -194,7 +199,8 @@ pub async fn get(
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
-                  trust_unverified_accounts, allowed_email_domains, settings_version
+                  trust_unverified_accounts, allowed_email_domains, on_profile_change,
+                  settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2"#,
         pool,
         identifier
@@ -209,7 +215,8 @@ pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<ConnectionSetting
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
-                  trust_unverified_accounts, allowed_email_domains, settings_version
+                  trust_unverified_accounts, allowed_email_domains, on_profile_change,
+                  settings_version
            FROM connections ORDER BY user_pool_id, identifier"#
     )
     .fetch_all(conn)

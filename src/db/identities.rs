@@ -31,6 +31,9 @@ pub struct LinkRow {
     pub connection: String,
     pub external_id: String,
     pub user_id: Uuid,
+    /// The identifiers of the identity's last snapshot (`email`, `phone`, `username` and the
+    /// verification flags), to tell changed ones.
+    pub snapshot: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Identities to create or to refresh, as parallel columns.

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod batch;
 pub mod bindings;
+pub mod commands;
 pub mod connections;
 pub mod identities;
 pub mod locks;

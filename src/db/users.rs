@@ -24,6 +24,7 @@ pub struct MatchRow {
     pub phone_verified: bool,
     #[serde(deserialize_with = "stored")]
     pub username: Option<Username>,
+    pub name: Option<String>,
     pub protected: bool,
     pub linked_connections: Vec<String>,
 }
@@ -80,7 +81,7 @@ pub async fn find_by_fields(
         MatchRow,
         r#"SELECT u.id, u.user_pool_id, u.email AS "email: Email", u.email_verified,
                   u.phone AS "phone: Phone", u.phone_verified, u.username AS "username: Username",
-                  u.protected,
+                  u.name, u.protected,
                   ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id) AS "linked_connections!"
            FROM users u
            WHERE (u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3))
@@ -334,4 +335,96 @@ pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec
     )
     .fetch_all(conn)
     .await
+}
+
+/// Changed identifiers copied onto accounts by a batch of logins, as parallel columns: per
+/// account, each field's new value where `set_*` says it changed (one entry per account; a later
+/// change of the batch is merged into it).
+#[derive(Debug, Default)]
+pub struct ProfileUpdates {
+    pub ids: Vec<Uuid>,
+    pub set_email: Vec<bool>,
+    pub emails: Vec<Option<String>>,
+    pub email_verified: Vec<bool>,
+    pub set_phone: Vec<bool>,
+    pub phones: Vec<Option<String>>,
+    pub phone_verified: Vec<bool>,
+    pub set_username: Vec<bool>,
+    pub usernames: Vec<Option<String>>,
+}
+
+impl ProfileUpdates {
+    /// Adds an account's update, merged into the one already there for that account.
+    pub fn push(&mut self, user_id: Uuid, update: &crate::domain::decision::drift::UserUpdate) {
+        use crate::domain::connection::MatchField;
+        let i = match self.ids.iter().position(|id| *id == user_id) {
+            Some(i) => i,
+            None => {
+                self.ids.push(user_id);
+                self.set_email.push(false);
+                self.emails.push(None);
+                self.email_verified.push(false);
+                self.set_phone.push(false);
+                self.phones.push(None);
+                self.phone_verified.push(false);
+                self.set_username.push(false);
+                self.usernames.push(None);
+                self.ids.len() - 1
+            }
+        };
+        let user = &update.user;
+        for field in &update.changed {
+            match field {
+                MatchField::Email => {
+                    self.set_email[i] = true;
+                    self.emails[i] = user.email.as_deref().map(str::to_owned);
+                    self.email_verified[i] = update.email_verified;
+                }
+                MatchField::Phone => {
+                    self.set_phone[i] = true;
+                    self.phones[i] = user.phone.as_deref().map(str::to_owned);
+                    self.phone_verified[i] = update.phone_verified;
+                }
+                MatchField::Username => {
+                    self.set_username[i] = true;
+                    self.usernames[i] = user.username.as_deref().map(str::to_owned);
+                }
+            }
+        }
+    }
+
+    /// Writes them in one statement.
+    pub async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query!(
+            r#"UPDATE users u SET
+                 email = CASE WHEN v.set_email THEN v.email ELSE u.email END,
+                 email_verified = CASE WHEN v.set_email THEN v.email_verified
+                                       ELSE u.email_verified END,
+                 phone = CASE WHEN v.set_phone THEN v.phone ELSE u.phone END,
+                 phone_verified = CASE WHEN v.set_phone THEN v.phone_verified
+                                       ELSE u.phone_verified END,
+                 username = CASE WHEN v.set_username THEN v.username ELSE u.username END,
+                 updated_at = now()
+               FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bool[], $5::bool[], $6::text[],
+                           $7::bool[], $8::bool[], $9::text[])
+                 AS v(id, set_email, email, email_verified, set_phone, phone, phone_verified,
+                      set_username, username)
+               WHERE u.id = v.id"#,
+            &self.ids,
+            &self.set_email,
+            &self.emails as &[Option<String>],
+            &self.email_verified,
+            &self.set_phone,
+            &self.phones as &[Option<String>],
+            &self.phone_verified,
+            &self.set_username,
+            &self.usernames as &[Option<String>],
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }

@@ -113,6 +113,15 @@ text_enum!(
     MatchField { Email => "email", Phone => "phone", Username => "username" }
 );
 
+text_enum!(
+    /// What a login of a linked identity does when the source now sends another usable email,
+    /// phone or username than the identity's last snapshot (contract section 1, step 3):
+    /// `ignore` publishes nothing, `notify` publishes `identity.changed`, `update_user` also
+    /// copies the new value onto the account where no other account of the pool holds it, and
+    /// publishes `user.updated`.
+    OnProfileChange { Ignore => "ignore", Notify => "notify", UpdateUser => "update_user" }
+);
+
 /// A connection as written in the config file or sent to the admin API, not yet validated.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +158,8 @@ pub struct ConnectionSpec {
     pub trust_unverified_accounts: Option<bool>,
     /// When not empty, an email outside these domains is unusable (not matched, not copied).
     pub allowed_email_domains: Option<Vec<String>>,
+    /// `ignore`, `notify` (the default) or `update_user`: see [`OnProfileChange`].
+    pub on_profile_change: Option<String>,
 }
 
 /// A validation failure that names the offending field.
@@ -203,6 +214,8 @@ pub struct ConnectionSettings {
     pub trust_unverified_accounts: bool,
     /// Canonical domains (IDNA-mapped, lowercase); empty: every domain is allowed.
     pub allowed_email_domains: Vec<String>,
+    /// What a linked identity's changed email, phone or username does.
+    pub on_profile_change: OnProfileChange,
     /// The `settings_version` decisions record: it changes whenever the stored settings change
     /// (0 for settings not stored yet).
     pub version: i64,
@@ -262,6 +275,8 @@ impl ConnectionSettings {
             binding_ttl: binding_ttl(spec.binding_ttl.as_deref())?,
             trust_unverified_accounts: spec.trust_unverified_accounts.unwrap_or(false),
             allowed_email_domains: allowed_email_domains(spec.allowed_email_domains.as_deref())?,
+            on_profile_change: parse_opt("on_profile_change", spec.on_profile_change.as_deref())?
+                .unwrap_or(OnProfileChange::Notify),
             version: 0,
         })
     }
@@ -286,6 +301,7 @@ impl ConnectionSettings {
             binding_ttl: Some(format_ttl(self.binding_ttl)),
             trust_unverified_accounts: Some(self.trust_unverified_accounts),
             allowed_email_domains: Some(self.allowed_email_domains.clone()),
+            on_profile_change: Some(self.on_profile_change.as_str().to_owned()),
         }
     }
 }

@@ -11,6 +11,10 @@ use super::connection::{Association, ConnectionSettings, LoginMode, MatchField};
 use super::login::{Field, NormalizedFields};
 use super::{Email, Phone, Username};
 
+pub mod drift;
+
+use drift::{Drift, LinkedAccount};
+
 /// The outcome reported in replies and recorded per processed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,6 +172,9 @@ pub struct PendingBinding {
 pub struct Situation {
     /// The account the identity (pool, connection, external id) is linked to.
     pub linked_user: Option<Uuid>,
+    /// That account's values and the identity's last snapshot, to tell changed identifiers;
+    /// `None` when not linked (or not known, when nothing is compared).
+    pub linked_account: Option<LinkedAccount>,
     /// The identity's pending binding, overdue or not (the decision compares `expires_at` with
     /// the time of the decision).
     pub pending_binding: Option<PendingBinding>,
@@ -198,8 +205,14 @@ pub struct NewUserFields {
 /// What the decision does with a login (contract section 1, steps 3 to 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Step 3: already linked (to the account `user_id`); refresh the identity's snapshot.
-    ExistingUser { user_id: Uuid },
+    /// Step 3: already linked (to the account `user_id`); refresh the identity's snapshot, and
+    /// report (or apply) what changed since it.
+    ExistingUser {
+        /// The account the identity is linked to.
+        user_id: Uuid,
+        /// The identifiers that changed since the last snapshot, if any.
+        drift: Option<Drift>,
+    },
     /// Step 4: a binding is still pending.
     StillPending {
         /// The pending binding, repeated in the reply.
@@ -320,7 +333,13 @@ pub fn decide(
     if let Some(user_id) = situation.linked_user {
         return Decision {
             expire_binding: None,
-            action: Action::ExistingUser { user_id },
+            action: Action::ExistingUser {
+                user_id,
+                drift: situation
+                    .linked_account
+                    .as_ref()
+                    .and_then(|a| drift::judge(login, settings, a, &situation.pool_users)),
+            },
             evidence: judge.evidence(false, &[], None, &[]),
         };
     }
@@ -357,6 +376,24 @@ pub fn decide(
         expire_binding,
         action,
         evidence,
+    }
+}
+
+/// The login's canonical value of `field` when it may be used at all: present, valid, not a
+/// lookalike, in an allowed domain, verified where the connection requires it.
+pub fn usable_value(
+    login: &NormalizedFields,
+    settings: &ConnectionSettings,
+    field: MatchField,
+) -> Option<String> {
+    let judge = Judge { login, settings };
+    if judge.unusable(field).is_some() {
+        return None;
+    }
+    match field {
+        MatchField::Email => login.email.value().map(|v| v.to_string()),
+        MatchField::Phone => login.phone.value().map(|v| v.to_string()),
+        MatchField::Username => login.username.value().map(|v| v.to_string()),
     }
 }
 

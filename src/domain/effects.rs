@@ -8,10 +8,14 @@ use uuid::Uuid;
 
 use super::{
     connection::{ConnectionSettings, MatchField},
-    decision::{Action, BindingReason, Decision, Evidence, NewUserFields, Outcome, UNKNOWN_USER},
+    decision::{
+        Action, BindingReason, Decision, Evidence, NewUserFields, Outcome, UNKNOWN_USER,
+        drift::{Drift, UserUpdate},
+    },
     events::{
-        BindingExpired, BindingPending, BindingResolved, IdentityRef, LinkMethod, LoginRejected,
-        OutboundEvent, Reply, Resolution, UserCreated, UserLinked, UserSummary,
+        BindingExpired, BindingPending, BindingResolved, IdentityChanged, IdentityRef, LinkMethod,
+        LoginRejected, OutboundEvent, Reply, Resolution, UserCreated, UserLinked, UserSummary,
+        UserUpdated,
     },
     login::LoginEvent,
 };
@@ -65,6 +69,13 @@ pub enum Effect {
     /// The linked identity's snapshot and last login time are refreshed (`user_id`: the account
     /// it is linked to).
     TouchIdentity { user_id: Uuid },
+    /// Changed identifiers of a linked identity are copied onto its account.
+    UpdateUser {
+        /// The account updated.
+        user_id: Uuid,
+        /// The account after the update, and what changed.
+        update: UserUpdate,
+    },
     /// The identity is parked for a person or an admin to resolve.
     OpenBinding {
         /// The new binding's id (a UUIDv7).
@@ -128,8 +139,13 @@ pub fn of_login(
     };
     let masked = decision.evidence.masked();
     match &decision.action {
-        Action::ExistingUser { user_id } => {
+        Action::ExistingUser { user_id, drift } => {
             effects.push(Effect::TouchIdentity { user_id: *user_id });
+            if let Some(drift) = drift {
+                effects.extend(changed_identity(
+                    pool, *user_id, identity, drift, event_id, now,
+                ));
+            }
             reply.user_id = Some(*user_id);
         }
         Action::StillPending { binding_id, reason } => {
@@ -228,6 +244,42 @@ fn login_rejected(
         candidates: evidence.candidates,
     };
     Effect::Emit(OutboundEvent::new(data, now))
+}
+
+/// `identity.changed` for a linked identity's changed identifiers, and when some are applied,
+/// the account's update and its `user.updated`.
+fn changed_identity(
+    pool: &str,
+    user_id: Uuid,
+    identity: &Identity,
+    drift: &Drift,
+    event_id: &str,
+    now: DateTime<Utc>,
+) -> Vec<Effect> {
+    let data = IdentityChanged {
+        user_pool_id: pool,
+        user_id,
+        identity: identity.reference(),
+        changes: &drift.changes,
+        action: drift.action(),
+        cause_event_id: event_id,
+    };
+    let mut effects = vec![Effect::Emit(OutboundEvent::new(data, now))];
+    if let Some(update) = &drift.update {
+        let data = UserUpdated {
+            user_pool_id: pool,
+            user: update.user.clone(),
+            changed: update.changed.iter().map(|f| f.as_str()).collect(),
+            cause_event_id: Some(event_id),
+            actor: None,
+        };
+        effects.push(Effect::UpdateUser {
+            user_id,
+            update: update.clone(),
+        });
+        effects.push(Effect::Emit(OutboundEvent::new(data, now)));
+    }
+    effects
 }
 
 /// A new account with the identity linked to it, and its `user.created`.
@@ -373,7 +425,10 @@ mod tests {
         let user = Uuid::now_v7();
         let cases = [
             (
-                Action::ExistingUser { user_id: user },
+                Action::ExistingUser {
+                    user_id: user,
+                    drift: None,
+                },
                 vec!["TouchIdentity"],
             ),
             (

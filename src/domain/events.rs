@@ -60,6 +60,9 @@ pub enum EventType {
     /// A pending binding passed its `expires_at` unresolved.
     #[serde(rename = "binding.expired")]
     BindingExpired,
+    /// A linked identity's source now sends another email, phone or username.
+    #[serde(rename = "identity.changed")]
+    IdentityChanged,
 }
 
 impl EventType {
@@ -73,6 +76,7 @@ impl EventType {
         Self::BindingPending,
         Self::BindingResolved,
         Self::BindingExpired,
+        Self::IdentityChanged,
     ];
 
     /// Also the routing key on the events exchange.
@@ -86,6 +90,7 @@ impl EventType {
             Self::BindingPending => "binding.pending",
             Self::BindingResolved => "binding.resolved",
             Self::BindingExpired => "binding.expired",
+            Self::IdentityChanged => "identity.changed",
         }
     }
 
@@ -297,6 +302,25 @@ pub struct BindingExpired<'a> {
     pub identity: IdentityRef,
 }
 
+/// The `data` of `identity.changed`: a login of a linked identity carried another usable email,
+/// phone or username than the identity's last snapshot (a changed or recycled identifier).
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityChanged<'a> {
+    /// The pool of the account.
+    pub user_pool_id: &'a str,
+    /// The account the identity is linked to.
+    pub user_id: Uuid,
+    /// The identity whose source changed.
+    pub identity: IdentityRef,
+    /// What changed, field by field.
+    pub changes: &'a [super::decision::drift::ProfileChange],
+    /// `notified`, or `user_updated` when a change was copied onto the account (`user.updated`
+    /// follows).
+    pub action: super::decision::drift::DriftAction,
+    /// The `id` of the login that carried the change.
+    pub cause_event_id: &'a str,
+}
+
 /// What an event is about: its CloudEvents `subject`. Events about a user or a binding carry a
 /// `sequence` per subject (contract 3.4); the others do not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,6 +381,7 @@ event_data! {
     BindingPending => BindingPending, |d| Subject::Binding(d.binding_id);
     BindingResolved => BindingResolved, |d| Subject::Binding(d.binding_id);
     BindingExpired => BindingExpired, |d| Subject::Binding(d.binding_id);
+    IdentityChanged => IdentityChanged, |d| Subject::User(d.user_id);
 }
 
 /// One outbound event, ready to be stored in the outbox and published as is. Its `sequence` is

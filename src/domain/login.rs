@@ -49,7 +49,8 @@ pub enum RejectionKind {
     NotJson,
     /// `not_cloudevents`: not a JSON object, or `specversion` missing or not `"1.0"`.
     NotCloudEvents,
-    /// `wrong_type`: the `type` is not `login.completed`.
+    /// `wrong_type`: the `type` is not one the queue takes (`login.completed` on the work queue,
+    /// `binding.resolve` or `user.unlink` on the commands queue).
     WrongType,
     /// `invalid_event`: a required field missing, empty, oversized or wrongly typed, a key
     /// repeated in one object, a NUL character, or a wrongly typed profile field.
@@ -276,7 +277,7 @@ fn contains_nul(map: &Map<String, Value>) -> bool {
     map.iter().any(|(k, v)| k.contains('\0') || value(v))
 }
 
-fn required_string(
+pub(crate) fn required_string(
     value: Option<&Value>,
     field: &str,
     max_chars: usize,
@@ -328,12 +329,12 @@ fn optional_bool(map: &Map<String, Value>, field: &str) -> Result<bool, Rejectio
     }
 }
 
-fn invalid(detail: impl Into<String>) -> Rejection {
+pub(crate) fn invalid(detail: impl Into<String>) -> Rejection {
     Rejection::new(RejectionKind::InvalidEvent, detail)
 }
 
 /// A short description of a JSON value for error messages, never echoing large input.
-fn brief(value: &Value) -> String {
+pub(crate) fn brief(value: &Value) -> String {
     match value {
         Value::String(s) if s.chars().count() <= 40 => format!("{s:?}"),
         Value::String(_) => "a long string".into(),

@@ -44,6 +44,7 @@ macro_rules! text_enum {
     };
 }
 
+pub mod command;
 pub mod connection;
 pub mod decision;
 pub mod effects;

@@ -388,6 +388,7 @@ fn settings() -> impl Strategy<Value = ConnectionSettings> {
                     binding_ttl: std::time::Duration::from_secs(3600),
                     trust_unverified_accounts: trust,
                     allowed_email_domains: domains.iter().map(|d| d.to_string()).collect(),
+                    on_profile_change: crate::domain::connection::OnProfileChange::Notify,
                     version: 1,
                 }
             },
@@ -406,6 +407,7 @@ fn expected(
     if linked {
         return Action::ExistingUser {
             user_id: Uuid::from_u128(99),
+            drift: None,
         };
     }
     if pending == Some(true) {
@@ -546,6 +548,7 @@ proptest! {
         let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
         let situation = Situation {
             linked_user: linked.then(|| Uuid::from_u128(99)),
+            linked_account: None,
             pending_binding: pending.map(|fresh| PendingBinding {
                 id: Uuid::from_u128(77),
                 reason: BindingReason::AskBinding,

@@ -62,6 +62,9 @@ pub struct ConnectionBody {
     pub trust_unverified_accounts: Option<bool>,
     /// When not empty, emails outside these domains are not used.
     pub allowed_email_domains: Option<Vec<String>>,
+    /// `ignore`, `notify` (default) or `update_user`: what a linked identity's changed email,
+    /// phone or username does.
+    pub on_profile_change: Option<String>,
 }
 
 /// Create (201) or update (200) a connection; the identifier is fixed by the path. A change
@@ -92,6 +95,7 @@ pub async fn put(
         binding_ttl: body.binding_ttl,
         trust_unverified_accounts: body.trust_unverified_accounts,
         allowed_email_domains: body.allowed_email_domains,
+        on_profile_change: body.on_profile_change,
     };
     let (view, created) = state
         .admin

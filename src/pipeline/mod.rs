@@ -20,7 +20,7 @@ use crate::db::{
     locks::LockSet,
     outbox::{NewOutbox, OutboxRow},
     processed::NewProcessed,
-    users::{FieldKeys, NewUsers, UserRecord},
+    users::{FieldKeys, NewUsers, ProfileUpdates, UserRecord},
 };
 use crate::domain::{
     ConnectionSettings, decision,
@@ -31,19 +31,22 @@ use crate::domain::{
 use crate::relay::Handoff;
 use state::{BatchState, IdentityKey, identity_key};
 
-/// One login, decoded and validated, with where its reply goes.
+/// One message (a login by default), decoded and validated, with where its reply goes.
 #[derive(Debug, Clone)]
-pub struct Inbound {
-    pub event: LoginEvent,
+pub struct Inbound<M = LoginEvent> {
+    /// The message as read from its body.
+    pub event: M,
+    /// Where the reply goes: the message's `reply_to`, if replies may go there.
     pub reply_to: Option<String>,
+    /// The message's `correlation_id`, copied onto its reply.
     pub correlation_id: Option<String>,
 }
 
-/// What became of one login of a committed batch.
+/// What became of one message (a login by default) of a committed batch.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub enum Verdict<R = Reply> {
     /// Decided now (or earlier, for a duplicate); effects and reply are committed.
-    Decided { reply: Reply, duplicate: bool },
+    Decided { reply: R, duplicate: bool },
     /// Cannot be processed: dead-letter it. Nothing was written for it.
     Rejected(Rejection),
 }
@@ -217,6 +220,8 @@ struct Writes {
     bindings: NewBindings,
     processed: NewProcessed,
     outbox: NewOutbox,
+    /// Written after the rest: an account of the batch is created before it is updated.
+    profile_updates: ProfileUpdates,
 }
 
 impl Writes {
@@ -270,6 +275,7 @@ impl Writes {
             },
         )
         .await?;
+        self.profile_updates.write(conn).await?;
         Ok(self.outbox.stored(stored))
     }
 }
@@ -290,7 +296,12 @@ fn decide_one(
             duplicate: true,
         };
     }
-    let decision = decision::decide(fields, settings, &state.situation(event, fields), now);
+    let decision = decision::decide(
+        fields,
+        settings,
+        &state.situation(event, fields, settings),
+        now,
+    );
     let planned = effects::of_login(&Identity::of(event), &event.id, &decision, settings, now);
     for effect in planned.effects {
         writes.apply(effect, event, state);
@@ -326,9 +337,16 @@ impl Writes {
             }
             Effect::LinkIdentity { user_id } => {
                 self.link(&key, user_id, profile());
-                state.link(key, user_id);
+                state.link(key, user_id, &event.profile.raw);
             }
-            Effect::TouchIdentity { user_id } => self.touch(event, user_id, profile()),
+            Effect::TouchIdentity { user_id } => {
+                self.touch(event, user_id, profile());
+                state.touch(&key, &event.profile.raw);
+            }
+            Effect::UpdateUser { user_id, update } => {
+                self.profile_updates.push(user_id, &update);
+                state.update_user(user_id, &update);
+            }
             Effect::OpenBinding {
                 binding_id,
                 candidates,

@@ -4,16 +4,48 @@
 
 use std::collections::HashMap;
 
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::db::{batch::Snapshot, users::MatchRow};
 use crate::domain::{
+    ConnectionSettings,
     decision::Outcome,
-    decision::{BindingReason, NewUserFields, PendingBinding, Situation},
+    decision::{
+        BindingReason, NewUserFields, PendingBinding, Situation,
+        drift::{LinkedAccount, UserUpdate},
+    },
     effects::Identity,
-    events::Reply,
-    login::{LoginEvent, NormalizedFields},
+    events::{Reply, UserSummary},
+    login::{LoginEvent, NormalizedFields, Profile},
 };
+
+/// A linked identity: its account, and the identifiers of its last snapshot.
+struct Link {
+    user_id: Uuid,
+    snapshot: Map<String, Value>,
+}
+
+/// The profile keys a snapshot keeps to tell changed identifiers.
+const SNAPSHOT_KEYS: [&str; 5] = [
+    "email",
+    "email_verified",
+    "phone",
+    "phone_verified",
+    "username",
+];
+
+fn snapshot_of(profile: &Map<String, Value>) -> Map<String, Value> {
+    SNAPSHOT_KEYS
+        .iter()
+        .map(|k| {
+            (
+                (*k).to_owned(),
+                profile.get(*k).cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
 
 /// An external identity: (pool, connection, external id).
 pub type IdentityKey = Identity;
@@ -25,7 +57,7 @@ pub fn identity_key(event: &LoginEvent) -> IdentityKey {
 #[derive(Default)]
 pub struct BatchState {
     processed: HashMap<(String, String), Reply>,
-    links: HashMap<IdentityKey, Uuid>,
+    links: HashMap<IdentityKey, Link>,
     pending: HashMap<IdentityKey, PendingBinding>,
     /// The pool users the batch's logins share a value with, and the users it created.
     users: Vec<MatchRow>,
@@ -57,7 +89,10 @@ impl BatchState {
                     connection: row.connection,
                     external_id: row.external_id,
                 },
-                row.user_id,
+                Link {
+                    user_id: row.user_id,
+                    snapshot: row.snapshot,
+                },
             );
         }
         for row in pending {
@@ -90,7 +125,12 @@ impl BatchState {
             .insert((event.source.clone(), event.id.clone()), reply);
     }
 
-    pub fn situation(&self, event: &LoginEvent, fields: &NormalizedFields) -> Situation {
+    pub fn situation(
+        &self,
+        event: &LoginEvent,
+        fields: &NormalizedFields,
+        settings: &ConnectionSettings,
+    ) -> Situation {
         let key = identity_key(event);
         let pool = event.user_pool_id.as_str();
         let connection = event.connection.as_str();
@@ -108,8 +148,10 @@ impl BatchState {
             })
             .map(|u| u.pool_user(connection))
             .collect();
+        let link = self.links.get(&key);
         Situation {
-            linked_user: self.links.get(&key).copied(),
+            linked_user: link.map(|l| l.user_id),
+            linked_account: link.and_then(|l| self.linked_account(l, event, fields, settings)),
             pending_binding: self.pending.get(&key).cloned(),
             pool_users,
         }
@@ -123,11 +165,61 @@ impl BatchState {
         self.pending.insert(key, binding);
     }
 
-    pub fn link(&mut self, key: IdentityKey, user_id: Uuid) {
+    /// The account of a linked identity with the identity's last snapshot normalised; `None`
+    /// when the account was not read (it always is, with its identity).
+    fn linked_account(
+        &self,
+        link: &Link,
+        event: &LoginEvent,
+        fields: &NormalizedFields,
+        settings: &ConnectionSettings,
+    ) -> Option<LinkedAccount> {
+        let user = self.users.iter().find(|u| u.id == link.user_id)?;
+        let raw = &event.profile.raw;
+        let unchanged = SNAPSHOT_KEYS
+            .iter()
+            .all(|k| raw.get(*k).unwrap_or(&Value::Null) == &link.snapshot[*k]);
+        // Most returning logins carry what they carried last time: nothing to read again.
+        let snapshot = if unchanged {
+            fields.clone()
+        } else {
+            let profile = Profile::from_map(&link.snapshot).unwrap_or_default();
+            NormalizedFields::of(&profile, settings)
+        };
+        Some(LinkedAccount {
+            user: UserSummary {
+                id: user.id,
+                email: user.email.clone(),
+                phone: user.phone.clone(),
+                username: user.username.clone(),
+                name: user.name.clone(),
+            },
+            snapshot,
+        })
+    }
+
+    /// A linked identity's login: its profile is the snapshot the next login is compared with.
+    pub fn touch(&mut self, key: &IdentityKey, profile: &Map<String, Value>) {
+        if let Some(link) = self.links.get_mut(key) {
+            link.snapshot = snapshot_of(profile);
+        }
+    }
+
+    pub fn link(&mut self, key: IdentityKey, user_id: Uuid, profile: &Map<String, Value>) {
         if let Some(user) = self.users.iter_mut().find(|u| u.id == user_id) {
             user.linked_connections.push(key.connection.clone());
         }
-        self.links.insert(key, user_id);
+        let snapshot = snapshot_of(profile);
+        self.links.insert(key, Link { user_id, snapshot });
+    }
+
+    /// Changed identifiers copied onto an account: later logins of the batch see its new values.
+    pub fn update_user(&mut self, user_id: Uuid, update: &UserUpdate) {
+        if let Some(user) = self.users.iter_mut().find(|u| u.id == user_id) {
+            user.email = update.user.email.clone();
+            user.phone = update.user.phone.clone();
+            user.username = update.user.username.clone();
+        }
     }
 
     /// A user the batch created, so that later logins of the batch see it.
@@ -140,6 +232,7 @@ impl BatchState {
             phone: new.phone.clone(),
             phone_verified: new.phone_verified,
             username: new.username.clone(),
+            name: new.name.clone(),
             protected: false,
             linked_connections: Vec::new(),
         });

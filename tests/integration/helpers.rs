@@ -599,7 +599,7 @@ pub struct Broker {
     reply_queue: String,
     replies: Consumer,
     events: Consumer,
-    buffered_replies: HashMap<String, Reply>,
+    buffered_replies: HashMap<String, Value>,
     settings: Settings,
 }
 
@@ -692,11 +692,18 @@ impl Broker {
 
     /// Publishes raw bytes to the inbound exchange and waits for the broker's confirm.
     pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        let routing_key = self.settings.amqp.routing_key.clone();
+        self.publish_to(&routing_key, body, properties).await;
+    }
+
+    /// Publishes raw bytes to the inbound exchange under `routing_key`, and waits for the
+    /// broker's confirm.
+    pub async fn publish_to(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish(
                 self.settings.amqp.inbound_exchange.as_str().into(),
-                self.settings.amqp.routing_key.as_str().into(),
+                routing_key.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -710,6 +717,39 @@ impl Broker {
             .unwrap();
         assert!(confirm.is_ack(), "the broker confirmed the publish");
         assert!(confirm.take_message().is_none(), "the work queue is bound");
+    }
+
+    /// Sends a command (`binding.resolve` or `user.unlink`) with this `id` and `data`, asking
+    /// for a reply; returns the correlation id to wait on with [`Broker::reply_value`].
+    pub async fn request_command(&self, kind: &str, id: &str, data: Value) -> String {
+        self.request_command_with(kind, id, data, json_props())
+            .await
+    }
+
+    /// [`Broker::request_command`] with more message properties.
+    pub async fn request_command_with(
+        &self,
+        kind: &str,
+        id: &str,
+        data: Value,
+        properties: BasicProperties,
+    ) -> String {
+        let correlation_id = Uuid::new_v4().to_string();
+        let properties = properties
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_correlation_id(correlation_id.as_str().into());
+        self.publish_to(kind, &command_body(kind, id, data), properties)
+            .await;
+        correlation_id
+    }
+
+    /// Sends a command and waits for its reply.
+    pub async fn command(&mut self, kind: &str, data: Value) -> Value {
+        let id = Uuid::now_v7().to_string();
+        let correlation_id = self.request_command(kind, &id, data).await;
+        let reply = self.reply_value(&correlation_id).await;
+        assert_eq!(reply["command_id"], id.as_str(), "{reply}");
+        reply
     }
 
     /// Publishes without asking for a reply.
@@ -733,6 +773,12 @@ impl Broker {
     }
 
     pub async fn reply(&mut self, correlation_id: &str) -> Reply {
+        let reply = self.reply_value(correlation_id).await;
+        serde_json::from_value(reply).expect("a login reply")
+    }
+
+    /// The reply with this correlation id, as JSON.
+    pub async fn reply_value(&mut self, correlation_id: &str) -> Value {
         if let Some(reply) = self.buffered_replies.remove(correlation_id) {
             return reply;
         }
@@ -743,7 +789,7 @@ impl Broker {
                 .expect("a reply arrived in time")
                 .expect("reply stream open")
                 .unwrap();
-            let reply: Reply = serde_json::from_slice(&delivery.data).expect("reply is JSON");
+            let reply: Value = serde_json::from_slice(&delivery.data).expect("reply is JSON");
             assert_eq!(
                 delivery
                     .properties
@@ -886,6 +932,15 @@ impl Broker {
     pub fn work_queue(&self) -> &str {
         &self.settings.amqp.work_queue
     }
+}
+
+/// A command's CloudEvents body, from the test platform.
+pub fn command_body(kind: &str, id: &str, data: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "specversion": "1.0", "id": id, "source": "urn:test:platform", "type": kind,
+        "datacontenttype": "application/json", "data": data,
+    }))
+    .unwrap()
 }
 
 pub fn json_props() -> BasicProperties {

@@ -218,7 +218,8 @@ fn every_mode_and_candidate_count() {
 fn outcomes_match_actions() {
     assert_eq!(
         Action::ExistingUser {
-            user_id: Uuid::nil()
+            user_id: Uuid::nil(),
+            drift: None,
         }
         .outcome(),
         Outcome::ExistingUser
@@ -263,6 +264,7 @@ fn already_linked_wins_over_everything() {
     let s = settings("field_matching", "login_only", &["email"]);
     let situation = Situation {
         linked_user: Some(Uuid::from_u128(7)),
+        linked_account: None,
         pending_binding: Some(PendingBinding {
             id: Uuid::from_u128(9),
             reason: BindingReason::AskBinding,
@@ -274,7 +276,8 @@ fn already_linked_wins_over_everything() {
     assert_eq!(
         decision.action,
         Action::ExistingUser {
-            user_id: Uuid::from_u128(7)
+            user_id: Uuid::from_u128(7),
+            drift: None,
         }
     );
 }

@@ -1,6 +1,13 @@
-//! The worker: consumes `login.completed`, decides each batch through the pipeline, dead-letters
-//! what cannot be processed, and acks only after the batch's transaction has committed. It owns its
-//! reconnect loop: a lost connection or an ended consumer means reconnect, re-declare, re-consume.
+//! The workers: one consumes `login.completed` and decides each batch through the pipeline
+//! (`logins`), one consumes the platform's commands (`commands`). Each dead-letters what cannot be
+//! processed and acks only after the transaction has committed, and owns its reconnect loop: a
+//! lost connection or an ended consumer means reconnect, re-declare, re-consume. What differs
+//! between them is a [`Processor`].
+
+mod commands;
+mod logins;
+
+pub use commands::Commands;
 
 use std::{
     sync::Arc,
@@ -17,19 +24,50 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
+    amqp::{
+        CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, properties,
+        settle::{Action, DeadLetter, ErrorReply, Settler, undecoded_event_id},
+        topology,
+    },
     db::{ErrorClass, classify},
-    domain::login::{self, Rejection, RejectionKind},
-    health::Health,
-    metrics::{Metrics, OutcomeLabel},
-    pipeline::{Inbound, Pipeline, Verdict},
-    settings::Settings,
+    domain::login::{Rejection, RejectionKind},
+    health::{Consumer, Health},
+    metrics::Metrics,
+    pipeline::{Inbound, Verdict},
+    settings::{AmqpSettings, Settings},
 };
 
-use crate::amqp::{
-    CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, properties,
-    settle::{Action, DeadLetter, Settler, undecoded_event_id},
-    topology,
-};
+/// What a worker consumes, and how: reading a message, processing a batch of them in the
+/// database, and answering. The worker around it owns the broker side.
+pub trait Processor: Send + Sync + 'static {
+    /// A message as read from its body.
+    type Message: Send + Sync;
+    /// What a processed message is answered.
+    type Reply: serde::Serialize + Send + Sync;
+    /// Which consumer this is (readiness, logs, the consumer tag).
+    const CONSUMER: Consumer;
+    /// The queue consumed.
+    fn queue(amqp: &AmqpSettings) -> &str;
+    /// Unacknowledged deliveries the broker may push.
+    fn prefetch(settings: &Settings) -> u16;
+    /// Most messages processed per transaction.
+    fn batch_size(settings: &Settings) -> usize;
+    /// Reads a body; a [`Rejection`] dead-letters the message.
+    fn decode(body: &[u8], max_bytes: usize) -> Result<Self::Message, Rejection>;
+    /// The message's id, for logs.
+    fn message_id(message: &Self::Message) -> &str;
+    /// The process's id (the outbox rows' origin), for the consumer tag.
+    fn origin(&self) -> uuid::Uuid;
+    /// Processes a batch in the database, replies included; one verdict per message, in order.
+    fn process(
+        &self,
+        batch: &[Inbound<Self::Message>],
+    ) -> impl Future<Output = sqlx::Result<Vec<Verdict<Self::Reply>>>> + Send;
+    /// Counts and logs a processed message.
+    fn record(metrics: &Metrics, message: &Self::Message, reply: &Self::Reply, duplicate: bool);
+    /// Counts a dead-lettered message, and builds its error reply.
+    fn error_reply(metrics: &Metrics, id: Option<String>, rejection: &Rejection) -> Self::Reply;
+}
 /// Conflicts (unique or serialization failures, deadlocks) retried in place before a batch is
 /// split up, or a single event handed back to the broker.
 const MAX_CONFLICT_RETRIES: u32 = 10;
@@ -47,8 +85,8 @@ enum Failure {
 
 /// How one delivery of a batch is settled.
 #[derive(Debug)]
-enum Settle {
-    Verdict(Verdict),
+enum Settle<R> {
+    Verdict(Verdict<R>),
     /// Back to the queue (counts toward its delivery limit).
     Requeue,
 }
@@ -63,25 +101,26 @@ enum SessionError {
     Stopped,
 }
 
-pub struct Worker {
+/// Consumes one queue with a [`Processor`].
+pub struct Worker<P> {
     settings: Arc<Settings>,
-    pipeline: Pipeline,
+    processor: P,
     metrics: Metrics,
     health: Health,
     shutdown: CancellationToken,
 }
 
-impl Worker {
+impl<P: Processor> Worker<P> {
     pub fn new(
         settings: Arc<Settings>,
-        pipeline: Pipeline,
+        processor: P,
         metrics: Metrics,
         health: Health,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             settings,
-            pipeline,
+            processor,
             metrics,
             health,
             shutdown,
@@ -94,7 +133,7 @@ impl Worker {
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             let result = self.session().await;
-            self.health.set_consumer(false);
+            self.health.set_consumer(P::CONSUMER, false);
             match result {
                 Ok(()) | Err(SessionError::Stopped) => break,
                 Err(error) => {
@@ -105,7 +144,12 @@ impl Worker {
                     let delay = backoff
                         .next()
                         .unwrap_or(self.settings.worker.max_retry_delay);
-                    tracing::warn!(%error, retry_in = ?delay, "consumer session ended; reconnecting");
+                    tracing::warn!(
+                        %error,
+                        consumer = P::CONSUMER.as_str(),
+                        retry_in = ?delay,
+                        "consumer session ended; reconnecting"
+                    );
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -113,21 +157,32 @@ impl Worker {
                 }
             }
         }
-        tracing::info!("consumer stopped");
+        tracing::info!(consumer = P::CONSUMER.as_str(), "consumer stopped");
     }
 
     async fn session(&self) -> Result<(), SessionError> {
         let amqp = &self.settings.amqp;
         let connection = connect(&amqp.url, "worker").await?;
-        let tag = format!("identity-sync-{}", self.pipeline.origin());
+        let tag = match P::CONSUMER {
+            Consumer::Logins => format!("identity-sync-{}", self.processor.origin()),
+            other => format!(
+                "identity-sync-{}-{}",
+                other.as_str(),
+                self.processor.origin()
+            ),
+        };
         let (channel, mut consumer) = bounded(
             OPERATION_TIMEOUT,
             "declaring the topology and consuming",
             self.subscribe(&connection, &tag),
         )
         .await?;
-        self.health.set_consumer(true);
-        tracing::info!(queue = %amqp.work_queue, prefetch = amqp.prefetch, "consuming");
+        self.health.set_consumer(P::CONSUMER, true);
+        tracing::info!(
+            queue = P::queue(amqp),
+            prefetch = P::prefetch(&self.settings),
+            "consuming"
+        );
         let mut settler = Settler::new(&connection, &amqp.dead_letter_exchange, &self.metrics);
         let result = self.consume(&mut consumer, &mut settler).await;
 
@@ -144,7 +199,7 @@ impl Worker {
         result
     }
 
-    /// Declares the topology and starts consuming the work queue.
+    /// Declares the topology and starts consuming the processor's queue.
     async fn subscribe(
         &self,
         connection: &lapin::Connection,
@@ -164,11 +219,11 @@ impl Worker {
             return Err(error);
         }
         channel
-            .basic_qos(amqp.prefetch, BasicQosOptions::default())
+            .basic_qos(P::prefetch(&self.settings), BasicQosOptions::default())
             .await?;
         let consumer = channel
             .basic_consume(
-                amqp.work_queue.as_str().into(),
+                P::queue(amqp).into(),
                 tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -183,7 +238,7 @@ impl Worker {
         consumer: &mut lapin::Consumer,
         settler: &mut Settler<'_>,
     ) -> Result<(), SessionError> {
-        let batch_size = self.settings.worker.batch_size;
+        let batch_size = P::batch_size(&self.settings);
         loop {
             if !self.wait_for_outbox().await {
                 return Ok(());
@@ -245,14 +300,18 @@ impl Worker {
         true
     }
 
-    /// Decides a batch of deliveries and settles each with the broker.
+    /// Processes a batch of deliveries and settles each with the broker.
     async fn handle(
         &self,
         settler: &mut Settler<'_>,
         deliveries: Vec<Delivery>,
     ) -> Result<(), SessionError> {
         let received = Instant::now();
-        let span = tracing::debug_span!("batch", size = deliveries.len());
+        let span = tracing::debug_span!(
+            "batch",
+            consumer = P::CONSUMER.as_str(),
+            size = deliveries.len()
+        );
         async {
             let mut inbound = Vec::with_capacity(deliveries.len());
             let mut slots = Vec::with_capacity(deliveries.len());
@@ -279,7 +338,9 @@ impl Worker {
             } else {
                 self.decide(&inbound).await?
             };
-            self.metrics.batch_size.observe(inbound.len() as f64);
+            if P::CONSUMER == Consumer::Logins {
+                self.metrics.batch_size.observe(inbound.len() as f64);
+            }
 
             let actions = deliveries
                 .iter()
@@ -289,17 +350,18 @@ impl Worker {
                         let settle = std::mem::replace(&mut settled[i], Settle::Requeue);
                         self.plan(&inbound[i], settle)
                     }
-                    Err((rejection, reply_to)) => Action::DeadLetter(DeadLetter {
-                        event_id: undecoded_event_id(delivery, &rejection),
-                        rejection,
-                        reply_to,
-                    }),
+                    Err((rejection, reply_to)) => {
+                        let id = undecoded_event_id(delivery, &rejection);
+                        self.dead_letter(rejection, id, reply_to)
+                    }
                 })
                 .collect();
             settler.apply(&deliveries, actions).await?;
             let elapsed = received.elapsed().as_secs_f64();
-            for _ in 0..deliveries.len() {
-                self.metrics.processing_seconds.observe(elapsed);
+            if P::CONSUMER == Consumer::Logins {
+                for _ in 0..deliveries.len() {
+                    self.metrics.processing_seconds.observe(elapsed);
+                }
             }
             Ok(())
         }
@@ -307,38 +369,43 @@ impl Worker {
         .await
     }
 
-    /// The action for a delivery that was decoded, given what deciding it gave; counts and logs
-    /// the decisions.
-    fn plan(&self, message: &Inbound, settle: Settle) -> Action {
-        let event_id = message.event.id.as_str();
+    /// The action for a delivery that was decoded, given what processing it gave; counts and
+    /// logs the outcomes.
+    fn plan(&self, message: &Inbound<P::Message>, settle: Settle<P::Reply>) -> Action {
         match settle {
             Settle::Requeue => Action::Requeue,
-            Settle::Verdict(Verdict::Rejected(rejection)) => Action::DeadLetter(DeadLetter {
-                rejection,
-                event_id: Some(event_id.to_owned()),
-                reply_to: message.reply_to.clone(),
-            }),
+            Settle::Verdict(Verdict::Rejected(rejection)) => {
+                let id = P::message_id(&message.event).to_owned();
+                self.dead_letter(rejection, Some(id), message.reply_to.clone())
+            }
             Settle::Verdict(Verdict::Decided { reply, duplicate }) => {
-                self.metrics
-                    .decisions
-                    .get_or_create(&OutcomeLabel {
-                        outcome: reply.outcome.as_str(),
-                    })
-                    .inc();
-                if duplicate {
-                    self.metrics.duplicates.inc();
-                }
-                tracing::info!(
-                    event_id,
-                    outcome = reply.outcome.as_str(),
-                    user_id = ?reply.user_id,
-                    binding_id = ?reply.binding_id,
-                    duplicate,
-                    "decided"
-                );
+                P::record(&self.metrics, &message.event, &reply, duplicate);
                 Action::Ack
             }
         }
+    }
+
+    /// Dead-lettering, with the processor's error reply when one is owed. An untrusted publisher
+    /// is not answered: it could aim error replies at the platform's own reply queue to fake
+    /// failures of chosen messages.
+    fn dead_letter(
+        &self,
+        rejection: Rejection,
+        id: Option<String>,
+        reply_to: Option<String>,
+    ) -> Action {
+        let reply = P::error_reply(&self.metrics, id.clone(), &rejection);
+        let reply = reply_to
+            .filter(|_| rejection.kind != RejectionKind::UntrustedPublisher)
+            .map(|to| ErrorReply {
+                to,
+                body: serde_json::to_vec(&reply).expect("replies serialise"),
+            });
+        Action::DeadLetter(DeadLetter {
+            rejection,
+            event_id: id,
+            reply,
+        })
     }
 
     /// The delivery's `reply_to`, if replies may go there (contract section 6): anything but a
@@ -357,8 +424,8 @@ impl Worker {
         None
     }
 
-    /// Steps 1 of the decision: permanent checks that need no database.
-    fn check(&self, delivery: &Delivery) -> Result<login::LoginEvent, Rejection> {
+    /// Permanent checks that need no database: the publisher, then the body.
+    fn check(&self, delivery: &Delivery) -> Result<P::Message, Rejection> {
         let trusted = &self.settings.amqp.trusted_publishers;
         if !trusted.is_empty() {
             let user = delivery.properties.user_id().as_ref().map(|u| u.as_str());
@@ -372,19 +439,22 @@ impl Worker {
                 ));
             }
         }
-        login::decode(&delivery.data, self.settings.worker.max_message_bytes)
+        P::decode(&delivery.data, self.settings.worker.max_message_bytes)
     }
 
-    /// Decides a batch, retrying transient failures for as long as it takes (the deliveries stay
-    /// unacknowledged meanwhile, so nothing else is taken from the queue). A batch that keeps
-    /// failing is split so that one event cannot hold back the others: an event the database
-    /// refuses is dead-lettered `processing_failed`; an event that keeps conflicting is handed
+    /// Processes a batch, retrying transient failures for as long as it takes (the deliveries
+    /// stay unacknowledged meanwhile, so nothing else is taken from the queue). A batch that keeps
+    /// failing is split so that one message cannot hold back the others: a message the database
+    /// refuses is dead-lettered `processing_failed`; a message that keeps conflicting is handed
     /// back to the broker, whose delivery limit bounds how often that can happen.
-    async fn decide(&self, batch: &[Inbound]) -> Result<Vec<Settle>, SessionError> {
+    async fn decide(
+        &self,
+        batch: &[Inbound<P::Message>],
+    ) -> Result<Vec<Settle<P::Reply>>, SessionError> {
         let single = |failure: Failure| match failure {
             Failure::Stopped => Err(SessionError::Stopped),
             Failure::Conflicting(error) => {
-                tracing::warn!(%error, "an event keeps conflicting; handing it back to the broker");
+                tracing::warn!(%error, "a message keeps conflicting; handing it back to the broker");
                 Ok(Settle::Requeue)
             }
             Failure::Permanent(error) => Ok(Settle::Verdict(processing_failed(&error))),
@@ -397,7 +467,7 @@ impl Worker {
                 tracing::warn!(
                     ?failure,
                     size = batch.len(),
-                    "batch failed; deciding its events one by one"
+                    "batch failed; processing its messages one by one"
                 );
                 let mut settled = Vec::with_capacity(batch.len());
                 for message in batch {
@@ -413,11 +483,14 @@ impl Worker {
         }
     }
 
-    async fn decide_with_retry(&self, batch: &[Inbound]) -> Result<Vec<Verdict>, Failure> {
+    async fn decide_with_retry(
+        &self,
+        batch: &[Inbound<P::Message>],
+    ) -> Result<Vec<Verdict<P::Reply>>, Failure> {
         let mut backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
         let mut conflicts = 0;
         loop {
-            match self.pipeline.process(batch).await {
+            match self.processor.process(batch).await {
                 // Replies and events were handed to the relay at the commit, before the acks.
                 Ok(verdicts) => return Ok(verdicts),
                 Err(error) if classify(&error) != ErrorClass::Permanent => {
@@ -433,7 +506,7 @@ impl Worker {
                     let delay = backoff
                         .next()
                         .unwrap_or(self.settings.worker.max_retry_delay);
-                    tracing::warn!(%error, retry_in = ?delay, "deciding a batch failed; retrying");
+                    tracing::warn!(%error, retry_in = ?delay, "processing a batch failed; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Err(Failure::Stopped),
                         _ = tokio::time::sleep(delay) => {}
@@ -445,7 +518,7 @@ impl Worker {
     }
 }
 
-fn processing_failed(error: &sqlx::Error) -> Verdict {
+fn processing_failed<R>(error: &sqlx::Error) -> Verdict<R> {
     tracing::error!(%error, "event failed permanently in the database");
     // The database's message can quote the event's data; keep only its class.
     let detail = match error.as_database_error() {
