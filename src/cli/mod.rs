@@ -3,6 +3,8 @@
 mod admin_client;
 mod import;
 mod replay;
+mod round_trip;
+mod send_command;
 mod send_login;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -43,6 +45,9 @@ pub enum Command {
     },
     /// Publish one login.completed event and print the decision and the events it caused.
     SendLogin(send_login::SendLoginArgs),
+    /// Publish one command (binding.resolve or user.unlink) as the platform would, and print
+    /// the reply and the events that followed.
+    SendCommand(send_command::SendCommandArgs),
     /// Stored outbound events.
     Events {
         #[command(subcommand)]
@@ -132,6 +137,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             command: UsersCommand::Find { api, find },
         } => admin_client::find_users(find, api, &settings).await,
         Command::SendLogin(args) => send_login::run(args, &settings).await,
+        Command::SendCommand(args) => send_command::run(args, &settings).await,
         Command::Events {
             command: EventsCommand::Replay(args),
         } => replay::run(args, &settings).await,

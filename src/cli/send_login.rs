@@ -3,23 +3,13 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Context, bail};
 use clap::Args;
-use futures_lite::StreamExt;
-use lapin::{
-    ExchangeKind,
-    options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    },
-    types::FieldTable,
-};
-use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
+use super::round_trip::RoundTrip;
 use crate::{
-    amqp::{connect, json_properties},
     domain::{decision::Outcome, events::Reply},
-    settings::{AmqpSettings, Settings},
+    settings::Settings,
 };
 
 #[derive(Debug, Args)]
@@ -65,26 +55,21 @@ pub async fn run(args: SendLoginArgs, settings: &Settings) -> anyhow::Result<Exi
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let body = login_body(&args, &event_id);
-    let mut round_trip = RoundTrip::open(&settings.amqp).await?;
-    let reply: Reply = round_trip.request(&event_id, &body, args.timeout).await?;
-    let caused = round_trip.caused_by(&event_id).await;
+    let mut round_trip = RoundTrip::open(&settings.amqp, "send-login").await?;
+    let routing_key = settings.amqp.routing_key.clone();
+    let reply: Reply = round_trip
+        .request(&routing_key, &event_id, &body, args.timeout)
+        .await?;
+    let caused = round_trip
+        .events_where(|event| {
+            event
+                .pointer("/data/cause_event_id")
+                .and_then(Value::as_str)
+                == Some(&event_id)
+        })
+        .await;
     round_trip.close().await;
-
-    if args.json {
-        println!("{}", json!({ "reply": reply, "events": caused }));
-    } else {
-        println!("decision: {}", serde_json::to_string_pretty(&reply)?);
-        if caused.is_empty() {
-            println!("events: none");
-        }
-        for event in &caused {
-            println!(
-                "event {}: {}",
-                event["type"].as_str().unwrap_or("?"),
-                serde_json::to_string_pretty(event)?
-            );
-        }
-    }
+    super::round_trip::print("decision", &reply, &caused, args.json)?;
     Ok(if reply.outcome == Outcome::Error {
         ExitCode::from(1)
     } else {
@@ -123,151 +108,4 @@ fn login_body(args: &SendLoginArgs, event_id: &str) -> Value {
             "profile": profile,
         }
     })
-}
-
-/// A platform's view of one request: a private reply queue, a private queue bound to every
-/// downstream event, and a confirmed publish to the worker's inbound exchange.
-struct RoundTrip<'a> {
-    amqp: &'a AmqpSettings,
-    connection: lapin::Connection,
-    channel: lapin::Channel,
-    reply_queue: String,
-    replies: lapin::Consumer,
-    events: lapin::Consumer,
-}
-
-impl<'a> RoundTrip<'a> {
-    async fn open(amqp: &'a AmqpSettings) -> anyhow::Result<Self> {
-        let connection = connect(&amqp.url, "send-login")
-            .await
-            .context("connecting to the broker")?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let (reply_queue, replies) = crate::amqp::private_queue(&channel).await?;
-        let (events_queue, events) = crate::amqp::private_queue(&channel).await?;
-        channel
-            .exchange_declare(
-                amqp.events_exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                events_queue,
-                amqp.events_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Self {
-            amqp,
-            connection,
-            channel,
-            reply_queue: reply_queue.to_string(),
-            replies,
-            events,
-        })
-    }
-
-    /// Publishes `body` as message `message_id` and waits for the reply that answers it.
-    async fn request<R: serde::de::DeserializeOwned>(
-        &mut self,
-        message_id: &str,
-        body: &Value,
-        timeout: Duration,
-    ) -> anyhow::Result<R> {
-        let correlation_id = uuid::Uuid::new_v4().to_string();
-        self.publish(message_id, &correlation_id, body).await?;
-        let replies = &mut self.replies;
-        tokio::time::timeout(timeout, async {
-            while let Some(delivery) = replies.next().await {
-                let delivery = delivery?;
-                let correlation = delivery.properties.correlation_id().as_ref();
-                if correlation.map(|c| c.as_str()) == Some(correlation_id.as_str()) {
-                    return serde_json::from_slice::<R>(&delivery.data)
-                        .context("reading the reply");
-                }
-            }
-            bail!("the reply queue was closed")
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("no decision within {timeout:?}; is the worker running?"))?
-    }
-
-    async fn publish(
-        &self,
-        message_id: &str,
-        correlation_id: &str,
-        body: &Value,
-    ) -> anyhow::Result<()> {
-        let amqp = self.amqp;
-        let mut properties = json_properties(message_id)
-            .with_reply_to(self.reply_queue.as_str().into())
-            .with_correlation_id(correlation_id.into());
-        // The broker checks user_id against the connection's login, so this is the honest value
-        // (and the one amqp.trusted_publishers looks for).
-        if let Ok(uri) = amqp.url.expose_secret().parse::<lapin::uri::AMQPUri>() {
-            properties = properties.with_user_id(uri.authority.userinfo.username.as_str().into());
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                amqp.inbound_exchange.as_str().into(),
-                amqp.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &serde_json::to_vec(body)?,
-                properties,
-            )
-            .await
-            .with_context(|| format!("publishing to exchange {:?}", amqp.inbound_exchange))?
-            .await?;
-        if confirm.take_message().is_some() {
-            bail!(
-                "no queue is bound to exchange {:?} for {:?}: start the worker (identity-sync run) first",
-                amqp.inbound_exchange,
-                amqp.routing_key
-            );
-        }
-        Ok(())
-    }
-
-    /// The downstream events whose `cause_event_id` is `event_id`. The relay publishes an event
-    /// before the reply that follows it; a short grace period collects events still being routed.
-    async fn caused_by(&mut self, event_id: &str) -> Vec<Value> {
-        let events = &mut self.events;
-        let mut caused = Vec::new();
-        let grace = tokio::time::sleep(Duration::from_millis(300));
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                _ = &mut grace => break,
-                next = events.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) else { continue };
-                        let cause = event.pointer("/data/cause_event_id").and_then(Value::as_str);
-                        if cause == Some(event_id) {
-                            caused.push(event);
-                        }
-                    }
-                    _ => break,
-                }
-            }
-        }
-        caused
-    }
-
-    async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
-    }
 }

@@ -1,5 +1,5 @@
 //! The binary as an operator uses it: configuration errors, `migrate`, `users import` and
-//! `send-login`.
+//! `send-login` and `send-command`.
 
 use std::{io::Write, process::Stdio};
 
@@ -346,5 +346,104 @@ async fn bindings_and_users_from_the_command_line() {
     );
     let (code, stdout, _) = admin(&["users", "find", "--pool", "pool-1", "--username", "nobody"]);
     assert_eq!((code, stdout.trim()), (1, "no such user"));
+    app.stop().await;
+}
+
+/// The README's Asking-for-Binding walkthrough, command by command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_command_finishes_asking_for_binding() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let chen = create_user(&db, Some("chen@example.com"), None, None).await;
+    let boss = create_user(&db, Some("boss@example.com"), None, None).await;
+    let app = TestApp::spawn(&services).await;
+    let login = [
+        "send-login",
+        "--connection",
+        "asking",
+        "--external-id",
+        "wc-chen",
+        "--email",
+        "chen@example.com",
+        "--email-verified",
+        "--json",
+    ];
+    let json =
+        |stdout: &str| -> Value { serde_json::from_str(stdout.trim()).expect("one JSON object") };
+
+    // 1. The login matches an account: the person is asked.
+    let (code, stdout, stderr) = run(services.command().args(login));
+    assert_eq!(code, 0, "{stderr}");
+    let pending = json(&stdout);
+    assert_eq!(pending["reply"]["outcome"], "binding_pending");
+    let binding = pending["reply"]["binding_id"].as_str().unwrap().to_owned();
+
+    // 2. A proof for someone else's account is refused, with exit code 1.
+    let (code, stdout, _) = run(services.command().args([
+        "send-command",
+        "binding.resolve",
+        "--binding",
+        &binding,
+        "--link",
+        &boss.to_string(),
+        "--proof",
+        "password",
+        "--actor",
+        "chen",
+        "--json",
+    ]));
+    assert_eq!(code, 1);
+    assert_eq!(json(&stdout)["reply"]["code"], "not_a_candidate");
+
+    // 3. The person proved with their password that the account is theirs.
+    let (code, stdout, stderr) = run(services.command().args([
+        "send-command",
+        "binding.resolve",
+        "--binding",
+        &binding,
+        "--link",
+        &chen.to_string(),
+        "--proof",
+        "password",
+        "--actor",
+        "chen",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let resolved = json(&stdout);
+    assert_eq!(resolved["reply"]["outcome"], "done", "{resolved}");
+    assert_eq!(resolved["reply"]["binding"]["resolution"], "linked");
+    let kinds: Vec<_> = resolved["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["binding.resolved", "user.linked"], "{resolved}");
+
+    // 4. The next login is the account's.
+    let (code, stdout, _) = run(services.command().args(login));
+    assert_eq!(code, 0);
+    let next = json(&stdout);
+    assert_eq!(next["reply"]["outcome"], "existing_user");
+    assert_eq!(next["reply"]["user_id"], chen.to_string());
+
+    // The binding is gone from the pending list; unlinking by command publishes user.unlinked.
+    let (code, stdout, stderr) = run(services.command().args([
+        "send-command",
+        "user.unlink",
+        "--user",
+        &chen.to_string(),
+        "--connection",
+        "asking",
+        "--external-id",
+        "wc-chen",
+        "--actor",
+        "hr-sync",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let unlinked = json(&stdout);
+    assert_eq!(unlinked["events"][0]["type"], "user.unlinked", "{unlinked}");
     app.stop().await;
 }
