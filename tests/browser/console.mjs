@@ -1,6 +1,7 @@
 // Drives the admin console (/admin) in headless Chromium: signs in with a token, finds the
 // pending binding named by EXPECT_BINDING ("<connection> / <external id>"), compares, reads the
-// decision's evidence, links it to the first candidate, and checks that it leaves the list. Run by the integration test
+// decision's evidence, links it to the first candidate, and checks that it leaves the list and
+// shows among the recently resolved with its actor and proof. Run by the integration test
 // `console::the_console_resolves_a_binding`, which prepares the binding and checks the events.
 //
 // Environment: CONSOLE_URL, TOKEN, EXPECT_BINDING, SCREENSHOT (optional), CHROMIUM (optional).
@@ -63,8 +64,11 @@ try {
   await page.click("#filters button[type=submit]");
   await page.waitForFunction(() => !document.querySelector("#bindings").hasAttribute("aria-busy"));
   if (await item.count() !== 0) fail("the resolved binding is listed again after a reload");
+  // It is among the recently resolved, with who resolved it and the proof.
+  await page.locator("#resolved tr", { hasText: expected }).waitFor({ timeout: 10000 });
+  const resolvedRows = await page.locator("#resolved tr").allTextContents();
   if (errors.length) fail("page errors: " + errors.join("; "));
-  console.log(JSON.stringify({ listed: true, resolved: true, status, email_row: emailRow[0], why, set_aside: setAside, loaded_ms: loaded }));
+  console.log(JSON.stringify({ listed: true, resolved: true, status, email_row: emailRow[0], why, set_aside: setAside, resolved_rows: resolvedRows, loaded_ms: loaded }));
 } finally {
   await browser.close();
 }

@@ -39,6 +39,26 @@ async fn the_console_resolves_a_binding() {
     assert_eq!(reply.outcome, Outcome::BindingPending);
     let binding = reply.binding_id.unwrap();
     broker.next_event().await;
+    // Another binding, which the person resolved through the platform's command.
+    let other = create_user(&db, Some("li.lei@example.com"), None, None).await;
+    let reply = broker
+        .login(&login(
+            "asking",
+            "wc-li",
+            json!({"email": "li.lei@example.com", "email_verified": true}),
+        ))
+        .await;
+    broker.next_event().await;
+    let done = broker
+        .command(
+            "binding.resolve",
+            json!({"binding_id": reply.binding_id.unwrap(), "action": "link", "user_id": other,
+                   "actor": "li.lei", "proof": "otp"}),
+        )
+        .await;
+    assert_eq!(done["outcome"], "done", "{done}");
+    broker.next_event().await;
+    broker.next_event().await;
 
     let screenshot = std::env::var("IDSYNC_CONSOLE_SCREENSHOT")
         .unwrap_or_else(|_| services.dir.join("console.png").display().to_string());
@@ -77,6 +97,26 @@ async fn the_console_resolves_a_binding() {
         "the email was used"
     );
     assert_eq!(result["set_aside"], json!(["Candidate 1email-"]));
+    // The recently resolved show who decided and how it was proven.
+    let rows: Vec<&str> = result["resolved_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let row = |identity: &str| *rows.iter().find(|r| r.contains(identity)).unwrap();
+    let (console, command) = (row("wc-browser"), row("wc-li"));
+    assert!(
+        console.contains("wc-browser")
+            && console.contains("ops-alice")
+            && console.contains("admin"),
+        "{console}"
+    );
+    assert!(
+        command.contains("wc-li") && command.contains("li.lei") && command.contains("otp"),
+        "{command}"
+    );
 
     let (_, shown) = app.api().get(&format!("/v1/bindings/{binding}")).await;
     assert_eq!(shown["status"], "resolved");
