@@ -5,15 +5,21 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that editing the code does not rebuild them.
+# The workspace's other members (test support, benchmark) are only declared here: the image
+# builds the product alone.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/test-support/Cargo.toml crates/test-support/
+COPY crates/bench/Cargo.toml crates/bench/
 COPY .cargo .cargo
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked \
+RUN mkdir -p src crates/test-support/src crates/bench/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && touch crates/test-support/src/lib.rs && echo 'fn main() {}' > crates/bench/src/main.rs \
+    && cargo build --release --locked -p identity-sync \
     && rm -rf src
 COPY .sqlx .sqlx
 COPY migrations migrations
 COPY src src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked -p identity-sync
 
 FROM debian:bookworm-slim
 RUN apt-get update \

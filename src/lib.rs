@@ -6,7 +6,6 @@
 pub mod accounts;
 pub mod admin;
 pub mod amqp;
-pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod domain;

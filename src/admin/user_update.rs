@@ -15,7 +15,8 @@ use crate::db::{
 };
 use crate::domain::{
     Email, Phone, Username,
-    events::{OutboundEvent, UserSummary, UserUpdated},
+    effects::{Changer, user_updated},
+    events::UserSummary,
 };
 use sqlx::PgConnection;
 
@@ -151,21 +152,16 @@ impl Admin {
         users::update(&mut tx, &next).await?;
         let after_row = users::get(&mut tx, id).await?.expect("still there");
         let after = UserView::new(after_row, &links);
-        let data = UserUpdated {
-            user_pool_id: &pool,
-            user: UserSummary {
-                id,
-                email: next.email.clone(),
-                phone: next.phone.clone(),
-                username: next.username.clone(),
-                name: next.name.clone(),
-            },
-            changed,
-            cause_event_id: None,
-            actor: Some(&actor.name),
+        let user = UserSummary {
+            id,
+            email: next.email.clone(),
+            phone: next.phone.clone(),
+            username: next.username.clone(),
+            name: next.name.clone(),
         };
+        let by = Changer::Admin(&actor.name);
         let mut events = NewOutbox::default();
-        events.event(OutboundEvent::new(data, Utc::now()));
+        events.event(user_updated(&pool, user, changed, by, Utc::now()));
         let published = outbox::insert_many(&mut tx, self.origin, events).await?;
         audit::record(
             &mut tx,

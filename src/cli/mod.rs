@@ -53,8 +53,6 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
-    /// Benchmark against this machine's PostgreSQL and RabbitMQ (docs/BENCHMARKS.md).
-    Bench(crate::bench::BenchArgs),
     /// Why a login was decided as it was, through the admin API.
     Decisions {
         #[command(flatten)]
@@ -141,7 +139,6 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         Command::Events {
             command: EventsCommand::Replay(args),
         } => replay::run(args, &settings).await,
-        Command::Bench(args) => crate::bench::run(args).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
         Command::Decisions { api, command } => {
             admin_client::decisions(command, api, &settings).await

@@ -266,20 +266,55 @@ fn changed_identity(
     };
     let mut effects = vec![Effect::Emit(OutboundEvent::new(data, now))];
     if let Some(update) = &drift.update {
-        let data = UserUpdated {
-            user_pool_id: pool,
-            user: update.user.clone(),
-            changed: update.changed.iter().map(|f| f.as_str()).collect(),
-            cause_event_id: Some(event_id),
-            actor: None,
-        };
+        let changed = update.changed.iter().map(|f| f.as_str()).collect();
         effects.push(Effect::UpdateUser {
             user_id,
             update: update.clone(),
         });
-        effects.push(Effect::Emit(OutboundEvent::new(data, now)));
+        effects.push(Effect::Emit(user_updated(
+            pool,
+            update.user.clone(),
+            changed,
+            Changer::Login(event_id),
+            now,
+        )));
     }
     effects
+}
+
+/// Who changed an account: a login whose source changed (its event id), or an admin (the
+/// token's name).
+#[derive(Debug, Clone, Copy)]
+pub enum Changer<'a> {
+    /// The `id` of the login that carried the change (`cause_event_id`).
+    Login(&'a str),
+    /// The admin token's name (`actor`).
+    Admin(&'a str),
+}
+
+/// `user.updated`: `user` is the account after the change, `changed` the names of the fields
+/// that changed.
+pub fn user_updated(
+    pool: &str,
+    user: UserSummary,
+    changed: Vec<&'static str>,
+    by: Changer<'_>,
+    now: DateTime<Utc>,
+) -> OutboundEvent {
+    let (cause_event_id, actor) = match by {
+        Changer::Login(event_id) => (Some(event_id), None),
+        Changer::Admin(name) => (None, Some(name)),
+    };
+    OutboundEvent::new(
+        UserUpdated {
+            user_pool_id: pool,
+            user,
+            changed,
+            cause_event_id,
+            actor,
+        },
+        now,
+    )
 }
 
 /// A new account with the identity linked to it, and its `user.created`.

@@ -3,10 +3,6 @@
 //! (`scripts/test` runs them after the parallel suite, one at a time). `scripts/soak` runs them
 //! longer: IDSYNC_FAULT_EVENTS events and IDSYNC_FAULT_RESTARTS restarts per test.
 
-#[path = "../integration/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-
 use std::{
     collections::HashSet,
     process::Command,
@@ -17,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use helpers::*;
+use idsync_test_support::*;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{

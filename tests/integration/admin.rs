@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::*;
 use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
 
 /// A pending binding on `asking` for a new identity whose email matches `existing`.
 async fn pending_binding(broker: &mut Broker, external_id: &str, email: &str) -> Uuid {
@@ -653,7 +653,8 @@ async fn connections_are_read_created_and_updated_live() {
         json!({"user_pool_id": "pool-1", "identifier": "asking", "display_name": "asking", "provider": "wecom",
                "login_mode": "normal", "association": "ask_binding", "match_fields": ["email", "phone", "username"],
                "require_verified": true, "default_country_code": "86", "binding_ttl": "1h",
-               "trust_unverified_accounts": false, "allowed_email_domains": [], "settings_version": 1})
+               "trust_unverified_accounts": false, "allowed_email_domains": [],
+               "on_profile_change": "notify", "settings_version": 1})
     );
     assert_eq!(api.get("/v1/connections/pool-1/nope").await.0, 404);
 

@@ -5,7 +5,7 @@ use std::{io::Write, process::Stdio};
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 fn run(command: &mut std::process::Command) -> (i32, String, String) {
     let output = command.output().expect("the binary runs");

@@ -11,7 +11,7 @@ use lapin::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 const RESOLVE: &str = "binding.resolve";
 const UNLINK: &str = "user.unlink";

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::*;
 use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
 
 async fn outcomes(broker: &mut Broker, pending: Vec<String>) -> HashMap<Outcome, usize> {
     let mut seen = HashMap::new();

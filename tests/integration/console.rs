@@ -6,8 +6,8 @@ use std::{path::Path, process::Command};
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
 use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_resolves_a_binding() {

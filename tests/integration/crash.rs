@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 #[tokio::test]
 async fn events_published_while_the_worker_is_down_are_processed_after_start() {

@@ -5,8 +5,8 @@
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Value, json};
 
-use crate::helpers::*;
 use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
 
 fn body(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap()

@@ -3,8 +3,8 @@
 
 use serde_json::json;
 
-use crate::helpers::*;
 use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
 
 #[tokio::test]
 async fn a_resent_event_gets_the_same_reply_and_no_second_effect() {

@@ -7,7 +7,7 @@ use identity_sync::domain::decision::Outcome;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 fn profile(email: &str) -> Value {
     json!({"email": email, "email_verified": true, "name": "Zhang San"})

@@ -11,7 +11,7 @@ use lapin::{
 };
 use serde_json::json;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 #[tokio::test]
 async fn a_login_never_matches_a_user_of_another_pool() {

@@ -7,7 +7,7 @@ use std::{io::Write, process::Stdio, time::Duration};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 fn run(command: &mut std::process::Command) -> (i32, String) {
     let output = command.output().expect("the binary runs");

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {

@@ -1,11 +1,8 @@
 //! Integration tests against the real PostgreSQL and RabbitMQ of the machine. Each test has its
-//! own database and vhost (see `helpers`), so they run in parallel and leave nothing behind.
-
-mod helpers;
+//! own database and vhost (see the `idsync-test-support` crate), so they run in parallel and leave nothing behind.
 
 mod admin;
 mod api_fuzz;
-mod bench;
 mod cli;
 mod commands;
 mod concurrency;

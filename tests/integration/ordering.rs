@@ -10,7 +10,7 @@ use std::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 /// The outbox's events in commit (id) order.
 async fn committed_order(db: &sqlx::PgPool) -> Vec<Uuid> {

@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::*;
 use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
 
 /// Envelope fields common to every outbound event.
 fn assert_envelope(event: &Captured, kind: &str, subject: &str) {

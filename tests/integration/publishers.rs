@@ -12,7 +12,7 @@ use lapin::{
 };
 use serde_json::json;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 /// A confirm channel of its own connection, for publishing as another broker user.
 async fn publisher(url: &str) -> (Connection, Channel) {

@@ -11,8 +11,8 @@ use lapin::{
 };
 use serde_json::{Value, json};
 
-use crate::helpers::*;
 use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
 
 #[tokio::test]
 async fn two_workers_killed_repeatedly_lose_and_double_nothing() {

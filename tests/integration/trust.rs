@@ -6,7 +6,7 @@ use identity_sync::domain::decision::Outcome;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::*;
+use idsync_test_support::*;
 
 /// Creates an account through the admin API; returns its id.
 async fn account(app: &TestApp, body: Value) -> String {

@@ -1,6 +1,6 @@
-//! `identity-sync bench`: a benchmark anyone can rerun against this machine's PostgreSQL and
-//! RabbitMQ. Each run creates an isolated database and vhost, seeds accounts and history, drives
-//! the worker binary with a realistic login mix (60% returning, 20% new, 15% field-match links,
+//! `identity-sync-bench`: a benchmark anyone can rerun against this machine's PostgreSQL and
+//! RabbitMQ, apart from the product. Each run creates an isolated database and vhost (the test
+//! support's), seeds accounts and history, drives the worker binary with a realistic login mix (60% returning, 20% new, 15% field-match links,
 //! 5% pending bindings), checks that every login got exactly one decision of the expected kind,
 //! and removes everything it created. See docs/BENCHMARKS.md.
 
@@ -14,12 +14,17 @@ mod pace;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::settings::Settings;
+use identity_sync::settings::Settings;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "identity-sync-bench",
+    version,
+    about = "Benchmarks identity-sync against this machine's PostgreSQL and RabbitMQ (docs/BENCHMARKS.md)"
+)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub mode: Mode,
@@ -35,7 +40,8 @@ pub struct BenchArgs {
     /// Repetitions; medians are reported.
     #[arg(long, global = true, default_value_t = 3)]
     pub runs: usize,
-    /// The identity-sync binary under test; this one by default.
+    /// The identity-sync binary under test; by default the one beside this binary (the same
+    /// build: `cargo build --release` makes both).
     #[arg(long, global = true)]
     pub worker_bin: Option<PathBuf>,
     /// Also write the runs and their medians as JSON to this file.
@@ -83,13 +89,44 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("identity-sync-bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The `identity-sync` binary of the same build as this one.
+fn beside_this_binary() -> anyhow::Result<PathBuf> {
+    let this = std::env::current_exe().context("finding this binary")?;
+    let worker = this.with_file_name(format!("identity-sync{}", std::env::consts::EXE_SUFFIX));
+    if !worker.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release) or name it with --worker-bin",
+            worker.display()
+        );
+    }
+    Ok(worker)
+}
+
+async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let defaults = Settings::default();
     let prefetch = args.prefetch.unwrap_or(defaults.amqp.prefetch);
     let batch_size = args.batch_size.unwrap_or(defaults.worker.batch_size);
     let worker_bin = match args.worker_bin {
         Some(path) => path,
-        None => std::env::current_exe().context("finding this binary")?,
+        None => beside_this_binary()?,
     };
     if args.runs == 0 || args.workers == 0 {
         bail!("--runs and --workers must be at least 1");

@@ -1,4 +1,4 @@
-//! The benchmark's quick mode, so that it never rots: `identity-sync bench` in both modes with a
+//! The benchmark's quick mode, so that it never rots: `identity-sync-bench` in both modes with a
 //! small load, checking that it completes and that every login got exactly one decision. No
 //! timing is asserted here; figures belong to docs/BENCHMARKS.md.
 
@@ -15,9 +15,11 @@ async fn the_benchmark_runs_in_quick_mode() {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let run = |args: &[&str], json: &std::path::Path| {
-        let output = Command::new(env!("CARGO_BIN_EXE_identity-sync"))
-            .arg("bench")
+        let output = Command::new(env!("CARGO_BIN_EXE_identity-sync-bench"))
             .args(args)
+            // The worker of the same build (`cargo test` at the root builds it).
+            .arg("--worker-bin")
+            .arg(idsync_test_support::binary())
             .args(["--runs", "1", "--json", json.to_str().unwrap()])
             .env("RUST_LOG", "warn")
             // The shell's settings for a real deployment must not reach the benchmark's workers.

@@ -20,7 +20,7 @@ use super::{
     env::Env,
     mix::{Mix, SOURCE},
 };
-use crate::settings::Settings;
+use identity_sync::settings::Settings;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrainRun {
@@ -59,7 +59,7 @@ pub async fn prepare_broker(env: &Env) -> anyhow::Result<(lapin::Connection, Set
     let settings = Settings::load_file(&env.config)?;
     let connection = env.broker().await?;
     let channel = connection.create_channel().await?;
-    crate::amqp::topology::declare(&channel, &settings.amqp).await?;
+    identity_sync::amqp::topology::declare(&channel, &settings.amqp).await?;
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()

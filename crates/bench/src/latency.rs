@@ -92,7 +92,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         .await?;
 
     let channel = connection.create_channel().await?;
-    let (reply_queue, replies) = crate::amqp::private_queue(&channel).await?;
+    let (reply_queue, replies) = identity_sync::amqp::private_queue(&channel).await?;
     let no_ack = BasicConsumeOptions {
         no_ack: true,
         ..Default::default()

@@ -187,7 +187,7 @@ pub async fn round_trips(
         }
     });
 
-    let (reply_queue, replies) = crate::amqp::private_queue(&setup).await?;
+    let (reply_queue, replies) = identity_sync::amqp::private_queue(&setup).await?;
     let clock = Clock::new(bodies.len(), warmup);
     let (latencies, collector) = pace::collect(replies, clock.clone(), pace::by_correlation_id);
     let publisher = connection.create_channel().await?;

@@ -9,59 +9,31 @@ use std::{
 
 use anyhow::{Context, bail};
 use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
-use serde_json::json;
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
+
+use idsync_test_support::Isolated;
 
 use super::mix::{Mix, POOL};
 
-fn pg_base() -> String {
-    std::env::var("IDSYNC_BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-fn amqp_base() -> String {
-    std::env::var("IDSYNC_BENCH_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
-}
-fn rabbit_api() -> String {
-    std::env::var("IDSYNC_BENCH_RABBITMQ_API")
-        .unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
-}
-
 pub struct Env {
+    /// The database and the vhost, removed when the environment is dropped.
+    _isolated: Isolated,
     pub id: String,
     pub db_url: String,
-    db_name: String,
-    vhost: String,
     pub amqp_url: String,
     pub config: PathBuf,
 }
 
 impl Env {
     pub async fn create(prefetch: u16, batch_size: usize) -> anyhow::Result<Self> {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let vhost = format!("idsync-bench-{id}");
-        let http = reqwest::Client::new();
-        http.put(format!("{}/vhosts/{vhost}", rabbit_api()))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .context(
-                "creating the bench vhost (RabbitMQ management plugin: scripts/services-up)",
-            )?;
-        http.put(format!("{}/permissions/{vhost}/guest", rabbit_api()))
-            .basic_auth("guest", Some("guest"))
-            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())?;
-        let db_name = format!("idsync_bench_{id}");
+        let isolated = Isolated::create("idsync-bench").await?;
+        let id = isolated.id.clone();
         let env = Self {
-            db_url: format!("{}/{db_name}", pg_base()),
-            amqp_url: format!("{}/{vhost}", amqp_base()),
+            db_url: isolated.db_url.clone(),
+            amqp_url: isolated.amqp_url.clone(),
             config: std::env::temp_dir().join(format!("idsync-bench-{id}.toml")),
             id,
-            db_name,
-            vhost,
+            _isolated: isolated,
         };
         std::fs::write(
             &env.config,
@@ -154,35 +126,8 @@ match_fields = ["email"]
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let (db_name, vhost, config) = (
-            self.db_name.clone(),
-            self.vhost.clone(),
-            self.config.clone(),
-        );
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(mut conn) =
-                    PgConnection::connect(&format!("{}/postgres", pg_base())).await
-                {
-                    let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-                let _ = reqwest::Client::new()
-                    .delete(format!("{}/vhosts/{vhost}", rabbit_api()))
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await;
-            });
-            let _ = std::fs::remove_file(config);
-        })
-        .join()
-        .ok();
+        // The database and the vhost go with `isolated`.
+        let _ = std::fs::remove_file(&self.config);
     }
 }
 

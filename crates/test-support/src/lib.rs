@@ -1,0 +1,18 @@
+//! What the integration tests, the fault tests and the benchmark share: an isolated database and
+//! vhost per run on this machine's PostgreSQL and RabbitMQ, the application under test, the
+//! platform's side of the broker, and the data every test environment holds. Each concern is a
+//! module; everything is re-exported at the root for `use idsync_test_support::*`.
+
+pub mod app;
+pub mod broker;
+pub mod data;
+pub mod figures;
+pub mod isolated;
+pub mod services;
+
+pub use app::*;
+pub use broker::*;
+pub use data::*;
+pub use figures::*;
+pub use isolated::{Isolated, binary};
+pub use services::*;
