@@ -350,6 +350,17 @@ impl Settings {
         if self.amqp.delivery_limit < 1 {
             return invalid("amqp.delivery_limit must be at least 1".into());
         }
+        self.validate_queues()?;
+        validate_listen(&self.admin.listen).map_err(SettingsError::Invalid)?;
+        self.validate_durations()?;
+        self.validate_tokens()?;
+        self.connection_settings().map(|_| ())
+    }
+
+    /// The reply prefix stays out of the broker's names and of the worker's own queues, and the
+    /// worker's queues are three.
+    fn validate_queues(&self) -> Result<(), SettingsError> {
+        let invalid = |m: String| Err(SettingsError::Invalid(m));
         if self.amqp.reply_queue_prefix.is_empty()
             || self.amqp.reply_queue_prefix.starts_with("amq.")
         {
@@ -382,8 +393,12 @@ impl Settings {
                 ));
             }
         }
-        validate_listen(&self.admin.listen).map_err(SettingsError::Invalid)?;
-        self.validate_durations()?;
+        Ok(())
+    }
+
+    /// Token names are set and unique; each token has exactly one source.
+    fn validate_tokens(&self) -> Result<(), SettingsError> {
+        let invalid = |m: String| Err(SettingsError::Invalid(m));
         let mut names = std::collections::HashSet::new();
         for (i, token) in self.admin.tokens.iter().enumerate() {
             if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
@@ -403,7 +418,7 @@ impl Settings {
                 ));
             }
         }
-        self.connection_settings().map(|_| ())
+        Ok(())
     }
 
     /// Every duration must be within a century (a longer one is a typo, and would overflow the

@@ -108,6 +108,55 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
 
     let workers = env.start_workers(options.worker_bin, options.workers)?;
     let total = bodies.len() as i64;
+    let (started, finished, outbox_drained) =
+        wait_until_drained(&connection, &settings, &db, total).await?;
+    let (peak_rss_mib, cpu_seconds) = workers.stats();
+    workers.stop();
+
+    let (outcomes, exact) = outcomes(&db, &mix, total).await?;
+    db.close().await;
+    let _ = connection.close(200, "done".into()).await;
+
+    let seconds = (finished - started).as_secs_f64();
+    let events_per_second = total as f64 / seconds;
+    let baseline_eps = if options.baseline {
+        eprintln!("bench {}: raw broker baseline", env.id);
+        Some(
+            baseline::run(
+                &env,
+                &bodies,
+                options.prefetch,
+                options.batch_size,
+                settings.amqp.delivery_limit,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok(DrainRun {
+        events: bodies.len(),
+        seconds,
+        events_per_second,
+        baseline_events_per_second: baseline_eps,
+        ratio: baseline_eps.map(|b| events_per_second / b),
+        outbox_drained_seconds: outbox_drained,
+        peak_rss_mib,
+        cpu_us_per_event: cpu_seconds * 1e6 / total as f64,
+        outcomes,
+        one_decision_per_event: exact,
+    })
+}
+
+/// Waits until the work queue is empty, every login decided and the outbox published; returns
+/// when consumption started, when the last login was decided, and the seconds until the outbox
+/// was drained.
+async fn wait_until_drained(
+    connection: &lapin::Connection,
+    settings: &Settings,
+    db: &PgPool,
+    total: i64,
+) -> anyhow::Result<(Instant, Instant, f64)> {
     // Progress is read from the broker (cheap) while the queue empties, and from the database
     // (a count that is not free) only for the last deliveries, so that measuring does not take
     // the database's time from the worker.
@@ -143,7 +192,7 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let finished = loop {
-        let done = decided(&db).await;
+        let done = decided(db).await;
         if done >= total {
             break Instant::now();
         }
@@ -155,61 +204,35 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
     loop {
         let left: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&db)
+                .fetch_one(db)
                 .await?;
         if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let outbox_drained = started.elapsed().as_secs_f64();
-    drop(probe);
-    let (peak_rss_mib, cpu_seconds) = workers.stats();
-    workers.stop();
+    Ok((started, finished, started.elapsed().as_secs_f64()))
+}
 
+/// The outcomes of the run's logins, and whether each login got exactly one decision of the
+/// kind the mix expects.
+async fn outcomes(
+    db: &PgPool,
+    mix: &Mix,
+    total: i64,
+) -> anyhow::Result<(BTreeMap<String, i64>, bool)> {
     let outcomes: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
         "SELECT outcome, count(*) FROM processed_events WHERE source = $1 GROUP BY 1",
     )
     .bind(SOURCE)
-    .fetch_all(&db)
+    .fetch_all(db)
     .await?
     .into_iter()
     .collect();
-    let exact = decided(&db).await == total
+    let exact = decided(db).await == total
         && mix
             .expected()
             .iter()
             .all(|(outcome, n)| outcomes.get(*outcome) == Some(&(*n as i64)));
-    db.close().await;
-    let _ = connection.close(200, "done".into()).await;
-
-    let seconds = (finished - started).as_secs_f64();
-    let events_per_second = total as f64 / seconds;
-    let baseline_eps = if options.baseline {
-        eprintln!("bench {}: raw broker baseline", env.id);
-        Some(
-            baseline::run(
-                &env,
-                &bodies,
-                options.prefetch,
-                options.batch_size,
-                settings.amqp.delivery_limit,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-    Ok(DrainRun {
-        events: bodies.len(),
-        seconds,
-        events_per_second,
-        baseline_events_per_second: baseline_eps,
-        ratio: baseline_eps.map(|b| events_per_second / b),
-        outbox_drained_seconds: outbox_drained,
-        peak_rss_mib,
-        cpu_us_per_event: cpu_seconds * 1e6 / total as f64,
-        outcomes,
-        one_decision_per_event: exact,
-    })
+    Ok((outcomes, exact))
 }

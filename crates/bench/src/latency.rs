@@ -1,7 +1,13 @@
 //! Latency mode: logins are published at a fixed rate, each asking for a reply; the time from
 //! publishing to the decision's reply, and to the downstream event it causes, is measured.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::task::JoinHandle;
 
 use anyhow::bail;
 use lapin::{
@@ -91,35 +97,13 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         .wait_consuming(&connection, &settings.amqp.work_queue)
         .await?;
 
-    let channel = connection.create_channel().await?;
-    let (reply_queue, replies) = identity_sync::amqp::private_queue(&channel).await?;
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let events = channel
-        .basic_consume(
-            "bench.subscriber".into(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await?;
-
     let clock = Clock::new(bodies.len(), warmup);
-    let (reply_latencies, reply_task) =
-        pace::collect(replies, clock.clone(), pace::by_correlation_id);
-    // A downstream event names the login that caused it.
-    let (event_latencies, event_task) = pace::collect(events, clock.clone(), |delivery| {
-        serde_json::from_slice::<Value>(&delivery.data)
-            .ok()?
-            .pointer("/data/cause_event_id")?
-            .as_str()?
-            .strip_prefix(PREFIX)?
-            .parse()
-            .ok()
-    });
-
+    let listening = listen(&connection, &clock).await?;
+    let (reply_queue, reply_latencies, event_latencies) = (
+        &listening.reply_queue,
+        &listening.replies,
+        &listening.events,
+    );
     eprintln!(
         "bench {}: {} logins at {}/s",
         env.id,
@@ -137,37 +121,27 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         &settings.amqp.routing_key,
         &bodies,
         options.rate,
-        &reply_queue,
+        reply_queue,
         &clock,
     )
     .await?;
     let measured = clock.measured();
-    pace::wait_for(&reply_latencies, measured, Duration::from_secs(30)).await;
+    pace::wait_for(reply_latencies, measured, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (peak_rss_mib, cpu_after) = workers.stats();
     workers.stop();
-    reply_task.abort();
-    event_task.abort();
+    listening.stop();
     let _ = connection.close(200, "done".into()).await;
     db.close().await;
 
     let baseline_reply = if options.baseline {
-        eprintln!("bench {}: raw broker round trips at the same rate", env.id);
-        let samples = super::baseline::round_trips(
-            &env,
-            &bodies,
-            options.rate,
-            options.prefetch,
-            settings.amqp.delivery_limit,
-            warmup,
-        )
-        .await?;
-        Some(Percentiles::of(samples))
+        let limit = settings.amqp.delivery_limit;
+        Some(baseline(&env, &bodies, options, limit, warmup).await?)
     } else {
         None
     };
-    let reply = Percentiles::of(pace::take(&reply_latencies));
-    let downstream_event = Percentiles::of(pace::take(&event_latencies));
+    let reply = Percentiles::of(pace::take(reply_latencies));
+    let downstream_event = Percentiles::of(pace::take(event_latencies));
     Ok(LatencyRun {
         baseline_reply,
         offered_rate: options.rate,
@@ -179,4 +153,80 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         peak_rss_mib,
         cpu_us_per_event: (cpu_after - cpu_before) * 1e6 / bodies.len() as f64,
     })
+}
+
+/// Where a run's replies and downstream events arrive, with the latency of each collected as
+/// it comes.
+struct Listening {
+    reply_queue: lapin::types::ShortString,
+    replies: Arc<Mutex<Vec<f64>>>,
+    events: Arc<Mutex<Vec<f64>>>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Listening {
+    fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A private reply queue and the subscriber queue, each collecting latencies on `clock`.
+async fn listen(connection: &lapin::Connection, clock: &Arc<Clock>) -> anyhow::Result<Listening> {
+    let channel = connection.create_channel().await?;
+    let (reply_queue, replies) = identity_sync::amqp::private_queue(&channel).await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let events = channel
+        .basic_consume(
+            "bench.subscriber".into(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let (reply_latencies, reply_task) =
+        pace::collect(replies, clock.clone(), pace::by_correlation_id);
+    // A downstream event names the login that caused it.
+    let (event_latencies, event_task) = pace::collect(events, clock.clone(), |delivery| {
+        serde_json::from_slice::<Value>(&delivery.data)
+            .ok()?
+            .pointer("/data/cause_event_id")?
+            .as_str()?
+            .strip_prefix(PREFIX)?
+            .parse()
+            .ok()
+    });
+
+    Ok(Listening {
+        reply_queue,
+        replies: reply_latencies,
+        events: event_latencies,
+        tasks: [reply_task, event_task],
+    })
+}
+
+/// Raw broker round trips at the same rate, measured the same way.
+async fn baseline(
+    env: &Env,
+    bodies: &[Vec<u8>],
+    options: &LatencyOptions<'_>,
+    delivery_limit: u32,
+    warmup: usize,
+) -> anyhow::Result<Percentiles> {
+    eprintln!("bench {}: raw broker round trips at the same rate", env.id);
+    let samples = super::baseline::round_trips(
+        env,
+        bodies,
+        options.rate,
+        options.prefetch,
+        delivery_limit,
+        warmup,
+    )
+    .await?;
+    Ok(Percentiles::of(samples))
 }

@@ -15,7 +15,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use identity_sync::settings::Settings;
 
@@ -120,10 +120,19 @@ fn beside_this_binary() -> anyhow::Result<PathBuf> {
     Ok(worker)
 }
 
+/// What every mode shares: the worker under test and how many of it, its queue settings, the
+/// repetitions, and the machine.
+struct Common {
+    workers: usize,
+    prefetch: u16,
+    batch_size: usize,
+    runs: usize,
+    worker_bin: PathBuf,
+    machine: String,
+}
+
 async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let defaults = Settings::default();
-    let prefetch = args.prefetch.unwrap_or(defaults.amqp.prefetch);
-    let batch_size = args.batch_size.unwrap_or(defaults.worker.batch_size);
     let worker_bin = match args.worker_bin {
         Some(path) => path,
         None => beside_this_binary()?,
@@ -131,95 +140,19 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 || args.workers == 0 {
         bail!("--runs and --workers must be at least 1");
     }
-    let machine = machine();
+    let common = Common {
+        workers: args.workers,
+        prefetch: args.prefetch.unwrap_or(defaults.amqp.prefetch),
+        batch_size: args.batch_size.unwrap_or(defaults.worker.batch_size),
+        runs: args.runs,
+        worker_bin,
+        machine: machine(),
+    };
     let report = match args.mode {
         Mode::Drain {
             events,
             no_baseline,
-        } => {
-            let options = drain::DrainOptions {
-                events,
-                workers: args.workers,
-                prefetch,
-                batch_size,
-                baseline: !no_baseline,
-                worker_bin: &worker_bin,
-            };
-            let mut runs = Vec::new();
-            for n in 1..=args.runs {
-                let run = drain::run(&options).await?;
-                println!(
-                    "run {n}: {:>7.0} events/s{}  outbox drained {:.2} s  peak RSS {:.1} MiB  CPU {:.0} us/event  exact: {}",
-                    run.events_per_second,
-                    match (run.baseline_events_per_second, run.ratio) {
-                        (Some(b), Some(r)) => format!("  baseline {b:>7.0}/s  ratio {r:.2}"),
-                        _ => String::new(),
-                    },
-                    run.outbox_drained_seconds,
-                    run.peak_rss_mib,
-                    run.cpu_us_per_event,
-                    if run.one_decision_per_event {
-                        "yes"
-                    } else {
-                        "NO"
-                    },
-                );
-                runs.push(run);
-            }
-            let pick = |f: &dyn Fn(&drain::DrainRun) -> Option<f64>| {
-                median(runs.iter().filter_map(f).collect())
-            };
-            let summary = json!({
-                "events_per_second": pick(&|r| Some(r.events_per_second)),
-                "baseline_events_per_second": pick(&|r| r.baseline_events_per_second),
-                "ratio": pick(&|r| r.ratio),
-                "peak_rss_mib": pick(&|r| Some(r.peak_rss_mib)),
-                "cpu_us_per_event": pick(&|r| Some(r.cpu_us_per_event)),
-                "outbox_drained_seconds": pick(&|r| Some(r.outbox_drained_seconds)),
-            });
-            println!(
-                "identity-sync drain benchmark: median of {} run(s)",
-                runs.len()
-            );
-            println!("  machine                {machine}");
-            println!("  events per run         {events}");
-            println!("  workers                {}", args.workers);
-            println!("  prefetch / batch       {prefetch} / {batch_size}");
-            println!(
-                "  identity-sync          {:.0} events/s",
-                summary["events_per_second"].as_f64().unwrap_or(f64::NAN)
-            );
-            if !no_baseline {
-                println!(
-                    "  raw broker baseline    {:.0} events/s",
-                    summary["baseline_events_per_second"]
-                        .as_f64()
-                        .unwrap_or(f64::NAN)
-                );
-                println!(
-                    "  ratio                  {:.2}",
-                    summary["ratio"].as_f64().unwrap_or(f64::NAN)
-                );
-            }
-            println!(
-                "  worker peak RSS        {:.1} MiB",
-                summary["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-            );
-            println!(
-                "  worker CPU per event   {:.0} us",
-                summary["cpu_us_per_event"].as_f64().unwrap_or(f64::NAN)
-            );
-            let exact = runs.iter().all(|r| r.one_decision_per_event);
-            println!(
-                "  one decision per event {}",
-                if exact { "yes" } else { "NO" }
-            );
-            if !exact {
-                bail!("some logins did not get exactly one decision of the expected kind");
-            }
-            json!({"mode": "drain", "machine": machine, "events": events, "workers": args.workers,
-                   "prefetch": prefetch, "batch_size": batch_size, "median": summary, "runs": runs})
-        }
+        } => drain_mode(&common, events, no_baseline).await?,
         Mode::Latency {
             rate,
             duration,
@@ -230,83 +163,13 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 rate,
                 duration,
                 warmup,
-                workers: args.workers,
-                prefetch,
-                batch_size,
+                workers: common.workers,
+                prefetch: common.prefetch,
+                batch_size: common.batch_size,
                 baseline: !no_baseline,
-                worker_bin: &worker_bin,
+                worker_bin: &common.worker_bin,
             };
-            let mut runs = Vec::new();
-            for n in 1..=args.runs {
-                let run = latency::run(&options).await?;
-                println!(
-                    "run {n}: {:.0}/s offered  reply p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms  event p99 {:.1} ms  missing {}  RSS {:.1} MiB  CPU {:.0} us/event",
-                    run.achieved_rate,
-                    run.reply.p50_ms,
-                    run.reply.p95_ms,
-                    run.reply.p99_ms,
-                    run.reply.max_ms,
-                    run.downstream_event.p99_ms,
-                    run.missing_replies,
-                    run.peak_rss_mib,
-                    run.cpu_us_per_event,
-                );
-                runs.push(run);
-            }
-            let pick =
-                |f: &dyn Fn(&latency::LatencyRun) -> f64| median(runs.iter().map(f).collect());
-            let summary = json!({
-                "achieved_rate": pick(&|r| r.achieved_rate),
-                "reply_p50_ms": pick(&|r| r.reply.p50_ms),
-                "reply_p95_ms": pick(&|r| r.reply.p95_ms),
-                "reply_p99_ms": pick(&|r| r.reply.p99_ms),
-                "event_p50_ms": pick(&|r| r.downstream_event.p50_ms),
-                "event_p99_ms": pick(&|r| r.downstream_event.p99_ms),
-                "baseline_reply_p50_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p50_ms)),
-                "baseline_reply_p99_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p99_ms)),
-                "peak_rss_mib": pick(&|r| r.peak_rss_mib),
-                "cpu_us_per_event": pick(&|r| r.cpu_us_per_event),
-            });
-            let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "identity-sync latency benchmark: median of {} run(s)",
-                runs.len()
-            );
-            println!("  machine                {machine}");
-            println!(
-                "  offered rate           {rate}/s for {duration:?} (achieved {:.0}/s)",
-                f("achieved_rate")
-            );
-            println!("  workers                {}", args.workers);
-            println!("  prefetch / batch       {prefetch} / {batch_size}");
-            println!(
-                "  publish -> reply       p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",
-                f("reply_p50_ms"),
-                f("reply_p95_ms"),
-                f("reply_p99_ms")
-            );
-            println!(
-                "  publish -> event       p50 {:.1} ms  p99 {:.1} ms",
-                f("event_p50_ms"),
-                f("event_p99_ms")
-            );
-            if !no_baseline {
-                println!(
-                    "  raw broker round trip  p50 {:.1} ms  p99 {:.1} ms",
-                    f("baseline_reply_p50_ms"),
-                    f("baseline_reply_p99_ms")
-                );
-            }
-            println!("  worker peak RSS        {:.1} MiB", f("peak_rss_mib"));
-            println!("  worker CPU per event   {:.0} us", f("cpu_us_per_event"));
-            let missing: usize = runs.iter().map(|r| r.missing_replies).sum();
-            println!("  replies missing        {missing}");
-            if missing > 0 {
-                bail!("{missing} logins got no reply");
-            }
-            json!({"mode": "latency", "machine": machine, "rate": rate, "duration_seconds": duration.as_secs_f64(),
-                   "workers": args.workers, "prefetch": prefetch, "batch_size": batch_size,
-                   "median": summary, "runs": runs})
+            latency_mode(&common, &options).await?
         }
     };
     if let Some(path) = args.json {
@@ -314,6 +177,179 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `drain`: the runs, their medians printed, and the report.
+async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Result<Value> {
+    let options = drain::DrainOptions {
+        events,
+        workers: c.workers,
+        prefetch: c.prefetch,
+        batch_size: c.batch_size,
+        baseline: !no_baseline,
+        worker_bin: &c.worker_bin,
+    };
+    let mut runs = Vec::new();
+    for n in 1..=c.runs {
+        let run = drain::run(&options).await?;
+        println!(
+            "run {n}: {:>7.0} events/s{}  outbox drained {:.2} s  peak RSS {:.1} MiB  CPU {:.0} us/event  exact: {}",
+            run.events_per_second,
+            match (run.baseline_events_per_second, run.ratio) {
+                (Some(b), Some(r)) => format!("  baseline {b:>7.0}/s  ratio {r:.2}"),
+                _ => String::new(),
+            },
+            run.outbox_drained_seconds,
+            run.peak_rss_mib,
+            run.cpu_us_per_event,
+            if run.one_decision_per_event {
+                "yes"
+            } else {
+                "NO"
+            },
+        );
+        runs.push(run);
+    }
+    let pick =
+        |f: &dyn Fn(&drain::DrainRun) -> Option<f64>| median(runs.iter().filter_map(f).collect());
+    let summary = json!({
+        "events_per_second": pick(&|r| Some(r.events_per_second)),
+        "baseline_events_per_second": pick(&|r| r.baseline_events_per_second),
+        "ratio": pick(&|r| r.ratio),
+        "peak_rss_mib": pick(&|r| Some(r.peak_rss_mib)),
+        "cpu_us_per_event": pick(&|r| Some(r.cpu_us_per_event)),
+        "outbox_drained_seconds": pick(&|r| Some(r.outbox_drained_seconds)),
+    });
+    print_drain_summary(c, events, no_baseline, runs.len(), &summary);
+    let exact = runs.iter().all(|r| r.one_decision_per_event);
+    println!(
+        "  one decision per event {}",
+        if exact { "yes" } else { "NO" }
+    );
+    if !exact {
+        bail!("some logins did not get exactly one decision of the expected kind");
+    }
+    Ok(
+        json!({"mode": "drain", "machine": c.machine, "events": events, "workers": c.workers,
+              "prefetch": c.prefetch, "batch_size": c.batch_size, "median": summary, "runs": runs}),
+    )
+}
+
+fn print_drain_summary(c: &Common, events: usize, no_baseline: bool, runs: usize, summary: &Value) {
+    let (machine, prefetch, batch_size) = (&c.machine, c.prefetch, c.batch_size);
+    println!("identity-sync drain benchmark: median of {} run(s)", runs);
+    println!("  machine                {machine}");
+    println!("  events per run         {events}");
+    println!("  workers                {}", c.workers);
+    println!("  prefetch / batch       {prefetch} / {batch_size}");
+    println!(
+        "  identity-sync          {:.0} events/s",
+        summary["events_per_second"].as_f64().unwrap_or(f64::NAN)
+    );
+    if !no_baseline {
+        println!(
+            "  raw broker baseline    {:.0} events/s",
+            summary["baseline_events_per_second"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        );
+        println!(
+            "  ratio                  {:.2}",
+            summary["ratio"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "  worker peak RSS        {:.1} MiB",
+        summary["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  worker CPU per event   {:.0} us",
+        summary["cpu_us_per_event"].as_f64().unwrap_or(f64::NAN)
+    );
+}
+
+/// `latency`: the runs, their medians printed, and the report.
+async fn latency_mode(c: &Common, options: &latency::LatencyOptions<'_>) -> anyhow::Result<Value> {
+    let mut runs = Vec::new();
+    for n in 1..=c.runs {
+        let run = latency::run(options).await?;
+        println!(
+            "run {n}: {:.0}/s offered  reply p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms  event p99 {:.1} ms  missing {}  RSS {:.1} MiB  CPU {:.0} us/event",
+            run.achieved_rate,
+            run.reply.p50_ms,
+            run.reply.p95_ms,
+            run.reply.p99_ms,
+            run.reply.max_ms,
+            run.downstream_event.p99_ms,
+            run.missing_replies,
+            run.peak_rss_mib,
+            run.cpu_us_per_event,
+        );
+        runs.push(run);
+    }
+    let pick = |f: &dyn Fn(&latency::LatencyRun) -> f64| median(runs.iter().map(f).collect());
+    let summary = json!({
+        "achieved_rate": pick(&|r| r.achieved_rate),
+        "reply_p50_ms": pick(&|r| r.reply.p50_ms),
+        "reply_p95_ms": pick(&|r| r.reply.p95_ms),
+        "reply_p99_ms": pick(&|r| r.reply.p99_ms),
+        "event_p50_ms": pick(&|r| r.downstream_event.p50_ms),
+        "event_p99_ms": pick(&|r| r.downstream_event.p99_ms),
+        "baseline_reply_p50_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p50_ms)),
+        "baseline_reply_p99_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p99_ms)),
+        "peak_rss_mib": pick(&|r| r.peak_rss_mib),
+        "cpu_us_per_event": pick(&|r| r.cpu_us_per_event),
+    });
+    print_latency_summary(c, options, runs.len(), &summary);
+    let missing: usize = runs.iter().map(|r| r.missing_replies).sum();
+    println!("  replies missing        {missing}");
+    if missing > 0 {
+        bail!("{missing} logins got no reply");
+    }
+    Ok(
+        json!({"mode": "latency", "machine": c.machine, "rate": options.rate,
+              "duration_seconds": options.duration.as_secs_f64(), "workers": c.workers,
+              "prefetch": c.prefetch, "batch_size": c.batch_size, "median": summary, "runs": runs}),
+    )
+}
+
+fn print_latency_summary(
+    c: &Common,
+    options: &latency::LatencyOptions<'_>,
+    runs: usize,
+    summary: &Value,
+) {
+    let (machine, prefetch, batch_size) = (&c.machine, c.prefetch, c.batch_size);
+    let (rate, duration, no_baseline) = (options.rate, options.duration, !options.baseline);
+    let f = |k: &str| summary[k].as_f64().unwrap_or(f64::NAN);
+    println!("identity-sync latency benchmark: median of {} run(s)", runs);
+    println!("  machine                {machine}");
+    println!(
+        "  offered rate           {rate}/s for {duration:?} (achieved {:.0}/s)",
+        f("achieved_rate")
+    );
+    println!("  workers                {}", c.workers);
+    println!("  prefetch / batch       {prefetch} / {batch_size}");
+    println!(
+        "  publish -> reply       p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms",
+        f("reply_p50_ms"),
+        f("reply_p95_ms"),
+        f("reply_p99_ms")
+    );
+    println!(
+        "  publish -> event       p50 {:.1} ms  p99 {:.1} ms",
+        f("event_p50_ms"),
+        f("event_p99_ms")
+    );
+    if !no_baseline {
+        println!(
+            "  raw broker round trip  p50 {:.1} ms  p99 {:.1} ms",
+            f("baseline_reply_p50_ms"),
+            f("baseline_reply_p99_ms")
+        );
+    }
+    println!("  worker peak RSS        {:.1} MiB", f("peak_rss_mib"));
+    println!("  worker CPU per event   {:.0} us", f("cpu_us_per_event"));
 }
 
 /// CPU model and count, and memory: enough to compare figures between machines.
