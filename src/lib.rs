@@ -4,21 +4,21 @@
 //! `amqp`, `db` and `http` are the adapters; `startup` wires them into the running service.
 
 pub mod accounts;
-pub mod admin;
+pub(crate) mod admin;
 pub mod amqp;
 pub mod cli;
 pub mod db;
 pub mod domain;
-pub mod failpoint;
-pub mod health;
-pub mod http;
-pub mod metrics;
-pub mod pipeline;
-pub mod relay;
-pub mod retention;
-pub mod retry;
+pub(crate) mod failpoint;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
+pub(crate) mod relay;
+pub(crate) mod retention;
+pub(crate) mod retry;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod verify;
-pub mod worker;
+pub(crate) mod worker;
