@@ -129,7 +129,8 @@ impl Application {
         if trusted.is_empty() {
             tracing::warn!(
                 "amqp.trusted_publishers is empty: any broker user that can publish to the \
-                 inbound exchange is heard; list the platform's broker user(s) there"
+                 inbound exchange is heard for logins, and every command is dead-lettered; list \
+                 the platform's broker user(s) there"
             );
         }
     }

@@ -56,7 +56,9 @@ pub async fn load(
                          AS linked_connections
                 FROM users u
                 WHERE u.email = ANY($3) OR u.phone = ANY($4) OR u.username = ANY($5)
-                   OR u.id IN (SELECT user_id FROM identities WHERE external_id = ANY($2))) u)
+                   -- An array computed once, so that this too is an index lookup.
+                   OR u.id = ANY(ARRAY(
+                        SELECT user_id FROM identities WHERE external_id = ANY($2)))) u)
                AS "users!: Json<Vec<MatchRow>>""#,
         event_ids,
         external_ids,

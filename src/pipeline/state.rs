@@ -194,6 +194,7 @@ impl BatchState {
                 username: user.username.clone(),
                 name: user.name.clone(),
             },
+            protected: user.protected,
             snapshot,
         })
     }

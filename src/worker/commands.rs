@@ -33,6 +33,9 @@ impl Commands {
 impl Processor for Commands {
     type Message = CommandEvent;
     type Reply = CommandReply;
+    /// A command can link any candidate (or, with proof `admin`, any account): only the
+    /// platform's own broker users may send one.
+    const TRUSTED_ONLY: bool = true;
     const CONSUMER: Consumer = Consumer::Commands;
 
     fn queue(amqp: &AmqpSettings) -> &str {

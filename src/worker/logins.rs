@@ -17,6 +17,7 @@ use super::Processor;
 impl Processor for Pipeline {
     type Message = LoginEvent;
     type Reply = Reply;
+    const TRUSTED_ONLY: bool = false;
     const CONSUMER: Consumer = Consumer::Logins;
 
     fn queue(amqp: &AmqpSettings) -> &str {

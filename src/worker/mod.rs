@@ -46,6 +46,9 @@ pub trait Processor: Send + Sync + 'static {
     type Reply: serde::Serialize + Send + Sync;
     /// Which consumer this is (readiness, logs, the consumer tag).
     const CONSUMER: Consumer;
+    /// Whether messages are heard only from `amqp.trusted_publishers`, so that none is heard
+    /// while the list is empty.
+    const TRUSTED_ONLY: bool;
     /// The queue consumed.
     fn queue(amqp: &AmqpSettings) -> &str;
     /// Unacknowledged deliveries the broker may push.
@@ -427,6 +430,15 @@ impl<P: Processor> Worker<P> {
     /// Permanent checks that need no database: the publisher, then the body.
     fn check(&self, delivery: &Delivery) -> Result<P::Message, Rejection> {
         let trusted = &self.settings.amqp.trusted_publishers;
+        if trusted.is_empty() && P::TRUSTED_ONLY {
+            return Err(Rejection::new(
+                RejectionKind::UntrustedPublisher,
+                format!(
+                    "{} are heard only from amqp.trusted_publishers, which is empty",
+                    P::CONSUMER.as_str()
+                ),
+            ));
+        }
         if !trusted.is_empty() {
             let user = delivery.properties.user_id().as_ref().map(|u| u.as_str());
             if !user.is_some_and(|u| trusted.iter().any(|t| t == u)) {

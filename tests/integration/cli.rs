@@ -356,7 +356,8 @@ async fn send_command_finishes_asking_for_binding() {
     let db = services.migrate().await;
     let chen = create_user(&db, Some("chen@example.com"), None, None).await;
     let boss = create_user(&db, Some("boss@example.com"), None, None).await;
-    let app = TestApp::spawn(&services).await;
+    // send-login and send-command publish as the URL's user (guest), which commands need trusted.
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
     let login = [
         "send-login",
         "--connection",

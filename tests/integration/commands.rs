@@ -52,8 +52,8 @@ async fn a_person_finishes_asking_for_binding_over_the_queue() {
     let services = Services::new().await;
     let db = services.migrate().await;
     let chen = create_user(&db, Some("chen@example.com"), None, Some("chen")).await;
-    let app = TestApp::spawn(&services).await;
-    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
     let binding = pending_binding(&mut broker, "asking", "wc-chen", "chen@example.com").await;
 
     // The person proved with their password that `chen` is theirs.
@@ -134,11 +134,11 @@ async fn each_refusal_is_replied_with_the_admin_apis_code() {
     let db = services.migrate().await;
     let chen = create_user(&db, Some("chen@example.com"), None, Some("chen")).await;
     let stranger = create_user(&db, Some("stranger@example.com"), None, None).await;
-    let mut settings = services.settings();
+    let mut settings = services.trusting_guest();
     // Expiry happens when a resolution finds the binding overdue, not in the background.
     settings.admin.expiry_sweep_interval = std::time::Duration::from_secs(3600);
     let app = TestApp::spawn_with(settings).await;
-    let mut broker = Broker::connect(&services).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
     let binding = pending_binding(&mut broker, "asking", "wc-chen", "chen@example.com").await;
 
     // No such binding.
@@ -229,8 +229,8 @@ async fn each_refusal_is_replied_with_the_admin_apis_code() {
 async fn a_command_unlinks_an_identity() {
     let services = Services::new().await;
     let db = services.migrate().await;
-    let app = TestApp::spawn(&services).await;
-    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
     let created = broker
         .login(&login(
             "plain",
@@ -278,8 +278,8 @@ async fn a_command_that_cannot_be_read_is_dead_lettered_with_its_reason() {
     let services = Services::new().await;
     let db = services.migrate().await;
     let chen = create_user(&db, Some("chen@example.com"), None, None).await;
-    let app = TestApp::spawn(&services).await;
-    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
     let binding = pending_binding(&mut broker, "asking", "wc-chen", "chen@example.com").await;
 
     let cases = [
@@ -446,8 +446,8 @@ async fn a_command_from_an_untrusted_publisher_is_dead_lettered_unanswered() {
 async fn of_a_command_and_an_admin_resolve_racing_exactly_one_wins() {
     let services = Services::new().await;
     let db = services.migrate().await;
-    let app = TestApp::spawn(&services).await;
-    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
 
     for round in 0..5 {
         // A candidate of its own per round: a link in one round would bar it from the next.
@@ -521,7 +521,7 @@ async fn of_a_command_and_an_admin_resolve_racing_exactly_one_wins() {
 #[tokio::test]
 async fn commands_go_to_their_own_quorum_queue() {
     let services = Services::new().await;
-    let app = TestApp::spawn(&services).await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
     let broker = Broker::connect(&services).await;
     // Declaring it passively with the same arguments succeeds only if it exists as declared.
     let queue = broker
@@ -539,5 +539,36 @@ async fn commands_go_to_their_own_quorum_queue() {
     assert_eq!(queue.consumer_count(), 1, "the worker consumes it");
     let (status, ready) = app.api_as(None).get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_trusted_publishers_no_command_is_heard() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let chen = create_user(&db, Some("chen@example.com"), None, None).await;
+    // amqp.trusted_publishers is empty: logins are heard from anyone, commands from no one (the
+    // owner of an identity could otherwise resolve its own binding to the account it was parked
+    // away from).
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
+    let binding = pending_binding(&mut broker, "asking", "wc-chen", "chen@example.com").await;
+    let sent = broker
+        .request_command(RESOLVE, "open-1", link(binding, chen, "admin"))
+        .await;
+    let reason = error_header(&broker.dead_letter().await);
+    assert!(
+        reason.starts_with(
+            "untrusted_publisher: commands are heard only from amqp.trusted_publishers"
+        ),
+        "{reason}"
+    );
+    // Not answered, as any untrusted publisher; logins go on.
+    let next = broker.login(&login("plain", "after", json!({}))).await;
+    assert_eq!(next.outcome, Outcome::UserCreated);
+    assert!(!broker.replied(&sent), "no reply to the command");
+    let (_, shown) = app.api().get(&format!("/v1/bindings/{binding}")).await;
+    assert_eq!(shown["status"], "pending");
+    assert_eq!(count(&db, "SELECT count(*) FROM identities").await, 1);
     app.stop().await;
 }

@@ -27,8 +27,8 @@ async fn the_console_resolves_a_binding() {
         Some("browser"),
     )
     .await;
-    let app = TestApp::spawn(&services).await;
-    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
     let reply = broker
         .login(&login(
             "asking",

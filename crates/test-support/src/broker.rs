@@ -53,6 +53,9 @@ pub struct Broker {
     events: Consumer,
     buffered_replies: HashMap<String, Value>,
     settings: Settings,
+    /// The `user_id` every publish carries (the connection's own user, as RabbitMQ checks):
+    /// set for a platform among `amqp.trusted_publishers`.
+    user_id: Option<String>,
 }
 
 pub struct Captured {
@@ -62,6 +65,14 @@ pub struct Captured {
 }
 
 impl Broker {
+    /// The platform as a trusted publisher: every publish carries `user_id` `guest`, the test
+    /// broker's user (see [`Services::trusting_guest`]).
+    pub async fn connect_as_platform(services: &Services) -> Self {
+        let mut broker = Self::connect(services).await;
+        broker.user_id = Some("guest".into());
+        broker
+    }
+
     pub async fn connect(services: &Services) -> Self {
         Self::connect_with(services, services.settings(), true).await
     }
@@ -139,6 +150,7 @@ impl Broker {
             events,
             buffered_replies: HashMap::new(),
             settings,
+            user_id: None,
         }
     }
 
@@ -151,6 +163,10 @@ impl Broker {
     /// Publishes raw bytes to the inbound exchange under `routing_key`, and waits for the
     /// broker's confirm.
     pub async fn publish_to(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        let properties = match (&self.user_id, properties.user_id()) {
+            (Some(user), None) => properties.with_user_id(user.as_str().into()),
+            _ => properties,
+        };
         let confirm = self
             .channel
             .basic_publish(

@@ -122,6 +122,14 @@ orphan_after = "2s"
         Settings::load(Some(&self.config_path())).expect("test configuration is valid")
     }
 
+    /// The settings with the test broker's user (`guest`) as the one trusted publisher: what
+    /// commands need. Publish as [`crate::Broker::connect_as_platform`].
+    pub fn trusting_guest(&self) -> Settings {
+        let mut settings = self.settings();
+        settings.amqp.trusted_publishers = vec!["guest".into()];
+        settings
+    }
+
     pub async fn db(&self) -> PgPool {
         // The application creates and migrates the database; tests that look before it started
         // call `migrate` first.

@@ -2,11 +2,12 @@
 //! now sends another usable email, phone or username than the identity's last snapshot, such as
 //! a new corporate address or a phone number recycled to someone else.
 //!
-//! Only a value the login carries and may use (valid, not a lookalike, in an allowed domain,
-//! verified where the connection requires it) is compared: a field the source leaves out this
+//! Only a value the login carries and may use (valid, not a lookalike, in an allowed domain, and
+//! for an email or a phone verified by the source) is compared, with the snapshot's value judged
+//! the same way: a field the source leaves out this
 //! time is not a change. With `on_profile_change = "update_user"` the new value is copied onto
 //! the account unless another account of the pool holds it (a collision, reported and never
-//! applied) or the account has it already.
+//! applied), the account has it already, or the account is protected.
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -44,6 +45,8 @@ pub struct ProfileChange {
 pub struct LinkedAccount {
     /// The account's current values.
     pub user: UserSummary,
+    /// A protected account: changes are reported, never applied.
+    pub protected: bool,
     /// The identity's last profile, normalised with the connection's current settings.
     pub snapshot: NormalizedFields,
 }
@@ -97,10 +100,10 @@ pub fn judge(
     let mut changes = Vec::new();
     let mut changed = Vec::new();
     for field in MatchField::ALL.iter().copied() {
-        let Some(new) = usable_value(login, settings, field) else {
+        let Some(new) = changed_value(login, settings, field) else {
             continue;
         };
-        let old = any_value(&linked.snapshot, field);
+        let old = changed_value(&linked.snapshot, settings, field);
         if old.as_deref() == Some(new.as_str()) {
             continue;
         }
@@ -108,7 +111,9 @@ pub fn judge(
             .iter()
             .find(|u| u.id != user.id && held(u, field, &new))
             .map(|u| u.id);
-        let applied = update && held_by.is_none() && !account_has(&user, field, &new);
+        // A protected account (an admin's, a break-glass one) is never rewritten by a source.
+        let applied =
+            update && !linked.protected && held_by.is_none() && !account_has(&user, field, &new);
         if applied {
             copy(&mut user, login, field);
             changed.push(field);
@@ -133,13 +138,22 @@ pub fn judge(
     Some(Drift { changes, update })
 }
 
-/// The snapshot's canonical value of `field`, usable or not.
-fn any_value(fields: &NormalizedFields, field: MatchField) -> Option<String> {
-    match field {
-        MatchField::Email => fields.email.value().map(|v| v.to_string()),
-        MatchField::Phone => fields.phone.value().map(|v| v.to_string()),
-        MatchField::Username => fields.username.value().map(|v| v.to_string()),
-    }
+/// The canonical value of `field` that a change is judged on: usable under the connection's
+/// settings, and for an email or a phone verified by the source whatever `require_verified`
+/// says (an unverified address is anyone's claim).
+fn changed_value(
+    fields: &NormalizedFields,
+    settings: &ConnectionSettings,
+    field: MatchField,
+) -> Option<String> {
+    let verified = match field {
+        MatchField::Email => fields.email_verified,
+        MatchField::Phone => fields.phone_verified,
+        MatchField::Username => true,
+    };
+    verified
+        .then(|| usable_value(fields, settings, field))
+        .flatten()
 }
 
 fn held(user: &PoolUser, field: MatchField, value: &str) -> bool {
@@ -205,6 +219,7 @@ mod tests {
                 username: snapshot.username.value().cloned(),
                 name: Some("Zhang San".into()),
             },
+            protected: false,
             snapshot,
         }
     }
@@ -303,6 +318,44 @@ mod tests {
         assert_eq!(update.user.email.as_deref(), Some("zs@corp.example"));
         assert_eq!(update.user.phone.as_deref(), Some("+8613900139000"));
         assert_eq!(update.user.name.as_deref(), Some("Zhang San"));
+    }
+
+    #[test]
+    fn an_unverified_value_is_no_change_even_where_verification_is_not_required() {
+        let mut s = settings("update_user");
+        s.require_verified = false;
+        let login = fields(
+            json!({"email": "squat@corp.example", "email_verified": false,
+                   "phone": "13900139000"}),
+            &s,
+        );
+        assert_eq!(judge(&login, &s, &account(&s, OLD()), &[]), None);
+    }
+
+    #[test]
+    fn a_value_that_becomes_verified_is_a_change() {
+        let s = settings("notify");
+        let old = json!({"phone": "13900139000", "phone_verified": false});
+        let login = fields(json!({"phone": "13900139000", "phone_verified": true}), &s);
+        let drift = judge(&login, &s, &account(&s, old), &[]).unwrap();
+        assert_eq!(
+            drift.changes[0].old, None,
+            "the unverified number was nobody's"
+        );
+    }
+
+    #[test]
+    fn a_protected_account_is_reported_never_rewritten() {
+        let s = settings("update_user");
+        let login = fields(
+            json!({"email": "zs@new.example", "email_verified": true}),
+            &s,
+        );
+        let mut linked = account(&s, OLD());
+        linked.protected = true;
+        let drift = judge(&login, &s, &linked, &[]).unwrap();
+        assert!(!drift.changes[0].applied);
+        assert_eq!(drift.update, None);
     }
 
     #[test]
