@@ -142,9 +142,12 @@ async fn seed(pool: &PgPool, mix: &Mix) -> anyhow::Result<()> {
     .bind(users)
     .execute(pool)
     .await?;
+    // Each identity's snapshot is what its returning logins send (a steady state: no changed
+    // identifiers to report).
     sqlx::query(
         "INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
-         SELECT $1, 'returning', 'r' || substring(email FROM 2 FOR position('@' IN email) - 2), id, '{}'
+         SELECT $1, 'returning', 'r' || substring(email FROM 2 FOR position('@' IN email) - 2), id,
+                jsonb_build_object('email', email, 'email_verified', true, 'name', 'Returning')
          FROM users WHERE substring(email FROM 2 FOR position('@' IN email) - 2)::int < $2",
     )
     .bind(POOL)
