@@ -52,6 +52,7 @@ pub mod email;
 pub mod events;
 pub mod identifier;
 pub mod login;
+pub mod mapping;
 pub mod mask;
 pub mod phone;
 #[cfg(test)]

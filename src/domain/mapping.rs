@@ -1,0 +1,228 @@
+//! Templates over a login's profile (contract section 9): `"+{attributes.state_code}{attributes.mobile}"`
+//! builds a value for an account field out of the fields a source really sends. A placeholder
+//! names a path into the profile's nested objects, keys separated by dots; a template yields a
+//! value only when every placeholder finds one.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Longest template accepted, in characters: a mapping is configuration, not data.
+const MAX_TEMPLATE_CHARS: usize = 512;
+
+/// A parsed template: literal text and placeholders, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    /// A path of object keys into the profile.
+    Placeholder(Vec<String>),
+}
+
+impl Template {
+    /// Reads a template: text with `{path.to.key}` placeholders; `{{` and `}}` stand for literal
+    /// braces. A key is letters, digits, `_` and `-`; the error says what is wrong and where.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.chars().count() > MAX_TEMPLATE_CHARS {
+            return Err(format!("longer than {MAX_TEMPLATE_CHARS} characters"));
+        }
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = raw.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|(_, n)| *n) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek().map(|(_, n)| *n) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '}' => return Err(format!("unmatched '}}' at {at} (write '}}}}' for a brace)")),
+                '{' => {
+                    let mut path = String::new();
+                    loop {
+                        match chars.next() {
+                            Some((_, '}')) => break,
+                            Some((_, c)) => path.push(c),
+                            None => return Err(format!("the placeholder at {at} is not closed")),
+                        }
+                    }
+                    if !literal.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(Part::Placeholder(path_of(&path, at)?));
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(Part::Literal(literal));
+        }
+        if !parts.iter().any(|p| matches!(p, Part::Placeholder(_))) {
+            return Err("no placeholder: a mapping takes something from the profile".into());
+        }
+        Ok(Self { parts })
+    }
+
+    /// The value for this profile: `None` when a placeholder finds nothing, an empty string, or
+    /// a value that is neither a string nor a number (an object, a list, a boolean, null).
+    /// Numbers are written as JSON writes them (`13800138000`, `86`).
+    pub fn render(&self, profile: &Map<String, Value>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Placeholder(path) => match lookup(profile, path)? {
+                    Value::String(s) if !s.trim().is_empty() => out.push_str(s),
+                    Value::Number(n) => out.push_str(&n.to_string()),
+                    _ => return None,
+                },
+            }
+        }
+        Some(out)
+    }
+
+    /// The paths the template reads, as written (`attributes.mobile`).
+    pub fn placeholders(&self) -> impl Iterator<Item = String> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Placeholder(path) => Some(path.join(".")),
+            Part::Literal(_) => None,
+        })
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => f.write_str(&text.replace('{', "{{").replace('}', "}}"))?,
+                Part::Placeholder(path) => write!(f, "{{{}}}", path.join("."))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn path_of(raw: &str, at: usize) -> Result<Vec<String>, String> {
+    let keys: Vec<String> = raw.split('.').map(str::to_owned).collect();
+    let valid = |k: &String| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if keys.iter().all(valid) {
+        Ok(keys)
+    } else {
+        Err(format!(
+            "the placeholder {{{raw}}} at {at} must be keys of letters, digits, '_' or '-' \
+             separated by dots"
+        ))
+    }
+}
+
+fn lookup<'a>(profile: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = profile.get(first)?;
+    for key in rest {
+        value = value.as_object()?.get(key)?;
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn profile(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    /// DingTalk's user detail: the country code apart from the mobile number.
+    fn dingtalk() -> Map<String, Value> {
+        profile(json!({
+            "unionid": "z21HjQliSzpw0YWCNxmii6u2Os62cZ62iSZ", "userid": "zhangsan",
+            "attributes": {"state_code": "86", "mobile": "13800138000", "job_number": 4021,
+                           "org_email": "", "active": true, "dept_id_list": [1, 2],
+                           "extension": {"level": "P7"}, "title": null},
+        }))
+    }
+
+    fn render(template: &str) -> Option<String> {
+        Template::parse(template).unwrap().render(&dingtalk())
+    }
+
+    #[test]
+    fn every_placeholder_present_yields_the_value() {
+        assert_eq!(
+            render("+{attributes.state_code}{attributes.mobile}").as_deref(),
+            Some("+8613800138000")
+        );
+        assert_eq!(render("{userid}").as_deref(), Some("zhangsan"));
+        assert_eq!(
+            render("{attributes.extension.level}").as_deref(),
+            Some("P7"),
+            "nested objects"
+        );
+    }
+
+    #[test]
+    fn a_number_is_written_as_json_writes_it() {
+        assert_eq!(render("E{attributes.job_number}").as_deref(), Some("E4021"));
+    }
+
+    #[test]
+    fn one_missing_placeholder_yields_nothing() {
+        for template in [
+            "{attributes.fax}",
+            "+{attributes.state_code}{attributes.fax}",
+            "{attributes.org_email}",
+            "{attributes.active}",
+            "{attributes.dept_id_list}",
+            "{attributes.extension}",
+            "{attributes.title}",
+            "{attributes.mobile.number}",
+            "{nothing.at.all}",
+        ] {
+            assert_eq!(render(template), None, "{template}");
+        }
+    }
+
+    #[test]
+    fn braces_can_be_written_and_bad_templates_say_why() {
+        assert_eq!(render("{{{userid}}}").as_deref(), Some("{zhangsan}"));
+        for (bad, says) in [
+            ("{userid", "not closed"),
+            ("userid}", "unmatched"),
+            ("{}", "placeholder {}"),
+            ("{a..b}", "placeholder {a..b}"),
+            ("{a b}", "placeholder {a b}"),
+            ("plain", "no placeholder"),
+        ] {
+            let error = Template::parse(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        assert!(Template::parse(&"{a}".repeat(200)).is_err(), "too long");
+    }
+
+    #[test]
+    fn a_template_reads_back_as_written() {
+        let raw = "+{attributes.state_code}{{x}}{attributes.mobile}";
+        let template = Template::parse(raw).unwrap();
+        assert_eq!(template.to_string(), raw);
+        assert_eq!(
+            template.placeholders().collect::<Vec<_>>(),
+            ["attributes.state_code", "attributes.mobile"]
+        );
+    }
+}
