@@ -185,6 +185,10 @@ pub struct ConnectionView {
     pub allowed_email_domains: Vec<String>,
     /// `ignore`, `notify` or `update_user`.
     pub on_profile_change: String,
+    /// Templates building account fields from the profile, by field.
+    pub mapping: std::collections::BTreeMap<String, String>,
+    /// Mapped fields counted as verified.
+    pub verified_fields: Vec<String>,
     /// Changes whenever the settings change.
     pub settings_version: i64,
 }
@@ -209,6 +213,13 @@ impl From<&ConnectionSettings> for ConnectionView {
             trust_unverified_accounts: c.trust_unverified_accounts,
             allowed_email_domains: c.allowed_email_domains.clone(),
             on_profile_change: c.on_profile_change.as_str().to_owned(),
+            mapping: c.to_spec().mapping.unwrap_or_default(),
+            verified_fields: c
+                .mapping
+                .verified
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
             settings_version: c.version,
         }
     }

@@ -18,6 +18,8 @@ struct Row {
     trust_unverified_accounts: bool,
     allowed_email_domains: Vec<String>,
     on_profile_change: String,
+    mapping: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
+    verified_fields: Vec<String>,
     settings_version: i64,
 }
 
@@ -39,6 +41,8 @@ impl Row {
             trust_unverified_accounts: Some(self.trust_unverified_accounts),
             allowed_email_domains: Some(self.allowed_email_domains),
             on_profile_change: Some(self.on_profile_change),
+            mapping: Some(self.mapping.0),
+            verified_fields: Some(self.verified_fields),
         };
         let mut settings =
             ConnectionSettings::validate(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
@@ -70,6 +74,7 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         Some(old) => old.version + 1,
         None => 1,
     };
+    let spec = c.to_spec();
     let match_fields: Vec<String> = c
         .match_fields
         .iter()
@@ -78,8 +83,9 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
     sqlx::query!(
         r#"INSERT INTO connections (user_pool_id, identifier, display_name, provider, login_mode,
                association, match_fields, require_verified, default_country_code, binding_ttl_seconds,
-               trust_unverified_accounts, allowed_email_domains, on_profile_change, settings_version)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+               trust_unverified_accounts, allowed_email_domains, on_profile_change, mapping,
+               verified_fields, settings_version)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
            ON CONFLICT (user_pool_id, identifier) DO UPDATE SET
                display_name = EXCLUDED.display_name,
                provider = EXCLUDED.provider,
@@ -92,6 +98,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
                trust_unverified_accounts = EXCLUDED.trust_unverified_accounts,
                allowed_email_domains = EXCLUDED.allowed_email_domains,
                on_profile_change = EXCLUDED.on_profile_change,
+               mapping = EXCLUDED.mapping,
+               verified_fields = EXCLUDED.verified_fields,
                settings_version = EXCLUDED.settings_version,
                updated_at = now()"#,
         c.user_pool_id.as_str(),
@@ -107,6 +115,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         c.trust_unverified_accounts,
         &c.allowed_email_domains,
         c.on_profile_change.as_str(),
+        sqlx::types::Json(spec.mapping.clone().unwrap_or_default()) as _,
+        &spec.verified_fields.clone().unwrap_or_default(),
         version,
     )
     .execute(&mut *conn)
@@ -139,7 +149,7 @@ async fn get_for_update(
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
-                  settings_version
+                  mapping AS "mapping: _", verified_fields, settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2 FOR UPDATE"#,
         pool,
         identifier
@@ -178,7 +188,8 @@ pub async fn find_many(
         r#"SELECT c.user_pool_id, c.identifier, c.display_name, c.provider, c.login_mode,
                   c.association, c.match_fields, c.require_verified, c.default_country_code,
                   c.binding_ttl_seconds, c.trust_unverified_accounts, c.allowed_email_domains,
-                  c.on_profile_change, c.settings_version
+                  c.on_profile_change, c.mapping AS "mapping: _", c.verified_fields,
+                  c.settings_version
            FROM connections c
            JOIN unnest($1::text[], $2::text[]) AS k(pool, identifier)
              ON c.user_pool_id = k.pool AND c.identifier = k.identifier"#,
@@ -200,7 +211,7 @@ pub async fn get(
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
-                  settings_version
+                  mapping AS "mapping: _", verified_fields, settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2"#,
         pool,
         identifier
@@ -216,7 +227,7 @@ pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<ConnectionSetting
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
-                  settings_version
+                  mapping AS "mapping: _", verified_fields, settings_version
            FROM connections ORDER BY user_pool_id, identifier"#
     )
     .fetch_all(conn)

@@ -2,10 +2,11 @@
 //! decision. `ConnectionSpec` is the unvalidated shape (config file, admin API); `ConnectionSettings`
 //! is what the rest of the program works with.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use super::mapping::Template;
 use super::phone::CountryCode;
 
 /// Contract default for `binding_ttl`.
@@ -160,6 +161,13 @@ pub struct ConnectionSpec {
     pub allowed_email_domains: Option<Vec<String>>,
     /// `ignore`, `notify` (the default) or `update_user`: see [`OnProfileChange`].
     pub on_profile_change: Option<String>,
+    /// Account fields (`email`, `phone`, `username`) built from the login's profile by a
+    /// template (`"+{attributes.state_code}{attributes.mobile}"`), for sources that do not send
+    /// the standard names. A mapped field is taken from its template alone.
+    pub mapping: Option<BTreeMap<String, String>>,
+    /// Mapped fields the source vouches for (a corporate directory): verified whatever the
+    /// profile's flags say. Each must be mapped.
+    pub verified_fields: Option<Vec<String>>,
 }
 
 /// A validation failure that names the offending field.
@@ -216,6 +224,8 @@ pub struct ConnectionSettings {
     pub allowed_email_domains: Vec<String>,
     /// What a linked identity's changed email, phone or username does.
     pub on_profile_change: OnProfileChange,
+    /// The account fields built from the profile by a template.
+    pub mapping: Mapping,
     /// The `settings_version` decisions record: it changes whenever the stored settings change
     /// (0 for settings not stored yet).
     pub version: i64,
@@ -277,6 +287,7 @@ impl ConnectionSettings {
             allowed_email_domains: allowed_email_domains(spec.allowed_email_domains.as_deref())?,
             on_profile_change: parse_opt("on_profile_change", spec.on_profile_change.as_deref())?
                 .unwrap_or(OnProfileChange::Notify),
+            mapping: Mapping::validate(spec.mapping.as_ref(), spec.verified_fields.as_deref())?,
             version: 0,
         })
     }
@@ -302,6 +313,14 @@ impl ConnectionSettings {
             trust_unverified_accounts: Some(self.trust_unverified_accounts),
             allowed_email_domains: Some(self.allowed_email_domains.clone()),
             on_profile_change: Some(self.on_profile_change.as_str().to_owned()),
+            mapping: Some(self.mapping.templates()),
+            verified_fields: Some(
+                self.mapping
+                    .verified
+                    .iter()
+                    .map(|f| f.as_str().to_owned())
+                    .collect(),
+            ),
         }
     }
 }
@@ -408,6 +427,77 @@ fn bounded_text(field: &'static str, raw: Option<&str>) -> Result<Option<String>
     }
 }
 
+/// A connection's `mapping` and `verified_fields`, checked: one template per mapped field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mapping {
+    /// The template building the email, if the email is mapped.
+    pub email: Option<Template>,
+    /// The template building the phone number (then normalised as any phone).
+    pub phone: Option<Template>,
+    /// The template building the username.
+    pub username: Option<Template>,
+    /// Mapped fields counted as verified whatever the profile's flags say.
+    pub verified: Vec<MatchField>,
+}
+
+impl Mapping {
+    /// The template of `field`, if it is mapped.
+    pub fn template(&self, field: MatchField) -> Option<&Template> {
+        match field {
+            MatchField::Email => self.email.as_ref(),
+            MatchField::Phone => self.phone.as_ref(),
+            MatchField::Username => self.username.as_ref(),
+        }
+    }
+
+    fn validate(
+        raw: Option<&BTreeMap<String, String>>,
+        verified: Option<&[String]>,
+    ) -> Result<Self, FieldError> {
+        let mut mapping = Self::default();
+        for (target, template) in raw.into_iter().flatten() {
+            let field: MatchField = target.parse().map_err(|_| {
+                FieldError::new(
+                    "mapping",
+                    format!(
+                        "{target:?} cannot be mapped: the targets are email, phone and username"
+                    ),
+                )
+            })?;
+            let template = Template::parse(template)
+                .map_err(|m| FieldError::new("mapping", format!("{target}: {m}")))?;
+            match field {
+                MatchField::Email => mapping.email = Some(template),
+                MatchField::Phone => mapping.phone = Some(template),
+                MatchField::Username => mapping.username = Some(template),
+            }
+        }
+        for name in verified.into_iter().flatten() {
+            let field: MatchField = name
+                .parse()
+                .map_err(|m| FieldError::new("verified_fields", m))?;
+            if mapping.template(field).is_none() {
+                return Err(FieldError::new(
+                    "verified_fields",
+                    format!("{name:?} is not mapped: only a mapped field can be vouched for"),
+                ));
+            }
+            if !mapping.verified.contains(&field) {
+                mapping.verified.push(field);
+            }
+        }
+        Ok(mapping)
+    }
+
+    /// The templates as written, by target.
+    fn templates(&self) -> BTreeMap<String, String> {
+        MatchField::ALL
+            .iter()
+            .filter_map(|f| Some((f.as_str().to_owned(), self.template(*f)?.to_string())))
+            .collect()
+    }
+}
+
 fn parse_opt<T: FromStr<Err = String>>(
     field: &'static str,
     raw: Option<&str>,
@@ -419,6 +509,57 @@ fn parse_opt<T: FromStr<Err = String>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapping_names_account_fields_and_templates_that_read() {
+        let mut with = spec("dingtalk");
+        let map = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        with.mapping = map(&[("phone", "+{attributes.state_code}{attributes.mobile}")]);
+        with.verified_fields = Some(vec!["phone".into()]);
+        let settings = ConnectionSettings::validate(&with).unwrap();
+        assert!(settings.mapping.phone.is_some());
+        assert_eq!(settings.mapping.verified, [MatchField::Phone]);
+        assert_eq!(
+            ConnectionSettings::validate(&settings.to_spec()).unwrap(),
+            settings,
+            "the spec reads back"
+        );
+        for (mapping, verified, field, says) in [
+            (
+                map(&[("shoe_size", "{a}")]),
+                None,
+                "mapping",
+                "cannot be mapped",
+            ),
+            (
+                map(&[("email", "{a")]),
+                None,
+                "mapping",
+                "email: the placeholder",
+            ),
+            (
+                map(&[("email", "{a}")]),
+                Some(vec!["phone".to_owned()]),
+                "verified_fields",
+                "not mapped",
+            ),
+            (None, Some(vec!["fax".to_owned()]), "verified_fields", "fax"),
+        ] {
+            let mut bad = spec("dingtalk");
+            bad.mapping = mapping;
+            bad.verified_fields = verified;
+            let error = ConnectionSettings::validate(&bad).unwrap_err();
+            assert_eq!(error.field, field);
+            assert!(error.message.contains(says), "{error}");
+        }
+    }
 
     fn spec(identifier: &str) -> ConnectionSpec {
         ConnectionSpec {

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::connection::{ConnectionId, ConnectionSettings, UserPoolId};
+use super::connection::{ConnectionId, ConnectionSettings, Mapping, MatchField, UserPoolId};
 use super::strict_json::{self, StrictError};
 use super::{Email, Phone, Username};
 
@@ -430,18 +430,42 @@ pub struct NormalizedFields {
 impl NormalizedFields {
     /// Malformed email or phone values take part in nothing (the event is still processed);
     /// they are kept for the evidence.
+    /// A field the connection maps is taken from its template alone (absent when a placeholder
+    /// finds nothing), verified when the connection vouches for it, else as the profile's flag
+    /// says.
     pub fn of(profile: &Profile, settings: &ConnectionSettings) -> Self {
         let country = settings.default_country_code.as_ref();
+        let mapping = &settings.mapping;
+        let (email, email_verified) = sourced(profile, mapping, MatchField::Email);
+        let (phone, phone_verified) = sourced(profile, mapping, MatchField::Phone);
+        let (username, _) = sourced(profile, mapping, MatchField::Username);
         Self {
-            email: Field::of(profile.email.as_deref(), Email::parse_checked),
-            email_verified: profile.email_verified,
-            phone: Field::of(profile.phone.as_deref(), |raw| {
+            email: Field::of(email.as_deref(), Email::parse_checked),
+            email_verified,
+            phone: Field::of(phone.as_deref(), |raw| {
                 Phone::parse(raw, country).map(|p| (p, false))
             }),
-            phone_verified: profile.phone_verified,
-            username: Field::of(profile.username.as_deref(), Username::parse_checked),
+            phone_verified,
+            username: Field::of(username.as_deref(), Username::parse_checked),
             name: profile.name.clone(),
         }
+    }
+}
+
+/// A field's raw value and verification: from the connection's template when it maps the field,
+/// from the profile's standard name otherwise.
+fn sourced(profile: &Profile, mapping: &Mapping, field: MatchField) -> (Option<String>, bool) {
+    let (standard, flag) = match field {
+        MatchField::Email => (&profile.email, profile.email_verified),
+        MatchField::Phone => (&profile.phone, profile.phone_verified),
+        MatchField::Username => (&profile.username, true),
+    };
+    match mapping.template(field) {
+        Some(template) => (
+            template.render(&profile.raw),
+            flag || mapping.verified.contains(&field),
+        ),
+        None => (standard.clone(), flag),
     }
 }
 
@@ -449,6 +473,47 @@ impl NormalizedFields {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_mapped_field_comes_from_its_template_alone() {
+        let spec = crate::domain::connection::ConnectionSpec {
+            identifier: Some("dingtalk".into()),
+            user_pool_id: Some("pool-1".into()),
+            mapping: Some(
+                [
+                    (
+                        "phone".to_owned(),
+                        "+{attributes.state_code}{attributes.mobile}".to_owned(),
+                    ),
+                    ("email".to_owned(), "{attributes.org_email}".to_owned()),
+                ]
+                .into(),
+            ),
+            verified_fields: Some(vec!["phone".into()]),
+            ..Default::default()
+        };
+        let settings = ConnectionSettings::validate(&spec).unwrap();
+        let raw = json!({"email": "personal@example.com", "email_verified": true,
+                         "username": "zs",
+                         "attributes": {"state_code": "86", "mobile": "13800138000"}});
+        let profile = Profile::from_map(raw.as_object().unwrap()).unwrap();
+        let fields = NormalizedFields::of(&profile, &settings);
+        assert_eq!(
+            fields.phone.value().map(|p| p.as_str()),
+            Some("+8613800138000")
+        );
+        assert!(fields.phone_verified, "vouched for by the connection");
+        assert_eq!(
+            fields.email,
+            Field::Absent,
+            "no org_email: no email, not the profile's"
+        );
+        assert_eq!(
+            fields.username.value().map(|u| u.as_str()),
+            Some("zs"),
+            "not mapped"
+        );
+    }
 
     const LIMIT: usize = 64 * 1024;
 

@@ -389,6 +389,7 @@ fn settings() -> impl Strategy<Value = ConnectionSettings> {
                     trust_unverified_accounts: trust,
                     allowed_email_domains: domains.iter().map(|d| d.to_string()).collect(),
                     on_profile_change: crate::domain::connection::OnProfileChange::Notify,
+                    mapping: Default::default(),
                     version: 1,
                 }
             },

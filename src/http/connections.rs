@@ -65,6 +65,11 @@ pub struct ConnectionBody {
     /// `ignore`, `notify` (default) or `update_user`: what a linked identity's changed email,
     /// phone or username does.
     pub on_profile_change: Option<String>,
+    /// Account fields (`email`, `phone`, `username`) built by a template over the login's
+    /// profile, e.g. `{"phone": "+{attributes.state_code}{attributes.mobile}"}`.
+    pub mapping: Option<std::collections::BTreeMap<String, String>>,
+    /// Mapped fields the source vouches for: verified whatever the profile's flags say.
+    pub verified_fields: Option<Vec<String>>,
 }
 
 /// Create (201) or update (200) a connection; the identifier is fixed by the path. A change
@@ -96,6 +101,8 @@ pub async fn put(
         trust_unverified_accounts: body.trust_unverified_accounts,
         allowed_email_domains: body.allowed_email_domains,
         on_profile_change: body.on_profile_change,
+        mapping: body.mapping,
+        verified_fields: body.verified_fields,
     };
     let (view, created) = state
         .admin

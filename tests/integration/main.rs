@@ -14,6 +14,7 @@ mod drift;
 mod guarantees;
 mod hostile;
 mod http;
+mod mapping;
 mod ordering;
 mod outcomes;
 mod publishers;
