@@ -241,16 +241,7 @@ async fn broker_restarts_while_events_flow() {
     })
     .await
     .expect("every event decided after the broker came back, without restarting the worker");
-    wait_until(WAIT * 2, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await
-            == 0
-    })
-    .await
-    .expect("the outbox caught up");
+    outbox_drained(&db, WAIT * 2, "the outbox caught up").await;
     wait_until(WAIT * 2, || async {
         captured_count(&services).await >= total
     })
@@ -491,16 +482,7 @@ async fn database_restarts_while_events_flow() {
     })
     .await
     .expect("every event decided after the database came back");
-    wait_until(WAIT * 2, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await
-            == 0
-    })
-    .await
-    .expect("the outbox caught up");
+    outbox_drained(&db, WAIT * 2, "the outbox caught up").await;
     let (ids, delivered) = captured_ids(&services).await;
     let users = count(&db, "SELECT count(*) FROM users").await;
     let dead = {

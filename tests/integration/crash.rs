@@ -25,16 +25,7 @@ async fn events_published_while_the_worker_is_down_are_processed_after_start() {
     .await
     .expect("every waiting event decided");
     assert_eq!(count(&db, "SELECT count(*) FROM users").await, 200);
-    wait_until(WAIT, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await
-            == 0
-    })
-    .await
-    .expect("every event published");
+    outbox_drained(&db, WAIT, "every event published").await;
     app.stop().await;
 }
 
@@ -77,16 +68,7 @@ async fn a_worker_killed_mid_stream_redelivers_without_double_effects() {
     })
     .await
     .expect("every event decided once the worker runs again");
-    wait_until(WAIT, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await
-            == 0
-    })
-    .await
-    .expect("the outbox drained, orphaned rows included");
+    outbox_drained(&db, WAIT, "the outbox drained, orphaned rows included").await;
 
     assert_eq!(
         count(&db, "SELECT count(*) FROM users").await,
@@ -156,16 +138,12 @@ async fn a_crash_between_commit_and_ack_is_answered_by_the_dedupe_record_and_the
     })
     .await
     .expect("every event decided");
-    wait_until(WAIT, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await
-            == 0
-    })
-    .await
-    .expect("the dead process's rows were adopted and published");
+    outbox_drained(
+        &db,
+        WAIT,
+        "the dead process's rows were adopted and published",
+    )
+    .await;
     let metrics = app.metrics().await;
     assert_eq!(
         metric_value(&metrics, "idsync_duplicates_total") as i64,

@@ -209,16 +209,7 @@ async fn an_event_the_broker_refuses_does_not_hold_back_the_events_behind_it() {
         .queue_purge("small.bindings".into(), QueuePurgeOptions::default())
         .await
         .unwrap();
-    wait_until(WAIT, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await
-            == 0
-    })
-    .await
-    .expect("published once the queue had room");
+    outbox_drained(&db, WAIT, "published once the queue had room").await;
     let got = broker
         .channel
         .basic_get("small.bindings".into(), BasicGetOptions { no_ack: true })

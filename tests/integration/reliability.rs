@@ -54,16 +54,12 @@ async fn two_workers_killed_repeatedly_lose_and_double_nothing() {
     })
     .await
     .expect("every event decided");
-    wait_until(WAIT, || async {
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-        )
-        .await
-            == 0
-    })
-    .await
-    .expect("the outbox drained, rows of killed workers included");
+    outbox_drained(
+        &db,
+        WAIT,
+        "the outbox drained, rows of killed workers included",
+    )
+    .await;
     let events = broker.drain_events(Duration::from_secs(2)).await;
     let ids: HashSet<&str> = events
         .iter()

@@ -15,6 +15,16 @@ use tokio_util::sync::CancellationToken;
 use crate::data::{ADMIN_TOKEN, WAIT};
 use crate::services::Services;
 
+/// Waits up to `limit` until every outbox row is published; fails the test saying `what` was
+/// expected otherwise.
+pub async fn outbox_drained(db: &PgPool, limit: Duration, what: &str) {
+    wait_until(limit, || async {
+        crate::data::count(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
+    })
+    .await
+    .expect(what);
+}
+
 /// Fails the test on any violation of the contract's invariants in the database at `url`.
 pub async fn verify(url: &str) {
     let pool = PgPool::connect(url).await.expect("connecting to verify");

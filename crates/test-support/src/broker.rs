@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::app::wait_until;
-use crate::data::{POOL, WAIT, count};
+use crate::app::outbox_drained;
+use crate::data::{POOL, WAIT};
 use crate::services::Services;
 
 /// A login.completed event with a fresh id.
@@ -318,16 +318,7 @@ impl Broker {
         let db = PgPool::connect(&url)
             .await
             .expect("connecting to the test database");
-        wait_until(WAIT, || async {
-            count(
-                &db,
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-            )
-            .await
-                == 0
-        })
-        .await
-        .expect("the outbox drained");
+        outbox_drained(&db, WAIT, "the outbox drained").await;
         db.close().await;
         if let Some(extra) = self.next_event_within(Duration::from_millis(300)).await {
             panic!("unexpected event: {}", extra.body);
