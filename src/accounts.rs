@@ -10,7 +10,11 @@ use crate::db::{
     locks::LockSet,
     users::{self, UserRecord, UserRow},
 };
-use crate::domain::{CountryCode, Email, Phone, Username, connection::UserPoolId};
+use crate::domain::{
+    CountryCode, Email, Phone, Username,
+    attributes::{self, AttributeName},
+    connection::UserPoolId,
+};
 
 /// One account as `users import` reads it (one JSON object per line) and `POST /v1/users` takes it.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -29,6 +33,9 @@ pub struct AccountInput {
     /// Never linked automatically to an external identity (admins, break-glass accounts).
     #[serde(default)]
     pub protected: bool,
+    /// String values by name (`{"employee_id": "E1024"}`); see `domain::attributes`.
+    #[serde(default)]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,13 @@ impl AccountInput {
                 "must be at most 256 characters without NUL",
             ));
         }
+        let attributes = self
+            .attributes
+            .as_ref()
+            .map(attributes::parse_object)
+            .transpose()
+            .map_err(|m| invalid("attributes", m))?
+            .unwrap_or_default();
         if self.id.is_none() && email.is_none() && phone.is_none() && username.is_none() {
             return Err(invalid(
                 "id",
@@ -114,6 +128,7 @@ impl AccountInput {
             username,
             name: self.name.clone(),
             protected: self.protected,
+            attributes,
         })
     }
 }
@@ -151,6 +166,7 @@ pub async fn create_in(
         };
     }
     let holders = users::holders_of(conn, record).await?;
+    let unique = users::unique_attributes(conn, pool).await?;
     if let [holder] = holders.as_slice() {
         let same = UserRecord {
             id: holder.id,
@@ -160,7 +176,7 @@ pub async fn create_in(
             return Ok(Created::Unchanged(holder.id));
         }
     }
-    let taken = held_elsewhere(record, &holders);
+    let taken = held_elsewhere(record, &holders, &unique);
     if !taken.is_empty() {
         return Err(AccountError::Conflict(taken.join("; ")));
     }
@@ -168,8 +184,13 @@ pub async fn create_in(
     Ok(Created::Added(record.id))
 }
 
-/// For each value of `record` that another user already holds, which user holds it.
-pub fn held_elsewhere(record: &UserRecord, holders: &[UserRow]) -> Vec<String> {
+/// For each value of `record` that another user already holds, which user holds it (for
+/// attributes: those unique in the pool).
+pub fn held_elsewhere(
+    record: &UserRecord,
+    holders: &[UserRow],
+    unique: &[AttributeName],
+) -> Vec<String> {
     let mut taken = Vec::new();
     for holder in holders.iter().filter(|h| h.id != record.id) {
         let fields = [
@@ -188,6 +209,13 @@ pub fn held_elsewhere(record: &UserRecord, holders: &[UserRow]) -> Vec<String> {
         ];
         for (field, _) in fields.iter().filter(|(_, held)| *held) {
             taken.push(format!("{field} is held by user {}", holder.id));
+        }
+        for name in unique {
+            if let Some(value) = record.attributes.get(name)
+                && holder.attributes.0.get(name) == Some(value)
+            {
+                taken.push(format!("attributes.{name} is held by user {}", holder.id));
+            }
         }
     }
     taken

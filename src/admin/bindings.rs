@@ -20,6 +20,7 @@ use crate::db::{
 };
 use crate::domain::{
     ConnectionSettings,
+    attributes::AttributeName,
     decision::PoolUser,
     effects::{Effect, Identity},
     login::{NormalizedFields, Profile},
@@ -221,9 +222,11 @@ impl Admin {
             }
         };
         let mut holders = Vec::new();
-        if matches!(request, Request::Create) {
+        let mut unique_attributes = Vec::new();
+        if let (Request::Create, Some(settings)) = (request, settings.as_ref()) {
+            unique_attributes = users::unique_attributes(tx, &row.user_pool_id).await?;
             let mut keys = FieldKeys::default();
-            keys.add(&fields);
+            keys.add(&row.user_pool_id, &fields, settings);
             // Holders of the pool only: a value held in another pool is free in this one.
             holders = users::find_by_fields(tx, &row.user_pool_id, &keys)
                 .await?
@@ -232,7 +235,7 @@ impl Admin {
                 .collect();
         }
         Ok(Facts {
-            binding: binding_facts(&row, fields),
+            binding: binding_facts(&row, fields, unique_attributes),
             row,
             settings,
             target,
@@ -358,7 +361,11 @@ async fn lock_for(
 }
 
 /// The binding as the resolution rules see it.
-fn binding_facts(row: &BindingRow, fields: NormalizedFields) -> BindingFacts {
+fn binding_facts(
+    row: &BindingRow,
+    fields: NormalizedFields,
+    unique_attributes: Vec<AttributeName>,
+) -> BindingFacts {
     BindingFacts {
         id: row.id,
         identity: Identity {
@@ -371,5 +378,6 @@ fn binding_facts(row: &BindingRow, fields: NormalizedFields) -> BindingFacts {
         candidates: row.candidates.clone(),
         cause_event_id: row.cause_event_id.clone(),
         fields,
+        unique_attributes,
     }
 }

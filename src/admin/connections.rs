@@ -62,6 +62,13 @@ impl Admin {
             .await?
             .map(|c| ConnectionView::from(&c));
         let upserted = connections::upsert(&mut tx, &settings).await?;
+        if let Err(shared) = connections::sync_unique_attributes(&mut tx, pool).await? {
+            return Err(AdminError::invalid(
+                "invalid_field",
+                Some("unique_attributes"),
+                format!("unique_attributes: {shared}"),
+            ));
+        }
         let created = upserted.created;
         let after = ConnectionView::from(&ConnectionSettings {
             version: upserted.version,

@@ -15,6 +15,7 @@ use crate::db::{
 };
 use crate::domain::{
     Email, Phone, Username,
+    attributes::{self, AttributeName, Attributes},
     effects::{Changer, user_updated},
     events::UserSummary,
 };
@@ -40,6 +41,10 @@ pub struct UserPatch {
     #[schema(value_type = Option<String>)]
     pub name: Option<Option<String>>,
     pub protected: Option<bool>,
+    /// Merged into the account's attributes: a string sets one, `null` removes it, a name left
+    /// out stays as it is.
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A field that is present in the body, `null` or not.
@@ -105,6 +110,9 @@ impl UserPatch {
         if let Some(protected) = self.protected {
             next.protected = protected;
         }
+        if let Some(attributes) = &self.attributes {
+            next.attributes = merged(&current.attributes, attributes)?;
+        }
         // A flag without its value means nothing.
         next.email_verified &= next.email.is_some();
         next.phone_verified &= next.phone.is_some();
@@ -127,8 +135,34 @@ impl UserPatch {
         note("username", next.username != current.username);
         note("name", next.name != current.name);
         note("protected", next.protected != current.protected);
+        note("attributes", next.attributes != current.attributes);
         Ok((next, changed))
     }
+}
+
+/// `current` with `patch` merged in: a string sets an attribute, `null` removes it.
+fn merged(
+    current: &Attributes,
+    patch: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Attributes, AdminError> {
+    let mut next = current.clone();
+    let mut set = serde_json::Map::new();
+    for (name, value) in patch {
+        if value.is_null() {
+            let name = AttributeName::parse(name).map_err(|m| invalid("attributes", m))?;
+            next.remove(&name);
+        } else {
+            set.insert(name.clone(), value.clone());
+        }
+    }
+    next.extend(attributes::parse_object(&set).map_err(|m| invalid("attributes", m))?);
+    if next.len() > attributes::MAX_ATTRIBUTES {
+        return Err(invalid(
+            "attributes",
+            format!("more than {} attributes", attributes::MAX_ATTRIBUTES),
+        ));
+    }
+    Ok(next)
 }
 
 impl Admin {
@@ -158,6 +192,7 @@ impl Admin {
             phone: next.phone.clone(),
             username: next.username.clone(),
             name: next.name.clone(),
+            attributes: next.attributes.clone(),
         };
         let by = Changer::Admin(&actor.name);
         let mut events = NewOutbox::default();
@@ -208,7 +243,8 @@ async fn lock_and_apply(
 /// A conflict naming each new value another user of the pool already holds.
 async fn refuse_taken_values(tx: &mut PgConnection, next: &UserRecord) -> Result<(), AdminError> {
     let holders = users::holders_of(tx, next).await?;
-    let taken = crate::accounts::held_elsewhere(next, &holders);
+    let unique = users::unique_attributes(tx, &next.user_pool_id).await?;
+    let taken = crate::accounts::held_elsewhere(next, &holders, &unique);
     if taken.is_empty() {
         Ok(())
     } else {

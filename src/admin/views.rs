@@ -131,6 +131,9 @@ pub struct UserView {
     pub name: Option<String>,
     /// Never linked automatically.
     pub protected: bool,
+    /// String values by name, e.g. `{"employee_id": "E1024"}`.
+    #[schema(value_type = Object)]
+    pub attributes: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub identities: Vec<IdentityView>,
@@ -159,6 +162,7 @@ impl UserView {
             username: user.username.map(Username::into_inner),
             name: user.name,
             protected: user.protected,
+            attributes: crate::domain::attributes::to_json(&user.attributes.0),
             created_at: user.created_at,
             updated_at: user.updated_at,
         }
@@ -175,8 +179,12 @@ pub struct ConnectionView {
     pub login_mode: String,
     /// `disabled`, `field_matching` or `ask_binding`.
     pub association: String,
-    /// Ordered subset of `email`, `phone`, `username`.
+    /// Ordered subset of `email`, `phone`, `username` and `attributes.<name>`.
     pub match_fields: Vec<String>,
+    /// `any` or `all`.
+    pub match_rule: String,
+    /// Attributes unique inside the pool.
+    pub unique_attributes: Vec<String>,
     pub require_verified: bool,
     pub default_country_code: Option<String>,
     /// A duration such as `72h`.
@@ -185,8 +193,11 @@ pub struct ConnectionView {
     pub allowed_email_domains: Vec<String>,
     /// `ignore`, `notify` or `update_user`.
     pub on_profile_change: String,
-    /// Templates building account fields from the profile, by field.
+    /// Templates building account fields from the profile, by field: the connection's own.
     pub mapping: std::collections::BTreeMap<String, String>,
+    /// What applies: the provider's preset with the connection's own templates over it
+    /// (read-only; not taken by PUT).
+    pub effective_mapping: std::collections::BTreeMap<String, String>,
     /// Mapped fields counted as verified.
     pub verified_fields: Vec<String>,
     /// Changes whenever the settings change.
@@ -202,10 +213,12 @@ impl From<&ConnectionSettings> for ConnectionView {
             provider: c.provider.clone(),
             login_mode: c.login_mode.as_str().to_owned(),
             association: c.association.as_str().to_owned(),
-            match_fields: c
-                .match_fields
+            match_fields: c.match_fields.iter().map(|f| f.to_string()).collect(),
+            match_rule: c.match_rule.as_str().to_owned(),
+            unique_attributes: c
+                .unique_attributes
                 .iter()
-                .map(|f| f.as_str().to_owned())
+                .map(|a| a.as_str().to_owned())
                 .collect(),
             require_verified: c.require_verified,
             default_country_code: c.default_country_code.as_ref().map(|cc| cc.to_string()),
@@ -213,7 +226,8 @@ impl From<&ConnectionSettings> for ConnectionView {
             trust_unverified_accounts: c.trust_unverified_accounts,
             allowed_email_domains: c.allowed_email_domains.clone(),
             on_profile_change: c.on_profile_change.as_str().to_owned(),
-            mapping: c.to_spec().mapping.unwrap_or_default(),
+            mapping: c.mapping.written().clone(),
+            effective_mapping: c.mapping.effective(),
             verified_fields: c
                 .mapping
                 .verified

@@ -19,6 +19,15 @@ pub struct Snapshot {
     pub links: Vec<LinkRow>,
     pub pending: Vec<PendingRow>,
     pub users: Vec<MatchRow>,
+    /// The unique attributes of the pools the batch's attributes belong to.
+    pub unique_attributes: Vec<UniqueAttribute>,
+}
+
+/// An attribute unique in a pool.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct UniqueAttribute {
+    pub user_pool_id: String,
+    pub name: String,
 }
 
 /// Dedupe records of the event ids, identities (with the identifiers of their last snapshot)
@@ -51,20 +60,35 @@ pub async fn load(
                AS "pending!: Json<Vec<PendingRow>>",
              (SELECT coalesce(jsonb_agg(u), '[]') FROM (
                 SELECT u.id, u.user_pool_id, u.email, u.email_verified, u.phone, u.phone_verified,
-                       u.username, u.name, u.protected,
+                       u.username, u.name, u.protected, u.attributes,
                        ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id)
                          AS linked_connections
                 FROM users u
                 WHERE u.email = ANY($3) OR u.phone = ANY($4) OR u.username = ANY($5)
                    -- An array computed once, so that this too is an index lookup.
                    OR u.id = ANY(ARRAY(
-                        SELECT user_id FROM identities WHERE external_id = ANY($2)))) u)
-               AS "users!: Json<Vec<MatchRow>>""#,
+                        SELECT user_id FROM identities WHERE external_id = ANY($2)))
+                   -- Attribute values: of unique attributes, or of those the login matches on.
+                   OR u.id = ANY(ARRAY(
+                        SELECT a.user_id FROM user_attributes a
+                        JOIN unnest($6::text[], $7::text[], $8::text[], $9::bool[])
+                          AS k(pool, name, value, matched)
+                          ON a.user_pool_id = k.pool AND a.name = k.name AND a.value = k.value
+                        WHERE a.is_unique OR k.matched))) u)
+               AS "users!: Json<Vec<MatchRow>>",
+             (SELECT coalesce(jsonb_agg(x), '[]') FROM (
+                SELECT user_pool_id, name FROM unique_attributes
+                WHERE user_pool_id = ANY($6)) x)
+               AS "unique_attributes!: Json<Vec<UniqueAttribute>>""#,
         event_ids,
         external_ids,
         &fields.emails,
         &fields.phones,
         &fields.usernames,
+        &fields.attribute_pools,
+        &fields.attribute_names,
+        &fields.attribute_values,
+        &fields.attribute_matched,
     )
     .fetch_one(conn)
     .await?;
@@ -73,6 +97,7 @@ pub async fn load(
         links: row.links.0,
         pending: row.pending.0,
         users: row.users.0,
+        unique_attributes: row.unique_attributes.0,
     })
 }
 
@@ -100,9 +125,10 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
         .collect();
     let row = sqlx::query!(
         r#"WITH new_users AS (
-             INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name)
+             INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
+                                attributes)
              SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bool[], $6::text[],
-                                  $7::bool[], $8::text[], $9::text[])),
+                                  $7::bool[], $8::text[], $9::text[], $46::jsonb[])),
            new_identities AS (
              INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
              SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::uuid[], $14::jsonb[])),
@@ -204,6 +230,7 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
         &w.processed.settings_versions,
         &w.processed.evidence,
         &w.bindings.cause_sources as &[Option<String>],
+        &w.users.attributes,
     )
     .fetch_one(conn)
     .await?;

@@ -20,6 +20,8 @@ struct Row {
     on_profile_change: String,
     mapping: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
     verified_fields: Vec<String>,
+    match_rule: String,
+    unique_attributes: Vec<String>,
     settings_version: i64,
 }
 
@@ -43,6 +45,8 @@ impl Row {
             on_profile_change: Some(self.on_profile_change),
             mapping: Some(self.mapping.0),
             verified_fields: Some(self.verified_fields),
+            match_rule: Some(self.match_rule),
+            unique_attributes: Some(self.unique_attributes),
         };
         let mut settings =
             ConnectionSettings::validate(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
@@ -75,17 +79,14 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         None => 1,
     };
     let spec = c.to_spec();
-    let match_fields: Vec<String> = c
-        .match_fields
-        .iter()
-        .map(|f| f.as_str().to_owned())
-        .collect();
+    let match_fields = spec.match_fields.clone().unwrap_or_default();
     sqlx::query!(
         r#"INSERT INTO connections (user_pool_id, identifier, display_name, provider, login_mode,
                association, match_fields, require_verified, default_country_code, binding_ttl_seconds,
                trust_unverified_accounts, allowed_email_domains, on_profile_change, mapping,
-               verified_fields, settings_version)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+               verified_fields, settings_version, match_rule, unique_attributes)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                   $18)
            ON CONFLICT (user_pool_id, identifier) DO UPDATE SET
                display_name = EXCLUDED.display_name,
                provider = EXCLUDED.provider,
@@ -101,6 +102,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
                mapping = EXCLUDED.mapping,
                verified_fields = EXCLUDED.verified_fields,
                settings_version = EXCLUDED.settings_version,
+               match_rule = EXCLUDED.match_rule,
+               unique_attributes = EXCLUDED.unique_attributes,
                updated_at = now()"#,
         c.user_pool_id.as_str(),
         c.identifier.as_str(),
@@ -118,6 +121,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         sqlx::types::Json(spec.mapping.clone().unwrap_or_default()) as _,
         &spec.verified_fields.clone().unwrap_or_default(),
         version,
+        c.match_rule.as_str(),
+        &spec.unique_attributes.clone().unwrap_or_default(),
     )
     .execute(&mut *conn)
     .await?;
@@ -139,6 +144,74 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
     })
 }
 
+/// Two accounts of a pool sharing a value of an attribute that a connection wants unique.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "attribute {name:?} cannot be unique in user pool {pool:?}: accounts {} share a value",
+    users.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ")
+)]
+pub struct SharedValue {
+    pub pool: String,
+    pub name: String,
+    pub users: Vec<uuid::Uuid>,
+}
+
+/// Makes a pool's unique attributes the names its connections list in `unique_attributes`, and
+/// marks the accounts' values accordingly (the database's unique index then holds them). Run in
+/// the transaction that wrote a connection; when two accounts share a value of a name that
+/// would become unique it changes nothing and says which (the caller rolls back).
+pub async fn sync_unique_attributes(
+    conn: &mut PgConnection,
+    pool: &str,
+) -> sqlx::Result<Result<(), SharedValue>> {
+    // Exclusive against every writer of the pool's accounts' attributes (see the migration).
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(unique_attributes_lock_key($1))",
+        pool
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let wanted: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT DISTINCT name AS "name!" FROM connections, unnest(unique_attributes) AS name
+           WHERE user_pool_id = $1"#,
+        pool
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let shared = sqlx::query!(
+        r#"SELECT name, array_agg(user_id ORDER BY user_id) AS "users!"
+           FROM user_attributes
+           WHERE user_pool_id = $1 AND name = ANY($2)
+           GROUP BY name, value HAVING count(*) > 1
+           ORDER BY name LIMIT 1"#,
+        pool,
+        &wanted
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = shared {
+        return Ok(Err(SharedValue {
+            pool: pool.to_owned(),
+            name: row.name,
+            users: row.users,
+        }));
+    }
+    sqlx::query!(
+        r#"WITH gone AS (
+             DELETE FROM unique_attributes WHERE user_pool_id = $1 AND NOT name = ANY($2)),
+           added AS (
+             INSERT INTO unique_attributes (user_pool_id, name)
+             SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING)
+           UPDATE user_attributes SET is_unique = (name = ANY($2))
+           WHERE user_pool_id = $1 AND is_unique <> (name = ANY($2))"#,
+        pool,
+        &wanted
+    )
+    .execute(conn)
+    .await?;
+    Ok(Ok(()))
+}
+
 async fn get_for_update(
     conn: &mut PgConnection,
     pool: &str,
@@ -149,7 +222,8 @@ async fn get_for_update(
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
-                  mapping AS "mapping: _", verified_fields, settings_version
+                  mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
+                  settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2 FOR UPDATE"#,
         pool,
         identifier
@@ -189,7 +263,7 @@ pub async fn find_many(
                   c.association, c.match_fields, c.require_verified, c.default_country_code,
                   c.binding_ttl_seconds, c.trust_unverified_accounts, c.allowed_email_domains,
                   c.on_profile_change, c.mapping AS "mapping: _", c.verified_fields,
-                  c.settings_version
+                  c.match_rule, c.unique_attributes, c.settings_version
            FROM connections c
            JOIN unnest($1::text[], $2::text[]) AS k(pool, identifier)
              ON c.user_pool_id = k.pool AND c.identifier = k.identifier"#,
@@ -211,7 +285,8 @@ pub async fn get(
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
-                  mapping AS "mapping: _", verified_fields, settings_version
+                  mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
+                  settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2"#,
         pool,
         identifier
@@ -227,7 +302,8 @@ pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<ConnectionSetting
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
-                  mapping AS "mapping: _", verified_fields, settings_version
+                  mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
+                  settings_version
            FROM connections ORDER BY user_pool_id, identifier"#
     )
     .fetch_all(conn)

@@ -40,8 +40,15 @@ impl LockSet {
         self
     }
 
-    /// Every valid email, phone and username of a login (suspicious ones included: they are
-    /// looked up too).
+    /// One value of an account attribute.
+    pub fn attribute(&mut self, pool: &str, name: &str, value: &str) -> &mut Self {
+        self.0
+            .push(format!("attribute{SEP}{pool}{SEP}{name}{SEP}{value}"));
+        self
+    }
+
+    /// Every valid email, phone, username and mapped attribute of a login (suspicious ones
+    /// included: they are looked up too).
     pub fn fields(&mut self, pool: &str, fields: &NormalizedFields) -> &mut Self {
         if let Some(email) = fields.email.value() {
             self.email(pool, email);
@@ -52,10 +59,15 @@ impl LockSet {
         if let Some(username) = fields.username.value() {
             self.username(pool, username);
         }
+        for (name, field) in &fields.attributes {
+            if let Some(value) = field.value() {
+                self.attribute(pool, name.as_str(), value);
+            }
+        }
         self
     }
 
-    /// The email, phone and username an account holds.
+    /// The email, phone, username and attributes an account holds.
     pub fn record_fields(&mut self, pool: &str, user: &crate::db::users::UserRecord) -> &mut Self {
         if let Some(email) = &user.email {
             self.email(pool, email);
@@ -65,6 +77,9 @@ impl LockSet {
         }
         if let Some(username) = &user.username {
             self.username(pool, username);
+        }
+        for (name, value) in &user.attributes {
+            self.attribute(pool, name.as_str(), value);
         }
         self
     }

@@ -1,12 +1,13 @@
 //! The `users` table. Emails, phones and usernames are stored normalised and are unique per pool.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, types::Json};
 use uuid::Uuid;
 
 use super::types::stored;
 use crate::domain::{
-    Email, Phone, Username,
+    ConnectionSettings, Email, MatchKey, Phone, Username,
+    attributes::{self, AttributeName, Attributes},
     decision::{NewUserFields, PoolUser},
     login::NormalizedFields,
 };
@@ -25,6 +26,8 @@ pub struct MatchRow {
     #[serde(deserialize_with = "stored")]
     pub username: Option<Username>,
     pub name: Option<String>,
+    #[serde(default)]
+    pub attributes: Attributes,
     pub protected: bool,
     pub linked_connections: Vec<String>,
 }
@@ -39,23 +42,31 @@ impl MatchRow {
             phone: self.phone.clone(),
             phone_verified: self.phone_verified,
             username: self.username.clone(),
+            attributes: self.attributes.clone(),
             protected: self.protected,
             linked_on_connection: self.linked_connections.iter().any(|c| c == connection),
         }
     }
 }
 
-/// Normalised values to look up, one list per field.
+/// Normalised values to look up, one list per field; attributes as parallel columns (pool,
+/// name, value, whether the login's connection matches on it).
 #[derive(Debug, Default)]
 pub struct FieldKeys {
     pub emails: Vec<String>,
     pub phones: Vec<String>,
     pub usernames: Vec<String>,
+    pub attribute_pools: Vec<String>,
+    pub attribute_names: Vec<String>,
+    pub attribute_values: Vec<String>,
+    pub attribute_matched: Vec<bool>,
 }
 
 impl FieldKeys {
-    /// Adds every valid value of a login (suspicious ones included).
-    pub fn add(&mut self, fields: &NormalizedFields) {
+    /// Adds every valid value of a login of `pool` under `settings` (suspicious ones
+    /// included). Its attributes are looked up among the pool's unique ones, and among all when
+    /// the connection matches on them.
+    pub fn add(&mut self, pool: &str, fields: &NormalizedFields, settings: &ConnectionSettings) {
         if let Some(email) = fields.email.value() {
             self.emails.push(email.as_str().to_owned());
         }
@@ -65,6 +76,22 @@ impl FieldKeys {
         if let Some(username) = fields.username.value() {
             self.usernames.push(username.as_str().to_owned());
         }
+        for (name, field) in &fields.attributes {
+            let Some(value) = field.value() else { continue };
+            self.attribute_pools.push(pool.to_owned());
+            self.attribute_names.push(name.as_str().to_owned());
+            self.attribute_values.push(value.clone());
+            let key = MatchKey::Attribute(name.clone());
+            self.attribute_matched
+                .push(settings.match_fields.contains(&key));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.emails.is_empty()
+            && self.phones.is_empty()
+            && self.usernames.is_empty()
+            && self.attribute_names.is_empty()
     }
 }
 
@@ -74,25 +101,65 @@ pub async fn find_by_fields(
     pool: &str,
     keys: &FieldKeys,
 ) -> sqlx::Result<Vec<MatchRow>> {
-    if keys.emails.is_empty() && keys.phones.is_empty() && keys.usernames.is_empty() {
+    if keys.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as!(
-        MatchRow,
+    let rows = sqlx::query!(
         r#"SELECT u.id, u.user_pool_id, u.email AS "email: Email", u.email_verified,
                   u.phone AS "phone: Phone", u.phone_verified, u.username AS "username: Username",
-                  u.name, u.protected,
+                  u.name, u.protected, u.attributes,
                   ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id) AS "linked_connections!"
            FROM users u
-           WHERE (u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3))
+           WHERE (u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3)
+                  OR u.id = ANY(ARRAY(
+                       SELECT a.user_id FROM user_attributes a
+                       JOIN unnest($5::text[], $6::text[], $7::bool[]) AS k(name, value, matched)
+                         ON a.name = k.name AND a.value = k.value
+                       WHERE a.user_pool_id = $4 AND (a.is_unique OR k.matched))))
              AND u.user_pool_id = $4"#,
         &keys.emails,
         &keys.phones,
         &keys.usernames,
         pool,
+        &keys.attribute_names,
+        &keys.attribute_values,
+        &keys.attribute_matched,
     )
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| MatchRow {
+            id: r.id,
+            user_pool_id: r.user_pool_id,
+            email: r.email,
+            email_verified: r.email_verified,
+            phone: r.phone,
+            phone_verified: r.phone_verified,
+            username: r.username,
+            name: r.name,
+            attributes: attributes::from_stored(&r.attributes),
+            protected: r.protected,
+            linked_connections: r.linked_connections,
+        })
+        .collect())
+}
+
+/// The attributes unique in `pool` (some connection of the pool lists them).
+pub async fn unique_attributes(
+    conn: &mut PgConnection,
+    pool: &str,
+) -> sqlx::Result<Vec<AttributeName>> {
+    let names = sqlx::query_scalar!(
+        "SELECT name FROM unique_attributes WHERE user_pool_id = $1 ORDER BY name",
+        pool
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(names
+        .iter()
+        .filter_map(|n| AttributeName::parse(n).ok())
+        .collect())
 }
 
 /// New users, as parallel columns.
@@ -106,6 +173,7 @@ pub struct NewUsers {
     pub phone_verified: Vec<bool>,
     pub usernames: Vec<Option<String>>,
     pub names: Vec<Option<String>>,
+    pub attributes: Vec<serde_json::Value>,
 }
 
 impl NewUsers {
@@ -121,6 +189,7 @@ impl NewUsers {
         self.usernames
             .push(user.username.as_ref().map(|u| u.as_str().to_owned()));
         self.names.push(user.name.clone());
+        self.attributes.push(attributes::to_json(&user.attributes));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -133,9 +202,10 @@ pub async fn insert_many(conn: &mut PgConnection, users: &NewUsers) -> sqlx::Res
         return Ok(());
     }
     sqlx::query!(
-        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name)
+        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
+                              attributes)
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[],
-                                $6::bool[], $7::text[], $8::text[])"#,
+                                $6::bool[], $7::text[], $8::text[], $9::jsonb[])"#,
         &users.ids,
         &users.pools,
         &users.emails as &[Option<String>],
@@ -144,6 +214,7 @@ pub async fn insert_many(conn: &mut PgConnection, users: &NewUsers) -> sqlx::Res
         &users.phone_verified,
         &users.usernames as &[Option<String>],
         &users.names as &[Option<String>],
+        &users.attributes,
     )
     .execute(conn)
     .await?;
@@ -163,6 +234,7 @@ pub struct UserRecord {
     pub name: Option<String>,
     /// Never linked automatically.
     pub protected: bool,
+    pub attributes: Attributes,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +248,7 @@ pub struct UserRow {
     pub username: Option<Username>,
     pub name: Option<String>,
     pub protected: bool,
+    pub attributes: Json<Attributes>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -193,6 +266,7 @@ impl UserRecord {
             username: fields.username.clone(),
             name: fields.name.clone(),
             protected: false,
+            attributes: fields.attributes.clone(),
         }
     }
 
@@ -205,6 +279,7 @@ impl UserRecord {
             phone: self.phone.clone(),
             phone_verified: self.phone_verified,
             username: self.username.clone(),
+            attributes: self.attributes.clone(),
             protected: self.protected,
             linked_on_connection: false,
         }
@@ -215,7 +290,7 @@ impl UserRecord {
 pub async fn update(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<()> {
     sqlx::query!(
         r#"UPDATE users SET email = $2, email_verified = $3, phone = $4, phone_verified = $5,
-                  username = $6, name = $7, protected = $8, updated_at = now()
+                  username = $6, name = $7, protected = $8, attributes = $9, updated_at = now()
            WHERE id = $1"#,
         user.id,
         user.email as _,
@@ -225,6 +300,7 @@ pub async fn update(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<
         user.username as _,
         user.name,
         user.protected,
+        attributes::to_json(&user.attributes),
     )
     .execute(conn)
     .await?;
@@ -248,6 +324,7 @@ impl UserRow {
             username: self.username.clone(),
             name: self.name.clone(),
             protected: self.protected,
+            attributes: self.attributes.0.clone(),
         }
     }
 }
@@ -256,8 +333,8 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<UserR
     sqlx::query_as!(
         UserRow,
         r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
-                  phone_verified, username AS "username: Username", name, protected, created_at,
-                  updated_at
+                  phone_verified, username AS "username: Username", name, protected,
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
            FROM users WHERE id = $1"#,
         id
     )
@@ -265,16 +342,36 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<UserR
     .await
 }
 
-/// Users of `user`'s pool holding its email, its phone or its username (`user` included, if
-/// it is stored).
+/// Users of `user`'s pool holding its email, its phone, its username or a value of one of its
+/// attributes that is unique in the pool (`user` included, if it is stored).
 pub async fn holders_of(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<Vec<UserRow>> {
-    find_holders(
-        conn,
-        &user.user_pool_id,
+    let (names, values): (Vec<String>, Vec<String>) = user
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+        .unzip();
+    sqlx::query_as!(
+        UserRow,
+        r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
+                  phone_verified, username AS "username: Username", name, protected,
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
+           FROM users
+           WHERE user_pool_id = $1
+             AND (email = $2 OR phone = $3 OR username = $4
+                  OR id = ANY(ARRAY(
+                       SELECT a.user_id FROM user_attributes a
+                       JOIN unnest($5::text[], $6::text[]) AS k(name, value)
+                         ON a.name = k.name AND a.value = k.value
+                       WHERE a.user_pool_id = $1 AND a.is_unique)))
+           ORDER BY id"#,
+        user.user_pool_id,
         user.email.as_ref().map(Email::as_str),
         user.phone.as_ref().map(Phone::as_str),
         user.username.as_ref().map(Username::as_str),
+        &names,
+        &values,
     )
+    .fetch_all(conn)
     .await
 }
 
@@ -289,8 +386,8 @@ pub async fn find_holders(
     sqlx::query_as!(
         UserRow,
         r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
-                  phone_verified, username AS "username: Username", name, protected, created_at,
-                  updated_at
+                  phone_verified, username AS "username: Username", name, protected,
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
            FROM users
            WHERE user_pool_id = $1 AND (email = $2 OR phone = $3 OR username = $4)
            ORDER BY id"#,
@@ -306,8 +403,8 @@ pub async fn find_holders(
 pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<()> {
     sqlx::query!(
         r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                              protected)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
+                              protected, attributes)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
         user.id,
         user.user_pool_id,
         user.email as _,
@@ -317,6 +414,7 @@ pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Res
         user.username as _,
         user.name,
         user.protected,
+        attributes::to_json(&user.attributes),
     )
     .execute(conn)
     .await?;
@@ -328,8 +426,8 @@ pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec
     sqlx::query_as!(
         UserRow,
         r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
-                  phone_verified, username AS "username: Username", name, protected, created_at,
-                  updated_at
+                  phone_verified, username AS "username: Username", name, protected,
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
            FROM users WHERE id = ANY($1)"#,
         ids
     )

@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::mapping::Template;
+use super::attributes::AttributeName;
+use super::mapping::Mapping;
 use super::phone::CountryCode;
 
 /// Contract default for `binding_ttl`.
@@ -115,6 +116,92 @@ text_enum!(
 );
 
 text_enum!(
+    /// How the listed `match_fields` combine (contract section 9): `any` (the default) makes a
+    /// candidate of an account matching on any one of them; `all` only of an account matching on
+    /// every listed field the login carries (and the login must carry at least one).
+    MatchRule { Any => "any", All => "all" }
+);
+
+/// Where `match_fields` and mapping targets name account attributes: `attributes.<name>`.
+pub const ATTRIBUTE_PREFIX: &str = "attributes.";
+
+/// A field compared during association: one of the account's standard identifiers, or one of its
+/// attributes (`attributes.employee_id`). Also names the fields of a decision's evidence and a
+/// link's `matched_on`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MatchKey {
+    /// `email`, `phone` or `username`.
+    Field(MatchField),
+    /// `attributes.<name>`.
+    Attribute(AttributeName),
+}
+
+impl MatchKey {
+    /// The attribute's name, for an attribute.
+    pub fn attribute(&self) -> Option<&AttributeName> {
+        match self {
+            Self::Attribute(name) => Some(name),
+            Self::Field(_) => None,
+        }
+    }
+
+    /// The standard field, for one of `email`, `phone`, `username`.
+    pub fn field(&self) -> Option<MatchField> {
+        match self {
+            Self::Field(field) => Some(*field),
+            Self::Attribute(_) => None,
+        }
+    }
+}
+
+impl PartialEq<MatchField> for MatchKey {
+    fn eq(&self, other: &MatchField) -> bool {
+        self.field() == Some(*other)
+    }
+}
+
+impl From<MatchField> for MatchKey {
+    fn from(field: MatchField) -> Self {
+        Self::Field(field)
+    }
+}
+
+impl FromStr for MatchKey {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw.strip_prefix(ATTRIBUTE_PREFIX) {
+            Some(name) => Ok(Self::Attribute(AttributeName::parse(name)?)),
+            None => raw.parse().map(Self::Field).map_err(|_| {
+                format!("{raw:?} is not one of email, phone, username, attributes.<name>")
+            }),
+        }
+    }
+}
+
+impl fmt::Display for MatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Field(field) => f.write_str(field.as_str()),
+            Self::Attribute(name) => write!(f, "{ATTRIBUTE_PREFIX}{name}"),
+        }
+    }
+}
+
+impl Serialize for MatchKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MatchKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+text_enum!(
     /// What a login of a linked identity does when the source now sends another usable email,
     /// phone or username than the identity's last snapshot (contract section 1, step 3):
     /// `ignore` publishes nothing, `notify` publishes `identity.changed`, `update_user` also
@@ -135,16 +222,23 @@ pub struct ConnectionSpec {
     /// The name people see in the console, up to 256 characters without control characters;
     /// defaults to the identifier.
     pub display_name: Option<String>,
-    /// The kind of identity source (`dingtalk`, `wecom`, `ldap`), free text for people only: the
-    /// decision does not read it. Up to 256 characters; empty by default.
+    /// The kind of identity source, up to 256 characters; empty by default. `dingtalk`, `wecom`
+    /// and `feishu` bring a preset mapping of that source's profile (see `presets`), which
+    /// `mapping` overrides key by key; any other text is for people only.
     pub provider: Option<String>,
     /// `normal` (the default) or `login_only`.
     pub login_mode: Option<String>,
     /// `disabled` (the default), `field_matching` or `ask_binding`.
     pub association: Option<String>,
-    /// The fields matching compares, in order, among `email`, `phone` and `username`: at least
-    /// one, none twice; `["email"]` by default.
+    /// The fields matching compares, in order, among `email`, `phone`, `username` and
+    /// `attributes.<name>` (an attribute some mapping fills): at least one, none twice;
+    /// `["email"]` by default.
     pub match_fields: Option<Vec<String>>,
+    /// `any` (the default) or `all`: see [`MatchRule`].
+    pub match_rule: Option<String>,
+    /// Attribute names whose values are unique among the accounts of the pool (enforced by the
+    /// database for every account of the pool, whichever connection or admin writes them).
+    pub unique_attributes: Option<Vec<String>>,
     /// Whether an email or phone must be verified by the source to take part in matching and
     /// to be copied onto a new account. Default `true`.
     pub require_verified: Option<bool>,
@@ -161,12 +255,13 @@ pub struct ConnectionSpec {
     pub allowed_email_domains: Option<Vec<String>>,
     /// `ignore`, `notify` (the default) or `update_user`: see [`OnProfileChange`].
     pub on_profile_change: Option<String>,
-    /// Account fields (`email`, `phone`, `username`) built from the login's profile by a
-    /// template (`"+{attributes.state_code}{attributes.mobile}"`), for sources that do not send
-    /// the standard names. A mapped field is taken from its template alone.
+    /// Account fields (`email`, `phone`, `username`, `attributes.<name>`) built from the login's
+    /// profile by a template (`"+{attributes.state_code}{attributes.mobile}"`), for sources that
+    /// do not send the standard names. A mapped field is taken from its template alone; an empty
+    /// template takes a preset's key away.
     pub mapping: Option<BTreeMap<String, String>>,
     /// Mapped fields the source vouches for (a corporate directory): verified whatever the
-    /// profile's flags say. Each must be mapped.
+    /// profile's flags say. Each must be mapped. Without it, the preset's.
     pub verified_fields: Option<Vec<String>>,
 }
 
@@ -207,8 +302,12 @@ pub struct ConnectionSettings {
     /// Whether and how an unknown identity is matched to existing accounts.
     pub association: Association,
     /// The fields matching compares, in order (a candidate's `matched_on` follows it): free of
-    /// repeats and never empty.
-    pub match_fields: Vec<MatchField>,
+    /// repeats and never empty; every attribute among them is filled by the mapping.
+    pub match_fields: Vec<MatchKey>,
+    /// How the match fields combine.
+    pub match_rule: MatchRule,
+    /// Attributes unique inside the pool, as this connection declares them.
+    pub unique_attributes: Vec<AttributeName>,
     /// Whether a login's email or phone counts (for matching, or for a new account) only when
     /// the source says it is verified; usernames are never subject to it.
     pub require_verified: bool,
@@ -224,7 +323,8 @@ pub struct ConnectionSettings {
     pub allowed_email_domains: Vec<String>,
     /// What a linked identity's changed email, phone or username does.
     pub on_profile_change: OnProfileChange,
-    /// The account fields built from the profile by a template.
+    /// The account fields built from the profile by a template: the provider's preset with the
+    /// connection's own keys over it.
     pub mapping: Mapping,
     /// The `settings_version` decisions record: it changes whenever the stored settings change
     /// (0 for settings not stored yet).
@@ -266,12 +366,23 @@ impl ConnectionSettings {
             parse_opt("login_mode", spec.login_mode.as_deref())?.unwrap_or(LoginMode::Normal);
         let association =
             parse_opt("association", spec.association.as_deref())?.unwrap_or(Association::Disabled);
-        let default_country_code = match spec.default_country_code.as_deref() {
+        let preset = super::presets::of(&provider);
+        let default_country_code = match spec
+            .default_country_code
+            .as_deref()
+            .or(preset.and_then(|p| p.default_country_code))
+        {
             None | Some("") => None,
             Some(raw) => Some(
                 CountryCode::parse(raw).map_err(|m| FieldError::new("default_country_code", m))?,
             ),
         };
+        let mapping = Mapping::validate(
+            preset,
+            spec.mapping.as_ref(),
+            spec.verified_fields.as_deref(),
+        )?;
+        let match_fields = match_fields(spec.match_fields.as_deref(), &mapping)?;
         Ok(Self {
             identifier,
             user_pool_id,
@@ -279,7 +390,10 @@ impl ConnectionSettings {
             provider,
             login_mode,
             association,
-            match_fields: match_fields(spec.match_fields.as_deref())?,
+            match_fields,
+            match_rule: parse_opt("match_rule", spec.match_rule.as_deref())?
+                .unwrap_or(MatchRule::Any),
+            unique_attributes: unique_attributes(spec.unique_attributes.as_deref())?,
             require_verified: spec.require_verified.unwrap_or(true),
             default_country_code,
             binding_ttl: binding_ttl(spec.binding_ttl.as_deref())?,
@@ -287,7 +401,7 @@ impl ConnectionSettings {
             allowed_email_domains: allowed_email_domains(spec.allowed_email_domains.as_deref())?,
             on_profile_change: parse_opt("on_profile_change", spec.on_profile_change.as_deref())?
                 .unwrap_or(OnProfileChange::Notify),
-            mapping: Mapping::validate(spec.mapping.as_ref(), spec.verified_fields.as_deref())?,
+            mapping,
             version: 0,
         })
     }
@@ -301,10 +415,12 @@ impl ConnectionSettings {
             provider: Some(self.provider.clone()),
             login_mode: Some(self.login_mode.as_str().to_owned()),
             association: Some(self.association.as_str().to_owned()),
-            match_fields: Some(
-                self.match_fields
+            match_fields: Some(self.match_fields.iter().map(|f| f.to_string()).collect()),
+            match_rule: Some(self.match_rule.as_str().to_owned()),
+            unique_attributes: Some(
+                self.unique_attributes
                     .iter()
-                    .map(|f| f.as_str().to_owned())
+                    .map(|a| a.as_str().to_owned())
                     .collect(),
             ),
             require_verified: Some(self.require_verified),
@@ -313,7 +429,7 @@ impl ConnectionSettings {
             trust_unverified_accounts: Some(self.trust_unverified_accounts),
             allowed_email_domains: Some(self.allowed_email_domains.clone()),
             on_profile_change: Some(self.on_profile_change.as_str().to_owned()),
-            mapping: Some(self.mapping.templates()),
+            mapping: Some(self.mapping.written().clone()),
             verified_fields: Some(
                 self.mapping
                     .verified
@@ -348,10 +464,11 @@ fn required<T>(
     parse(raw).map_err(|m| FieldError::new(field, m))
 }
 
-/// `match_fields`: email alone by default; at least one field, none twice.
-fn match_fields(raw: Option<&[String]>) -> Result<Vec<MatchField>, FieldError> {
+/// `match_fields`: email alone by default; at least one field, none twice; an attribute only
+/// where the mapping fills it (else no login could ever carry it).
+fn match_fields(raw: Option<&[String]>, mapping: &Mapping) -> Result<Vec<MatchKey>, FieldError> {
     let Some(raw) = raw else {
-        return Ok(vec![MatchField::Email]);
+        return Ok(vec![MatchField::Email.into()]);
     };
     if raw.is_empty() {
         return Err(FieldError::new(
@@ -361,9 +478,19 @@ fn match_fields(raw: Option<&[String]>) -> Result<Vec<MatchField>, FieldError> {
     }
     let mut fields = Vec::with_capacity(raw.len());
     for name in raw {
-        let field: MatchField = name
+        let field: MatchKey = name
             .parse()
             .map_err(|m| FieldError::new("match_fields", m))?;
+        if let MatchKey::Attribute(attribute) = &field
+            && !mapping.attributes.contains_key(attribute)
+        {
+            return Err(FieldError::new(
+                "match_fields",
+                format!(
+                    "{name:?} can never match: no mapping fills it (add a mapping key \"{name}\")"
+                ),
+            ));
+        }
         if fields.contains(&field) {
             return Err(FieldError::new(
                 "match_fields",
@@ -373,6 +500,19 @@ fn match_fields(raw: Option<&[String]>) -> Result<Vec<MatchField>, FieldError> {
         fields.push(field);
     }
     Ok(fields)
+}
+
+/// `unique_attributes`: attribute names, each once.
+fn unique_attributes(raw: Option<&[String]>) -> Result<Vec<AttributeName>, FieldError> {
+    let mut names = Vec::new();
+    for raw in raw.into_iter().flatten() {
+        let name = AttributeName::parse(raw.strip_prefix(ATTRIBUTE_PREFIX).unwrap_or(raw))
+            .map_err(|m| FieldError::new("unique_attributes", m))?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// `binding_ttl`: whole seconds, from 1s to 366 days.
@@ -424,77 +564,6 @@ fn bounded_text(field: &'static str, raw: Option<&str>) -> Result<Option<String>
             "must not contain control characters",
         )),
         Some(text) => Ok(Some(text.to_owned())),
-    }
-}
-
-/// A connection's `mapping` and `verified_fields`, checked: one template per mapped field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Mapping {
-    /// The template building the email, if the email is mapped.
-    pub email: Option<Template>,
-    /// The template building the phone number (then normalised as any phone).
-    pub phone: Option<Template>,
-    /// The template building the username.
-    pub username: Option<Template>,
-    /// Mapped fields counted as verified whatever the profile's flags say.
-    pub verified: Vec<MatchField>,
-}
-
-impl Mapping {
-    /// The template of `field`, if it is mapped.
-    pub fn template(&self, field: MatchField) -> Option<&Template> {
-        match field {
-            MatchField::Email => self.email.as_ref(),
-            MatchField::Phone => self.phone.as_ref(),
-            MatchField::Username => self.username.as_ref(),
-        }
-    }
-
-    fn validate(
-        raw: Option<&BTreeMap<String, String>>,
-        verified: Option<&[String]>,
-    ) -> Result<Self, FieldError> {
-        let mut mapping = Self::default();
-        for (target, template) in raw.into_iter().flatten() {
-            let field: MatchField = target.parse().map_err(|_| {
-                FieldError::new(
-                    "mapping",
-                    format!(
-                        "{target:?} cannot be mapped: the targets are email, phone and username"
-                    ),
-                )
-            })?;
-            let template = Template::parse(template)
-                .map_err(|m| FieldError::new("mapping", format!("{target}: {m}")))?;
-            match field {
-                MatchField::Email => mapping.email = Some(template),
-                MatchField::Phone => mapping.phone = Some(template),
-                MatchField::Username => mapping.username = Some(template),
-            }
-        }
-        for name in verified.into_iter().flatten() {
-            let field: MatchField = name
-                .parse()
-                .map_err(|m| FieldError::new("verified_fields", m))?;
-            if mapping.template(field).is_none() {
-                return Err(FieldError::new(
-                    "verified_fields",
-                    format!("{name:?} is not mapped: only a mapped field can be vouched for"),
-                ));
-            }
-            if !mapping.verified.contains(&field) {
-                mapping.verified.push(field);
-            }
-        }
-        Ok(mapping)
-    }
-
-    /// The templates as written, by target.
-    fn templates(&self) -> BTreeMap<String, String> {
-        MatchField::ALL
-            .iter()
-            .filter_map(|f| Some((f.as_str().to_owned(), self.template(*f)?.to_string())))
-            .collect()
     }
 }
 
@@ -558,6 +627,108 @@ mod tests {
             let error = ConnectionSettings::validate(&bad).unwrap_err();
             assert_eq!(error.field, field);
             assert!(error.message.contains(says), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_preset_maps_the_source_and_yields_key_by_key() {
+        let mut dingtalk = spec("dingtalk");
+        dingtalk.provider = Some("dingtalk".into());
+        let settings = ConnectionSettings::validate(&dingtalk).unwrap();
+        let effective = settings.mapping.effective();
+        assert_eq!(
+            effective["phone"],
+            "+{attributes.state_code}{attributes.mobile}"
+        );
+        assert_eq!(
+            effective["attributes.employee_id"],
+            "{attributes.job_number}"
+        );
+        assert_eq!(
+            settings.mapping.verified,
+            [MatchField::Phone, MatchField::Email]
+        );
+        assert!(settings.mapping.written().is_empty(), "nothing written");
+
+        // The connection's own keys win; an empty one takes the preset's away.
+        dingtalk.mapping = Some(
+            [
+                ("email".to_owned(), String::new()),
+                (
+                    "attributes.employee_id".to_owned(),
+                    "D{attributes.job_number}".to_owned(),
+                ),
+            ]
+            .into(),
+        );
+        let settings = ConnectionSettings::validate(&dingtalk).unwrap();
+        let effective = settings.mapping.effective();
+        assert!(!effective.contains_key("email"));
+        assert_eq!(
+            effective["attributes.employee_id"],
+            "D{attributes.job_number}"
+        );
+        assert_eq!(settings.mapping.verified, [MatchField::Phone]);
+        assert!(
+            settings.mapping.phone.as_ref().unwrap().fallback,
+            "the preset's"
+        );
+        assert_eq!(
+            ConnectionSettings::validate(&settings.to_spec()).unwrap(),
+            settings,
+            "the spec reads back"
+        );
+
+        let mut wecom = spec("wecom");
+        wecom.provider = Some("wecom".into());
+        let settings = ConnectionSettings::validate(&wecom).unwrap();
+        assert_eq!(settings.default_country_code.unwrap().code(), 86);
+        let mut ldap = spec("ldap");
+        ldap.provider = Some("ldap".into());
+        let settings = ConnectionSettings::validate(&ldap).unwrap();
+        assert!(settings.mapping.effective().is_empty());
+    }
+
+    #[test]
+    fn attributes_are_matched_only_where_a_mapping_fills_them() {
+        let mut with = spec("hr");
+        with.match_fields = Some(vec!["attributes.employee_id".into(), "email".into()]);
+        with.match_rule = Some("all".into());
+        with.unique_attributes = Some(vec!["employee_id".into(), "attributes.employee_id".into()]);
+        let error = ConnectionSettings::validate(&with).unwrap_err();
+        assert_eq!(error.field, "match_fields");
+        assert!(error.message.contains("can never match"), "{error}");
+
+        with.mapping = Some(
+            [(
+                "attributes.employee_id".to_owned(),
+                "{attributes.employee_no}".to_owned(),
+            )]
+            .into(),
+        );
+        let settings = ConnectionSettings::validate(&with).unwrap();
+        assert_eq!(settings.match_rule, MatchRule::All);
+        assert_eq!(
+            settings.match_fields[0].to_string(),
+            "attributes.employee_id"
+        );
+        assert_eq!(settings.unique_attributes.len(), 1, "listed once");
+        assert_eq!(
+            ConnectionSettings::validate(&settings.to_spec()).unwrap(),
+            settings
+        );
+        for (key, value, says) in [
+            ("match_rule", "some", "match_rule"),
+            ("match_fields", "attributes.employee id", "match_fields"),
+            ("unique_attributes", "a.b", "unique_attributes"),
+        ] {
+            let mut bad = with.clone();
+            match key {
+                "match_rule" => bad.match_rule = Some(value.into()),
+                "match_fields" => bad.match_fields = Some(vec![value.into()]),
+                _ => bad.unique_attributes = Some(vec![value.into()]),
+            }
+            assert_eq!(ConnectionSettings::validate(&bad).unwrap_err().field, says);
         }
     }
 

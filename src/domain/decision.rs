@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::connection::{Association, ConnectionSettings, LoginMode, MatchField};
+use super::attributes::{AttributeName, Attributes};
+use super::connection::{
+    Association, ConnectionSettings, LoginMode, MatchField, MatchKey, MatchRule,
+};
 use super::login::{Field, NormalizedFields};
 use super::{Email, Phone, Username};
 
@@ -150,6 +153,8 @@ pub struct PoolUser {
     pub phone_verified: bool,
     /// The account's username, canonical; `None` when it has none.
     pub username: Option<Username>,
+    /// The account's attributes.
+    pub attributes: Attributes,
     /// Never linked automatically (admins, break-glass accounts).
     pub protected: bool,
     /// The user already holds an identity of the login's connection.
@@ -180,7 +185,12 @@ pub struct Situation {
     pub pending_binding: Option<PendingBinding>,
     /// Every pool user sharing a normalised field with the login, whatever the settings: the
     /// decision needs them both to find candidates and to know which fields are already held.
+    /// For attributes: every user sharing a value of an attribute the connection matches on or
+    /// the pool holds unique.
     pub pool_users: Vec<PoolUser>,
+    /// The attributes unique inside the login's pool (some connection of the pool lists them):
+    /// a new account never takes a value of one that another account holds.
+    pub unique_attributes: Vec<AttributeName>,
 }
 
 /// The fields a new account receives.
@@ -200,6 +210,9 @@ pub struct NewUserFields {
     pub username: Option<Username>,
     /// The profile's display name as received (not normalised, not unique).
     pub name: Option<String>,
+    /// The mapped attributes, each where it is valid, not a lookalike, and (for an attribute
+    /// unique in the pool) not held by another account.
+    pub attributes: Attributes,
 }
 
 /// What the decision does with a login (contract section 1, steps 3 to 5).
@@ -225,7 +238,7 @@ pub enum Action {
         /// The account the identity is linked to.
         user_id: Uuid,
         /// The fields on which the account matched, in `match_fields` order.
-        matched_on: Vec<MatchField>,
+        matched_on: Vec<MatchKey>,
     },
     /// Step 5: park the identity for an admin (or the person, through the platform).
     OpenBinding {
@@ -257,7 +270,7 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldEvidence {
     /// Which of the login's fields this is.
-    pub field: MatchField,
+    pub field: MatchKey,
     /// The canonical value, or the value as received (cut to 256 characters) when malformed or
     /// suspicious, so that an admin sees the lookalike; masked in events and for viewers.
     pub value: String,
@@ -273,20 +286,37 @@ pub struct CandidateEvidence {
     /// The candidate account.
     pub user_id: Uuid,
     /// The fields on which its value equals the login's, in `match_fields` order; never empty.
-    pub matched_on: Vec<MatchField>,
+    pub matched_on: Vec<MatchKey>,
     /// The first safety rule that kept it from being linked automatically; `None` when none did.
     pub set_aside: Option<SetAside>,
 }
 
 /// Why the decision is what it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
-    /// Each field the login carried (email, phone, username, in that order), with whether it
-    /// was usable and why not.
+    /// How the match fields combined (`any` for decisions recorded before there was a choice).
+    #[serde(default = "any")]
+    pub match_rule: MatchRule,
+    /// Each field the login carried (email, phone, username, then its mapped attributes by
+    /// name), with whether it was usable and why not.
     pub fields: Vec<FieldEvidence>,
     /// The candidate accounts, in id order; empty when none matched or no candidate search ran
     /// (an existing user, a still-pending binding, association disabled).
     pub candidates: Vec<CandidateEvidence>,
+}
+
+fn any() -> MatchRule {
+    MatchRule::Any
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Self {
+            match_rule: MatchRule::Any,
+            fields: Vec::new(),
+            candidates: Vec::new(),
+        }
+    }
 }
 
 impl Evidence {
@@ -297,14 +327,15 @@ impl Evidence {
             .iter()
             .map(|f| FieldEvidence {
                 value: match f.field {
-                    MatchField::Email => super::mask::email(&f.value),
-                    MatchField::Phone => super::mask::phone(&f.value),
-                    MatchField::Username => f.value.clone(),
+                    MatchKey::Field(MatchField::Email) => super::mask::email(&f.value),
+                    MatchKey::Field(MatchField::Phone) => super::mask::phone(&f.value),
+                    _ => f.value.clone(),
                 },
                 ..f.clone()
             })
             .collect();
         Self {
+            match_rule: self.match_rule,
             fields,
             candidates: self.candidates.clone(),
         }
@@ -340,7 +371,7 @@ pub fn decide(
                     .as_ref()
                     .and_then(|a| drift::judge(login, settings, a, &situation.pool_users)),
             },
-            evidence: judge.evidence(false, &[], None, &[]),
+            evidence: judge.evidence(false, &[], None, situation),
         };
     }
 
@@ -353,7 +384,7 @@ pub fn decide(
                     binding_id: binding.id,
                     reason: binding.reason,
                 },
-                evidence: judge.evidence(false, &[], None, &[]),
+                evidence: judge.evidence(false, &[], None, situation),
             };
         }
         expire_binding = Some(binding.id);
@@ -365,13 +396,13 @@ pub fn decide(
             judge.candidates(&situation.pool_users)
         }
     };
-    let action = judge.action(&candidates, &situation.pool_users);
+    let action = judge.action(&candidates, situation);
     let created = match &action {
         Action::CreateUser(new) => Some(new),
         _ => None,
     };
     let searched = settings.association != Association::Disabled;
-    let evidence = judge.evidence(searched, &candidates, created, &situation.pool_users);
+    let evidence = judge.evidence(searched, &candidates, created, situation);
     Decision {
         expire_binding,
         action,
@@ -387,7 +418,7 @@ pub fn usable_value(
     field: MatchField,
 ) -> Option<String> {
     let judge = Judge { login, settings };
-    if judge.unusable(field).is_some() {
+    if judge.unusable(&field.into()).is_some() {
         return None;
     }
     match field {
@@ -403,46 +434,61 @@ struct Judge<'a> {
     settings: &'a ConnectionSettings,
 }
 
+/// What the login carries in one field, as the rules see it.
+struct Carried<'a> {
+    malformed: bool,
+    suspicious: bool,
+    verified: bool,
+    /// The canonical value when valid.
+    value: Option<&'a str>,
+}
+
 impl Judge<'_> {
+    fn carried(&self, key: &MatchKey) -> Option<Carried<'_>> {
+        fn of<'v, T>(field: &'v Field<T>, verified: bool, text: fn(&T) -> &str) -> Carried<'v> {
+            Carried {
+                malformed: matches!(field, Field::Malformed(_)),
+                suspicious: field.is_suspicious(),
+                verified,
+                value: field.value().map(text),
+            }
+        }
+        let login = self.login;
+        let carried = match key {
+            MatchKey::Field(MatchField::Email) => {
+                of(&login.email, login.email_verified, Email::as_str)
+            }
+            MatchKey::Field(MatchField::Phone) => {
+                of(&login.phone, login.phone_verified, Phone::as_str)
+            }
+            MatchKey::Field(MatchField::Username) => of(&login.username, true, Username::as_str),
+            MatchKey::Attribute(name) => of(login.attributes.get(name)?, true, String::as_str),
+        };
+        (carried.malformed || carried.value.is_some()).then_some(carried)
+    }
+
     /// Why the login's `field` cannot be used at all, whatever the decision: malformed,
     /// suspicious, outside the allowed domains, or unverified where verification is required.
-    fn unusable(&self, field: MatchField) -> Option<WhyNot> {
-        self.judged(field, true)
+    fn unusable(&self, key: &MatchKey) -> Option<WhyNot> {
+        self.judged(key, true)
     }
 
     /// `unusable`, leaving suspicion out when `suspicion` is false.
-    fn judged(&self, field: MatchField, suspicion: bool) -> Option<WhyNot> {
-        let login = self.login;
-        let (malformed, suspicious, verified) = match field {
-            MatchField::Email => (
-                matches!(login.email, Field::Malformed(_)),
-                login.email.is_suspicious(),
-                login.email_verified,
-            ),
-            MatchField::Phone => (
-                matches!(login.phone, Field::Malformed(_)),
-                login.phone.is_suspicious(),
-                login.phone_verified,
-            ),
-            MatchField::Username => (
-                matches!(login.username, Field::Malformed(_)),
-                login.username.is_suspicious(),
-                true,
-            ),
-        };
-        if malformed {
+    fn judged(&self, key: &MatchKey, suspicion: bool) -> Option<WhyNot> {
+        let carried = self.carried(key)?;
+        if carried.malformed {
             return Some(WhyNot::Malformed);
         }
-        if suspicion && suspicious {
+        if suspicion && carried.suspicious {
             return Some(WhyNot::Suspicious);
         }
-        if field == MatchField::Email
-            && let Some(email) = login.email.value()
+        if *key == MatchKey::Field(MatchField::Email)
+            && let Some(email) = self.login.email.value()
             && !self.settings.email_domain_allowed(email.domain())
         {
             return Some(WhyNot::DomainNotAllowed);
         }
-        if self.settings.require_verified && !verified {
+        if self.settings.require_verified && !carried.verified {
             return Some(WhyNot::Unverified);
         }
         None
@@ -451,48 +497,57 @@ impl Judge<'_> {
     /// Whether candidates are looked for with this field: in `match_fields`, present and valid,
     /// in an allowed domain and verified where required. A suspicious value is looked for too, to
     /// find the account it could pass for; it never links by itself.
-    fn searched(&self, field: MatchField) -> bool {
-        self.settings.match_fields.contains(&field)
-            && self.present(field)
-            && self.judged(field, false).is_none()
+    fn searched(&self, key: &MatchKey) -> bool {
+        self.settings.match_fields.contains(key)
+            && self.present(key)
+            && self.judged(key, false).is_none()
     }
 
-    fn present(&self, field: MatchField) -> bool {
-        match field {
-            MatchField::Email => self.login.email.value().is_some(),
-            MatchField::Phone => self.login.phone.value().is_some(),
-            MatchField::Username => self.login.username.value().is_some(),
-        }
+    fn present(&self, key: &MatchKey) -> bool {
+        self.carried(key).is_some_and(|c| c.value.is_some())
     }
 
     /// Whether `user` holds the login's value of `field`.
-    fn holds(&self, user: &PoolUser, field: MatchField) -> bool {
-        let login = self.login;
-        match field {
-            MatchField::Email => login
-                .email
-                .value()
-                .is_some_and(|e| user.email.as_ref() == Some(e)),
-            MatchField::Phone => login
-                .phone
-                .value()
-                .is_some_and(|p| user.phone.as_ref() == Some(p)),
-            MatchField::Username => login
-                .username
-                .value()
-                .is_some_and(|u| user.username.as_ref() == Some(u)),
-        }
+    fn holds(&self, user: &PoolUser, key: &MatchKey) -> bool {
+        let Some(value) = self.carried(key).and_then(|c| c.value) else {
+            return false;
+        };
+        let stored = match key {
+            MatchKey::Field(MatchField::Email) => user.email.as_ref().map(Email::as_str),
+            MatchKey::Field(MatchField::Phone) => user.phone.as_ref().map(Phone::as_str),
+            MatchKey::Field(MatchField::Username) => user.username.as_ref().map(Username::as_str),
+            MatchKey::Attribute(name) => user.attributes.get(name).map(String::as_str),
+        };
+        stored == Some(value)
     }
 
-    /// Users whose normalised `match_fields` equal the login's, each with the fields that matched
-    /// (in `match_fields` order) and why it cannot be linked automatically, in a stable order (by
-    /// id).
+    /// The listed fields a candidate must match on under `match_rule = "all"`: every one the
+    /// login carries at all (a carried but unusable value cannot be matched, so nobody is a
+    /// candidate then).
+    fn required(&self) -> Vec<&MatchKey> {
+        self.settings
+            .match_fields
+            .iter()
+            .filter(|k| self.carried(k).is_some())
+            .collect()
+    }
+
+    /// Users whose normalised `match_fields` equal the login's under the connection's
+    /// `match_rule`, each with the fields that matched (in `match_fields` order) and why it
+    /// cannot be linked automatically, in a stable order (by id).
     fn candidates(&self, pool_users: &[PoolUser]) -> Vec<CandidateEvidence> {
+        let required = self.required();
+        let qualifies = |matched_on: &[MatchKey]| match self.settings.match_rule {
+            MatchRule::Any => !matched_on.is_empty(),
+            MatchRule::All => {
+                !required.is_empty() && required.iter().all(|k| matched_on.contains(k))
+            }
+        };
         let mut found: Vec<CandidateEvidence> = pool_users
             .iter()
             .filter_map(|user| {
                 let matched_on = matched_fields(self.login, self.settings, user);
-                (!matched_on.is_empty()).then(|| CandidateEvidence {
+                qualifies(&matched_on).then(|| CandidateEvidence {
                     user_id: user.id,
                     set_aside: self.set_aside(user, &matched_on),
                     matched_on,
@@ -506,16 +561,12 @@ impl Judge<'_> {
 
     /// The first safety rule that keeps `user` from being linked automatically, in the
     /// contract's order.
-    fn set_aside(&self, user: &PoolUser, matched_on: &[MatchField]) -> Option<SetAside> {
-        let suspicious = |f: &MatchField| match f {
-            MatchField::Email => self.login.email.is_suspicious(),
-            MatchField::Phone => self.login.phone.is_suspicious(),
-            MatchField::Username => self.login.username.is_suspicious(),
-        };
-        let unverified_on_account = |f: &MatchField| match f {
-            MatchField::Email => !user.email_verified,
-            MatchField::Phone => !user.phone_verified,
-            MatchField::Username => false,
+    fn set_aside(&self, user: &PoolUser, matched_on: &[MatchKey]) -> Option<SetAside> {
+        let suspicious = |k: &MatchKey| self.carried(k).is_some_and(|c| c.suspicious);
+        let unverified_on_account = |k: &MatchKey| match k {
+            MatchKey::Field(MatchField::Email) => !user.email_verified,
+            MatchKey::Field(MatchField::Phone) => !user.phone_verified,
+            _ => false,
         };
         if user.protected {
             Some(SetAside::ProtectedAccount)
@@ -533,9 +584,9 @@ impl Judge<'_> {
     }
 
     /// What to do given the candidates found (none: [`Judge::no_candidate`]).
-    fn action(&self, candidates: &[CandidateEvidence], pool_users: &[PoolUser]) -> Action {
+    fn action(&self, candidates: &[CandidateEvidence], situation: &Situation) -> Action {
         match (self.settings.association, candidates) {
-            (_, []) => self.no_candidate(pool_users),
+            (_, []) => self.no_candidate(situation),
             (Association::FieldMatching, [only]) => match only.set_aside {
                 None => Action::Link {
                     user_id: only.user_id,
@@ -570,11 +621,43 @@ impl Judge<'_> {
         }
     }
 
-    fn no_candidate(&self, pool_users: &[PoolUser]) -> Action {
+    fn no_candidate(&self, situation: &Situation) -> Action {
         if self.settings.login_mode == LoginMode::LoginOnly {
             return Action::Reject;
         }
-        Action::CreateUser(new_user_fields(self.login, self.settings, pool_users))
+        Action::CreateUser(new_user_fields(
+            self.login,
+            self.settings,
+            &situation.pool_users,
+            &situation.unique_attributes,
+        ))
+    }
+
+    /// Whether a new account may not take the login's value of `key` because another account
+    /// holds it: always for email, phone and username, for an attribute where it is unique in
+    /// the pool.
+    fn held(&self, key: &MatchKey, pool_users: &[PoolUser], unique: &[AttributeName]) -> bool {
+        let exclusive = match key {
+            MatchKey::Attribute(name) => unique.contains(name),
+            MatchKey::Field(_) => true,
+        };
+        exclusive && pool_users.iter().any(|u| self.holds(u, key))
+    }
+
+    /// Every field the login carries, in evidence order.
+    fn keys(&self) -> Vec<MatchKey> {
+        MatchField::ALL
+            .iter()
+            .map(|f| MatchKey::Field(*f))
+            .chain(
+                self.login
+                    .attributes
+                    .keys()
+                    .cloned()
+                    .map(MatchKey::Attribute),
+            )
+            .filter(|k| self.carried(k).is_some())
+            .collect()
     }
 
     /// The evidence of the login's fields: each present field with its value, whether it was
@@ -584,39 +667,49 @@ impl Judge<'_> {
         searching: bool,
         candidates: &[CandidateEvidence],
         created: Option<&NewUserFields>,
-        pool_users: &[PoolUser],
+        situation: &Situation,
     ) -> Evidence {
         let mut fields = Vec::new();
-        for field in MatchField::ALL.iter().copied() {
-            let value = match field {
-                MatchField::Email => text(&self.login.email, Email::as_str),
-                MatchField::Phone => text(&self.login.phone, Phone::as_str),
-                MatchField::Username => text(&self.login.username, Username::as_str),
+        for key in self.keys() {
+            let value = match &key {
+                MatchKey::Field(MatchField::Email) => text(&self.login.email, Email::as_str),
+                MatchKey::Field(MatchField::Phone) => text(&self.login.phone, Phone::as_str),
+                MatchKey::Field(MatchField::Username) => {
+                    text(&self.login.username, Username::as_str)
+                }
+                MatchKey::Attribute(name) => self
+                    .login
+                    .attributes
+                    .get(name)
+                    .and_then(|f| text(f, String::as_str)),
             };
             let Some(value) = value else { continue };
-            let copied = created.is_some_and(|new| match field {
-                MatchField::Email => new.email.is_some(),
-                MatchField::Phone => new.phone.is_some(),
-                MatchField::Username => new.username.is_some(),
+            let copied = created.is_some_and(|new| match &key {
+                MatchKey::Field(MatchField::Email) => new.email.is_some(),
+                MatchKey::Field(MatchField::Phone) => new.phone.is_some(),
+                MatchKey::Field(MatchField::Username) => new.username.is_some(),
+                MatchKey::Attribute(name) => new.attributes.contains_key(name),
             });
-            let held = pool_users.iter().any(|u| self.holds(u, field));
-            let why_not = self.unusable(field).or(if copied {
+            let why_not = self.unusable(&key).or(if copied {
                 None
-            } else if created.is_some() && held {
+            } else if created.is_some()
+                && self.held(&key, &situation.pool_users, &situation.unique_attributes)
+            {
                 Some(WhyNot::Held)
-            } else if !(searching && self.searched(field)) {
+            } else if !(searching && self.searched(&key)) {
                 Some(WhyNot::NotMatchedOn)
             } else {
                 None
             });
             fields.push(FieldEvidence {
-                field,
+                field: key,
                 value,
                 usable: why_not.is_none(),
                 why_not,
             });
         }
         Evidence {
+            match_rule: self.settings.match_rule,
             fields,
             candidates: candidates.to_vec(),
         }
@@ -639,31 +732,37 @@ fn text<T>(field: &Field<T>, as_str: fn(&T) -> &str) -> Option<String> {
 
 /// What a new account receives from a login: each field only where it is valid, not suspicious,
 /// in an allowed domain, verified (when the connection requires it) and not held by another user
-/// of the pool.
+/// of the pool (for an attribute: when it is unique in the pool).
 pub fn new_user_fields(
     login: &NormalizedFields,
     settings: &ConnectionSettings,
     pool_users: &[PoolUser],
+    unique: &[AttributeName],
 ) -> NewUserFields {
     let judge = Judge { login, settings };
-    let take = |field: MatchField| {
-        judge.unusable(field).is_none() && !pool_users.iter().any(|u| judge.holds(u, field))
-    };
+    let take =
+        |key: MatchKey| judge.unusable(&key).is_none() && !judge.held(&key, pool_users, unique);
     let email = login
         .email
         .value()
         .cloned()
-        .filter(|_| take(MatchField::Email));
+        .filter(|_| take(MatchField::Email.into()));
     let phone = login
         .phone
         .value()
         .cloned()
-        .filter(|_| take(MatchField::Phone));
+        .filter(|_| take(MatchField::Phone.into()));
     let username = login
         .username
         .value()
         .cloned()
-        .filter(|_| take(MatchField::Username));
+        .filter(|_| take(MatchField::Username.into()));
+    let attributes = login
+        .attributes
+        .iter()
+        .filter(|(name, _)| take(MatchKey::Attribute((*name).clone())))
+        .filter_map(|(name, field)| Some((name.clone(), field.value()?.clone())))
+        .collect();
     NewUserFields {
         email_verified: email.is_some() && login.email_verified,
         email,
@@ -671,6 +770,7 @@ pub fn new_user_fields(
         phone,
         username,
         name: login.name.clone(),
+        attributes,
     }
 }
 
@@ -680,13 +780,13 @@ pub fn matched_fields(
     login: &NormalizedFields,
     settings: &ConnectionSettings,
     user: &PoolUser,
-) -> Vec<MatchField> {
+) -> Vec<MatchKey> {
     let judge = Judge { login, settings };
     settings
         .match_fields
         .iter()
-        .copied()
-        .filter(|f| judge.searched(*f) && judge.holds(user, *f))
+        .filter(|k| judge.searched(k) && judge.holds(user, k))
+        .cloned()
         .collect()
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    connection::{ConnectionSettings, MatchField},
+    connection::{ConnectionSettings, MatchKey},
     decision::{
         Action, BindingReason, Decision, Evidence, NewUserFields, Outcome, UNKNOWN_USER,
         drift::{Drift, UserUpdate},
@@ -334,6 +334,7 @@ pub fn create_user(
             phone: fields.phone.clone(),
             username: fields.username.clone(),
             name: fields.name.clone(),
+            attributes: fields.attributes.clone(),
         },
         identity: identity.reference(),
         cause_event_id: cause,
@@ -354,7 +355,7 @@ pub fn user_linked(
     user_id: Uuid,
     identity: IdentityRef,
     method: LinkMethod,
-    matched_on: Vec<MatchField>,
+    matched_on: Vec<MatchKey>,
     cause: Option<&str>,
     now: DateTime<Utc>,
 ) -> Effect {
@@ -469,7 +470,7 @@ mod tests {
             (
                 Action::Link {
                     user_id: user,
-                    matched_on: vec![MatchField::Email],
+                    matched_on: vec![crate::domain::MatchField::Email.into()],
                 },
                 vec!["LinkIdentity", "user.linked"],
             ),

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::connection::MatchField;
+use super::attributes::Attributes;
+use super::connection::MatchKey;
 use super::decision::{CandidateEvidence, FieldEvidence, Outcome};
 use super::{Email, Phone, Username};
 
@@ -123,6 +124,8 @@ pub struct UserSummary {
     pub username: Option<Username>,
     /// The account's display name as given; `None` when it has none.
     pub name: Option<String>,
+    /// The account's attributes (`{}` when it has none).
+    pub attributes: Attributes,
 }
 
 /// The `data` of `user.created`: a login, or a binding resolved with `create`, made a new account
@@ -163,7 +166,7 @@ pub struct UserLinked<'a> {
     pub method: LinkMethod,
     /// The connection's match fields on which the account equals the login, in `match_fields`
     /// order; may be empty for a binding resolved to an account the login did not match.
-    pub matched_on: Vec<MatchField>,
+    pub matched_on: Vec<MatchKey>,
     /// The `id` of the login that caused the link; for a binding resolution, of the login that
     /// opened the binding (`None` when that is not known).
     pub cause_event_id: Option<&'a str>,

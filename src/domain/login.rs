@@ -3,7 +3,11 @@
 
 use serde_json::{Map, Value};
 
-use super::connection::{ConnectionId, ConnectionSettings, Mapping, MatchField, UserPoolId};
+use std::collections::BTreeMap;
+
+use super::attributes::{self, AttributeName};
+use super::connection::{ConnectionId, ConnectionSettings, MatchField, UserPoolId};
+use super::mapping::Mapping;
 use super::strict_json::{self, StrictError};
 use super::{Email, Phone, Username};
 
@@ -425,6 +429,10 @@ pub struct NormalizedFields {
     pub username: Field<Username>,
     /// The profile's display name as received: not matched on, given to a new account.
     pub name: Option<String>,
+    /// The account attributes the connection maps from the profile, by name (a template that
+    /// finds nothing gives none): trimmed and composed, flagged when a lookalike. Like usernames,
+    /// they have no verification flag.
+    pub attributes: BTreeMap<AttributeName, Field<String>>,
 }
 
 impl NormalizedFields {
@@ -439,6 +447,17 @@ impl NormalizedFields {
         let (email, email_verified) = sourced(profile, mapping, MatchField::Email);
         let (phone, phone_verified) = sourced(profile, mapping, MatchField::Phone);
         let (username, _) = sourced(profile, mapping, MatchField::Username);
+        let attributes = mapping
+            .attributes
+            .iter()
+            .filter_map(|(name, template)| {
+                let raw = template.render(&profile.raw)?;
+                Some((
+                    name.clone(),
+                    Field::of(Some(&raw), attributes::value_checked),
+                ))
+            })
+            .collect();
         Self {
             email: Field::of(email.as_deref(), Email::parse_checked),
             email_verified,
@@ -448,12 +467,14 @@ impl NormalizedFields {
             phone_verified,
             username: Field::of(username.as_deref(), Username::parse_checked),
             name: profile.name.clone(),
+            attributes,
         }
     }
 }
 
-/// A field's raw value and verification: from the connection's template when it maps the field,
-/// from the profile's standard name otherwise.
+/// A field's raw value and verification: from the connection's template when it maps the field
+/// (a preset's only where the profile lacks the standard name), from the profile's standard name
+/// otherwise.
 fn sourced(profile: &Profile, mapping: &Mapping, field: MatchField) -> (Option<String>, bool) {
     let (standard, flag) = match field {
         MatchField::Email => (&profile.email, profile.email_verified),
@@ -461,11 +482,11 @@ fn sourced(profile: &Profile, mapping: &Mapping, field: MatchField) -> (Option<S
         MatchField::Username => (&profile.username, true),
     };
     match mapping.template(field) {
-        Some(template) => (
-            template.render(&profile.raw),
+        Some(mapped) if !(mapped.fallback && standard.is_some()) => (
+            mapped.template.render(&profile.raw),
             flag || mapping.verified.contains(&field),
         ),
-        None => (standard.clone(), flag),
+        _ => (standard.clone(), flag),
     }
 }
 
@@ -513,6 +534,40 @@ mod tests {
             Some("zs"),
             "not mapped"
         );
+    }
+
+    #[test]
+    fn a_preset_stands_in_only_for_a_missing_standard_name() {
+        let spec = crate::domain::connection::ConnectionSpec {
+            identifier: Some("dingtalk".into()),
+            user_pool_id: Some("pool-1".into()),
+            provider: Some("dingtalk".into()),
+            ..Default::default()
+        };
+        let settings = ConnectionSettings::validate(&spec).unwrap();
+        let source = json!({"attributes": {"state_code": "852", "mobile": "61234567",
+                                           "org_email": "Chan@Corp.Example", "job_number": "E2048"}});
+        let profile = Profile::from_map(source.as_object().unwrap()).unwrap();
+        let fields = NormalizedFields::of(&profile, &settings);
+        assert_eq!(fields.phone.value().unwrap().as_str(), "+85261234567");
+        assert!(
+            fields.phone_verified && fields.email_verified,
+            "vouched for"
+        );
+        assert_eq!(fields.email.value().unwrap().as_str(), "chan@corp.example");
+        let (name, employee) = fields.attributes.iter().next().unwrap();
+        assert_eq!(
+            (name.as_str(), employee.value().unwrap().as_str()),
+            ("employee_id", "E2048")
+        );
+
+        // A platform that already sends the standard names keeps them, with their own flags.
+        let mut raw = source.as_object().unwrap().clone();
+        raw.insert("email".into(), json!("chan@example.net"));
+        let profile = Profile::from_map(&raw).unwrap();
+        let fields = NormalizedFields::of(&profile, &settings);
+        assert_eq!(fields.email.value().unwrap().as_str(), "chan@example.net");
+        assert!(!fields.email_verified, "the profile does not say so");
     }
 
     const LIMIT: usize = 64 * 1024;

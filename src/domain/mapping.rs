@@ -3,9 +3,13 @@
 //! names a path into the profile's nested objects, keys separated by dots; a template yields a
 //! value only when every placeholder finds one.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use serde_json::{Map, Value};
+
+use super::attributes::AttributeName;
+use super::connection::{ATTRIBUTE_PREFIX, FieldError, MatchField, MatchKey};
+use super::presets::Preset;
 
 /// Longest template accepted, in characters: a mapping is configuration, not data.
 const MAX_TEMPLATE_CHARS: usize = 512;
@@ -106,6 +110,158 @@ impl fmt::Display for Template {
             }
         }
         Ok(())
+    }
+}
+
+/// One mapped field: its template, and whether the template only stands in for a profile that
+/// lacks the field's standard name (a provider's preset) or replaces it (the connection's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    /// The template building the value.
+    pub template: Template,
+    /// From a preset: the profile's own `email`, `phone` or `username`, when it carries one,
+    /// wins over it.
+    pub fallback: bool,
+}
+
+/// A connection's `mapping` and `verified_fields`, checked: the provider's preset with the
+/// connection's own keys over it, one template per mapped field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mapping {
+    /// The template building the email, if the email is mapped.
+    pub email: Option<Mapped>,
+    /// The template building the phone number (then normalised as any phone).
+    pub phone: Option<Mapped>,
+    /// The template building the username.
+    pub username: Option<Mapped>,
+    /// The templates building account attributes, by attribute.
+    pub attributes: BTreeMap<AttributeName, Template>,
+    /// Mapped fields counted as verified whatever the profile's flags say.
+    pub verified: Vec<MatchField>,
+    /// The connection's own keys, as written (what its settings read back as).
+    written: BTreeMap<String, String>,
+}
+
+impl Mapping {
+    /// The template of `field`, if it is mapped.
+    pub fn template(&self, field: MatchField) -> Option<&Mapped> {
+        match field {
+            MatchField::Email => self.email.as_ref(),
+            MatchField::Phone => self.phone.as_ref(),
+            MatchField::Username => self.username.as_ref(),
+        }
+    }
+
+    /// The connection's own keys, as written.
+    pub fn written(&self) -> &BTreeMap<String, String> {
+        &self.written
+    }
+
+    /// Every mapped target with its template (the preset's and the connection's), as the
+    /// connection's view shows what applies.
+    pub fn effective(&self) -> BTreeMap<String, String> {
+        let standard = MatchField::ALL.iter().filter_map(|f| {
+            Some((
+                f.as_str().to_owned(),
+                self.template(*f)?.template.to_string(),
+            ))
+        });
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|(name, t)| (format!("{ATTRIBUTE_PREFIX}{name}"), t.to_string()));
+        standard.chain(attributes).collect()
+    }
+
+    /// Reads `mapping` over the preset's, then `verified_fields` (the preset's when absent). A
+    /// key written with an empty template takes the preset's key away.
+    pub(crate) fn validate(
+        preset: Option<&Preset>,
+        written: Option<&BTreeMap<String, String>>,
+        verified: Option<&[String]>,
+    ) -> Result<Self, FieldError> {
+        let mut mapping = Self {
+            written: written.cloned().unwrap_or_default(),
+            ..Self::default()
+        };
+        let preset_keys = preset.into_iter().flat_map(|p| p.mapping.iter());
+        for (target, template) in preset_keys {
+            let template = Template::parse(template).expect("presets parse");
+            mapping.set(
+                &target.parse().expect("preset targets are valid"),
+                template,
+                true,
+            );
+        }
+        for (target, raw) in written.into_iter().flatten() {
+            let key: MatchKey = target.parse().map_err(|_| {
+                FieldError::new(
+                    "mapping",
+                    format!(
+                        "{target:?} cannot be mapped: the targets are email, phone, username \
+                         and attributes.<name>"
+                    ),
+                )
+            })?;
+            if raw.is_empty() {
+                mapping.unset(&key);
+                continue;
+            }
+            let template = Template::parse(raw)
+                .map_err(|m| FieldError::new("mapping", format!("{target}: {m}")))?;
+            mapping.set(&key, template, false);
+        }
+        let verified: Vec<String> = match verified {
+            Some(list) => list.to_vec(),
+            None => preset
+                .into_iter()
+                .flat_map(|p| p.verified_fields.iter())
+                .filter(|f| mapping.template(**f).is_some())
+                .map(|f| f.as_str().to_owned())
+                .collect(),
+        };
+        for name in &verified {
+            let field: MatchField = name
+                .parse()
+                .map_err(|m| FieldError::new("verified_fields", m))?;
+            if mapping.template(field).is_none() {
+                return Err(FieldError::new(
+                    "verified_fields",
+                    format!("{name:?} is not mapped: only a mapped field can be vouched for"),
+                ));
+            }
+            if !mapping.verified.contains(&field) {
+                mapping.verified.push(field);
+            }
+        }
+        Ok(mapping)
+    }
+
+    fn set(&mut self, key: &MatchKey, template: Template, fallback: bool) {
+        let field = match key {
+            MatchKey::Field(field) => *field,
+            MatchKey::Attribute(name) => {
+                self.attributes.insert(name.clone(), template);
+                return;
+            }
+        };
+        let mapped = Some(Mapped { template, fallback });
+        match field {
+            MatchField::Email => self.email = mapped,
+            MatchField::Phone => self.phone = mapped,
+            MatchField::Username => self.username = mapped,
+        }
+    }
+
+    fn unset(&mut self, key: &MatchKey) {
+        match key {
+            MatchKey::Field(MatchField::Email) => self.email = None,
+            MatchKey::Field(MatchField::Phone) => self.phone = None,
+            MatchKey::Field(MatchField::Username) => self.username = None,
+            MatchKey::Attribute(name) => {
+                self.attributes.remove(name);
+            }
+        }
     }
 }
 

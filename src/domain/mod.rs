@@ -44,6 +44,7 @@ macro_rules! text_enum {
     };
 }
 
+pub mod attributes;
 pub mod command;
 pub mod connection;
 pub mod decision;
@@ -55,13 +56,16 @@ pub mod login;
 pub mod mapping;
 pub mod mask;
 pub mod phone;
+pub mod presets;
 #[cfg(test)]
 mod proptests;
 pub mod resolution;
 pub mod strict_json;
 pub mod username;
 
-pub use connection::{Association, ConnectionId, ConnectionSettings, LoginMode, MatchField};
+pub use connection::{
+    Association, ConnectionId, ConnectionSettings, LoginMode, MatchField, MatchKey, MatchRule,
+};
 pub use email::Email;
 pub use phone::{CountryCode, Phone};
 pub use username::Username;

@@ -242,6 +242,7 @@ impl Login {
             phone_verified: self.phone_verified,
             username: field(&self.username, |v| Username::parse(v).unwrap()),
             name: None,
+            attributes: Default::default(),
         }
     }
 
@@ -319,6 +320,7 @@ impl User {
             phone: self.phone.map(|p| Phone::parse(p, None).unwrap()),
             phone_verified: self.phone_verified,
             username: self.username.map(|u| Username::parse(u).unwrap()),
+            attributes: Default::default(),
             protected: self.protected,
             linked_on_connection: self.linked,
         }
@@ -382,7 +384,9 @@ fn settings() -> impl Strategy<Value = ConnectionSettings> {
                     provider: String::new(),
                     login_mode,
                     association,
-                    match_fields,
+                    match_fields: match_fields.into_iter().map(Into::into).collect(),
+                    match_rule: crate::domain::MatchRule::Any,
+                    unique_attributes: Vec::new(),
                     require_verified,
                     default_country_code: None,
                     binding_ttl: std::time::Duration::from_secs(3600),
@@ -441,7 +445,7 @@ fn expected(
             let matched: Vec<MatchField> = s
                 .match_fields
                 .iter()
-                .copied()
+                .filter_map(|k| k.field())
                 .filter(|f| searched(*f) && u.value(*f).is_some() && u.value(*f) == login_value(*f))
                 .collect();
             if !matched.is_empty() {
@@ -474,7 +478,7 @@ fn expected(
             return match reason {
                 None => Action::Link {
                     user_id: Uuid::from_u128(u.id),
-                    matched_on: matched.clone(),
+                    matched_on: matched.iter().map(|f| (*f).into()).collect(),
                 },
                 Some(reason) => Action::OpenBinding {
                     candidates: ids(&candidates),
@@ -532,6 +536,7 @@ fn expected(
         phone,
         username: give(MatchField::Username).map(|u| Username::parse(u).unwrap()),
         name: None,
+        attributes: Default::default(),
     })
 }
 
@@ -556,6 +561,7 @@ proptest! {
                 expires_at: if fresh { now + Duration::hours(1) } else { now - Duration::hours(1) },
             }),
             pool_users: users.iter().map(User::pool_user).collect(),
+            unique_attributes: Vec::new(),
         };
         let decision = decide(&login.fields(), &s, &situation, now);
         prop_assert_eq!(&decision.action, &expected(&login, &s, &users, linked, pending));

@@ -3,6 +3,7 @@
 //! admin API and the commands over the queue both resolve through here; they differ only in who
 //! resolves and with what proof.
 
+use super::attributes::AttributeName;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -85,6 +86,9 @@ pub struct BindingFacts {
     pub cause_event_id: Option<String>,
     /// Its profile, normalised with the connection's settings.
     pub fields: NormalizedFields,
+    /// The attributes unique in the binding's pool: a created account takes none another
+    /// account holds.
+    pub unique_attributes: Vec<AttributeName>,
 }
 
 /// The account a `link` names, as found in the binding's pool.
@@ -313,7 +317,12 @@ fn consequences(
         }
         (Request::Create, _) => {
             let settings = settings.expect("checked up front");
-            let fields = decision::new_user_fields(&binding.fields, settings, holders);
+            let fields = decision::new_user_fields(
+                &binding.fields,
+                settings,
+                holders,
+                &binding.unique_attributes,
+            );
             let user_id = Uuid::now_v7();
             let create =
                 effects::create_user(pool, user_id, &fields, &binding.identity, cause, now);

@@ -50,8 +50,14 @@ pub struct ConnectionBody {
     pub login_mode: Option<String>,
     /// `disabled` (default), `field_matching` or `ask_binding`.
     pub association: Option<String>,
-    /// Ordered subset of `email`, `phone`, `username`; default `["email"]`.
+    /// Ordered subset of `email`, `phone`, `username` and `attributes.<name>` (an attribute the
+    /// mapping fills); default `["email"]`.
     pub match_fields: Option<Vec<String>>,
+    /// `any` (default: a candidate matches on any one listed field) or `all` (on every listed
+    /// field the login carries).
+    pub match_rule: Option<String>,
+    /// Attribute names unique among the pool's accounts.
+    pub unique_attributes: Option<Vec<String>>,
     /// Default true.
     pub require_verified: Option<bool>,
     /// e.g. `"86"`.
@@ -65,8 +71,9 @@ pub struct ConnectionBody {
     /// `ignore`, `notify` (default) or `update_user`: what a linked identity's changed email,
     /// phone or username does.
     pub on_profile_change: Option<String>,
-    /// Account fields (`email`, `phone`, `username`) built by a template over the login's
-    /// profile, e.g. `{"phone": "+{attributes.state_code}{attributes.mobile}"}`.
+    /// Account fields (`email`, `phone`, `username`, `attributes.<name>`) built by a template
+    /// over the login's profile, e.g. `{"phone": "+{attributes.state_code}{attributes.mobile}"}`;
+    /// over the preset of `provider` (`dingtalk`, `wecom`, `feishu`), key by key.
     pub mapping: Option<std::collections::BTreeMap<String, String>>,
     /// Mapped fields the source vouches for: verified whatever the profile's flags say.
     pub verified_fields: Option<Vec<String>>,
@@ -95,6 +102,8 @@ pub async fn put(
         login_mode: body.login_mode,
         association: body.association,
         match_fields: body.match_fields,
+        match_rule: body.match_rule,
+        unique_attributes: body.unique_attributes,
         require_verified: body.require_verified,
         default_country_code: body.default_country_code,
         binding_ttl: body.binding_ttl,

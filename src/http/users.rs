@@ -101,6 +101,10 @@ pub struct NewUser {
     /// Never linked automatically to an external identity; default false.
     #[serde(default)]
     pub protected: bool,
+    /// String values by name, e.g. `{"employee_id": "E1024"}`; an attribute unique in the pool
+    /// and held by another account is a conflict.
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Create one account; 409 when its email, phone, username or id is taken.
@@ -124,6 +128,7 @@ pub async fn create(
         username: body.username,
         name: body.name,
         protected: body.protected,
+        attributes: body.attributes,
     };
     Ok((
         StatusCode::CREATED,

@@ -201,7 +201,7 @@ impl<'a> Prepared<'a> {
                 .fields(pool, &fields);
             prepared.id_keys.push(pool, connection, &event.external_id);
             prepared.event_ids.push(event.id.clone());
-            prepared.field_keys.add(&fields);
+            prepared.field_keys.add(pool, &fields, settings);
             prepared.messages.push(Ok((settings, fields)));
         }
         prepared
@@ -381,11 +381,18 @@ impl Writes {
     }
 }
 
-/// Writes a connection from the config file or the admin API.
-pub async fn upsert_connections(pool: &PgPool, list: &[ConnectionSettings]) -> sqlx::Result<()> {
+/// Writes the connections of the config file, and the unique attributes of their pools.
+pub async fn upsert_connections(pool: &PgPool, list: &[ConnectionSettings]) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     for c in list {
         connections::upsert(&mut tx, c).await?;
     }
-    tx.commit().await
+    let mut pools: Vec<&str> = list.iter().map(|c| c.user_pool_id.as_str()).collect();
+    pools.sort_unstable();
+    pools.dedup();
+    for user_pool in pools {
+        connections::sync_unique_attributes(&mut tx, user_pool).await??;
+    }
+    tx.commit().await?;
+    Ok(())
 }

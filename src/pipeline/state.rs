@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::db::{batch::Snapshot, users::MatchRow};
 use crate::domain::{
     ConnectionSettings,
+    attributes::AttributeName,
     decision::Outcome,
     decision::{
         BindingReason, NewUserFields, PendingBinding, Situation,
@@ -61,6 +62,8 @@ pub struct BatchState {
     pending: HashMap<IdentityKey, PendingBinding>,
     /// The pool users the batch's logins share a value with, and the users it created.
     users: Vec<MatchRow>,
+    /// The unique attributes of the batch's pools, by pool.
+    unique_attributes: HashMap<String, Vec<AttributeName>>,
 }
 
 impl BatchState {
@@ -70,8 +73,18 @@ impl BatchState {
             links,
             pending,
             users,
+            unique_attributes,
         } = snapshot;
         let mut state = Self::default();
+        for row in unique_attributes {
+            if let Ok(name) = AttributeName::parse(&row.name) {
+                state
+                    .unique_attributes
+                    .entry(row.user_pool_id)
+                    .or_default()
+                    .push(name);
+            }
+        }
         for row in processed {
             let reply = Reply {
                 event_id: Some(row.event_id.clone()),
@@ -145,6 +158,9 @@ impl BatchState {
                 holds(fields.email.value(), &u.email)
                     || holds(fields.phone.value(), &u.phone)
                     || holds(fields.username.value(), &u.username)
+                    || fields.attributes.iter().any(|(name, value)| {
+                        value.value().is_some() && value.value() == u.attributes.get(name)
+                    })
             })
             .map(|u| u.pool_user(connection))
             .collect();
@@ -154,6 +170,11 @@ impl BatchState {
             linked_account: link.and_then(|l| self.linked_account(l, event, fields, settings)),
             pending_binding: self.pending.get(&key).cloned(),
             pool_users,
+            unique_attributes: self
+                .unique_attributes
+                .get(pool)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -193,6 +214,7 @@ impl BatchState {
                 phone: user.phone.clone(),
                 username: user.username.clone(),
                 name: user.name.clone(),
+                attributes: user.attributes.clone(),
             },
             protected: user.protected,
             snapshot,
@@ -234,6 +256,7 @@ impl BatchState {
             phone_verified: new.phone_verified,
             username: new.username.clone(),
             name: new.name.clone(),
+            attributes: new.attributes.clone(),
             protected: false,
             linked_connections: Vec::new(),
         });

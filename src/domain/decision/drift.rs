@@ -218,6 +218,7 @@ mod tests {
                 phone: snapshot.phone.value().cloned(),
                 username: snapshot.username.value().cloned(),
                 name: Some("Zhang San".into()),
+                attributes: Default::default(),
             },
             protected: false,
             snapshot,

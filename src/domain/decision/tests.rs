@@ -45,6 +45,7 @@ fn login() -> NormalizedFields {
         phone_verified: true,
         username: valid(username("zhangsan")),
         name: Some("张三".into()),
+        attributes: Default::default(),
     }
 }
 
@@ -112,7 +113,7 @@ fn every_mode_and_candidate_count() {
         ("field_matching", "normal", vec![by_email(1)], |a| {
             *a == Action::Link {
                 user_id: Uuid::from_u128(1),
-                matched_on: vec![MatchField::Email],
+                matched_on: vec![MatchField::Email.into()],
             }
         }),
         (
@@ -132,7 +133,7 @@ fn every_mode_and_candidate_count() {
         ("field_matching", "login_only", vec![by_email(1)], |a| {
             *a == Action::Link {
                 user_id: Uuid::from_u128(1),
-                matched_on: vec![MatchField::Email],
+                matched_on: vec![MatchField::Email.into()],
             }
         }),
         (
@@ -271,6 +272,7 @@ fn already_linked_wins_over_everything() {
             expires_at: now() + Duration::hours(1),
         }),
         pool_users: vec![by_email(1)],
+        unique_attributes: Vec::new(),
     };
     let decision = decide(&login(), &s, &situation, now());
     assert_eq!(
@@ -322,7 +324,7 @@ fn expired_binding_expires_and_the_login_starts_afresh() {
         decision.action,
         Action::Link {
             user_id: Uuid::from_u128(1),
-            matched_on: vec![MatchField::Email]
+            matched_on: vec![MatchField::Email.into()]
         }
     );
 }
@@ -357,7 +359,7 @@ fn one_user_matching_on_several_fields_is_one_candidate() {
         decision.action,
         Action::Link {
             user_id: Uuid::from_u128(1),
-            matched_on: vec![MatchField::Phone, MatchField::Email],
+            matched_on: vec![MatchField::Phone.into(), MatchField::Email.into()],
         },
         "matched_on follows match_fields order"
     );
@@ -404,7 +406,7 @@ fn unverified_fields_do_not_match_when_verification_is_required() {
         decision.action,
         Action::Link {
             user_id: Uuid::from_u128(2),
-            matched_on: vec![MatchField::Phone]
+            matched_on: vec![MatchField::Phone.into()]
         }
     );
 }
@@ -422,7 +424,7 @@ fn unverified_fields_match_when_verification_is_not_required() {
         decision.action,
         Action::Link {
             user_id: Uuid::from_u128(1),
-            matched_on: vec![MatchField::Email]
+            matched_on: vec![MatchField::Email.into()]
         }
     );
 }
@@ -444,7 +446,7 @@ fn username_needs_no_verification() {
         decision.action,
         Action::Link {
             user_id: Uuid::from_u128(3),
-            matched_on: vec![MatchField::Username]
+            matched_on: vec![MatchField::Username.into()]
         }
     );
 }
@@ -474,6 +476,7 @@ fn new_user_gets_valid_verified_unheld_fields() {
             phone_verified: true,
             username: username("zhangsan"),
             name: Some("张三".into()),
+            attributes: Default::default(),
         })
     );
 }
@@ -822,6 +825,7 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
         phone_verified: true,
         username: valid(username("zhangsan")),
         name: None,
+        attributes: Default::default(),
     };
     let holder = PoolUser {
         username: username("zhangsan"),
@@ -838,7 +842,7 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
         .evidence
         .fields
         .iter()
-        .map(|f| (f.field, f.why_not, f.usable))
+        .map(|f| (f.field.field().unwrap(), f.why_not, f.usable))
         .collect();
     assert_eq!(
         why,
@@ -865,7 +869,7 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
         .evidence
         .fields
         .iter()
-        .map(|f| (f.field, f.why_not))
+        .map(|f| (f.field.field().unwrap(), f.why_not))
         .collect();
     assert_eq!(
         why,
@@ -879,11 +883,187 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
         decision.evidence.candidates,
         vec![CandidateEvidence {
             user_id: Uuid::from_u128(1),
-            matched_on: vec![MatchField::Email],
+            matched_on: vec![MatchField::Email.into()],
             set_aside: None,
         }]
     );
     let masked = decision.evidence.masked();
     assert_eq!(masked.fields[0].value, "z***@example.com");
     assert_eq!(masked.fields[1].value, "+86*******8000");
+}
+
+/// A connection mapping `attributes.employee_id` from the profile's job number and matching on
+/// `match_fields` under `rule`.
+fn on_employee_id(match_fields: &[&str], rule: &str) -> ConnectionSettings {
+    ConnectionSettings::validate(&ConnectionSpec {
+        identifier: Some("dingtalk".into()),
+        user_pool_id: Some("pool-1".into()),
+        association: Some("field_matching".into()),
+        match_fields: Some(match_fields.iter().map(|f| f.to_string()).collect()),
+        match_rule: Some(rule.into()),
+        mapping: Some(
+            [(
+                "attributes.employee_id".to_owned(),
+                "{attributes.job_number}".to_owned(),
+            )]
+            .into(),
+        ),
+        default_country_code: Some("86".into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// A login with the standard fields of `login()` and a job number.
+fn with_job_number(s: &ConnectionSettings, job_number: &str) -> NormalizedFields {
+    let profile = serde_json::json!({
+        "email": "zhang@example.com", "email_verified": true,
+        "attributes": {"job_number": job_number},
+    });
+    let profile = crate::domain::login::Profile::from_map(profile.as_object().unwrap()).unwrap();
+    NormalizedFields::of(&profile, s)
+}
+
+fn employee(n: u128, employee_id: &str) -> PoolUser {
+    PoolUser {
+        attributes: [(
+            crate::domain::attributes::AttributeName::parse("employee_id").unwrap(),
+            employee_id.to_owned(),
+        )]
+        .into(),
+        ..user(n)
+    }
+}
+
+fn employee_id() -> MatchKey {
+    "attributes.employee_id".parse().unwrap()
+}
+
+#[test]
+fn an_attribute_links_like_any_match_field() {
+    let s = on_employee_id(&["attributes.employee_id"], "any");
+    let login = with_job_number(&s, " E1024 ");
+    let decision = decide(
+        &login,
+        &s,
+        &with_users(vec![employee(1, "E1024"), employee(2, "E2048")]),
+        now(),
+    );
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(1),
+            matched_on: vec![employee_id()],
+        }
+    );
+    let field = decision.evidence.fields.last().unwrap();
+    assert_eq!(
+        (field.field.clone(), field.value.as_str(), field.usable),
+        (employee_id(), "E1024", true)
+    );
+    // Values keep their case: e1024 is another employee number.
+    let other = with_job_number(&s, "e1024");
+    let decision = decide(&other, &s, &with_users(vec![employee(1, "E1024")]), now());
+    assert!(matches!(decision.action, Action::CreateUser(_)));
+}
+
+#[test]
+fn a_lookalike_attribute_never_links() {
+    let s = on_employee_id(&["attributes.employee_id"], "any");
+    // Fullwidth letters and digits pass for E1024 in many systems.
+    let login = with_job_number(&s, "Ｅ１０２４");
+    let decision = decide(&login, &s, &with_users(vec![employee(1, "E1024")]), now());
+    assert!(matches!(decision.action, Action::CreateUser(ref new) if new.attributes.is_empty()));
+    let field = decision.evidence.fields.last().unwrap();
+    assert_eq!(field.why_not, Some(WhyNot::Suspicious));
+}
+
+#[test]
+fn any_takes_one_field_all_takes_every_field_the_login_carries() {
+    let both = employee(1, "E1024");
+    let both = PoolUser {
+        email: email("zhang@example.com"),
+        ..both
+    };
+    let only_id = employee(2, "E1024");
+    let only_email = PoolUser {
+        email: email("zhang@example.com"),
+        ..user(3)
+    };
+    let fields = ["email", "attributes.employee_id"];
+
+    // any: each of the three is a candidate, so nobody is linked.
+    let s = on_employee_id(&fields, "any");
+    let login = with_job_number(&s, "E1024");
+    let users = vec![both.clone(), only_id.clone(), only_email.clone()];
+    let decision = decide(&login, &s, &with_users(users.clone()), now());
+    assert_eq!(reason_of(&decision), Some(BindingReason::AmbiguousMatch));
+    assert_eq!(decision.evidence.match_rule, MatchRule::Any);
+    assert_eq!(decision.evidence.candidates.len(), 3);
+
+    // all: only the account matching on both.
+    let s = on_employee_id(&fields, "all");
+    let login = with_job_number(&s, "E1024");
+    let decision = decide(&login, &s, &with_users(users), now());
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(1),
+            matched_on: vec![MatchField::Email.into(), employee_id()],
+        }
+    );
+    assert_eq!(decision.evidence.match_rule, MatchRule::All);
+
+    // all: a field the login does not carry is not required...
+    let no_email = NormalizedFields {
+        email: Field::Absent,
+        ..login.clone()
+    };
+    let decision = decide(&no_email, &s, &with_users(vec![only_id.clone()]), now());
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(2),
+            matched_on: vec![employee_id()],
+        }
+    );
+    // ...but one it carries and cannot use (unverified) matches nobody.
+    let unverified = NormalizedFields {
+        email_verified: false,
+        ..login.clone()
+    };
+    let decision = decide(&unverified, &s, &with_users(vec![both.clone()]), now());
+    assert!(matches!(decision.action, Action::CreateUser(_)));
+    // and a login carrying none of the fields has no candidate at all.
+    let nothing = NormalizedFields {
+        email: Field::Absent,
+        attributes: Default::default(),
+        ..login
+    };
+    let decision = decide(&nothing, &s, &with_users(vec![both]), now());
+    assert!(decision.evidence.candidates.is_empty());
+    assert!(matches!(decision.action, Action::CreateUser(_)));
+}
+
+#[test]
+fn a_new_account_takes_attributes_unless_unique_and_held() {
+    let s = on_employee_id(&["email"], "any");
+    let login = with_job_number(&s, "E1024");
+    let holder = employee(9, "E1024");
+    let unique = vec![crate::domain::attributes::AttributeName::parse("employee_id").unwrap()];
+    let not_unique = new_user_fields(&login, &s, std::slice::from_ref(&holder), &[]);
+    assert_eq!(not_unique.attributes.values().next().unwrap(), "E1024");
+    let held = new_user_fields(&login, &s, std::slice::from_ref(&holder), &unique);
+    assert!(held.attributes.is_empty());
+    let situation = Situation {
+        pool_users: vec![holder],
+        unique_attributes: unique,
+        ..Situation::default()
+    };
+    let decision = decide(&login, &s, &situation, now());
+    let field = decision.evidence.fields.last().unwrap();
+    assert_eq!(
+        (field.field.clone(), field.why_not),
+        (employee_id(), Some(WhyNot::Held))
+    );
 }

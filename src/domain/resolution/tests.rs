@@ -39,6 +39,7 @@ fn binding() -> BindingFacts {
         expires_at: now() + chrono::Duration::hours(1),
         candidates: vec![Uuid::from_u128(1)],
         cause_event_id: Some("e-1".into()),
+        unique_attributes: Vec::new(),
         fields: NormalizedFields {
             email: Field::valid(Email::parse("a@corp.example").unwrap()),
             email_verified: true,

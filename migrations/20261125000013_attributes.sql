@@ -1,0 +1,54 @@
+-- Account attributes (a JSON object of string values such as employee_id), the attributes a
+-- pool's connections declare unique, and composite match rules.
+
+ALTER TABLE users ADD COLUMN attributes jsonb NOT NULL DEFAULT '{}';
+
+ALTER TABLE connections
+    ADD COLUMN match_rule        text   NOT NULL DEFAULT 'any',
+    ADD COLUMN unique_attributes text[] NOT NULL DEFAULT '{}';
+
+-- The attributes unique inside a pool: every name some connection of the pool lists in its
+-- unique_attributes. Maintained by the program when connections are written.
+CREATE TABLE unique_attributes (
+    user_pool_id text NOT NULL,
+    name         text NOT NULL,
+    PRIMARY KEY (user_pool_id, name)
+);
+
+-- One row per attribute of an account: what lookups by attribute and uniqueness work on. Kept in
+-- step with users.attributes by the trigger below, so no writer can forget it.
+CREATE TABLE user_attributes (
+    user_id      uuid    NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    user_pool_id text    NOT NULL,
+    name         text    NOT NULL,
+    value        text    NOT NULL,
+    is_unique    boolean NOT NULL,
+    PRIMARY KEY (user_id, name)
+);
+CREATE INDEX user_attributes_lookup ON user_attributes (user_pool_id, name, value);
+CREATE UNIQUE INDEX user_attributes_unique ON user_attributes (user_pool_id, name, value)
+    WHERE is_unique;
+
+-- The lock a writer of a pool's unique_attributes takes exclusively and a writer of its accounts'
+-- attributes shares, so that a name turning unique and an account taking a value never cross.
+CREATE FUNCTION unique_attributes_lock_key(pool text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('unique_attributes' || chr(31) || pool, 0) $$;
+
+CREATE FUNCTION sync_user_attributes() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(unique_attributes_lock_key(NEW.user_pool_id));
+    DELETE FROM user_attributes WHERE user_id = NEW.id;
+    INSERT INTO user_attributes (user_id, user_pool_id, name, value, is_unique)
+    SELECT NEW.id, NEW.user_pool_id, a.key, a.value,
+           EXISTS (SELECT 1 FROM unique_attributes u
+                   WHERE u.user_pool_id = NEW.user_pool_id AND u.name = a.key)
+    FROM jsonb_each_text(NEW.attributes) AS a;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER users_attributes_insert AFTER INSERT ON users
+    FOR EACH ROW WHEN (NEW.attributes <> '{}'::jsonb) EXECUTE FUNCTION sync_user_attributes();
+CREATE TRIGGER users_attributes_update AFTER UPDATE OF attributes ON users
+    FOR EACH ROW WHEN (OLD.attributes IS DISTINCT FROM NEW.attributes)
+    EXECUTE FUNCTION sync_user_attributes();
