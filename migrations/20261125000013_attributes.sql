@@ -3,8 +3,16 @@
 
 ALTER TABLE users ADD COLUMN attributes jsonb NOT NULL DEFAULT '{}';
 
+-- Match fields may now name attributes (attributes.employee_id).
+CREATE FUNCTION match_fields_valid(fields text[]) RETURNS boolean
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(bool_and(f ~ '^(email|phone|username|attributes\.[A-Za-z0-9_-]{1,64})$'), true)
+    FROM unnest(fields) AS f $$;
+
 ALTER TABLE connections
-    ADD COLUMN match_rule        text   NOT NULL DEFAULT 'any',
+    DROP CONSTRAINT connections_match_fields_check,
+    ADD CONSTRAINT connections_match_fields_check CHECK (match_fields_valid(match_fields)),
+    ADD COLUMN match_rule        text   NOT NULL DEFAULT 'any' CHECK (match_rule IN ('any', 'all')),
     ADD COLUMN unique_attributes text[] NOT NULL DEFAULT '{}';
 
 -- The attributes unique inside a pool: every name some connection of the pool lists in its

@@ -292,6 +292,8 @@ pub struct DecisionView {
     /// Those settings.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<Value>,
+    /// How the match fields combined: `any` (one field identifies a candidate) or `all`.
+    pub match_rule: String,
     /// Each field of the login: `field`, `value`, `usable`, `why_not` (`unverified`,
     /// `malformed`, `suspicious`, `domain_not_allowed`, `held`, `not_matched_on` or null).
     #[schema(value_type = Vec<Object>)]
@@ -330,6 +332,11 @@ impl From<crate::db::processed::DecisionRow> for DecisionView {
             _ => Value::Array(Vec::new()),
         };
         Self {
+            match_rule: evidence
+                .get("match_rule")
+                .and_then(Value::as_str)
+                .unwrap_or("any")
+                .to_owned(),
             fields: list("fields"),
             candidates: list("candidates"),
             event_id: row.event_id,

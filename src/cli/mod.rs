@@ -1,6 +1,8 @@
-//! The command line: `run`, `migrate`, `users import` and `send-login`.
+//! The command line: `run`, `migrate`, `verify`, `users`, `send-login`, `send-command`,
+//! `events`, `decisions`, `connections` and `bindings`.
 
 mod admin_client;
+mod check;
 mod import;
 mod replay;
 mod round_trip;
@@ -60,6 +62,11 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_client::DecisionsCommand,
     },
+    /// Connections as configured.
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
     /// Pending bindings, through the admin API.
     Bindings {
         #[command(flatten)]
@@ -67,6 +74,13 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_client::BindingsCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Check the [[connections]] of a configuration file (every problem, naming the connection
+    /// and the key), and show what their mappings make of a sample profile.
+    Check(check::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +154,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             command: EventsCommand::Replay(args),
         } => replay::run(args, &settings).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
+        Command::Connections {
+            command: ConnectionsCommand::Check(args),
+        } => check::run(args),
         Command::Decisions { api, command } => {
             admin_client::decisions(command, api, &settings).await
         }

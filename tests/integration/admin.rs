@@ -654,7 +654,10 @@ async fn connections_are_read_created_and_updated_live() {
                "login_mode": "normal", "association": "ask_binding", "match_fields": ["email", "phone", "username"],
                "require_verified": true, "default_country_code": "86", "binding_ttl": "1h",
                "trust_unverified_accounts": false, "allowed_email_domains": [],
-               "on_profile_change": "notify", "mapping": {}, "verified_fields": [],
+               "on_profile_change": "notify", "mapping": {}, "verified_fields": ["phone", "email"],
+               "match_rule": "any", "unique_attributes": [],
+               "effective_mapping": {"phone": "{attributes.mobile}", "email": "{attributes.biz_mail}",
+                                     "attributes.employee_id": "{attributes.userid}"},
                "settings_version": 1})
     );
     assert_eq!(api.get("/v1/connections/pool-1/nope").await.0, 404);

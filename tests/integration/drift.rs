@@ -89,7 +89,7 @@ async fn a_changed_email_is_reported_ignored_applied_or_refused_as_the_connectio
         updated.body["data"],
         json!({"user_pool_id": POOL,
                "user": {"id": user, "email": "zs4@corp.example", "phone": null,
-                        "username": null, "name": "Zhang San"},
+                        "username": null, "name": "Zhang San", "attributes": {}},
                "changed": ["email"], "cause_event_id": event["id"], "actor": null})
     );
     assert_eq!(email_of(&app, user).await, "zs4@corp.example");

@@ -19,4 +19,5 @@ mod ordering;
 mod outcomes;
 mod publishers;
 mod reliability;
+mod sources;
 mod trust;

@@ -82,7 +82,7 @@ async fn new_identity_creates_a_user() {
         data["user"],
         json!({
             "id": user_id, "email": "zhang.san@example.com", "phone": "+8613800138000",
-            "username": "zhangsan", "name": "张三"
+            "username": "zhangsan", "name": "张三", "attributes": {}
         })
     );
     assert_eq!(
