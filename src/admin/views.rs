@@ -26,6 +26,9 @@ pub struct CandidateView {
     pub phone: Option<String>,
     pub username: Option<String>,
     pub name: Option<String>,
+    /// The account's attributes, e.g. `{"employee_id": "E1024"}`.
+    #[schema(value_type = Object)]
+    pub attributes: Value,
     /// The identities the account already holds.
     pub identities: Vec<IdentityRefView>,
 }
@@ -97,6 +100,7 @@ impl CandidateView {
             phone: user.phone.as_deref().map(mask::phone),
             username: user.username.as_deref().map(str::to_owned),
             name: user.name.clone(),
+            attributes: crate::domain::attributes::to_json(&user.attributes.0),
             identities: identities
                 .iter()
                 .filter(|i| i.user_id == user.id)

@@ -53,6 +53,7 @@ try {
   // The decision's evidence beside the comparison.
   await page.waitForSelector("#why-fields tr");
   const why = await page.locator("#why-fields tr").allTextContents();
+  const attributeRow = await page.locator('#compare-body tr[data-key="attributes.employee_id"]').allTextContents();
   const setAside = await page.locator("#why-candidates tr").allTextContents();
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
 
@@ -68,7 +69,7 @@ try {
   await page.locator("#resolved tr", { hasText: expected }).waitFor({ timeout: 10000 });
   const resolvedRows = await page.locator("#resolved tr").allTextContents();
   if (errors.length) fail("page errors: " + errors.join("; "));
-  console.log(JSON.stringify({ listed: true, resolved: true, status, email_row: emailRow[0], why, set_aside: setAside, resolved_rows: resolvedRows, loaded_ms: loaded }));
+  console.log(JSON.stringify({ listed: true, resolved: true, status, email_row: emailRow[0], attribute_row: attributeRow[0], why, set_aside: setAside, resolved_rows: resolvedRows, loaded_ms: loaded }));
 } finally {
   await browser.close();
 }

@@ -29,11 +29,23 @@ async fn the_console_resolves_a_binding() {
     .await;
     let app = TestApp::spawn_with(services.trusting_guest()).await;
     let mut broker = Broker::connect_as_platform(&services).await;
+    let (status, body) = app
+        .api()
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/users/{user}"),
+            Some(json!({"attributes": {"employee_id": "LiLei"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(broker.next_event().await.routing_key, "user.updated");
+    // WeCom's preset maps the employee id from the source's userid.
     let reply = broker
         .login(&login(
             "asking",
             "wc-browser",
-            json!({"email": "Browser@Example.com", "email_verified": true, "name": "Li Lei"}),
+            json!({"email": "Browser@Example.com", "email_verified": true, "name": "Li Lei",
+                   "attributes": {"userid": "LiLei"}}),
         ))
         .await;
     assert_eq!(reply.outcome, Outcome::BindingPending);
@@ -93,8 +105,16 @@ async fn the_console_resolves_a_binding() {
     );
     assert_eq!(
         result["why"],
-        json!(["emailbrowser@example.comyes—"]),
+        json!([
+            "emailbrowser@example.comyes—",
+            "attributes.employee_idLiLeinonot matched on"
+        ]),
         "the email was used"
+    );
+    // The candidate's attributes beside the login's mapped values.
+    assert_eq!(
+        result["attribute_row"], "attributes.employee_idLiLeiLiLei",
+        "{result}"
     );
     assert_eq!(result["set_aside"], json!(["Candidate 1email-"]));
     // The recently resolved show who decided and how it was proven.
