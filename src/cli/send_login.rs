@@ -3,6 +3,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
+use anyhow::Context;
 use clap::Args;
 use serde_json::{Map, Value, json};
 
@@ -35,6 +36,10 @@ pub struct SendLoginArgs {
     pub username: Option<String>,
     #[arg(long)]
     pub name: Option<String>,
+    /// A JSON file holding the whole `data.profile` (a source's own fields, such as a DingTalk
+    /// user detail under `attributes`); the flags above override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<std::path::PathBuf>,
     /// CloudEvents id; a random UUID by default. Send the same id twice to see deduplication.
     #[arg(long)]
     pub event_id: Option<String>,
@@ -54,7 +59,20 @@ pub async fn run(args: SendLoginArgs, settings: &Settings) -> anyhow::Result<Exi
         .event_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let body = login_body(&args, &event_id);
+    let base = match &args.profile {
+        None => Map::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            match serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?
+            {
+                Value::Object(map) => map,
+                _ => anyhow::bail!("{} is not a JSON object", path.display()),
+            }
+        }
+    };
+    let body = login_body(&args, base, &event_id);
     let mut round_trip = RoundTrip::open(&settings.amqp, "send-login").await?;
     let routing_key = settings.amqp.routing_key.clone();
     let reply: Reply = round_trip
@@ -78,8 +96,7 @@ pub async fn run(args: SendLoginArgs, settings: &Settings) -> anyhow::Result<Exi
 }
 
 /// The `login.completed` CloudEvent the arguments describe.
-fn login_body(args: &SendLoginArgs, event_id: &str) -> Value {
-    let mut profile = Map::new();
+fn login_body(args: &SendLoginArgs, mut profile: Map<String, Value>, event_id: &str) -> Value {
     let mut put = |key: &str, value: Option<&String>| {
         if let Some(v) = value {
             profile.insert(key.to_owned(), Value::String(v.clone()));
