@@ -60,3 +60,21 @@ CREATE TRIGGER users_attributes_insert AFTER INSERT ON users
 CREATE TRIGGER users_attributes_update AFTER UPDATE OF attributes ON users
     FOR EACH ROW WHEN (OLD.attributes IS DISTINCT FROM NEW.attributes)
     EXECUTE FUNCTION sync_user_attributes();
+
+-- Connections stored before presets existed keep deciding as they did: "no default country
+-- code" is now written explicitly (a preset's default applies only where none was written), and
+-- a connection of a provider that now has a preset keeps its standard fields and vouches for
+-- nothing until its settings are written again.
+UPDATE connections SET default_country_code = '' WHERE default_country_code IS NULL;
+UPDATE connections
+   SET mapping = '{"email": "", "phone": "", "attributes.employee_id": ""}'
+ WHERE provider IN ('dingtalk', 'wecom', 'feishu') AND mapping = '{}';
+
+-- An account's attributes are an object of strings (what every reader expects).
+CREATE FUNCTION attributes_valid(attributes jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_typeof(attributes) = 'object'
+       AND NOT EXISTS (SELECT 1 FROM jsonb_each(attributes) AS a
+                       WHERE jsonb_typeof(a.value) <> 'string'
+                          OR a.key !~ '^[A-Za-z0-9_-]{1,64}$') $$;
+ALTER TABLE users ADD CONSTRAINT users_attributes_check CHECK (attributes_valid(attributes));

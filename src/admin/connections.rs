@@ -62,7 +62,9 @@ impl Admin {
             .await?
             .map(|c| ConnectionView::from(&c));
         let upserted = connections::upsert(&mut tx, &settings).await?;
-        if let Err(shared) = connections::sync_unique_attributes(&mut tx, pool).await? {
+        if let Err(shared) =
+            connections::sync_unique_attributes(&mut tx, &[pool.to_owned()]).await?
+        {
             return Err(AdminError::invalid(
                 "invalid_field",
                 Some("unique_attributes"),

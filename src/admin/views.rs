@@ -232,12 +232,7 @@ impl From<&ConnectionSettings> for ConnectionView {
             on_profile_change: c.on_profile_change.as_str().to_owned(),
             mapping: c.mapping.written().clone(),
             effective_mapping: c.mapping.effective(),
-            verified_fields: c
-                .mapping
-                .verified
-                .iter()
-                .map(|f| f.as_str().to_owned())
-                .collect(),
+            verified_fields: c.mapping.verified.iter().map(|f| f.to_string()).collect(),
             settings_version: c.version,
         }
     }

@@ -113,7 +113,7 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         c.association.as_str(),
         &match_fields,
         c.require_verified,
-        c.default_country_code.as_ref().map(|cc| cc.to_string()),
+        spec.default_country_code.as_deref(),
         c.binding_ttl.as_secs() as i64,
         c.trust_unverified_accounts,
         &c.allowed_email_domains,
@@ -128,6 +128,9 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
     .await?;
     let mut settings = serde_json::to_value(c.to_spec()).expect("settings serialise");
     settings["settings_version"] = version.into();
+    // What applied, the provider's preset included: a later program may change its presets.
+    settings["effective_mapping"] =
+        serde_json::to_value(c.mapping.effective()).expect("serialises");
     sqlx::query!(
         r#"INSERT INTO connection_versions (user_pool_id, identifier, version, settings)
            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"#,
@@ -156,21 +159,46 @@ pub struct SharedValue {
     pub users: Vec<uuid::Uuid>,
 }
 
-/// Makes a pool's unique attributes the names its connections list in `unique_attributes`, and
-/// marks the accounts' values accordingly (the database's unique index then holds them). Run in
-/// the transaction that wrote a connection; when two accounts share a value of a name that
-/// would become unique it changes nothing and says which (the caller rolls back).
+/// Makes each pool's unique attributes the names its connections list in `unique_attributes`,
+/// and marks the accounts' values accordingly (the database's unique index then holds them). Run
+/// in the transaction that wrote connections; when two accounts share a value of a name that
+/// would become unique it says which (the caller rolls back). A pool whose set does not change
+/// is left alone, unlocked: saving a connection does not hold up the pool's logins.
 pub async fn sync_unique_attributes(
     conn: &mut PgConnection,
-    pool: &str,
+    pools: &[String],
 ) -> sqlx::Result<Result<(), SharedValue>> {
-    // Exclusive against every writer of the pool's accounts' attributes (see the migration).
+    let changed: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT p AS "pool!" FROM unnest($1::text[]) AS p
+           WHERE ARRAY(SELECT DISTINCT name FROM connections, unnest(unique_attributes) AS name
+                       WHERE user_pool_id = p ORDER BY 1)
+              <> ARRAY(SELECT name FROM unique_attributes WHERE user_pool_id = p ORDER BY 1)"#,
+        pools
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if changed.is_empty() {
+        return Ok(Ok(()));
+    }
+    // Exclusive against every writer of the pools' accounts' attributes (they share it), taken
+    // in the order every lock is taken (see `locks::LockSet`).
     sqlx::query!(
-        "SELECT pg_advisory_xact_lock(unique_attributes_lock_key($1))",
-        pool
+        r#"SELECT count(pg_advisory_xact_lock(k)) AS "locked!"
+           FROM (SELECT DISTINCT unique_attributes_lock_key(p) AS k
+                 FROM unnest($1::text[]) AS p ORDER BY 1) AS ordered"#,
+        &changed
     )
     .fetch_one(&mut *conn)
     .await?;
+    for pool in &changed {
+        if let Err(shared) = sync_pool(conn, pool).await? {
+            return Ok(Err(shared));
+        }
+    }
+    Ok(Ok(()))
+}
+
+async fn sync_pool(conn: &mut PgConnection, pool: &str) -> sqlx::Result<Result<(), SharedValue>> {
     let wanted: Vec<String> = sqlx::query_scalar!(
         r#"SELECT DISTINCT name AS "name!" FROM connections, unnest(unique_attributes) AS name
            WHERE user_pool_id = $1"#,

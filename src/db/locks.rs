@@ -9,7 +9,7 @@ use crate::domain::{Email, Phone, Username, login::NormalizedFields};
 /// Lock keys are text, hashed by PostgreSQL (`hashtextextended` is stable across versions, so
 /// processes of different builds agree on them).
 #[derive(Debug, Default, Clone)]
-pub struct LockSet(Vec<String>);
+pub struct LockSet(Vec<String>, Vec<String>);
 
 const SEP: char = '\u{1f}';
 
@@ -64,6 +64,9 @@ impl LockSet {
                 self.attribute(pool, name.as_str(), value);
             }
         }
+        if !fields.attributes.is_empty() {
+            self.pool_attributes(pool);
+        }
         self
     }
 
@@ -81,6 +84,18 @@ impl LockSet {
         for (name, value) in &user.attributes {
             self.attribute(pool, name.as_str(), value);
         }
+        if !user.attributes.is_empty() {
+            self.pool_attributes(pool);
+        }
+        self
+    }
+
+    /// Shared: the pool's unique attributes stay as they are until commit. Every writer of
+    /// account attributes takes it (the database's trigger does too, see the migration); a
+    /// connection's save takes it exclusively when it changes which attributes are unique.
+    /// Taken here, in the same order as every other lock, so that it never closes a cycle.
+    pub fn pool_attributes(&mut self, pool: &str) -> &mut Self {
+        self.1.push(format!("unique_attributes{SEP}{pool}"));
         self
     }
 
@@ -91,20 +106,25 @@ impl LockSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.is_empty()
     }
 
     /// Takes every lock, in one round trip, in ascending hash order: two transactions locking
     /// overlapping sets always queue instead of deadlocking.
     pub async fn acquire(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        if self.0.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
         sqlx::query!(
-            r#"SELECT count(pg_advisory_xact_lock(h)) AS "locked!"
-               FROM (SELECT DISTINCT hashtextextended(k, 0) AS h
-                     FROM unnest($1::text[]) AS k ORDER BY 1) AS ordered"#,
-            &self.0
+            r#"SELECT count(CASE WHEN shared THEN pg_advisory_xact_lock_shared(h)
+                                ELSE pg_advisory_xact_lock(h) END) AS "locked!"
+               FROM (SELECT hashtextextended(k, 0) AS h, bool_and(shared) AS shared
+                     FROM (SELECT k, false AS shared FROM unnest($1::text[]) AS k
+                           UNION ALL
+                           SELECT k, true FROM unnest($2::text[]) AS k) AS keys
+                     GROUP BY 1 ORDER BY 1) AS ordered"#,
+            &self.0,
+            &self.1
         )
         .fetch_one(conn)
         .await?;

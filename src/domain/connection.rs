@@ -424,7 +424,14 @@ impl ConnectionSettings {
                     .collect(),
             ),
             require_verified: Some(self.require_verified),
-            default_country_code: self.default_country_code.as_ref().map(|c| c.to_string()),
+            // Written even when none: "none" is a setting, and a preset's default must not
+            // take its place when the settings are read back.
+            default_country_code: Some(
+                self.default_country_code
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+            ),
             binding_ttl: Some(format_ttl(self.binding_ttl)),
             trust_unverified_accounts: Some(self.trust_unverified_accounts),
             allowed_email_domains: Some(self.allowed_email_domains.clone()),
@@ -434,7 +441,7 @@ impl ConnectionSettings {
                 self.mapping
                     .verified
                     .iter()
-                    .map(|f| f.as_str().to_owned())
+                    .map(|f| f.to_string())
                     .collect(),
             ),
         }
@@ -644,9 +651,12 @@ mod tests {
             effective["attributes.employee_id"],
             "{attributes.job_number}"
         );
+        let verified = |s: &ConnectionSettings| -> Vec<String> {
+            s.mapping.verified.iter().map(|k| k.to_string()).collect()
+        };
         assert_eq!(
-            settings.mapping.verified,
-            [MatchField::Phone, MatchField::Email]
+            verified(&settings),
+            ["phone", "email", "attributes.employee_id"]
         );
         assert!(settings.mapping.written().is_empty(), "nothing written");
 
@@ -668,7 +678,11 @@ mod tests {
             effective["attributes.employee_id"],
             "D{attributes.job_number}"
         );
-        assert_eq!(settings.mapping.verified, [MatchField::Phone]);
+        assert_eq!(
+            verified(&settings),
+            ["phone", "attributes.employee_id"],
+            "what is no longer mapped is not vouched for"
+        );
         assert!(
             settings.mapping.phone.as_ref().unwrap().fallback,
             "the preset's"
@@ -682,7 +696,15 @@ mod tests {
         let mut wecom = spec("wecom");
         wecom.provider = Some("wecom".into());
         let settings = ConnectionSettings::validate(&wecom).unwrap();
-        assert_eq!(settings.default_country_code.unwrap().code(), 86);
+        assert_eq!(settings.default_country_code.as_ref().unwrap().code(), 86);
+        // "No default country code", written, is a setting the preset does not override.
+        wecom.default_country_code = Some(String::new());
+        let settings = ConnectionSettings::validate(&wecom).unwrap();
+        assert_eq!(settings.default_country_code, None);
+        assert_eq!(
+            ConnectionSettings::validate(&settings.to_spec()).unwrap(),
+            settings
+        );
         let mut ldap = spec("ldap");
         ldap.provider = Some("ldap".into());
         let settings = ConnectionSettings::validate(&ldap).unwrap();

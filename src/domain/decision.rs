@@ -462,7 +462,11 @@ impl Judge<'_> {
                 of(&login.phone, login.phone_verified, Phone::as_str)
             }
             MatchKey::Field(MatchField::Username) => of(&login.username, true, Username::as_str),
-            MatchKey::Attribute(name) => of(login.attributes.get(name)?, true, String::as_str),
+            MatchKey::Attribute(name) => of(
+                login.attributes.get(name)?,
+                login.verified_attributes.contains(name),
+                String::as_str,
+            ),
         };
         (carried.malformed || carried.value.is_some()).then_some(carried)
     }
@@ -757,9 +761,13 @@ pub fn new_user_fields(
         .value()
         .cloned()
         .filter(|_| take(MatchField::Username.into()));
+    // An attribute is copied only where the connection vouches for it, whatever
+    // `require_verified` says: an account's attributes identify it to every connection of the
+    // pool, and an account has no flag to say a value was never checked.
     let attributes = login
         .attributes
         .iter()
+        .filter(|(name, _)| login.verified_attributes.contains(name))
         .filter(|(name, _)| take(MatchKey::Attribute((*name).clone())))
         .filter_map(|(name, field)| Some((name.clone(), field.value()?.clone())))
         .collect();

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 use super::attributes::{self, AttributeName};
-use super::connection::{ConnectionId, ConnectionSettings, MatchField, UserPoolId};
+use super::connection::{ConnectionId, ConnectionSettings, MatchField, MatchKey, UserPoolId};
 use super::mapping::Mapping;
 use super::strict_json::{self, StrictError};
 use super::{Email, Phone, Username};
@@ -433,6 +433,9 @@ pub struct NormalizedFields {
     /// finds nothing gives none): trimmed and composed, flagged when a lookalike. Like usernames,
     /// they have no verification flag.
     pub attributes: BTreeMap<AttributeName, Field<String>>,
+    /// The mapped attributes the connection vouches for (`verified_fields`): only these count
+    /// as verified, and only these are ever copied onto an account.
+    pub verified_attributes: Vec<AttributeName>,
 }
 
 impl NormalizedFields {
@@ -458,6 +461,12 @@ impl NormalizedFields {
                 ))
             })
             .collect();
+        let verified_attributes = mapping
+            .attributes
+            .keys()
+            .filter(|name| mapping.vouches_for(&MatchKey::Attribute((*name).clone())))
+            .cloned()
+            .collect();
         Self {
             email: Field::of(email.as_deref(), Email::parse_checked),
             email_verified,
@@ -468,6 +477,7 @@ impl NormalizedFields {
             username: Field::of(username.as_deref(), Username::parse_checked),
             name: profile.name.clone(),
             attributes,
+            verified_attributes,
         }
     }
 }
@@ -484,7 +494,7 @@ fn sourced(profile: &Profile, mapping: &Mapping, field: MatchField) -> (Option<S
     match mapping.template(field) {
         Some(mapped) if !(mapped.fallback && standard.is_some()) => (
             mapped.template.render(&profile.raw),
-            flag || mapping.verified.contains(&field),
+            flag || mapping.vouches_for(&field.into()),
         ),
         _ => (standard.clone(), flag),
     }

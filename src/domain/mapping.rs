@@ -84,7 +84,9 @@ impl Template {
                 Part::Literal(text) => out.push_str(text),
                 Part::Placeholder(path) => match lookup(profile, path)? {
                     Value::String(s) if !s.trim().is_empty() => out.push_str(s),
-                    Value::Number(n) => out.push_str(&n.to_string()),
+                    // An integer as written; a fraction or a number too large for 64 bits would
+                    // be rounded, and two employee numbers must not round to one.
+                    Value::Number(n) if n.is_i64() || n.is_u64() => out.push_str(&n.to_string()),
                     _ => return None,
                 },
             }
@@ -113,6 +115,9 @@ impl fmt::Display for Template {
     }
 }
 
+/// Most attributes a mapping builds: as many as an account holds.
+const MAX_MAPPED_ATTRIBUTES: usize = super::attributes::MAX_ATTRIBUTES;
+
 /// One mapped field: its template, and whether the template only stands in for a profile that
 /// lacks the field's standard name (a provider's preset) or replaces it (the connection's own).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +141,9 @@ pub struct Mapping {
     pub username: Option<Mapped>,
     /// The templates building account attributes, by attribute.
     pub attributes: BTreeMap<AttributeName, Template>,
-    /// Mapped fields counted as verified whatever the profile's flags say.
-    pub verified: Vec<MatchField>,
+    /// Mapped fields counted as verified whatever the profile's flags say (an attribute is
+    /// verified only so: a profile has no flag for it).
+    pub verified: Vec<MatchKey>,
     /// The connection's own keys, as written (what its settings read back as).
     written: BTreeMap<String, String>,
 }
@@ -149,6 +155,19 @@ impl Mapping {
             MatchField::Email => self.email.as_ref(),
             MatchField::Phone => self.phone.as_ref(),
             MatchField::Username => self.username.as_ref(),
+        }
+    }
+
+    /// Whether the connection vouches for `key`.
+    pub fn vouches_for(&self, key: &MatchKey) -> bool {
+        self.verified.contains(key)
+    }
+
+    /// Whether `key` is mapped at all.
+    pub fn maps(&self, key: &MatchKey) -> bool {
+        match key {
+            MatchKey::Field(field) => self.template(*field).is_some(),
+            MatchKey::Attribute(name) => self.attributes.contains_key(name),
         }
     }
 
@@ -211,20 +230,26 @@ impl Mapping {
                 .map_err(|m| FieldError::new("mapping", format!("{target}: {m}")))?;
             mapping.set(&key, template, false);
         }
+        if mapping.attributes.len() > MAX_MAPPED_ATTRIBUTES {
+            return Err(FieldError::new(
+                "mapping",
+                format!("more than {MAX_MAPPED_ATTRIBUTES} attributes"),
+            ));
+        }
         let verified: Vec<String> = match verified {
             Some(list) => list.to_vec(),
             None => preset
                 .into_iter()
                 .flat_map(|p| p.verified_fields.iter())
-                .filter(|f| mapping.template(**f).is_some())
-                .map(|f| f.as_str().to_owned())
+                .filter(|f| mapping.maps(&f.parse().expect("preset fields are valid")))
+                .map(|f| (*f).to_owned())
                 .collect(),
         };
         for name in &verified {
-            let field: MatchField = name
+            let field: MatchKey = name
                 .parse()
                 .map_err(|m| FieldError::new("verified_fields", m))?;
-            if mapping.template(field).is_none() {
+            if !mapping.maps(&field) {
                 return Err(FieldError::new(
                     "verified_fields",
                     format!("{name:?} is not mapped: only a mapped field can be vouched for"),
@@ -335,6 +360,17 @@ mod tests {
     #[test]
     fn a_number_is_written_as_json_writes_it() {
         assert_eq!(render("E{attributes.job_number}").as_deref(), Some("E4021"));
+        // Only integers: a fraction, or a number past 64 bits, would be rounded, and two
+        // employee numbers must not round to one.
+        let numbers = profile(
+            json!({"fraction": 1.5, "huge": 123456789012345678901234_f64,
+                                     "negative": -7, "big": 18446744073709551615_u64}),
+        );
+        let of = |t: &str| Template::parse(t).unwrap().render(&numbers);
+        assert_eq!(of("{fraction}"), None);
+        assert_eq!(of("{huge}"), None);
+        assert_eq!(of("{negative}").as_deref(), Some("-7"));
+        assert_eq!(of("{big}").as_deref(), Some("18446744073709551615"));
     }
 
     #[test]

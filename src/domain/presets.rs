@@ -17,10 +17,9 @@
 //!
 //! A preset's email, phone or username stands in only for a profile that lacks the standard name:
 //! a platform that already sends `email` or `phone` keeps them. Each source verifies the mobile
-//! number its people sign in with and issues the enterprise mailbox, so the preset vouches for
-//! both (`verified_fields`); a connection that sets `verified_fields` replaces that.
-
-use super::connection::MatchField;
+//! number its people sign in with, issues the enterprise mailbox and has its administrators assign
+//! the employee number, so the preset vouches for the three (`verified_fields`); a connection that
+//! sets `verified_fields` replaces that.
 
 /// A source's default mapping.
 #[derive(Debug)]
@@ -29,8 +28,8 @@ pub struct Preset {
     pub provider: &'static str,
     /// Target and template, as a connection's `mapping` writes them.
     pub mapping: &'static [(&'static str, &'static str)],
-    /// The mapped fields the source vouches for.
-    pub verified_fields: &'static [MatchField],
+    /// The mapped fields the source vouches for, as `verified_fields` writes them.
+    pub verified_fields: &'static [&'static str],
     /// The calling code for national numbers, when the connection sets none.
     pub default_country_code: Option<&'static str>,
 }
@@ -44,7 +43,7 @@ pub const ALL: &[Preset] = &[
             ("email", "{attributes.org_email}"),
             ("attributes.employee_id", "{attributes.job_number}"),
         ],
-        verified_fields: &[MatchField::Phone, MatchField::Email],
+        verified_fields: &["phone", "email", "attributes.employee_id"],
         default_country_code: None,
     },
     Preset {
@@ -54,7 +53,7 @@ pub const ALL: &[Preset] = &[
             ("email", "{attributes.biz_mail}"),
             ("attributes.employee_id", "{attributes.userid}"),
         ],
-        verified_fields: &[MatchField::Phone, MatchField::Email],
+        verified_fields: &["phone", "email", "attributes.employee_id"],
         default_country_code: Some("86"),
     },
     Preset {
@@ -64,7 +63,7 @@ pub const ALL: &[Preset] = &[
             ("email", "{attributes.enterprise_email}"),
             ("attributes.employee_id", "{attributes.employee_no}"),
         ],
-        verified_fields: &[MatchField::Phone, MatchField::Email],
+        verified_fields: &["phone", "email", "attributes.employee_id"],
         default_country_code: Some("86"),
     },
 ];
@@ -82,6 +81,12 @@ mod tests {
     #[test]
     fn every_preset_reads() {
         for preset in ALL {
+            for field in preset.verified_fields {
+                assert!(
+                    field.parse::<crate::domain::connection::MatchKey>().is_ok(),
+                    "{field}"
+                );
+            }
             for (target, template) in preset.mapping {
                 assert!(
                     target

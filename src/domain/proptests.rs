@@ -243,6 +243,7 @@ impl Login {
             username: field(&self.username, |v| Username::parse(v).unwrap()),
             name: None,
             attributes: Default::default(),
+            verified_attributes: Vec::new(),
         }
     }
 

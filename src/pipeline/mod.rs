@@ -387,12 +387,13 @@ pub async fn upsert_connections(pool: &PgPool, list: &[ConnectionSettings]) -> a
     for c in list {
         connections::upsert(&mut tx, c).await?;
     }
-    let mut pools: Vec<&str> = list.iter().map(|c| c.user_pool_id.as_str()).collect();
+    let mut pools: Vec<String> = list
+        .iter()
+        .map(|c| c.user_pool_id.as_str().to_owned())
+        .collect();
     pools.sort_unstable();
     pools.dedup();
-    for user_pool in pools {
-        connections::sync_unique_attributes(&mut tx, user_pool).await??;
-    }
+    connections::sync_unique_attributes(&mut tx, &pools).await??;
     tx.commit().await?;
     Ok(())
 }

@@ -144,7 +144,7 @@ async fn list_and_show_bindings() {
     assert_eq!(
         binding["candidates"],
         json!([{"id": existing, "email": "z***@example.com", "phone": "+86*******8000",
-                "username": "zs", "name": "Existing", "identities": []}])
+                "username": "zs", "name": "Existing", "attributes": {}, "identities": []}])
     );
     for key in ["created_at", "expires_at"] {
         assert!(
@@ -654,7 +654,7 @@ async fn connections_are_read_created_and_updated_live() {
                "login_mode": "normal", "association": "ask_binding", "match_fields": ["email", "phone", "username"],
                "require_verified": true, "default_country_code": "86", "binding_ttl": "1h",
                "trust_unverified_accounts": false, "allowed_email_domains": [],
-               "on_profile_change": "notify", "mapping": {}, "verified_fields": ["phone", "email"],
+               "on_profile_change": "notify", "mapping": {}, "verified_fields": ["phone", "email", "attributes.employee_id"],
                "match_rule": "any", "unique_attributes": [],
                "effective_mapping": {"phone": "{attributes.mobile}", "email": "{attributes.biz_mail}",
                                      "attributes.employee_id": "{attributes.userid}"},

@@ -46,6 +46,7 @@ fn login() -> NormalizedFields {
         username: valid(username("zhangsan")),
         name: Some("张三".into()),
         attributes: Default::default(),
+        verified_attributes: Vec::new(),
     }
 }
 
@@ -826,6 +827,7 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
         username: valid(username("zhangsan")),
         name: None,
         attributes: Default::default(),
+        verified_attributes: Vec::new(),
     };
     let holder = PoolUser {
         username: username("zhangsan"),
@@ -892,10 +894,21 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
     assert_eq!(masked.fields[1].value, "+86*******8000");
 }
 
-/// A connection mapping `attributes.employee_id` from the profile's job number and matching on
-/// `match_fields` under `rule`.
+/// A connection mapping `attributes.employee_id` from the profile's job number (and vouching
+/// for it) and matching on `match_fields` under `rule`.
 fn on_employee_id(match_fields: &[&str], rule: &str) -> ConnectionSettings {
+    vouching(match_fields, rule, &["attributes.employee_id"], true)
+}
+
+fn vouching(
+    match_fields: &[&str],
+    rule: &str,
+    verified: &[&str],
+    require_verified: bool,
+) -> ConnectionSettings {
     ConnectionSettings::validate(&ConnectionSpec {
+        verified_fields: Some(verified.iter().map(|f| f.to_string()).collect()),
+        require_verified: Some(require_verified),
         identifier: Some("dingtalk".into()),
         user_pool_id: Some("pool-1".into()),
         association: Some("field_matching".into()),
@@ -1066,4 +1079,30 @@ fn a_new_account_takes_attributes_unless_unique_and_held() {
         (field.field.clone(), field.why_not),
         (employee_id(), Some(WhyNot::Held))
     );
+}
+
+#[test]
+fn an_attribute_the_connection_does_not_vouch_for_links_nobody_and_is_never_copied() {
+    let holder = employee(1, "E1024");
+    // Required verified (the default): unverified, like an email without its flag.
+    let s = vouching(&["attributes.employee_id"], "any", &[], true);
+    let login = with_job_number(&s, "E1024");
+    let decision = decide(&login, &s, &with_users(vec![holder.clone()]), now());
+    assert!(matches!(decision.action, Action::CreateUser(ref new) if new.attributes.is_empty()));
+    let field = decision.evidence.fields.last().unwrap();
+    assert_eq!(field.why_not, Some(WhyNot::Unverified));
+    // Not required: it matches, but a new account never takes it (it would identify that
+    // account to every connection of the pool).
+    let s = vouching(&["attributes.employee_id"], "any", &[], false);
+    let login = with_job_number(&s, "E1024");
+    let decision = decide(&login, &s, &with_users(vec![holder]), now());
+    assert_eq!(
+        decision.action,
+        Action::Link {
+            user_id: Uuid::from_u128(1),
+            matched_on: vec![employee_id()],
+        }
+    );
+    let alone = new_user_fields(&login, &s, &[], &[]);
+    assert!(alone.attributes.is_empty(), "{alone:?}");
 }
