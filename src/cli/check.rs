@@ -152,9 +152,9 @@ fn shown(fields: &NormalizedFields, key: &MatchKey) -> String {
             of(&fields.phone, Some(fields.phone_verified))
         }
         MatchKey::Field(crate::domain::MatchField::Username) => of(&fields.username, None),
-        MatchKey::Attribute(name) => fields
-            .attributes
-            .get(name)
-            .map_or_else(|| "nothing".into(), |f| of(f, None)),
+        MatchKey::Attribute(name) => fields.attributes.get(name).map_or_else(
+            || "nothing".into(),
+            |f| of(f, Some(fields.verified_attributes.contains(name))),
+        ),
     }
 }
