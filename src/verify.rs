@@ -105,6 +105,27 @@ const CHECKS: &[Check] = &[
               GROUP BY field, user_pool_id, value HAVING count(*) > 1",
     },
     Check {
+        invariant: "two users of one pool share a value of a unique attribute",
+        sql: "SELECT 'attributes.' || a.name || ' of users ' || string_agg(a.user_id::text, ', ')
+              FROM user_attributes a
+              JOIN unique_attributes u ON u.user_pool_id = a.user_pool_id AND u.name = a.name
+              GROUP BY a.user_pool_id, a.name, a.value HAVING count(*) > 1",
+    },
+    Check {
+        invariant: "an account's attribute index out of step with its attributes",
+        sql: "WITH expected AS (
+                SELECT u.id, u.user_pool_id, e.key AS name, e.value,
+                       EXISTS (SELECT 1 FROM unique_attributes x
+                               WHERE x.user_pool_id = u.user_pool_id AND x.name = e.key) AS is_unique
+                FROM users u, jsonb_each_text(u.attributes) e),
+              actual AS (
+                SELECT user_id, user_pool_id, name, value, is_unique FROM user_attributes)
+              SELECT DISTINCT 'user ' || id::text FROM (
+                (SELECT * FROM expected EXCEPT SELECT * FROM actual)
+                UNION ALL
+                (SELECT * FROM actual EXCEPT SELECT * FROM expected)) d",
+    },
+    Check {
         invariant: "a pending binding for an identity that is linked",
         sql: "SELECT 'binding ' || b.id FROM bindings b
               JOIN identities i ON i.external_id = b.external_id AND i.connection = b.connection

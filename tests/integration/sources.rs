@@ -590,3 +590,61 @@ async fn users_import_takes_attributes() {
         1
     );
 }
+
+#[tokio::test]
+async fn verify_reports_attributes_out_of_step_and_shared_unique_values() {
+    let services = Services::with_config(SOURCES).await;
+    let app = TestApp::spawn(&services).await;
+    let first = account(
+        &app,
+        json!({"username": "one", "attributes": {"employee_id": "E1"}}),
+    )
+    .await;
+    let second = account(
+        &app,
+        json!({"username": "two", "attributes": {"employee_id": "E2"}}),
+    )
+    .await;
+    app.stop().await;
+    let db = services.db().await;
+    let bounds = identity_sync::verify::Bounds {
+        orphan_after: std::time::Duration::from_secs(30),
+        retention: std::time::Duration::from_secs(7 * 24 * 3600),
+    };
+    let found = |db: sqlx::PgPool| async move {
+        identity_sync::verify::verify(&db, bounds)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(found(db.clone()).await, Vec::<String>::new());
+
+    // Behind the program's back: the second account's index row says E1, unique or not.
+    sqlx::query("UPDATE user_attributes SET value = 'E1', is_unique = false WHERE user_id = $1")
+        .bind(second)
+        .execute(&db)
+        .await
+        .unwrap();
+    let violations = found(db.clone()).await;
+    let shared = violations
+        .iter()
+        .find(|v| {
+            v.starts_with(
+                "two users of one pool share a value of a unique attribute: \
+                 attributes.employee_id of users ",
+            )
+        })
+        .unwrap_or_else(|| panic!("{violations:?}"));
+    assert!(
+        shared.contains(&first.to_string()) && shared.contains(&second.to_string()),
+        "{shared}"
+    );
+    assert!(
+        violations.contains(&format!(
+            "an account's attribute index out of step with its attributes: user {second}"
+        )),
+        "{violations:?}"
+    );
+}
