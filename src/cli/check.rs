@@ -24,6 +24,9 @@ pub struct CheckArgs {
     /// report a mapping or a match field it leaves empty.
     #[arg(long, value_name = "PROFILE")]
     profile: Option<PathBuf>,
+    /// Try the profile on this connection only (the others are still checked).
+    #[arg(long, value_name = "IDENTIFIER", requires = "profile")]
+    connection: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +60,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         };
         println!("{name}: {}", summary(&settings));
-        if let Some(profile) = &profile {
+        let tried = args
+            .connection
+            .as_deref()
+            .is_none_or(|c| c == settings.identifier.as_str());
+        if let (Some(profile), true) = (&profile, tried) {
             problems += against(&name, &settings, profile);
         }
     }
@@ -99,7 +106,7 @@ fn summary(settings: &ConnectionSettings) -> String {
 }
 
 /// Prints what the mapping makes of `profile`; returns the number of problems: a mapping that
-/// finds nothing, a match field the profile leaves empty.
+/// finds nothing, or match fields all left empty (the login could match nobody).
 fn against(name: &str, settings: &ConnectionSettings, profile: &Profile) -> usize {
     let fields = NormalizedFields::of(profile, settings);
     let mut problems = 0;
@@ -112,11 +119,20 @@ fn against(name: &str, settings: &ConnectionSettings, profile: &Profile) -> usiz
             problems += 1;
         }
     }
-    for key in &settings.match_fields {
-        if shown(&fields, key) == "nothing" {
-            println!("{name}: match field {key} is empty for this profile: it can match nobody");
-            problems += 1;
-        }
+    let empty: Vec<String> = settings
+        .match_fields
+        .iter()
+        .filter(|k| shown(&fields, k) == "nothing")
+        .map(|k| k.to_string())
+        .collect();
+    if empty.len() == settings.match_fields.len() {
+        println!(
+            "{name}: every match field is empty for this profile ({}): it can match nobody",
+            empty.join(", ")
+        );
+        problems += 1;
+    } else if !empty.is_empty() {
+        println!("  not in this profile: {}", empty.join(", "));
     }
     problems
 }

@@ -503,6 +503,17 @@ match_fields = ["attributes.employee_id", "phone"]
         "{stdout}"
     );
 
+    // A profile that fills none of the match fields could match nobody.
+    let (code, stdout, _) = check(&good, "feishu-profile.json");
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains(
+            "connections[0] (dingtalk-corp): every match field is empty for this profile \
+             (attributes.employee_id, phone): it can match nobody"
+        ),
+        "{stdout}"
+    );
+
     let bad = services.dir.join("bad.toml");
     std::fs::write(
         &bad,
