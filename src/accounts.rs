@@ -13,7 +13,7 @@ use crate::db::{
 use crate::domain::{
     CountryCode, Email, Phone, Username,
     attributes::{self, AttributeName},
-    connection::UserPoolId,
+    connection::{ConnectionId, UserPoolId},
 };
 
 /// One account as `users import` reads it (one JSON object per line) and `POST /v1/users` takes it.
@@ -36,6 +36,55 @@ pub struct AccountInput {
     /// String values by name (`{"employee_id": "E1024"}`); see `domain::attributes`.
     #[serde(default)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Identities linked ahead of their first login (`users import` only).
+    #[serde(default)]
+    pub identities: Option<Vec<IdentityInput>>,
+}
+
+/// An identity of an account as `users import` and `users export` write it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityInput {
+    pub connection: String,
+    pub external_id: String,
+}
+
+/// Most identities one line links ahead.
+const MAX_IDENTITIES: usize = 32;
+
+impl AccountInput {
+    /// The identities to link ahead, checked: a connection identifier and an external id of 1
+    /// to 256 characters each, at most 32.
+    pub fn ahead_identities(&self) -> Result<Vec<crate::bulk::AheadIdentity>, AccountError> {
+        let given = self.identities.as_deref().unwrap_or_default();
+        if given.len() > MAX_IDENTITIES {
+            return Err(invalid(
+                "identities",
+                format!("more than {MAX_IDENTITIES} identities"),
+            ));
+        }
+        given
+            .iter()
+            .map(|i| {
+                let connection = ConnectionId::parse(&i.connection)
+                    .map_err(|m| invalid("identities", format!("connection: {m}")))?;
+                let external_id = &i.external_id;
+                if external_id.is_empty()
+                    || external_id.chars().count() > 256
+                    || external_id.contains('\0')
+                {
+                    return Err(invalid(
+                        "identities",
+                        "external_id must be 1 to 256 characters without NUL",
+                    ));
+                }
+                Ok(crate::bulk::AheadIdentity {
+                    connection,
+                    external_id: external_id.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub(crate) mod admin;
 pub mod amqp;
+pub mod bulk;
 pub mod cli;
 pub mod db;
 pub mod domain;

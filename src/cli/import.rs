@@ -1,27 +1,59 @@
-//! `identity-sync users import FILE`: one JSON account per line, each line all-or-nothing, bad or
-//! conflicting lines reported with their number and skipped; importing the same file again adds
-//! nothing.
+//! `identity-sync users import FILE`: one account per line (JSON lines, or CSV as `users export`
+//! writes it), each line all-or-nothing, bad or conflicting lines reported with their number and
+//! skipped; importing the same file again adds nothing. Lines are decided a chunk at a time (see
+//! `bulk`), with progress on a terminal.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::{BufRead, BufReader, IsTerminal, Read},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
-use clap::Args;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use clap::{Args, ValueEnum};
+use serde_json::{Map, Value};
 
 use crate::{
-    accounts::{self, AccountError, AccountInput, Created},
+    accounts::AccountInput,
+    bulk::{self, CHUNK_LINES, Line, Outcome},
     db,
     domain::CountryCode,
     settings::Settings,
 };
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// A header line, then one account per row (as `users export --format csv` writes them).
+    Csv,
+}
+
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// JSON-lines file; `-` reads standard input.
+    /// The file; `-` reads standard input.
     pub file: PathBuf,
     /// Calling code for phone numbers written without `+` (e.g. 86).
     #[arg(long, value_name = "CODE")]
     pub default_country_code: Option<String>,
+    /// The file's format; by default CSV for a `.csv` file, JSON lines otherwise.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Counts so far.
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    lines: u64,
+    added: u64,
+    already_present: u64,
+    failed: u64,
+    identities_linked: u64,
+    seconds: f64,
 }
 
 pub async fn run(args: ImportArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -31,58 +63,251 @@ pub async fn run(args: ImportArgs, settings: &Settings) -> anyhow::Result<ExitCo
         .map(CountryCode::parse)
         .transpose()
         .map_err(|m| anyhow::anyhow!("--default-country-code: {m}"))?;
-    let reader: Box<dyn tokio::io::AsyncRead + Unpin> = if args.file.as_os_str() == "-" {
-        Box::new(tokio::io::stdin())
+    let format = args.format.unwrap_or_else(|| {
+        if args.file.extension().is_some_and(|e| e == "csv") {
+            Format::Csv
+        } else {
+            Format::Jsonl
+        }
+    });
+    let reader: Box<dyn Read + Send> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
     } else {
         Box::new(
-            tokio::fs::File::open(&args.file)
-                .await
+            std::fs::File::open(&args.file)
                 .with_context(|| format!("cannot open {}", args.file.display()))?,
         )
     };
     let pool = db::connect_and_migrate(&settings.database).await?;
-    let mut lines = BufReader::new(reader).lines();
-    let (mut added, mut unchanged, mut failed, mut number) = (0u64, 0u64, 0u64, 0u64);
-    while let Some(line) = lines.next_line().await.context("reading the file")? {
-        number += 1;
-        // Excel and PowerShell start UTF-8 files with a byte order mark.
-        let line = if number == 1 {
-            line.strip_prefix('\u{feff}')
-                .map(str::to_owned)
-                .unwrap_or(line)
-        } else {
-            line
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let result = match serde_json::from_str::<AccountInput>(&line) {
-            Err(e) => Err(format!("not a valid account: {e}")),
-            Ok(input) => match input.normalise(default_country.as_ref()) {
-                Err(e) => Err(e.to_string()),
-                Ok(record) => match accounts::create(&pool, &record, input.id.is_some()).await {
-                    Ok(created) => Ok(created),
-                    Err(AccountError::Database(e)) if db::is_transient(&e) => {
-                        return Err(e).context(format!("line {number}: database unavailable"));
-                    }
-                    Err(e) => Err(e.to_string()),
-                },
-            },
-        };
-        match result {
-            Ok(Created::Added(_)) => added += 1,
-            Ok(Created::Unchanged(_)) => unchanged += 1,
-            Err(reason) => {
-                failed += 1;
-                eprintln!("line {number}: {reason}");
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut progress = Progress::new(args.json);
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<Read1>>(2);
+    // Reading and normalising (CPU) runs beside the database's work on the previous chunk.
+    let reading = tokio::task::spawn_blocking({
+        let file = args.file.clone();
+        move || read_all(reader, format, default_country, &file, sender)
+    });
+    while let Some(chunk) = receiver.recv().await {
+        let lines: Vec<Line> = chunk
+            .iter()
+            .filter_map(|r| r.line.as_ref().ok().cloned())
+            .collect();
+        let decided = bulk::import_chunk(&pool, &lines)
+            .await
+            .context("the database failed during the import (lines before it are imported)")?;
+        let mut decided = decided.into_iter();
+        for read in chunk {
+            summary.lines += 1;
+            let outcome = match read.line {
+                Err(reason) => Outcome::Failed(reason),
+                Ok(_) => decided.next().expect("one outcome per line"),
+            };
+            match outcome {
+                Outcome::Added { identities } => {
+                    summary.added += 1;
+                    summary.identities_linked += identities as u64;
+                }
+                Outcome::Unchanged { identities } => {
+                    summary.already_present += 1;
+                    summary.identities_linked += identities as u64;
+                }
+                Outcome::Failed(reason) => {
+                    summary.failed += 1;
+                    progress.line_failed(read.number, &reason);
+                }
             }
         }
+        summary.seconds = started.elapsed().as_secs_f64();
+        progress.update(&summary);
     }
-    println!("added {added}, already present {unchanged}, failed {failed}");
+    reading.await.context("reading the file")??;
+    summary.seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "added {}, already present {}, failed {}{}",
+            summary.added,
+            summary.already_present,
+            summary.failed,
+            if summary.identities_linked > 0 {
+                format!(", identities linked {}", summary.identities_linked)
+            } else {
+                String::new()
+            }
+        );
+    }
     pool.close().await;
-    Ok(if failed == 0 {
+    Ok(if summary.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// One line of the file: its number, and the account it describes or why it cannot be read.
+struct Read1 {
+    number: u64,
+    line: Result<Line, String>,
+}
+
+fn read_all(
+    reader: Box<dyn Read + Send>,
+    format: Format,
+    country: Option<CountryCode>,
+    file: &Path,
+    sender: tokio::sync::mpsc::Sender<Vec<Read1>>,
+) -> anyhow::Result<()> {
+    let mut chunk = Vec::with_capacity(CHUNK_LINES);
+    let send = |read: Read1, chunk: &mut Vec<Read1>| -> bool {
+        chunk.push(read);
+        if chunk.len() < CHUNK_LINES {
+            return true;
+        }
+        sender.blocking_send(std::mem::take(chunk)).is_ok()
+    };
+    match format {
+        Format::Jsonl => {
+            let lines = BufReader::with_capacity(1 << 16, reader).lines();
+            let mut number = 0u64;
+            for text in lines {
+                number += 1;
+                let text = text.with_context(|| format!("reading {}", file.display()))?;
+                // Excel and PowerShell start UTF-8 files with a byte order mark.
+                let text = if number == 1 {
+                    text.strip_prefix('\u{feff}').unwrap_or(&text).to_owned()
+                } else {
+                    text
+                };
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let line = serde_json::from_str::<AccountInput>(&text)
+                    .map_err(|e| format!("not a valid account: {e}"))
+                    .and_then(|input| line_of(number, &input, country.as_ref()));
+                if !send(Read1 { number, line }, &mut chunk) {
+                    return Ok(());
+                }
+            }
+        }
+        Format::Csv => {
+            let mut rows = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+            let header = rows
+                .headers()
+                .with_context(|| format!("reading the header of {}", file.display()))?
+                .clone();
+            for row in rows.records() {
+                let row = row.with_context(|| format!("reading {}", file.display()))?;
+                let number = row.position().map_or(0, |p| p.line());
+                let line = csv_input(&header, &row)
+                    .and_then(|input| line_of(number, &input, country.as_ref()));
+                if !send(Read1 { number, line }, &mut chunk) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = sender.blocking_send(chunk);
+    }
+    Ok(())
+}
+
+fn line_of(
+    number: u64,
+    input: &AccountInput,
+    country: Option<&CountryCode>,
+) -> Result<Line, String> {
+    let record = input.normalise(country).map_err(|e| e.to_string())?;
+    let identities = input.ahead_identities().map_err(|e| e.to_string())?;
+    Ok(Line {
+        number,
+        record,
+        explicit_id: input.id.is_some(),
+        identities,
+    })
+}
+
+/// A CSV row as an account: empty cells are absent, `attributes` and `identities` hold JSON.
+fn csv_input(header: &csv::StringRecord, row: &csv::StringRecord) -> Result<AccountInput, String> {
+    let mut object = Map::new();
+    for (name, cell) in header.iter().zip(row.iter()) {
+        if cell.is_empty() {
+            continue;
+        }
+        let value = match name {
+            "email_verified" | "phone_verified" | "protected" => match cell {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                other => return Err(format!("{name}: {other:?} is not true or false")),
+            },
+            "attributes" | "identities" => {
+                serde_json::from_str(cell).map_err(|e| format!("{name}: not JSON ({e})"))?
+            }
+            _ => Value::String(cell.to_owned()),
+        };
+        object.insert(name.to_owned(), value);
+    }
+    if row.len() > header.len() {
+        return Err(format!(
+            "{} cells, the header has {}",
+            row.len(),
+            header.len()
+        ));
+    }
+    serde_json::from_value(Value::Object(object)).map_err(|e| format!("not a valid account: {e}"))
+}
+
+/// Progress on standard error: a bar on a terminal, a line every few seconds otherwise, nothing
+/// with `--json` off a terminal.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(json: bool) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = terminal.then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self {
+            bar,
+            plain: !terminal && !json,
+            last: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, s: &Summary) {
+        let rate = s.lines as f64 / s.seconds.max(0.001);
+        let text = format!(
+            "{} lines read, {} added, {} already present, {} failed, {rate:.0} lines/s",
+            s.lines, s.added, s.already_present, s.failed
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_message(text);
+        } else if self.plain && self.last.elapsed() >= Duration::from_secs(5) {
+            self.last = Instant::now();
+            eprintln!("progress: {text}");
+        }
+    }
+
+    fn line_failed(&self, number: u64, reason: &str) {
+        let text = format!("line {number}: {reason}");
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }

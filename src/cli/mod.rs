@@ -3,6 +3,7 @@
 
 mod admin_client;
 mod check;
+mod export;
 mod import;
 mod replay;
 mod round_trip;
@@ -91,8 +92,10 @@ pub enum EventsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
-    /// Import accounts from a JSON-lines file (one account per line).
+    /// Import accounts from a JSON-lines or CSV file (one account per line).
     Import(import::ImportArgs),
+    /// Write every account with its identities to standard output, as `users import` reads them.
+    Export(export::ExportArgs),
     /// Find an account by email, phone or username, through the admin API.
     Find {
         #[command(flatten)]
@@ -145,6 +148,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         Command::Users {
             command: UsersCommand::Import(args),
         } => import::run(args, &settings).await,
+        Command::Users {
+            command: UsersCommand::Export(args),
+        } => export::run(args, &settings).await,
         Command::Users {
             command: UsersCommand::Find { api, find },
         } => admin_client::find_users(find, api, &settings).await,

@@ -129,6 +129,7 @@ pub async fn create(
         name: body.name,
         protected: body.protected,
         attributes: body.attributes,
+        identities: None,
     };
     Ok((
         StatusCode::CREATED,

@@ -10,6 +10,7 @@ mod console;
 mod crash;
 mod dead_letters;
 mod dedupe;
+mod directory;
 mod drift;
 mod guarantees;
 mod hostile;
