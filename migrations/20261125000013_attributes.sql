@@ -46,7 +46,9 @@ CREATE FUNCTION sync_user_attributes() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(unique_attributes_lock_key(NEW.user_pool_id));
-    DELETE FROM user_attributes WHERE user_id = NEW.id;
+    IF TG_OP = 'UPDATE' THEN
+        DELETE FROM user_attributes WHERE user_id = NEW.id;
+    END IF;
     INSERT INTO user_attributes (user_id, user_pool_id, name, value, is_unique)
     SELECT NEW.id, NEW.user_pool_id, a.key, a.value,
            EXISTS (SELECT 1 FROM unique_attributes u

@@ -43,6 +43,8 @@ pub struct DrainOptions<'a> {
     pub batch_size: usize,
     pub baseline: bool,
     pub worker_bin: &'a Path,
+    /// More accounts in the pool, imported before the seed.
+    pub accounts: usize,
 }
 
 async fn decided(db: &PgPool) -> i64 {
@@ -85,7 +87,9 @@ pub async fn prepare_broker(env: &Env) -> anyhow::Result<(lapin::Connection, Set
 pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
     let env = Env::create(options.prefetch, options.batch_size).await?;
     let mix = Mix::of(options.events);
-    let db = env.prepare(options.worker_bin, &mix).await?;
+    let db = env
+        .prepare(options.worker_bin, &mix, options.accounts)
+        .await?;
     let bodies = mix.events("d-");
     let (connection, settings) = prepare_broker(&env).await?;
     let channel = connection.create_channel().await?;

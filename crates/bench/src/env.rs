@@ -1,6 +1,7 @@
 //! An isolated benchmark environment: its own database and vhost (removed on drop), a seeded
 //! history, and the worker processes under test.
 
+use std::io::Write as _;
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -77,7 +78,12 @@ match_fields = ["email"]
 
     /// Migrates (through the binary under test) and seeds the users, identities and history
     /// the mix needs.
-    pub async fn prepare(&self, worker_bin: &Path, mix: &Mix) -> anyhow::Result<PgPool> {
+    pub async fn prepare(
+        &self,
+        worker_bin: &Path,
+        mix: &Mix,
+        accounts: usize,
+    ) -> anyhow::Result<PgPool> {
         let status = self
             .command(worker_bin)
             .arg("migrate")
@@ -87,9 +93,47 @@ match_fields = ["email"]
         if !status.success() {
             bail!("migrate failed");
         }
+        if accounts > 0 {
+            self.import_directory(worker_bin, accounts)?;
+        }
         let db = PgPool::connect(&self.db_url).await?;
         seed(&db, mix).await?;
         Ok(db)
+    }
+
+    /// `accounts` accounts of a directory (email, phone, username, name; none of them a
+    /// login's), loaded through the binary's `users import`.
+    fn import_directory(&self, worker_bin: &Path, accounts: usize) -> anyhow::Result<()> {
+        let path = self.config.with_extension("directory.jsonl");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for n in 0..accounts {
+            writeln!(
+                file,
+                r#"{{"user_pool_id":"{POOL}","email":"d{n}@directory.example","email_verified":true,"phone":"+86139{n:08}","phone_verified":true,"username":"d{n}","name":"Directory {n}"}}"#
+            )?;
+        }
+        file.flush()?;
+        drop(file);
+        let started = std::time::Instant::now();
+        let output = self
+            .command(worker_bin)
+            .args(["users", "import", "--json"])
+            .arg(&path)
+            .output()
+            .with_context(|| format!("running {}", worker_bin.display()))?;
+        let _ = std::fs::remove_file(&path);
+        if !output.status.success() {
+            bail!(
+                "importing the directory failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        eprintln!(
+            "directory of {accounts} accounts imported in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
+        Ok(())
     }
 
     /// The binary under test with this environment's configuration and nothing else: the
@@ -148,7 +192,8 @@ async fn seed(pool: &PgPool, mix: &Mix) -> anyhow::Result<()> {
         "INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
          SELECT $1, 'returning', 'r' || substring(email FROM 2 FOR position('@' IN email) - 2), id,
                 jsonb_build_object('email', email, 'email_verified', true, 'name', 'Returning')
-         FROM users WHERE substring(email FROM 2 FOR position('@' IN email) - 2)::int < $2",
+         FROM users WHERE email LIKE 'u%@bench.example'
+           AND substring(email FROM 2 FOR position('@' IN email) - 2)::int < $2",
     )
     .bind(POOL)
     .bind(mix.known as i32)

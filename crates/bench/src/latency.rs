@@ -77,6 +77,8 @@ pub struct LatencyOptions<'a> {
     pub batch_size: usize,
     pub baseline: bool,
     pub worker_bin: &'a Path,
+    /// More accounts in the pool, imported before the seed.
+    pub accounts: usize,
 }
 
 const PREFIX: &str = "l-";
@@ -89,7 +91,9 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
     let total = warmup + (options.rate as f64 * options.duration.as_secs_f64()).ceil() as usize;
     let env = Env::create(options.prefetch, options.batch_size).await?;
     let mix = Mix::of(total.max(20));
-    let db = env.prepare(options.worker_bin, &mix).await?;
+    let db = env
+        .prepare(options.worker_bin, &mix, options.accounts)
+        .await?;
     let bodies = mix.events(PREFIX);
     let (connection, settings) = prepare_broker(&env).await?;
     let workers = env.start_workers(options.worker_bin, options.workers)?;

@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Also write the runs and their medians as JSON to this file.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
+    /// A directory of this many more accounts in the pool, loaded with the binary's
+    /// `users import` before the seed (e.g. 1000000).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub accounts: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +133,7 @@ struct Common {
     runs: usize,
     worker_bin: PathBuf,
     machine: String,
+    accounts: usize,
 }
 
 async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -147,6 +152,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         runs: args.runs,
         worker_bin,
         machine: machine(),
+        accounts: args.accounts,
     };
     let report = match args.mode {
         Mode::Drain {
@@ -168,6 +174,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 batch_size: common.batch_size,
                 baseline: !no_baseline,
                 worker_bin: &common.worker_bin,
+                accounts: common.accounts,
             };
             latency_mode(&common, &options).await?
         }
@@ -188,6 +195,7 @@ async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Res
         batch_size: c.batch_size,
         baseline: !no_baseline,
         worker_bin: &c.worker_bin,
+        accounts: c.accounts,
     };
     let mut runs = Vec::new();
     for n in 1..=c.runs {
@@ -231,6 +239,7 @@ async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Res
     }
     Ok(
         json!({"mode": "drain", "machine": c.machine, "events": events, "workers": c.workers,
+              "accounts": c.accounts,
               "prefetch": c.prefetch, "batch_size": c.batch_size, "median": summary, "runs": runs}),
     )
 }
