@@ -41,12 +41,29 @@ pub struct Line {
 /// What became of one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// A new account, with `identities` identities linked.
-    Added { identities: usize },
-    /// The account was there already; `identities` of the line's identities were linked now.
-    Unchanged { identities: usize },
+    /// A new account, `user_id`, with `identities` identities linked.
+    Added { user_id: Uuid, identities: usize },
+    /// The account `user_id` was there already; `identities` of the line's identities were
+    /// linked now.
+    Unchanged { user_id: Uuid, identities: usize },
     /// Nothing was written for the line: why.
-    Failed(String),
+    Failed(Refused),
+}
+
+/// Why a line was refused: a stable code (the admin API's error code) and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// `id_taken`, `field_taken`, `identity_taken`, `identity_pending` or `invalid_field`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> Refused {
+    Refused {
+        code,
+        message: message.into(),
+    }
 }
 
 /// The accounts, identities and bindings a chunk touches, as the database has them after its
@@ -99,7 +116,12 @@ pub async fn import_chunk(pool: &PgPool, lines: &[Line]) -> sqlx::Result<Vec<Out
     }
 }
 
-async fn decide_and_write(conn: &mut PgConnection, lines: &[Line]) -> sqlx::Result<Vec<Outcome>> {
+/// Decides and writes `lines` in the caller's transaction (the admin API's `POST /v1/users` is a
+/// chunk of one line).
+pub(crate) async fn decide_and_write(
+    conn: &mut PgConnection,
+    lines: &[Line],
+) -> sqlx::Result<Vec<Outcome>> {
     let mut locks = LockSet::new();
     for line in lines {
         let pool = line.record.user_pool_id.as_str();
@@ -275,14 +297,20 @@ impl View {
         }
         let identities = identities.len();
         if added {
-            Outcome::Added { identities }
+            Outcome::Added {
+                user_id: target,
+                identities,
+            }
         } else {
-            Outcome::Unchanged { identities }
+            Outcome::Unchanged {
+                user_id: target,
+                identities,
+            }
         }
     }
 
     /// The account the line is about, and whether it is new; the rules of `accounts::create_in`.
-    fn account_of(&self, line: &Line) -> Result<(Uuid, bool), String> {
+    fn account_of(&self, line: &Line) -> Result<(Uuid, bool), Refused> {
         let record = &line.record;
         if line.explicit_id
             && let Some(existing) = self.users.get(&record.id)
@@ -290,9 +318,9 @@ impl View {
             return if existing == record {
                 Ok((record.id, false))
             } else {
-                Err(format!(
-                    "user id {} already exists with other fields",
-                    record.id
+                Err(refused(
+                    "id_taken",
+                    format!("user id {} already exists with other fields", record.id),
                 ))
             };
         }
@@ -323,12 +351,12 @@ impl View {
         if taken.is_empty() {
             Ok((record.id, true))
         } else {
-            Err(taken.join("; "))
+            Err(refused("field_taken", taken.join("; ")))
         }
     }
 
     /// The line's identities not linked yet; an error when one cannot be linked to `target`.
-    fn identities_to_link(&self, line: &Line, target: Uuid) -> Result<Vec<AheadIdentity>, String> {
+    fn identities_to_link(&self, line: &Line, target: Uuid) -> Result<Vec<AheadIdentity>, Refused> {
         let pool = &line.record.user_pool_id;
         let held = self.connections.get(&target);
         let mut link = Vec::new();
@@ -342,23 +370,37 @@ impl View {
             );
             let named = format!("identity {connection}/{}", identity.external_id);
             if !seen.insert(connection) {
-                return Err(format!(
-                    "two identities of connection {connection}: an account holds one per connection"
+                return Err(refused(
+                    "invalid_field",
+                    format!(
+                        "two identities of connection {connection}: an account holds one per \
+                         connection"
+                    ),
                 ));
             }
             match self.identities.get(&key) {
                 Some(owner) if *owner == target => continue,
-                Some(owner) => return Err(format!("{named} is linked to user {owner}")),
+                Some(owner) => {
+                    return Err(refused(
+                        "identity_taken",
+                        format!("{named} is linked to user {owner}"),
+                    ));
+                }
                 None => {}
             }
             if self.pending.contains(&key) {
-                return Err(format!(
-                    "{named} has a pending binding: resolve it before linking it ahead"
+                return Err(refused(
+                    "identity_pending",
+                    format!("{named} has a pending binding: resolve it before linking it ahead"),
                 ));
             }
             if held.is_some_and(|c| c.contains(connection)) {
-                return Err(format!(
-                    "{named}: user {target} already holds an identity of connection {connection}"
+                return Err(refused(
+                    "identity_taken",
+                    format!(
+                        "{named}: user {target} already holds an identity of connection \
+                         {connection}"
+                    ),
                 ));
             }
             link.push(identity.clone());

@@ -6,7 +6,8 @@ use uuid::Uuid;
 use sqlx::PgConnection;
 
 use super::{Actor, Admin, AdminError, Applied, views::UserView};
-use crate::accounts::{self, AccountError, AccountInput, Created};
+use crate::accounts::{AccountError, AccountInput};
+use crate::bulk::Outcome;
 use crate::db::{
     audit, identities,
     locks::LockSet,
@@ -104,31 +105,46 @@ impl Admin {
             }
             other => AdminError::invalid("invalid_field", None, other.to_string()),
         })?;
+        let identities = input.ahead_identities().map_err(|e| match e {
+            AccountError::Invalid { field, message } => {
+                AdminError::invalid("invalid_field", Some(field), format!("{field}: {message}"))
+            }
+            other => AdminError::invalid("invalid_field", None, other.to_string()),
+        })?;
+        let line = crate::bulk::Line {
+            number: 1,
+            record: record.clone(),
+            explicit_id: input.id.is_some(),
+            identities,
+        };
         let mut tx = self.pool.begin().await?;
-        match accounts::create_in(&mut tx, &record, input.id.is_some()).await {
-            Ok(Created::Added(_)) => {}
-            Ok(Created::Unchanged(existing)) => {
+        // One account is a chunk of one line: the rules and locks of `users import`.
+        let outcome = crate::bulk::decide_and_write(&mut tx, std::slice::from_ref(&line))
+            .await?
+            .remove(0);
+        match outcome {
+            Outcome::Added { .. } => {}
+            Outcome::Unchanged { user_id, .. } => {
                 return Err(AdminError::conflict(
                     "user_exists",
-                    format!("user {existing} already has these fields"),
+                    format!("user {user_id} already has these fields"),
                 ));
             }
-            Err(AccountError::Conflict(message)) => {
-                return Err(AdminError::conflict("field_taken", message));
-            }
-            Err(AccountError::Database(e)) => return Err(e.into()),
-            Err(other) => {
-                return Err(AdminError::invalid(
-                    "invalid_field",
-                    None,
-                    other.to_string(),
-                ));
+            Outcome::Failed(refused) => {
+                return Err(match refused.code {
+                    "invalid_field" => {
+                        AdminError::invalid("invalid_field", Some("identities"), refused.message)
+                    }
+                    "id_taken" => AdminError::conflict("field_taken", refused.message),
+                    code => AdminError::conflict(code, refused.message),
+                });
             }
         }
         let user = users::get(&mut tx, record.id)
             .await?
             .expect("just inserted");
-        let view = UserView::new(user, &[]);
+        let links = identities::of_users(&mut tx, &[record.id]).await?;
+        let view = UserView::new(user, &links);
         audit::record(
             &mut tx,
             &actor.name,

@@ -100,21 +100,24 @@ pub async fn run(args: ImportArgs, settings: &Settings) -> anyhow::Result<ExitCo
         for read in chunk {
             summary.lines += 1;
             let outcome = match read.line {
-                Err(reason) => Outcome::Failed(reason),
+                Err(reason) => Outcome::Failed(bulk::Refused {
+                    code: "invalid_field",
+                    message: reason,
+                }),
                 Ok(_) => decided.next().expect("one outcome per line"),
             };
             match outcome {
-                Outcome::Added { identities } => {
+                Outcome::Added { identities, .. } => {
                     summary.added += 1;
                     summary.identities_linked += identities as u64;
                 }
-                Outcome::Unchanged { identities } => {
+                Outcome::Unchanged { identities, .. } => {
                     summary.already_present += 1;
                     summary.identities_linked += identities as u64;
                 }
                 Outcome::Failed(reason) => {
                     summary.failed += 1;
-                    progress.line_failed(read.number, &reason);
+                    progress.line_failed(read.number, &reason.message);
                 }
             }
         }

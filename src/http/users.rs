@@ -105,9 +105,15 @@ pub struct NewUser {
     /// and held by another account is a conflict.
     #[schema(value_type = Option<Object>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Identities linked ahead of their first login: `[{"connection": "...", "external_id":
+    /// "..."}]`; one linked to another account is a conflict (`identity_taken`), one with a
+    /// pending binding too (`identity_pending`).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub identities: Option<Vec<crate::accounts::IdentityInput>>,
 }
 
-/// Create one account; 409 when its email, phone, username or id is taken.
+/// Create one account, with identities linked ahead if given; 409 when its email, phone,
+/// username, id, a unique attribute's value or one of its identities is taken.
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = NewUser, security(("bearer" = [])),
     responses((status = 201, body = UserView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -129,7 +135,7 @@ pub async fn create(
         name: body.name,
         protected: body.protected,
         attributes: body.attributes,
-        identities: None,
+        identities: body.identities,
     };
     Ok((
         StatusCode::CREATED,

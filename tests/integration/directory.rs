@@ -252,3 +252,60 @@ async fn export_then_import_adds_nothing_in_either_format() {
     assert_eq!(export("jsonl", None), jsonl, "nothing changed");
     assert_eq!(count(&db, "SELECT count(*) FROM identities").await, 2);
 }
+
+#[tokio::test]
+async fn the_admin_api_creates_an_account_with_identities_linked_ahead() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let (status, created) = app
+        .api()
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": POOL, "email": "ahead@corp.example", "email_verified": true,
+                   "identities": [{"connection": "matching", "external_id": "dt-ahead"}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["identities"][0]["connection"], "matching");
+    assert_eq!(created["identities"][0]["external_id"], "dt-ahead");
+
+    for (body, expected) in [
+        (
+            json!({"user_pool_id": POOL, "username": "thief",
+                   "identities": [{"connection": "matching", "external_id": "dt-ahead"}]}),
+            (409, "identity_taken"),
+        ),
+        (
+            json!({"user_pool_id": POOL, "username": "twice",
+                   "identities": [{"connection": "plain", "external_id": "a"},
+                                  {"connection": "plain", "external_id": "b"}]}),
+            (422, "invalid_field"),
+        ),
+        (
+            json!({"user_pool_id": POOL, "username": "bad",
+                   "identities": [{"connection": "Not An Identifier", "external_id": "a"}]}),
+            (422, "invalid_field"),
+        ),
+        (
+            json!({"user_pool_id": POOL, "email": "ahead@corp.example", "email_verified": true}),
+            (409, "user_exists"),
+        ),
+    ] {
+        let (status, answer) = app.api().post("/v1/users", body.clone()).await;
+        assert_eq!((status, error_code(&answer)), expected, "{body}: {answer}");
+    }
+    let db = services.db().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM users").await, 1);
+
+    let reply = broker
+        .login(&login(
+            "matching",
+            "dt-ahead",
+            json!({"email": "ahead@corp.example", "email_verified": true}),
+        ))
+        .await;
+    assert_eq!(reply.outcome, Outcome::ExistingUser, "{reply:?}");
+    broker.no_more_events().await;
+    app.stop().await;
+}
