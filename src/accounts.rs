@@ -146,7 +146,7 @@ impl AccountInput {
             .transpose()
             .map_err(|e| invalid("username", e.to_string()))?;
         if let Some(name) = &self.name
-            && (name.chars().count() > 256 || name.contains('\0'))
+            && (name.chars().count() > crate::domain::login::MAX_NAME_CHARS || name.contains('\0'))
         {
             return Err(invalid(
                 "name",
@@ -175,7 +175,8 @@ impl AccountInput {
             phone_verified: phone.is_some() && self.phone_verified,
             phone,
             username,
-            name: self.name.clone(),
+            // An empty name is none (a CSV cell cannot tell them apart).
+            name: self.name.clone().filter(|n| !n.is_empty()),
             protected: self.protected,
             attributes,
         })

@@ -17,9 +17,25 @@ use crate::db::{
 };
 use crate::domain::connection::ConnectionId;
 
-/// Lines decided per transaction: their locks (a few per line) stay well inside PostgreSQL's
-/// shared lock table beside a running worker.
+/// Most lines decided per transaction.
 pub const CHUNK_LINES: usize = 500;
+/// Most advisory locks a chunk takes (about as many as a worker's batch): PostgreSQL keeps them
+/// in one shared table (64 per connection by default), beside the worker's.
+pub const CHUNK_LOCKS: usize = 1000;
+
+impl Line {
+    /// The advisory locks deciding this line takes.
+    pub fn locks(&self) -> usize {
+        let r = &self.record;
+        usize::from(self.explicit_id)
+            + usize::from(r.email.is_some())
+            + usize::from(r.phone.is_some())
+            + usize::from(r.username.is_some())
+            + r.attributes.len()
+            + usize::from(!r.attributes.is_empty())
+            + self.identities.len()
+    }
+}
 
 /// An identity linked ahead of its first login: (connection, external id) in the account's pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,7 +70,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Refused {
-    /// `id_taken`, `field_taken`, `identity_taken`, `identity_pending` or `invalid_field`.
+    /// `id_taken`, `id_required`, `field_taken`, `identity_taken`, `identity_pending` or
+    /// `invalid_field`.
     pub code: &'static str,
     pub message: String,
 }
@@ -79,6 +96,8 @@ struct View {
     connections: HashMap<Uuid, HashSet<String>>,
     pending: HashSet<(String, String, String)>,
     unique: HashSet<(String, String)>,
+    /// Accounts this chunk added (an earlier line of the chunk may link more identities to one).
+    created: HashSet<Uuid>,
 }
 
 /// What a chunk writes.
@@ -125,7 +144,10 @@ pub(crate) async fn decide_and_write(
     let mut locks = LockSet::new();
     for line in lines {
         let pool = line.record.user_pool_id.as_str();
-        locks.user(line.record.id).record_fields(pool, &line.record);
+        if line.explicit_id {
+            locks.user(line.record.id);
+        }
+        locks.record_fields(pool, &line.record);
         for identity in &line.identities {
             locks.identity(pool, identity.connection.as_str(), &identity.external_id);
         }
@@ -262,6 +284,18 @@ impl View {
             Ok(identities) => identities,
             Err(reason) => return Outcome::Failed(reason),
         };
+        // An account found by its values alone (no id on the line) gets no new identity: equal
+        // values are not proof enough that the identity is that account's.
+        if !added && !line.explicit_id && !identities.is_empty() && !self.created.contains(&target)
+        {
+            return Outcome::Failed(refused(
+                "id_required",
+                format!(
+                    "user {target} exists: name it by its id to link identities to it (users \
+                     export writes the ids)"
+                ),
+            ));
+        }
         let pool = line.record.user_pool_id.clone();
         if added {
             let record = UserRecord {
@@ -270,6 +304,7 @@ impl View {
             };
             writes.users.push(&record);
             writes.protected.push(record.protected);
+            self.created.insert(record.id);
             self.add_user(record);
         }
         let snapshot = snapshot_of(&self.users[&target]);

@@ -92,7 +92,7 @@ impl UserPatch {
             {
                 return Err(invalid("name", "at most 256 characters without NUL".into()));
             }
-            next.name = name.clone();
+            next.name = name.clone().filter(|n| !n.is_empty());
         }
         // Keeping the same value keeps its flag.
         if next.email == current.email && self.email_verified.is_none() {

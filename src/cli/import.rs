@@ -163,59 +163,164 @@ fn read_all(
     file: &Path,
     sender: tokio::sync::mpsc::Sender<Vec<Read1>>,
 ) -> anyhow::Result<()> {
-    let mut chunk = Vec::with_capacity(CHUNK_LINES);
-    let send = |read: Read1, chunk: &mut Vec<Read1>| -> bool {
-        chunk.push(read);
-        if chunk.len() < CHUNK_LINES {
+    let mut chunk = Chunk {
+        lines: Vec::with_capacity(CHUNK_LINES),
+        locks: 0,
+        sender,
+    };
+    let result = match format {
+        Format::Jsonl => read_jsonl(reader, country.as_ref(), &mut chunk),
+        Format::Csv => read_csv(reader, country.as_ref(), &mut chunk),
+    };
+    // What was read before a failure is still decided and reported.
+    chunk.flush();
+    result.with_context(|| format!("reading {}", file.display()))
+}
+
+/// The lines read and not sent yet; sent when the next line would take it past its line or
+/// lock budget.
+struct Chunk {
+    lines: Vec<Read1>,
+    locks: usize,
+    sender: tokio::sync::mpsc::Sender<Vec<Read1>>,
+}
+
+impl Chunk {
+    /// Adds a line; false when nobody takes chunks any more.
+    fn push(&mut self, read: Read1) -> bool {
+        let locks = read.line.as_ref().map_or(0, Line::locks);
+        if !self.lines.is_empty()
+            && (self.lines.len() >= CHUNK_LINES || self.locks + locks > bulk::CHUNK_LOCKS)
+            && !self.flush()
+        {
+            return false;
+        }
+        self.locks += locks;
+        self.lines.push(read);
+        true
+    }
+
+    fn flush(&mut self) -> bool {
+        self.locks = 0;
+        if self.lines.is_empty() {
             return true;
         }
-        sender.blocking_send(std::mem::take(chunk)).is_ok()
-    };
-    match format {
-        Format::Jsonl => {
-            let lines = BufReader::with_capacity(1 << 16, reader).lines();
-            let mut number = 0u64;
-            for text in lines {
-                number += 1;
-                let text = text.with_context(|| format!("reading {}", file.display()))?;
-                // Excel and PowerShell start UTF-8 files with a byte order mark.
-                let text = if number == 1 {
-                    text.strip_prefix('\u{feff}').unwrap_or(&text).to_owned()
-                } else {
-                    text
-                };
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let line = serde_json::from_str::<AccountInput>(&text)
-                    .map_err(|e| format!("not a valid account: {e}"))
-                    .and_then(|input| line_of(number, &input, country.as_ref()));
-                if !send(Read1 { number, line }, &mut chunk) {
-                    return Ok(());
+        self.sender
+            .blocking_send(std::mem::take(&mut self.lines))
+            .is_ok()
+    }
+}
+
+/// The longest line read: a line is one account, and a longer one is refused without holding
+/// it in memory.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+fn read_jsonl(
+    reader: Box<dyn Read + Send>,
+    country: Option<&CountryCode>,
+    chunk: &mut Chunk,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 16, reader);
+    let mut number = 0u64;
+    let mut bytes = Vec::new();
+    loop {
+        let Some(too_long) = read_line(&mut reader, &mut bytes)? else {
+            return Ok(());
+        };
+        number += 1;
+        let line = if too_long {
+            Err(format!("longer than {MAX_LINE_BYTES} bytes"))
+        } else {
+            match std::str::from_utf8(&bytes) {
+                Err(_) => Err("not UTF-8 text".to_owned()),
+                Ok(text) => {
+                    // Excel and PowerShell start UTF-8 files with a byte order mark.
+                    let text = if number == 1 {
+                        text.strip_prefix('\u{feff}').unwrap_or(text)
+                    } else {
+                        text
+                    };
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    serde_json::from_str::<AccountInput>(text)
+                        .map_err(|e| format!("not a valid account: {e}"))
+                        .and_then(|input| line_of(number, &input, country))
                 }
             }
+        };
+        if !chunk.push(Read1 { number, line }) {
+            return Ok(());
         }
-        Format::Csv => {
-            let mut rows = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
-            let header = rows
-                .headers()
-                .with_context(|| format!("reading the header of {}", file.display()))?
-                .clone();
-            for row in rows.records() {
-                let row = row.with_context(|| format!("reading {}", file.display()))?;
-                let number = row.position().map_or(0, |p| p.line());
-                let line = csv_input(&header, &row)
-                    .and_then(|input| line_of(number, &input, country.as_ref()));
-                if !send(Read1 { number, line }, &mut chunk) {
-                    return Ok(());
-                }
+    }
+}
+
+/// Reads one line (without its end) into `bytes`, keeping at most `MAX_LINE_BYTES` of it:
+/// `None` at the end of the input, `Some(true)` when the line was longer.
+fn read_line(reader: &mut impl BufRead, bytes: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    bytes.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(any.then_some(too_long));
+        }
+        any = true;
+        let (part, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(at) => (&available[..at], Some(at + 1)),
+            None => (available, None),
+        };
+        if bytes.len() + part.len() > MAX_LINE_BYTES {
+            too_long = true;
+        } else {
+            bytes.extend_from_slice(part);
+        }
+        let used = done.unwrap_or(available.len());
+        reader.consume(used);
+        if done.is_some() {
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
             }
+            return Ok(Some(too_long));
         }
     }
-    if !chunk.is_empty() {
-        let _ = sender.blocking_send(chunk);
+}
+
+fn read_csv(
+    reader: Box<dyn Read + Send>,
+    country: Option<&CountryCode>,
+    chunk: &mut Chunk,
+) -> std::io::Result<()> {
+    let mut rows = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+    let header = rows.byte_headers().map_err(csv_io)?.clone();
+    let header = csv::StringRecord::from_byte_record(header)
+        .map_err(|_| std::io::Error::other("the header is not UTF-8 text"))?;
+    let mut row = csv::ByteRecord::new();
+    loop {
+        match rows.read_byte_record(&mut row) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => return Err(csv_io(e)),
+        }
+        let number = row.position().map_or(0, |p| p.line());
+        let line = match csv::StringRecord::from_byte_record(row.clone()) {
+            Err(_) => Err("not UTF-8 text".to_owned()),
+            Ok(text) => {
+                csv_input(&header, &text).and_then(|input| line_of(number, &input, country))
+            }
+        };
+        if !chunk.push(Read1 { number, line }) {
+            return Ok(());
+        }
     }
-    Ok(())
+}
+
+fn csv_io(e: csv::Error) -> std::io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => std::io::Error::other(format!("{other:?}")),
+    }
 }
 
 fn line_of(

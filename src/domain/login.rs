@@ -31,6 +31,8 @@ pub const EVENT_TYPE: &str = "login.completed";
 const MAX_ID_CHARS: usize = 128;
 const MAX_SOURCE_CHARS: usize = 512;
 const MAX_EXTERNAL_ID_CHARS: usize = 256;
+/// The longest display name an account takes; a longer one is cut.
+pub const MAX_NAME_CHARS: usize = 256;
 
 /// Why a message cannot be processed. Each kind is permanent: retrying cannot change the outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -475,7 +477,13 @@ impl NormalizedFields {
             }),
             phone_verified,
             username: Field::of(username.as_deref(), Username::parse_checked),
-            name: profile.name.clone(),
+            // What an account can hold (and an import read back): at most 256 characters, and
+            // an empty name is none.
+            name: profile
+                .name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(|n| n.chars().take(MAX_NAME_CHARS).collect()),
             attributes,
             verified_attributes,
         }
@@ -578,6 +586,30 @@ mod tests {
         let fields = NormalizedFields::of(&profile, &settings);
         assert_eq!(fields.email.value().unwrap().as_str(), "chan@example.net");
         assert!(!fields.email_verified, "the profile does not say so");
+    }
+
+    #[test]
+    fn a_name_is_cut_to_what_an_account_holds_and_an_empty_one_is_none() {
+        let settings = ConnectionSettings::validate(&crate::domain::connection::ConnectionSpec {
+            identifier: Some("c".into()),
+            user_pool_id: Some("p".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let of = |name: &str| {
+            let raw = json!({ "name": name });
+            NormalizedFields::of(
+                &Profile::from_map(raw.as_object().unwrap()).unwrap(),
+                &settings,
+            )
+            .name
+        };
+        assert_eq!(of("张三").as_deref(), Some("张三"));
+        assert_eq!(of(""), None);
+        assert_eq!(
+            of(&"名".repeat(300)).unwrap().chars().count(),
+            MAX_NAME_CHARS
+        );
     }
 
     const LIMIT: usize = 64 * 1024;

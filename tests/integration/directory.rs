@@ -309,3 +309,62 @@ async fn the_admin_api_creates_an_account_with_identities_linked_ahead() {
     broker.no_more_events().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn unreadable_lines_fail_alone_and_identities_join_an_existing_account_only_by_its_id() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let existing = create_user(&db, Some("known@corp.example"), None, None).await;
+    let file = services.dir.join("mixed.jsonl");
+    let mut bytes = Vec::new();
+    // 1: fine
+    bytes.extend_from_slice(br#"{"user_pool_id": "pool-1", "username": "first"}"#);
+    bytes.push(b'\n');
+    // 2: not UTF-8
+    bytes.extend_from_slice(b"{\"user_pool_id\": \"pool-1\", \"username\": \"\xff\xfe\"}\n");
+    // 3: a line of 70,000 bytes
+    bytes.extend_from_slice(br#"{"user_pool_id": "pool-1", "name": ""#);
+    bytes.extend(std::iter::repeat_n(b'x', 70_000));
+    bytes.extend_from_slice(b"\"}\n");
+    // 4: the existing account by its values, with an identity: refused, equal values are no proof
+    bytes.extend_from_slice(
+        br#"{"user_pool_id": "pool-1", "email": "known@corp.example", "email_verified": true, "name": "Existing", "identities": [{"connection": "plain", "external_id": "known-1"}]}"#,
+    );
+    bytes.push(b'\n');
+    // 5: the same, naming the account by its id: the identity is linked
+    bytes.extend_from_slice(
+        format!(
+            r#"{{"user_pool_id": "pool-1", "id": "{existing}", "email": "known@corp.example", "email_verified": true, "name": "Existing", "identities": [{{"connection": "plain", "external_id": "known-1"}}]}}"#
+        )
+        .as_bytes(),
+    );
+    bytes.extend_from_slice(b"\r\n");
+    // 6: fine, after a CRLF line end and without a final newline
+    bytes.extend_from_slice(br#"{"user_pool_id": "pool-1", "username": "last"}"#);
+    std::fs::write(&file, bytes).unwrap();
+
+    let (code, stdout, stderr) = import(&services, &file, &[]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(failed_lines(&stderr), [2, 3, 4], "{stderr}");
+    assert!(stderr.contains("line 2: not UTF-8 text"), "{stderr}");
+    assert!(
+        stderr.contains("line 3: longer than 65536 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "line 4: user {existing} exists: name it by its id"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("added 2, already present 1, failed 3, identities linked 1"),
+        "{stdout}"
+    );
+    let linked: (uuid::Uuid,) =
+        sqlx::query_as("SELECT user_id FROM identities WHERE external_id = 'known-1'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(linked.0, existing);
+}
