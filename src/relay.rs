@@ -36,7 +36,7 @@ use crate::{
     db::outbox::{self, OutboxRow, Settled},
     health::Health,
     metrics::{KindLabel, Metrics},
-    settings::Settings,
+    settings::{EventMode, Settings},
 };
 
 /// Published rounds whose confirms may be pending at once.
@@ -716,12 +716,20 @@ async fn publish_rows(
             confirms.push(None);
             continue;
         }
-        let body = serde_json::to_vec(&row.payload).expect("json value serialises");
+        let mut body = serde_json::to_vec(&row.payload).expect("json value serialises");
         let mut properties = json_properties(&row.message_id.to_string());
         let exchange = if row.kind == outbox::OutboxKind::Event {
             properties = properties
                 .with_type(ShortString::from(row.routing_key.as_str()))
                 .with_timestamp(row.created_at.timestamp().max(0) as u64);
+            if settings.amqp.event_mode == EventMode::Binary {
+                let (headers, content_type, data) = crate::amqp::binary::split(&row.payload);
+                body = data;
+                properties = properties.with_headers(headers);
+                if let Some(content_type) = content_type {
+                    properties = properties.with_content_type(content_type.as_str().into());
+                }
+            }
             settings.amqp.events_exchange.as_str()
         } else {
             if let Some(correlation_id) = &row.correlation_id {

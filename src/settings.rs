@@ -69,6 +69,18 @@ pub struct AmqpSettings {
     /// Replies go only to server-named queues (`amq.gen-...`), to direct reply-to
     /// (`amq.rabbitmq.reply-to...`) or to queues whose name starts with this prefix.
     pub reply_queue_prefix: String,
+    /// How outbound events are published: `structured` (the envelope as the body) or `binary`
+    /// (the attributes in `ce-` headers, the data alone as the body). Inbound, both are read.
+    pub event_mode: EventMode,
+}
+
+/// CloudEvents content mode of the published events (contract section 3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventMode {
+    #[default]
+    Structured,
+    Binary,
 }
 
 impl Default for AmqpSettings {
@@ -86,6 +98,7 @@ impl Default for AmqpSettings {
             delivery_limit: 20,
             trusted_publishers: Vec::new(),
             reply_queue_prefix: "idsync.reply.".into(),
+            event_mode: EventMode::Structured,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! RabbitMQ adapter (lapin 4): connecting, declaring the topology, and the consumer that feeds
 //! login events to the pipeline.
 
+pub mod binary;
 pub mod properties;
 pub(crate) mod settle;
 pub mod topology;

@@ -270,6 +270,18 @@ pub(crate) fn undecoded_event_id(delivery: &Delivery, rejection: &Rejection) -> 
     if rejection.kind == RejectionKind::TooLarge {
         return None;
     }
+    // Binary content mode: the id is a header.
+    if let Some(headers) = delivery.properties.headers()
+        && super::binary::is_binary(Some(headers))
+    {
+        return match headers.inner().get("ce-id") {
+            Some(lapin::types::AMQPValue::LongString(id)) => std::str::from_utf8(id.as_bytes())
+                .ok()
+                .filter(|id| id.chars().count() <= 128)
+                .map(str::to_owned),
+            _ => None,
+        };
+    }
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: Option<serde_json::Value>,

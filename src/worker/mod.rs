@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::{
     amqp::{
-        CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, properties,
+        CLOSE_TIMEOUT, OPERATION_TIMEOUT, binary, bounded, connect, properties,
         settle::{Action, DeadLetter, ErrorReply, Settler, undecoded_event_id},
         topology,
     },
@@ -451,7 +451,17 @@ impl<P: Processor> Worker<P> {
                 ));
             }
         }
-        P::decode(&delivery.data, self.settings.worker.max_message_bytes)
+        let max_bytes = self.settings.worker.max_message_bytes;
+        let properties = &delivery.properties;
+        match properties.headers() {
+            // Binary content mode: read as the structured envelope it stands for.
+            Some(headers) if binary::is_binary(Some(headers)) => {
+                let content_type = properties.content_type().as_ref().map(|c| c.as_str());
+                let envelope = binary::envelope(headers, content_type, &delivery.data, max_bytes)?;
+                P::decode(&envelope, usize::MAX)
+            }
+            _ => P::decode(&delivery.data, max_bytes),
+        }
     }
 
     /// Processes a batch, retrying transient failures for as long as it takes (the deliveries

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod concurrency;
 mod console;
+mod content_modes;
 mod crash;
 mod dead_letters;
 mod dedupe;
