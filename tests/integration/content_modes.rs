@@ -174,3 +174,59 @@ async fn events_go_out_in_binary_mode_when_configured() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_cloudevents_sdk_s_messages_are_decided_in_both_modes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/test-venv/bin/python");
+    assert!(
+        python.exists(),
+        "the CloudEvents SDK is not installed: run scripts/test-deps"
+    );
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let id = Uuid::new_v4().to_string();
+    let output = std::process::Command::new(&python)
+        .arg(root.join("tests/sdk/encode_login.py"))
+        .args([id.as_str(), "sdk-1", "sdk@corp.example"])
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let encoded: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut user = None;
+    for mode in ["binary", "structured"] {
+        let message = &encoded[mode];
+        let mut headers = FieldTable::default();
+        let mut content_type = "application/json".to_owned();
+        for (name, value) in message["headers"].as_object().unwrap() {
+            let value = value.as_str().unwrap();
+            if name == "content-type" {
+                content_type = value.to_owned();
+            } else {
+                headers.insert(
+                    ShortString::from(name.clone()),
+                    AMQPValue::LongString(LongString::from(value.to_owned())),
+                );
+            }
+        }
+        let body = message["body"].as_str().unwrap().as_bytes();
+        let correlation_id = request_binary(&broker, headers, &content_type, body).await;
+        let reply = broker.reply(&correlation_id).await;
+        assert_eq!(reply.event_id.as_deref(), Some(id.as_str()), "{mode}");
+        // The SDK's two encodings are one event: decided once, the same reply again.
+        assert_eq!(reply.outcome, Outcome::UserCreated, "{mode}: {reply:?}");
+        if let Some(first) = user {
+            assert_eq!(reply.user_id, Some(first), "{mode}");
+        }
+        user = reply.user_id;
+    }
+    let created = broker.next_event().await;
+    assert_eq!(created.body["data"]["user"]["email"], "sdk@corp.example");
+    broker.no_more_events().await;
+    app.stop().await;
+}
