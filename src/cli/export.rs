@@ -41,7 +41,8 @@ const COLUMNS: [&str; 11] = [
 ];
 
 pub async fn run(args: ExportArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
-    let pool = db::connect_and_migrate(&settings.database).await?;
+    // Read-only: no migration (an export must not change the database it reads).
+    let pool = db::side_pool(&settings.database, "export", 1)?;
     let mut conn = pool.acquire().await?;
     let stdout = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut sink = match args.format {
