@@ -50,6 +50,16 @@ impl AttributeName {
     }
 }
 
+impl schemars::JsonSchema for AttributeName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AttributeName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"})
+    }
+}
+
 impl TryFrom<String> for AttributeName {
     type Error = String;
     fn try_from(raw: String) -> Result<Self, String> {

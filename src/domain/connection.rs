@@ -154,6 +154,19 @@ impl MatchKey {
     }
 }
 
+impl schemars::JsonSchema for MatchKey {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MatchKey".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(email|phone|username|attributes\\.[A-Za-z0-9_-]{1,64})$"
+        })
+    }
+}
+
 impl PartialEq<MatchField> for MatchKey {
     fn eq(&self, other: &MatchField) -> bool {
         self.field() == Some(*other)

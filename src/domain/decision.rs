@@ -267,7 +267,7 @@ impl Action {
 }
 
 /// One field of the login, as the decision judged it (contract section 7).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FieldEvidence {
     /// Which of the login's fields this is.
     pub field: MatchKey,
@@ -281,7 +281,7 @@ pub struct FieldEvidence {
 }
 
 /// A candidate account: the fields it matched on and why it was set aside, if it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CandidateEvidence {
     /// The candidate account.
     pub user_id: Uuid,

@@ -13,7 +13,9 @@ const MAX_LEN: usize = 254;
 /// An email address in canonical form: `local@domain`, the local part trimmed, NFC and
 /// case-folded, the domain IDNA-mapped (`Zhang.San@Example.COM` is `zhang.san@example.com`).
 /// Serialises as its canonical text; never deserialised (a value from outside is parsed).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Email(String);
 

@@ -102,7 +102,7 @@ impl EventType {
 }
 
 /// An external identity as events show it (`identity`); its pool is the event's `user_pool_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IdentityRef {
     /// The identifier of the connection the identity comes from.
     pub connection: String,
@@ -112,7 +112,7 @@ pub struct IdentityRef {
 
 /// An account as `user.created` and `user.updated` show it: its values after the change, in
 /// canonical form.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct UserSummary {
     /// The account's id.
     pub id: Uuid,
@@ -130,7 +130,7 @@ pub struct UserSummary {
 
 /// The `data` of `user.created`: a login, or a binding resolved with `create`, made a new account
 /// with the identity linked to it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct UserCreated<'a> {
     /// The pool of the new account.
     pub user_pool_id: &'a str,
@@ -144,7 +144,7 @@ pub struct UserCreated<'a> {
 }
 
 /// How an identity came to be linked (`user.linked`'s `method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkMethod {
     /// `field_matching`: automatically, by a login whose fields matched the one account.
@@ -154,7 +154,7 @@ pub enum LinkMethod {
 }
 
 /// The `data` of `user.linked`: an identity was linked to an existing account.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct UserLinked<'a> {
     /// The pool of the account.
     pub user_pool_id: &'a str,
@@ -173,7 +173,7 @@ pub struct UserLinked<'a> {
 }
 
 /// The `data` of `user.unlinked`: an identity was removed from an account.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct UserUnlinked<'a> {
     /// The pool of the account.
     pub user_pool_id: &'a str,
@@ -188,7 +188,7 @@ pub struct UserUnlinked<'a> {
 }
 
 /// An account changed: by an admin (`actor`) or, from a login, by its source (`cause_event_id`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct UserUpdated<'a> {
     /// The pool of the account.
     pub user_pool_id: &'a str,
@@ -203,7 +203,7 @@ pub struct UserUpdated<'a> {
 }
 
 /// The `data` of `login.rejected`: a `login_only` connection refused a person with no account.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LoginRejected<'a> {
     /// The pool the login happened in.
     pub user_pool_id: &'a str,
@@ -220,7 +220,7 @@ pub struct LoginRejected<'a> {
 }
 
 /// The `data` of `binding.pending`: a login was parked in a new pending binding.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct BindingPending<'a> {
     /// The new binding.
     pub binding_id: Uuid,
@@ -246,7 +246,7 @@ pub struct BindingPending<'a> {
 }
 
 /// How a binding was resolved (`binding.resolved`'s `resolution`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
     /// The identity was linked to an existing account.
@@ -277,7 +277,7 @@ impl Resolution {
 
 /// The `data` of `binding.resolved`: a pending binding was resolved; the `user.linked` or
 /// `user.created` it causes follows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct BindingResolved<'a> {
     /// The binding resolved.
     pub binding_id: Uuid,
@@ -295,7 +295,7 @@ pub struct BindingResolved<'a> {
 
 /// The `data` of `binding.expired`: a pending binding passed its `expires_at` unresolved (found
 /// by the expiry sweeper, a later login of the identity, or an attempt to resolve it).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct BindingExpired<'a> {
     /// The binding that expired.
     pub binding_id: Uuid,
@@ -307,7 +307,7 @@ pub struct BindingExpired<'a> {
 
 /// The `data` of `identity.changed`: a login of a linked identity carried another usable email,
 /// phone or username than the identity's last snapshot (a changed or recycled identifier).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct IdentityChanged<'a> {
     /// The pool of the account.
     pub user_pool_id: &'a str,
@@ -418,6 +418,7 @@ impl OutboundEvent {
             "time": time.to_rfc3339_opts(SecondsFormat::Millis, true),
             "subject": subject.text(),
             "datacontenttype": "application/json",
+            "dataschema": D::TYPE.dataschema(),
             "data": serde_json::to_value(data).expect("event data serialises"),
         });
         Self {

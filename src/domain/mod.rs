@@ -9,7 +9,10 @@ macro_rules! text_enum {
         $(#[$meta])*
         ///
         /// JSON carries it in its text form (`as_str`), which `parse` and `FromStr` read back.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+            schemars::JsonSchema,
+        )]
         pub enum $name { $(#[serde(rename = $text)] $variant),+ }
 
         impl $name {
@@ -60,6 +63,7 @@ pub mod presets;
 #[cfg(test)]
 mod proptests;
 pub mod resolution;
+pub mod schemas;
 pub mod strict_json;
 pub mod username;
 

@@ -13,7 +13,9 @@ const MAX_INPUT_LEN: usize = 64;
 /// A phone number libphonenumber considers valid, in E.164 form (`+8613800138000`: `+`, the
 /// calling code and the national number, no spaces). Serialises as its canonical text; never
 /// deserialised (a value from outside is parsed).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Phone(String);
 

@@ -10,7 +10,9 @@ const MAX_LEN: usize = 128;
 /// A username in canonical form (trimmed, NFC, case-folded: `ZhangSan` is `zhangsan`), 1 to 128
 /// characters without control characters. Serialises as its canonical text; never deserialised
 /// (a value from outside is parsed).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Username(String);
 

@@ -162,11 +162,36 @@ pub fn router(state: AppState) -> Router {
     ops::routes()
         .route("/openapi.json", get(document))
         .route("/admin", get(console::page))
+        .route("/schemas/{file}", get(schema))
         .merge(api)
         .fallback(not_found)
         .layer(middleware::map_response(method_not_allowed_as_json))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The JSON Schema of an event type and major version, `/schemas/<type>.v<major>.json`: public, as
+/// the events that name it in `dataschema` are.
+async fn schema(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    static SCHEMAS: std::sync::LazyLock<Vec<(String, String)>> = std::sync::LazyLock::new(|| {
+        crate::domain::schemas::all()
+            .into_iter()
+            .map(|(file, schema)| {
+                (
+                    file,
+                    serde_json::to_string_pretty(&schema).expect("serialises"),
+                )
+            })
+            .collect()
+    });
+    match SCHEMAS.iter().find(|(name, _)| *name == file) {
+        Some((_, text)) => (
+            [(header::CONTENT_TYPE, "application/schema+json")],
+            text.clone(),
+        )
+            .into_response(),
+        None => not_found().await.into_response(),
+    }
 }
 
 /// The router answers a known path with an unsupported method by an empty 405; this gives it the

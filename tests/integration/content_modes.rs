@@ -230,3 +230,38 @@ async fn the_cloudevents_sdk_s_messages_are_decided_in_both_modes() {
     broker.no_more_events().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_event_names_its_schema_which_the_http_side_serves() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    broker
+        .login(&login(
+            "plain",
+            "schema-1",
+            json!({"email": "schema@corp.example", "email_verified": true}),
+        ))
+        .await;
+    // The broker of the tests checks every event it reads against its schema.
+    let created = broker.next_event().await;
+    assert_eq!(
+        created.body["dataschema"],
+        "urn:identity-sync:schema:user.created:1"
+    );
+    let served: serde_json::Value = reqwest::get(app.url("/schemas/user.created.v1.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served["$id"], created.body["dataschema"]);
+    let file: serde_json::Value =
+        serde_json::from_str(include_str!("../../schemas/user.created.v1.json")).unwrap();
+    assert_eq!(served, file, "the file in schemas/ is what is served");
+    let missing = reqwest::get(app.url("/schemas/user.created.v9.json"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    app.stop().await;
+}

@@ -297,8 +297,10 @@ impl Broker {
             .await
             .ok()??
             .ok()?;
+        let body: Value = serde_json::from_slice(&delivery.data).expect("event is JSON");
+        conforms(&body);
         Some(Captured {
-            body: serde_json::from_slice(&delivery.data).expect("event is JSON"),
+            body,
             routing_key: delivery.routing_key.to_string(),
             properties: delivery.properties,
         })
@@ -420,4 +422,35 @@ pub fn error_header(message: &BasicGetMessage) -> String {
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         other => panic!("x-idsync-error header missing or of the wrong type: {other:?}"),
     }
+}
+
+/// Checks a structured event against the JSON Schema of its type (the schemas the product
+/// ships, `schemas/`), with the `jsonschema` validator: every event a test reads is checked.
+fn conforms(event: &Value) {
+    use std::{collections::HashMap, sync::LazyLock};
+    static VALIDATORS: LazyLock<HashMap<String, jsonschema::Validator>> = LazyLock::new(|| {
+        identity_sync::domain::events::EventType::ALL
+            .iter()
+            .map(|kind| {
+                let schema = identity_sync::domain::schemas::of(*kind);
+                let validator = jsonschema::draft202012::new(&schema).expect("the schema compiles");
+                (kind.as_str().to_owned(), validator)
+            })
+            .collect()
+    });
+    // Binary-mode events (no envelope in the body) are checked by their own test.
+    let Some(kind) = event.get("type").and_then(Value::as_str) else {
+        return;
+    };
+    let validator = VALIDATORS
+        .get(kind)
+        .unwrap_or_else(|| panic!("no schema for event type {kind:?}"));
+    let errors: Vec<String> = validator
+        .iter_errors(event)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the {kind} event does not conform to its schema: {errors:?}\n{event}"
+    );
 }

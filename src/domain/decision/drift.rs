@@ -24,7 +24,7 @@ text_enum!(
 );
 
 /// One changed field, as `identity.changed` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ProfileChange {
     /// `email`, `phone` or `username`.
     pub field: MatchField,
