@@ -3,13 +3,10 @@
 //! so it can never slip between a login's read and its write.
 
 use serde::Deserialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db::{
-    locks::LockSet,
-    users::{self, UserRecord, UserRow},
-};
+use crate::db::users::{UserRecord, UserRow};
 use crate::domain::{
     CountryCode, Email, Phone, Username,
     attributes::{self, AttributeName},
@@ -183,55 +180,24 @@ impl AccountInput {
     }
 }
 
-/// Creates the account in its own transaction.
+/// Creates the account in its own transaction, by the rules and under the locks of `users
+/// import` (a chunk of one line, see `bulk`).
 pub async fn create(
     pool: &PgPool,
     record: &UserRecord,
     explicit_id: bool,
 ) -> Result<Created, AccountError> {
-    let mut tx = pool.begin().await?;
-    let created = create_in(&mut tx, record, explicit_id).await?;
-    tx.commit().await?;
-    Ok(created)
-}
-
-pub async fn create_in(
-    conn: &mut PgConnection,
-    record: &UserRecord,
-    explicit_id: bool,
-) -> Result<Created, AccountError> {
-    let pool = record.user_pool_id.as_str();
-    let mut locks = LockSet::new();
-    locks.user(record.id).record_fields(pool, record);
-    locks.acquire(conn).await?;
-
-    if explicit_id && let Some(existing) = users::get(conn, record.id).await? {
-        return if existing.record() == *record {
-            Ok(Created::Unchanged(record.id))
-        } else {
-            Err(AccountError::Conflict(format!(
-                "user id {} already exists with other fields",
-                record.id
-            )))
-        };
+    let line = crate::bulk::Line {
+        number: 1,
+        record: record.clone(),
+        explicit_id,
+        identities: Vec::new(),
+    };
+    match crate::bulk::import_chunk(pool, &[line]).await?.remove(0) {
+        crate::bulk::Outcome::Added { user_id, .. } => Ok(Created::Added(user_id)),
+        crate::bulk::Outcome::Unchanged { user_id, .. } => Ok(Created::Unchanged(user_id)),
+        crate::bulk::Outcome::Failed(refused) => Err(AccountError::Conflict(refused.message)),
     }
-    let holders = users::holders_of(conn, record).await?;
-    let unique = users::unique_attributes(conn, pool).await?;
-    if let [holder] = holders.as_slice() {
-        let same = UserRecord {
-            id: holder.id,
-            ..record.clone()
-        } == holder.record();
-        if same && !explicit_id {
-            return Ok(Created::Unchanged(holder.id));
-        }
-    }
-    let taken = held_elsewhere(record, &holders, &unique);
-    if !taken.is_empty() {
-        return Err(AccountError::Conflict(taken.join("; ")));
-    }
-    users::insert_one(conn, record).await?;
-    Ok(Created::Added(record.id))
 }
 
 /// For each value of `record` that another user already holds, which user holds it (for

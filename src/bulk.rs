@@ -1,6 +1,6 @@
 //! Importing accounts by the hundred thousand: lines are decided a chunk at a time, each chunk in
-//! one transaction with a handful of set-based statements, with the rules of `accounts::create`
-//! line by line. Each line stays all-or-nothing (a bad or conflicting line is reported with its
+//! one transaction with a handful of set-based statements, with the rules of one account line by
+//! line. Each line stays all-or-nothing (a bad or conflicting line is reported with its
 //! number and leaves nothing behind), and a chunk takes the same advisory locks as the worker's
 //! logins, so a login and an import racing on one email still make one account.
 
@@ -104,7 +104,6 @@ struct View {
 #[derive(Default)]
 struct Writes {
     users: NewUsers,
-    protected: Vec<bool>,
     identity_pools: Vec<String>,
     identity_connections: Vec<String>,
     identity_external_ids: Vec<String>,
@@ -303,32 +302,33 @@ impl View {
                 ..line.record.clone()
             };
             writes.users.push(&record);
-            writes.protected.push(record.protected);
             self.created.insert(record.id);
             self.add_user(record);
         }
-        let snapshot = snapshot_of(&self.users[&target]);
-        for identity in &identities {
-            let connection = identity.connection.as_str().to_owned();
-            self.identities.insert(
-                (
-                    pool.clone(),
-                    connection.clone(),
-                    identity.external_id.clone(),
-                ),
-                target,
-            );
-            self.connections
-                .entry(target)
-                .or_default()
-                .insert(connection.clone());
-            writes.identity_pools.push(pool.clone());
-            writes.identity_connections.push(connection);
-            writes
-                .identity_external_ids
-                .push(identity.external_id.clone());
-            writes.identity_users.push(target);
-            writes.identity_profiles.push(snapshot.clone());
+        if !identities.is_empty() {
+            let snapshot = snapshot_of(&self.users[&target]);
+            for identity in &identities {
+                let connection = identity.connection.as_str().to_owned();
+                self.identities.insert(
+                    (
+                        pool.clone(),
+                        connection.clone(),
+                        identity.external_id.clone(),
+                    ),
+                    target,
+                );
+                self.connections
+                    .entry(target)
+                    .or_default()
+                    .insert(connection.clone());
+                writes.identity_pools.push(pool.clone());
+                writes.identity_connections.push(connection);
+                writes
+                    .identity_external_ids
+                    .push(identity.external_id.clone());
+                writes.identity_users.push(target);
+                writes.identity_profiles.push(snapshot.clone());
+            }
         }
         let identities = identities.len();
         if added {
@@ -344,7 +344,8 @@ impl View {
         }
     }
 
-    /// The account the line is about, and whether it is new; the rules of `accounts::create_in`.
+    /// The account the line is about, and whether it is new: an identical account is the line's
+    /// (unless the line names another id); a value held by another account refuses the line.
     fn account_of(&self, line: &Line) -> Result<(Uuid, bool), Refused> {
         let record = &line.record;
         if line.explicit_id
@@ -359,8 +360,8 @@ impl View {
                 ))
             };
         }
-        let mut holders: Vec<Uuid> = self
-            .keys_of(record)
+        let keys = self.keys_of(record);
+        let mut holders: Vec<Uuid> = keys
             .iter()
             .filter_map(|k| self.values.get(k).copied())
             .collect();
@@ -375,8 +376,7 @@ impl View {
                 return Ok((*holder, false));
             }
         }
-        let taken: Vec<String> = self
-            .keys_of(record)
+        let taken: Vec<String> = keys
             .iter()
             .filter_map(|key| {
                 let holder = self.values.get(key)?;
@@ -478,7 +478,7 @@ impl Writes {
             &users.usernames as &[Option<String>],
             &users.names as &[Option<String>],
             &users.attributes,
-            &self.protected,
+            &users.protected,
             &self.identity_pools,
             &self.identity_connections,
             &self.identity_external_ids,

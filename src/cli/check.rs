@@ -113,8 +113,11 @@ fn against(name: &str, settings: &ConnectionSettings, profile: &Profile) -> usiz
     for (target, template) in settings.mapping.effective() {
         let key: MatchKey = target.parse().expect("mapping targets are valid");
         let shown = shown(&fields, &key);
-        println!("  {target} = {template:?} -> {shown}");
-        if shown == "nothing" && !standard_present(&key, &profile.raw) {
+        println!(
+            "  {target} = {template:?} -> {}",
+            shown.as_deref().unwrap_or("nothing")
+        );
+        if shown.is_none() && !standard_present(&key, &profile.raw) {
             println!("{name}: mapping {target:?} finds nothing in the profile");
             problems += 1;
         }
@@ -122,7 +125,7 @@ fn against(name: &str, settings: &ConnectionSettings, profile: &Profile) -> usiz
     let empty: Vec<String> = settings
         .match_fields
         .iter()
-        .filter(|k| shown(&fields, k) == "nothing")
+        .filter(|k| shown(&fields, k).is_none())
         .map(|k| k.to_string())
         .collect();
     if empty.len() == settings.match_fields.len() {
@@ -143,22 +146,23 @@ fn standard_present(key: &MatchKey, raw: &Map<String, Value>) -> bool {
         .is_some_and(|f| raw.get(f.as_str()).is_some_and(|v| !v.is_null()))
 }
 
-fn shown(fields: &NormalizedFields, key: &MatchKey) -> String {
-    fn of<T: std::fmt::Display>(field: &Field<T>, verified: Option<bool>) -> String {
+/// What the login carries in `key`, as the check prints it; `None` when it carries nothing.
+fn shown(fields: &NormalizedFields, key: &MatchKey) -> Option<String> {
+    fn of<T: std::fmt::Display>(field: &Field<T>, verified: Option<bool>) -> Option<String> {
         let flag = match verified {
             Some(true) => " (verified)",
             Some(false) => " (not verified)",
             None => "",
         };
-        match field {
-            Field::Absent => "nothing".into(),
+        Some(match field {
+            Field::Absent => return None,
             Field::Malformed(raw) => format!("{raw:?}, malformed"),
             Field::Valid {
                 suspicious: Some(raw),
                 ..
             } => format!("{raw:?}, a lookalike"),
             Field::Valid { value, .. } => format!("{value}{flag}"),
-        }
+        })
     }
     match key {
         MatchKey::Field(crate::domain::MatchField::Email) => {
@@ -168,9 +172,9 @@ fn shown(fields: &NormalizedFields, key: &MatchKey) -> String {
             of(&fields.phone, Some(fields.phone_verified))
         }
         MatchKey::Field(crate::domain::MatchField::Username) => of(&fields.username, None),
-        MatchKey::Attribute(name) => fields.attributes.get(name).map_or_else(
-            || "nothing".into(),
-            |f| of(f, Some(fields.verified_attributes.contains(name))),
-        ),
+        MatchKey::Attribute(name) => fields
+            .attributes
+            .get(name)
+            .and_then(|f| of(f, Some(fields.verified_attributes.contains(name)))),
     }
 }

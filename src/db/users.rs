@@ -174,6 +174,9 @@ pub struct NewUsers {
     pub usernames: Vec<Option<String>>,
     pub names: Vec<Option<String>>,
     pub attributes: Vec<serde_json::Value>,
+    /// Written by the writers that take it (an import); logins and resolutions create
+    /// unprotected accounts.
+    pub protected: Vec<bool>,
 }
 
 impl NewUsers {
@@ -190,6 +193,7 @@ impl NewUsers {
             .push(user.username.as_ref().map(|u| u.as_str().to_owned()));
         self.names.push(user.name.clone());
         self.attributes.push(attributes::to_json(&user.attributes));
+        self.protected.push(user.protected);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -398,27 +402,6 @@ pub async fn find_holders(
     )
     .fetch_all(conn)
     .await
-}
-
-pub async fn insert_one(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<()> {
-    sqlx::query!(
-        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                              protected, attributes)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
-        user.id,
-        user.user_pool_id,
-        user.email as _,
-        user.email_verified,
-        user.phone as _,
-        user.phone_verified,
-        user.username as _,
-        user.name,
-        user.protected,
-        attributes::to_json(&user.attributes),
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Users by id, in no particular order.

@@ -7,15 +7,6 @@ use serde_json::Value;
 
 use idsync_test_support::*;
 
-fn run(command: &mut std::process::Command) -> (i32, String, String) {
-    let output = command.output().expect("the binary runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn a_bad_configuration_stops_with_one_line_and_a_non_zero_exit() {
     let services = Services::new().await;

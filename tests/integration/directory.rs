@@ -9,15 +9,6 @@ use serde_json::{Value, json};
 use identity_sync::domain::decision::Outcome;
 use idsync_test_support::*;
 
-fn run(command: &mut std::process::Command) -> (i32, String, String) {
-    let output = command.output().expect("the binary runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 fn import(services: &Services, file: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
     let mut command = services.command();
     command.args(["users", "import", file.to_str().unwrap()]);

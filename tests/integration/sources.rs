@@ -448,15 +448,6 @@ async fn admins_set_attributes_and_uniqueness_holds_for_them_too() {
     app.stop().await;
 }
 
-fn run(command: &mut std::process::Command) -> (i32, String, String) {
-    let output = command.output().expect("the binary runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn connections_check_names_the_connection_and_the_key() {
     let services = Services::new().await;

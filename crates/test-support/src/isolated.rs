@@ -120,3 +120,14 @@ pub fn binary() -> std::path::PathBuf {
         )
     })
 }
+
+/// Runs a command of the binary to its end: its exit code (-1 when killed by a signal), standard
+/// output and standard error.
+pub fn run(command: &mut std::process::Command) -> (i32, String, String) {
+    let output = command.output().expect("the binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -14,5 +14,5 @@ pub use app::*;
 pub use broker::*;
 pub use data::*;
 pub use figures::*;
-pub use isolated::{Isolated, binary};
+pub use isolated::{Isolated, binary, run};
 pub use services::*;
