@@ -4,7 +4,7 @@
 //! `amqp`, `db` and `http` are the adapters; `startup` wires them into the running service.
 
 pub mod accounts;
-pub(crate) mod admin;
+pub mod admin;
 pub mod amqp;
 pub mod bulk;
 pub mod cli;

@@ -38,22 +38,7 @@ impl Admin {
         mut spec: ConnectionSpec,
         actor: &Actor,
     ) -> Result<(ConnectionView, bool), AdminError> {
-        for (field, given, fixed) in [
-            ("identifier", spec.identifier.as_deref(), identifier),
-            ("user_pool_id", spec.user_pool_id.as_deref(), pool),
-        ] {
-            if let Some(given) = given
-                && given != fixed
-            {
-                return Err(AdminError::invalid(
-                    "invalid_field",
-                    Some(field),
-                    format!("{field}: is fixed by the path ({fixed:?}), the body says {given:?}"),
-                ));
-            }
-        }
-        spec.identifier = Some(identifier.to_owned());
-        spec.user_pool_id = Some(pool.to_owned());
+        fix_path_keys(&mut spec, pool, identifier)?;
         let settings = ConnectionSettings::validate(&spec)
             .map_err(|e| AdminError::invalid("invalid_field", Some(e.field), e.to_string()))?;
 
@@ -114,4 +99,29 @@ impl Admin {
             next_cursor,
         })
     }
+}
+
+/// The identifier and pool of a connection come from the path: a body naming others is refused.
+pub(super) fn fix_path_keys(
+    spec: &mut ConnectionSpec,
+    pool: &str,
+    identifier: &str,
+) -> Result<(), AdminError> {
+    for (field, given, fixed) in [
+        ("identifier", spec.identifier.as_deref(), identifier),
+        ("user_pool_id", spec.user_pool_id.as_deref(), pool),
+    ] {
+        if let Some(given) = given
+            && given != fixed
+        {
+            return Err(AdminError::invalid(
+                "invalid_field",
+                Some(field),
+                format!("{field}: is fixed by the path ({fixed:?}), the body says {given:?}"),
+            ));
+        }
+    }
+    spec.identifier = Some(identifier.to_owned());
+    spec.user_pool_id = Some(pool.to_owned());
+    Ok(())
 }

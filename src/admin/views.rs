@@ -352,3 +352,37 @@ impl From<crate::db::processed::DecisionRow> for DecisionView {
         }
     }
 }
+
+/// The preview of proposed settings: `current outcome -> proposed outcome: count`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SimulationView {
+    /// The window, as asked (`30d`).
+    pub since: String,
+    /// The logins decided: one per identity that logged in through the connection in the window.
+    pub logins: u64,
+    /// One row per pair of outcomes that occurs, unchanged pairs included.
+    pub rows: Vec<SimulationRow>,
+}
+
+/// How many of the logins go from one outcome to another.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SimulationRow {
+    /// The outcome under the current settings.
+    pub from: String,
+    /// The outcome under the proposed settings.
+    pub to: String,
+    pub count: u64,
+    /// Up to five external ids of those logins.
+    pub examples: Vec<String>,
+}
+
+impl From<crate::domain::simulation::Row> for SimulationRow {
+    fn from(row: crate::domain::simulation::Row) -> Self {
+        Self {
+            from: row.from.as_str().to_owned(),
+            to: row.to.as_str().to_owned(),
+            count: row.count,
+            examples: row.examples,
+        }
+    }
+}

@@ -79,6 +79,26 @@ pub enum DecisionsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Preview a change of a connection's settings on its logins of a window: each decided again
+    /// as a first login under the current and the proposed settings (changes nothing).
+    Simulate {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        connection: String,
+        /// A proposed setting, over the connection's current ones: `association=field_matching`,
+        /// `match_fields=email,phone`, `require_verified=false`, `mapping.email={attributes.mail}`.
+        /// Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// How far back to take logins.
+        #[arg(long, default_value = "30d")]
+        since: String,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct FindArgs {
     #[arg(long)]
@@ -315,6 +335,147 @@ pub async fn decisions(
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn policy(
+    command: PolicyCommand,
+    args: ApiArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let PolicyCommand::Simulate {
+        pool,
+        connection,
+        set,
+        since,
+    } = command;
+    let client = Client::new(&args, settings)?;
+    let path = format!(
+        "/v1/connections/{}/{}",
+        segment(&pool),
+        segment(&connection)
+    );
+    let view = client.call(Method::GET, &path, &[], None).await?;
+    let mut proposed = proposed_from_view(view);
+    for assignment in &set {
+        apply_setting(&mut proposed, assignment)?;
+    }
+    let body = json!({"connection": proposed, "since": since});
+    let result = client
+        .call(Method::POST, &format!("{path}/simulate"), &[], Some(body))
+        .await?;
+    if args.json {
+        println!("{result}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<&Value> = result["rows"].as_array().into_iter().flatten().collect();
+    let count = |r: &Value| r["count"].as_u64().unwrap_or(0);
+    let changed: u64 = rows
+        .iter()
+        .filter(|r| r["from"] != r["to"])
+        .map(|r| count(r))
+        .sum();
+    println!(
+        "{} logins since {} (latest per identity), {changed} would be decided otherwise",
+        text(&result["logins"]),
+        text(&result["since"])
+    );
+    print_table(
+        &["CURRENT", "PROPOSED", "COUNT", "EXAMPLES"],
+        rows.iter()
+            .map(|r| {
+                let examples: Vec<String> = r["examples"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
+                vec![
+                    text(&r["from"]),
+                    text(&r["to"]),
+                    count(r).to_string(),
+                    examples.join(", "),
+                ]
+            })
+            .collect(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A connection's view as a `PUT` body: without what the API computes.
+fn proposed_from_view(mut view: Value) -> Value {
+    if let Some(map) = view.as_object_mut() {
+        map.remove("effective_mapping");
+        map.remove("settings_version");
+    }
+    view
+}
+
+/// The settings `--set` takes, by the type of their value.
+const TEXT_SETTINGS: &[&str] = &[
+    "display_name",
+    "provider",
+    "login_mode",
+    "association",
+    "match_rule",
+    "default_country_code",
+    "binding_ttl",
+    "on_profile_change",
+];
+const BOOL_SETTINGS: &[&str] = &["require_verified", "trust_unverified_accounts"];
+const LIST_SETTINGS: &[&str] = &[
+    "match_fields",
+    "allowed_email_domains",
+    "unique_attributes",
+    "verified_fields",
+];
+
+/// Applies one `KEY=VALUE` to a proposed connection. Lists are comma-separated (or JSON arrays),
+/// `mapping.<target>` sets one template and `mapping` takes a JSON object.
+fn apply_setting(proposed: &mut Value, assignment: &str) -> anyhow::Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set {assignment:?}: expected KEY=VALUE"))?;
+    let key = key.trim();
+    let value = if let Some(target) = key.strip_prefix("mapping.") {
+        let mapping = &mut proposed["mapping"];
+        if !mapping.is_object() {
+            *mapping = json!({});
+        }
+        mapping[target] = Value::String(raw.to_owned());
+        return Ok(());
+    } else if key == "mapping" {
+        let mapping: Value = serde_json::from_str(raw)
+            .with_context(|| format!("--set mapping: expected a JSON object, got {raw:?}"))?;
+        if !mapping.is_object() {
+            bail!("--set mapping: expected a JSON object, got {raw:?}");
+        }
+        mapping
+    } else if TEXT_SETTINGS.contains(&key) {
+        Value::String(raw.to_owned())
+    } else if BOOL_SETTINGS.contains(&key) {
+        match raw.trim() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            other => bail!("--set {key}: expected true or false, got {other:?}"),
+        }
+    } else if LIST_SETTINGS.contains(&key) {
+        match serde_json::from_str::<Value>(raw) {
+            Ok(list @ Value::Array(_)) => list,
+            _ => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_owned()))
+                    .collect(),
+            ),
+        }
+    } else {
+        let mut known: Vec<&str> = [TEXT_SETTINGS, BOOL_SETTINGS, LIST_SETTINGS].concat();
+        known.extend(["mapping", "mapping.<target>"]);
+        bail!("--set {key:?}: not a setting; one of {}", known.join(", "));
+    };
+    proposed[key] = value;
+    Ok(())
+}
+
 pub async fn find_users(
     find: FindArgs,
     args: ApiArgs,
@@ -490,5 +651,48 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{apply_setting, proposed_from_view};
+
+    #[test]
+    fn settings_are_set_by_their_type() {
+        let mut c = proposed_from_view(json!({
+            "identifier": "corp", "association": "disabled", "mapping": {},
+            "effective_mapping": {"email": "x"}, "settings_version": 3,
+        }));
+        for set in [
+            "association=field_matching",
+            "match_fields=email, phone",
+            "require_verified=false",
+            "default_country_code=86",
+            "mapping.attributes.employee_id={attributes.job_number}",
+            "allowed_email_domains=[\"example.com\"]",
+        ] {
+            apply_setting(&mut c, set).unwrap();
+        }
+        assert_eq!(
+            c,
+            json!({
+                "identifier": "corp", "association": "field_matching",
+                "match_fields": ["email", "phone"], "require_verified": false,
+                "default_country_code": "86",
+                "mapping": {"attributes.employee_id": "{attributes.job_number}"},
+                "allowed_email_domains": ["example.com"],
+            })
+        );
+        for bad in [
+            "association",
+            "require_verified=yes",
+            "colour=red",
+            "mapping=[1]",
+        ] {
+            assert!(apply_setting(&mut c, bad).is_err(), "{bad}");
+        }
     }
 }

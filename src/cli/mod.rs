@@ -1,5 +1,5 @@
 //! The command line: `run`, `migrate`, `verify`, `users`, `send-login`, `send-command`,
-//! `events`, `decisions`, `connections` and `bindings`.
+//! `events`, `decisions`, `connections`, `policy` and `bindings`.
 
 mod admin_client;
 mod check;
@@ -67,6 +67,13 @@ pub enum Command {
     Connections {
         #[command(subcommand)]
         command: ConnectionsCommand,
+    },
+    /// Preview a change of a connection's settings, through the admin API.
+    Policy {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(subcommand)]
+        command: admin_client::PolicyCommand,
     },
     /// Pending bindings, through the admin API.
     Bindings {
@@ -160,6 +167,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
             command: EventsCommand::Replay(args),
         } => replay::run(args, &settings).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
+        Command::Policy { api, command } => admin_client::policy(command, api, &settings).await,
         Command::Connections {
             command: ConnectionsCommand::Check(args),
         } => check::run(args),

@@ -152,10 +152,11 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
                                        cause_event_id, cause_source, expires_at, n)),
            processed AS (
              INSERT INTO processed_events (source, event_id, outcome, user_id, binding_id, reason,
-                                           user_pool_id, connection, settings_version, evidence)
+                                           user_pool_id, connection, settings_version, evidence,
+                                           external_id, profile)
              SELECT * FROM unnest($29::text[], $30::text[], $31::text[], $32::uuid[], $33::uuid[],
                                   $34::text[], $41::text[], $42::text[], $43::int8[],
-                                  $44::jsonb[])),
+                                  $44::jsonb[], $47::text[], $48::jsonb[])),
            rows AS (
              SELECT * FROM unnest($35::text[], $36::text[], $37::uuid[], $38::text[], $39::jsonb[],
                                   $40::uuid[])
@@ -231,6 +232,8 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
         &w.processed.evidence,
         &w.bindings.cause_sources as &[Option<String>],
         &w.users.attributes,
+        &w.processed.external_ids,
+        &w.processed.profiles,
     )
     .fetch_one(conn)
     .await?;

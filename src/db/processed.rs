@@ -28,6 +28,9 @@ pub struct NewProcessed {
     pub connections: Vec<String>,
     pub settings_versions: Vec<i64>,
     pub evidence: Vec<serde_json::Value>,
+    pub external_ids: Vec<String>,
+    /// The login's profile as received: what a simulation decides again.
+    pub profiles: Vec<serde_json::Value>,
 }
 
 impl NewProcessed {
@@ -48,6 +51,9 @@ impl NewProcessed {
         self.connections.push(event.connection.as_str().to_owned());
         self.settings_versions.push(settings_version);
         self.evidence.push(evidence);
+        self.external_ids.push(event.external_id.clone());
+        self.profiles
+            .push(serde_json::Value::Object(event.profile.raw.clone()));
     }
 
     pub fn is_empty(&self) -> bool {

@@ -161,6 +161,40 @@ pub struct PoolUser {
     pub linked_on_connection: bool,
 }
 
+impl PoolUser {
+    /// Whether the account holds one of the login's valid values (lookalikes included): the
+    /// accounts a decision must see, to find candidates and to know which values are held.
+    pub fn shares_a_value(&self, login: &NormalizedFields) -> bool {
+        shares_a_value(
+            login,
+            self.email.as_ref(),
+            self.phone.as_ref(),
+            self.username.as_ref(),
+            &self.attributes,
+        )
+    }
+}
+
+/// Whether an account with these values holds one of the login's valid values.
+pub fn shares_a_value(
+    login: &NormalizedFields,
+    email: Option<&Email>,
+    phone: Option<&Phone>,
+    username: Option<&Username>,
+    attributes: &Attributes,
+) -> bool {
+    fn holds<T: PartialEq>(value: Option<&T>, stored: Option<&T>) -> bool {
+        value.is_some() && value == stored
+    }
+    holds(login.email.value(), email)
+        || holds(login.phone.value(), phone)
+        || holds(login.username.value(), username)
+        || login
+            .attributes
+            .iter()
+            .any(|(name, value)| value.value().is_some() && value.value() == attributes.get(name))
+}
+
 /// The identity's binding that still waits to be resolved, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingBinding {

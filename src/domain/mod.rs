@@ -64,6 +64,7 @@ pub mod presets;
 mod proptests;
 pub mod resolution;
 pub mod schemas;
+pub mod simulation;
 pub mod strict_json;
 pub mod username;
 

@@ -100,7 +100,9 @@ pub async fn authorize(
         )
         .into_response();
     };
-    let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+    // A simulation is a POST that changes nothing: a viewer may preview settings.
+    let reading = matches!(*request.method(), Method::GET | Method::HEAD)
+        || (request.method() == Method::POST && is_simulation(request.uri().path()));
     if role == Role::Viewer && !reading {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -116,9 +118,30 @@ pub async fn authorize(
     next.run(request).await
 }
 
+/// `/v1/connections/{user_pool_id}/{identifier}/simulate`.
+fn is_simulation(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    matches!(parts.as_slice(), ["", "v1", "connections", pool, id, "simulate"]
+        if !pool.is_empty() && !id.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{bearer_token, is_simulation};
+
+    #[test]
+    fn only_the_simulation_is_a_post_that_reads() {
+        assert!(is_simulation("/v1/connections/pool-1/corp/simulate"));
+        for path in [
+            "/v1/connections/pool-1/simulate",
+            "/v1/connections/pool-1/corp/simulate/x",
+            "/v1/bindings/1/simulate",
+            "/v1/connections//corp/simulate",
+            "/v1/connections/pool-1/corp",
+        ] {
+            assert!(!is_simulation(path), "{path}");
+        }
+    }
 
     #[test]
     fn the_scheme_is_case_insensitive() {

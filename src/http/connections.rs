@@ -11,7 +11,8 @@ use super::{
 };
 use crate::admin::{
     Actor,
-    views::{ConnectionView, Page},
+    simulation::MAX_WINDOW,
+    views::{ConnectionView, Page, SimulationRow, SimulationView},
 };
 use crate::domain::connection::ConnectionSpec;
 
@@ -79,6 +80,30 @@ pub struct ConnectionBody {
     pub verified_fields: Option<Vec<String>>,
 }
 
+impl From<ConnectionBody> for ConnectionSpec {
+    fn from(body: ConnectionBody) -> Self {
+        ConnectionSpec {
+            identifier: body.identifier,
+            user_pool_id: body.user_pool_id,
+            display_name: body.display_name,
+            provider: body.provider,
+            login_mode: body.login_mode,
+            association: body.association,
+            match_fields: body.match_fields,
+            match_rule: body.match_rule,
+            unique_attributes: body.unique_attributes,
+            require_verified: body.require_verified,
+            default_country_code: body.default_country_code,
+            binding_ttl: body.binding_ttl,
+            trust_unverified_accounts: body.trust_unverified_accounts,
+            allowed_email_domains: body.allowed_email_domains,
+            on_profile_change: body.on_profile_change,
+            mapping: body.mapping,
+            verified_fields: body.verified_fields,
+        }
+    }
+}
+
 /// Create (201) or update (200) a connection; the identifier is fixed by the path. A change
 /// applies to the next event, without a restart. 422 names the bad field.
 #[utoipa::path(put, path = "/v1/connections/{user_pool_id}/{identifier}", tag = "connections",
@@ -94,25 +119,7 @@ pub async fn put(
     ApiPath((pool, identifier)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ConnectionBody>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
-    let spec = ConnectionSpec {
-        identifier: body.identifier,
-        user_pool_id: body.user_pool_id,
-        display_name: body.display_name,
-        provider: body.provider,
-        login_mode: body.login_mode,
-        association: body.association,
-        match_fields: body.match_fields,
-        match_rule: body.match_rule,
-        unique_attributes: body.unique_attributes,
-        require_verified: body.require_verified,
-        default_country_code: body.default_country_code,
-        binding_ttl: body.binding_ttl,
-        trust_unverified_accounts: body.trust_unverified_accounts,
-        allowed_email_domains: body.allowed_email_domains,
-        on_profile_change: body.on_profile_change,
-        mapping: body.mapping,
-        verified_fields: body.verified_fields,
-    };
+    let spec = ConnectionSpec::from(body);
     let (view, created) = state
         .admin
         .put_connection(&pool, &identifier, spec, &actor)
@@ -125,4 +132,73 @@ pub async fn put(
         },
         Json(view),
     ))
+}
+
+/// Proposed settings to preview, and the window of logins to preview them on.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateBody {
+    /// The proposed connection, as for `PUT` (absent keys take the contract's defaults).
+    pub connection: ConnectionBody,
+    /// How far back to take logins, e.g. `30d` (default), `12h`.
+    pub since: Option<String>,
+}
+
+/// Each login of the connection in the window (the latest per identity) decided again as a first
+/// login against today's accounts, under the current and the proposed settings: one row per pair
+/// of outcomes, with up to five example identities. Read-only: nothing is written, published or
+/// audited. Viewers may simulate.
+#[utoipa::path(post, path = "/v1/connections/{user_pool_id}/{identifier}/simulate",
+    tag = "connections", params(("user_pool_id" = String, Path), ("identifier" = String, Path)),
+    request_body = SimulateBody, security(("bearer" = [])),
+    responses((status = 200, body = SimulationView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn simulate(
+    State(state): State<AppState>,
+    ApiPath((pool, identifier)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<SimulateBody>,
+) -> Result<Json<SimulationView>, ApiError> {
+    let since = body.since.unwrap_or_else(|| "30d".to_owned());
+    let window = humantime::parse_duration(since.trim())
+        .ok()
+        .filter(|w| !w.is_zero() && *w <= MAX_WINDOW)
+        .ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_field",
+                Some("since"),
+                format!("since: {since:?} is not a duration from 1s to 3650d, such as 30d or 12h"),
+            )
+        })?;
+    // One simulation at a time: each holds a database connection of the admin API's for its
+    // whole run.
+    let Ok(_slot) = state.limits.simulations.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "another simulation is running; retry when it is done",
+        ));
+    };
+    // Give up a little before the request's own deadline, with an answer that says why.
+    let limit = state.limits.timeout.mul_f64(0.9);
+    let simulated = state
+        .admin
+        .simulate(
+            &pool,
+            &identifier,
+            ConnectionSpec::from(body.connection),
+            window,
+            limit,
+        )
+        .await?;
+    Ok(Json(SimulationView {
+        since: since.trim().to_owned(),
+        logins: simulated.logins,
+        rows: simulated
+            .rows
+            .into_iter()
+            .map(SimulationRow::from)
+            .collect(),
+    }))
 }

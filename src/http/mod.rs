@@ -62,6 +62,8 @@ pub struct AppState {
 pub struct RequestLimits {
     slots: Arc<Semaphore>,
     timeout: Duration,
+    /// Simulations running at once.
+    simulations: Arc<Semaphore>,
 }
 
 impl RequestLimits {
@@ -69,6 +71,7 @@ impl RequestLimits {
         Self {
             slots: Arc::new(Semaphore::new(max_concurrent)),
             timeout,
+            simulations: Arc::new(Semaphore::new(1)),
         }
     }
 }

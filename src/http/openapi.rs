@@ -43,6 +43,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(users::unlink))
         .routes(routes!(connections::list))
         .routes(routes!(connections::show, connections::put))
+        .routes(routes!(connections::simulate))
         .routes(routes!(audit::list))
         .routes(routes!(decisions::show))
 }

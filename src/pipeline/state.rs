@@ -11,7 +11,7 @@ use crate::db::{batch::Snapshot, users::MatchRow};
 use crate::domain::{
     ConnectionSettings,
     attributes::AttributeName,
-    decision::Outcome,
+    decision::{self, Outcome},
     decision::{
         BindingReason, NewUserFields, PendingBinding, Situation,
         drift::{LinkedAccount, UserUpdate},
@@ -147,20 +147,18 @@ impl BatchState {
         let key = identity_key(event);
         let pool = event.user_pool_id.as_str();
         let connection = event.connection.as_str();
-        fn holds<T: PartialEq>(value: Option<&T>, stored: &Option<T>) -> bool {
-            value.is_some() && value == stored.as_ref()
-        }
         let pool_users = self
             .users
             .iter()
             .filter(|u| u.user_pool_id == pool)
             .filter(|u| {
-                holds(fields.email.value(), &u.email)
-                    || holds(fields.phone.value(), &u.phone)
-                    || holds(fields.username.value(), &u.username)
-                    || fields.attributes.iter().any(|(name, value)| {
-                        value.value().is_some() && value.value() == u.attributes.get(name)
-                    })
+                decision::shares_a_value(
+                    fields,
+                    u.email.as_ref(),
+                    u.phone.as_ref(),
+                    u.username.as_ref(),
+                    &u.attributes,
+                )
             })
             .map(|u| u.pool_user(connection))
             .collect();

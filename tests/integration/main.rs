@@ -21,5 +21,6 @@ mod ordering;
 mod outcomes;
 mod publishers;
 mod reliability;
+mod simulation;
 mod sources;
 mod trust;

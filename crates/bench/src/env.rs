@@ -84,6 +84,17 @@ match_fields = ["email"]
         mix: &Mix,
         accounts: usize,
     ) -> anyhow::Result<PgPool> {
+        self.migrate(worker_bin)?;
+        if accounts > 0 {
+            self.import_directory(worker_bin, accounts)?;
+        }
+        let db = PgPool::connect(&self.db_url).await?;
+        seed(&db, mix).await?;
+        Ok(db)
+    }
+
+    /// Creates and migrates the database through the binary under test.
+    pub fn migrate(&self, worker_bin: &Path) -> anyhow::Result<()> {
         let status = self
             .command(worker_bin)
             .arg("migrate")
@@ -93,12 +104,7 @@ match_fields = ["email"]
         if !status.success() {
             bail!("migrate failed");
         }
-        if accounts > 0 {
-            self.import_directory(worker_bin, accounts)?;
-        }
-        let db = PgPool::connect(&self.db_url).await?;
-        seed(&db, mix).await?;
-        Ok(db)
+        Ok(())
     }
 
     /// `accounts` accounts of a directory (email, phone, username, name; none of them a

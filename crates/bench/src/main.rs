@@ -10,6 +10,7 @@ mod env;
 mod latency;
 mod mix;
 mod pace;
+mod simulate;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -76,6 +77,12 @@ pub enum Mode {
         /// Skip the raw broker round-trip baseline.
         #[arg(long)]
         no_baseline: bool,
+    },
+    /// How long previewing a connection change takes over a stored history, and its memory.
+    Simulate {
+        /// Identities with a login in the window (a tenth have an older one too).
+        #[arg(long, default_value_t = 100_000)]
+        logins: usize,
     },
 }
 
@@ -178,6 +185,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             };
             latency_mode(&common, &options).await?
         }
+        Mode::Simulate { logins } => simulate_mode(&common, logins).await?,
     };
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
@@ -275,6 +283,51 @@ fn print_drain_summary(c: &Common, events: usize, no_baseline: bool, runs: usize
         "  worker CPU per event   {:.0} us",
         summary["cpu_us_per_event"].as_f64().unwrap_or(f64::NAN)
     );
+}
+
+/// `simulate`: the runs, their medians printed, and the report.
+async fn simulate_mode(c: &Common, logins: usize) -> anyhow::Result<Value> {
+    if logins < 2 {
+        bail!("--logins must be at least 2");
+    }
+    let mut runs = Vec::new();
+    for n in 1..=c.runs {
+        let run = simulate::run(logins, &c.worker_bin).await?;
+        println!(
+            "run {n}: {} logins ({} stored) simulated in {:.2} s ({:.0}/s), peak RSS +{:.1} MiB, exact: {}",
+            run.logins,
+            run.stored_logins,
+            run.seconds,
+            run.logins_per_second,
+            run.peak_rss_growth_mib,
+            if run.exact { "yes" } else { "NO" }
+        );
+        runs.push(run);
+    }
+    let pick = |f: &dyn Fn(&simulate::SimulateRun) -> f64| median(runs.iter().map(f).collect());
+    let summary = json!({
+        "seconds": pick(&|r| r.seconds),
+        "logins_per_second": pick(&|r| r.logins_per_second),
+        "peak_rss_growth_mib": pick(&|r| r.peak_rss_growth_mib),
+    });
+    println!(
+        "identity-sync simulation benchmark: median of {} run(s)",
+        runs.len()
+    );
+    println!("  machine                {}", c.machine);
+    println!("  logins (latest per identity) {logins}");
+    println!(
+        "  seconds                {:.2}",
+        summary["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  peak RSS growth        {:.1} MiB",
+        summary["peak_rss_growth_mib"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(
+        json!({"mode": "simulate", "machine": c.machine, "logins": logins, "median": summary,
+              "runs": runs}),
+    )
 }
 
 /// `latency`: the runs, their medians printed, and the report.

@@ -1,0 +1,226 @@
+//! Previewing proposed settings of a connection against its stored logins (contract section 8).
+//! One read-only transaction streams the logins of the window, newest per identity, through a
+//! cursor, a chunk at a time: each chunk's accounts are read in one statement and every login is
+//! decided twice in memory, so time grows with the logins and memory with the chunk, not the
+//! history. Nothing is written, published or audited.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, PgPool, Row as _};
+use uuid::Uuid;
+
+use super::{Admin, AdminError};
+use crate::db::{connections, users};
+use crate::domain::{
+    ConnectionSettings,
+    connection::ConnectionSpec,
+    login::{NormalizedFields, Profile},
+    simulation::{self, Accounts, Row, Tally},
+};
+
+/// Logins read and decided together: one statement for their accounts.
+const CHUNK: i64 = 500;
+
+/// The longest window a simulation takes.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// What a simulation found.
+#[derive(Debug)]
+pub struct Simulated {
+    pub logins: u64,
+    pub rows: Vec<Row>,
+}
+
+impl Admin {
+    /// See [`simulate`].
+    pub async fn simulate(
+        &self,
+        pool: &str,
+        identifier: &str,
+        proposed: ConnectionSpec,
+        window: Duration,
+        limit: Duration,
+    ) -> Result<Simulated, AdminError> {
+        simulate(&self.pool, pool, identifier, proposed, window, limit).await
+    }
+}
+
+/// Decides the connection's logins of the last `window` again, latest per identity, under its
+/// current and under the `proposed` settings, as first logins against today's accounts. Gives up
+/// with `simulation_too_long` past `limit`.
+pub async fn simulate(
+    db: &PgPool,
+    pool: &str,
+    identifier: &str,
+    mut proposed: ConnectionSpec,
+    window: Duration,
+    limit: Duration,
+) -> Result<Simulated, AdminError> {
+    super::connections::fix_path_keys(&mut proposed, pool, identifier)?;
+    let proposed = ConnectionSettings::validate(&proposed)
+        .map_err(|e| AdminError::invalid("invalid_field", Some(e.field), e.to_string()))?;
+    let since = chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|w| Utc::now().checked_sub_signed(w))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+
+    let started = Instant::now();
+    // One snapshot for the logins and the accounts; READ ONLY makes the database refuse any
+    // write, whatever this code does.
+    let mut tx = db
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    // No single statement may outlive the simulation's own bound.
+    let millis = limit.as_millis().clamp(1, i32::MAX as u128);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL statement_timeout = {millis}"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let current = connections::get(&mut tx, pool, identifier)
+        .await?
+        .ok_or_else(|| {
+            AdminError::NotFound(format!("no connection {identifier} in user pool {pool}"))
+        })?;
+    let pool_connections: Vec<ConnectionSettings> = connections::list(&mut tx)
+        .await?
+        .into_iter()
+        .filter(|c| c.user_pool_id.as_str() == pool)
+        .collect();
+    let unique_now = simulation::unique_after(&pool_connections, &current);
+    let unique_then = simulation::unique_after(&pool_connections, &proposed);
+
+    sqlx::query(
+        r#"DECLARE simulated_logins NO SCROLL CURSOR FOR
+               SELECT DISTINCT ON (external_id) external_id, profile
+               FROM processed_events
+               WHERE user_pool_id = $1 AND connection = $2 AND processed_at >= $3
+                 AND external_id IS NOT NULL AND profile IS NOT NULL
+               ORDER BY external_id, processed_at DESC"#,
+    )
+    .bind(pool)
+    .bind(identifier)
+    .bind(since)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| too_long(e, limit))?;
+
+    let mut tally = Tally::default();
+    let now = Utc::now();
+    loop {
+        if started.elapsed() > limit {
+            return Err(too_long_after(tally.logins(), limit));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "FETCH {CHUNK} FROM simulated_logins"
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| too_long(e, limit))?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut logins = Vec::with_capacity(rows.len());
+        for row in rows {
+            let external_id: String = row.try_get("external_id")?;
+            let profile: Value = row.try_get("profile")?;
+            let empty = Map::new();
+            let map = profile.as_object().unwrap_or(&empty);
+            // A stored profile passed these checks when its login was decided.
+            let Ok(profile) = Profile::from_map(map) else {
+                continue;
+            };
+            logins.push((external_id, profile));
+        }
+        let chunk = Chunk::read(&mut tx, &current, &proposed, &logins)
+            .await
+            .map_err(|e| too_long(e, limit))?;
+        for (external_id, profile) in &logins {
+            let accounts = Accounts {
+                users: &chunk.users,
+                own_account: chunk.own.get(external_id.as_str()).copied(),
+            };
+            let from = simulation::first_login(profile, &current, &unique_now, &accounts, now);
+            let to = simulation::first_login(profile, &proposed, &unique_then, &accounts, now);
+            tally.add(from, to, external_id);
+        }
+    }
+    tx.rollback().await?;
+    Ok(Simulated {
+        logins: tally.logins(),
+        rows: tally.rows(),
+    })
+}
+
+/// The accounts a chunk of logins could meet under either settings, and the account each of its
+/// identities is linked to today.
+struct Chunk {
+    users: Vec<crate::domain::decision::PoolUser>,
+    own: HashMap<String, Uuid>,
+}
+
+impl Chunk {
+    async fn read(
+        conn: &mut PgConnection,
+        current: &ConnectionSettings,
+        proposed: &ConnectionSettings,
+        logins: &[(String, Profile)],
+    ) -> sqlx::Result<Self> {
+        let pool = current.user_pool_id.as_str();
+        let connection = current.identifier.as_str();
+        let mut keys = users::FieldKeys::default();
+        for (_, profile) in logins {
+            for settings in [current, proposed] {
+                keys.add(pool, &NormalizedFields::of(profile, settings), settings);
+            }
+        }
+        let users = users::find_by_fields(conn, pool, &keys)
+            .await?
+            .iter()
+            .map(|u| u.pool_user(connection))
+            .collect();
+        let external_ids: Vec<&str> = logins.iter().map(|(id, _)| id.as_str()).collect();
+        let own = sqlx::query!(
+            r#"SELECT external_id, user_id FROM identities
+               WHERE external_id = ANY($3::text[]) AND connection = $2 AND user_pool_id = $1"#,
+            pool,
+            connection,
+            &external_ids as &[&str],
+        )
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.external_id, r.user_id))
+        .collect();
+        Ok(Self { users, own })
+    }
+}
+
+/// A statement cancelled by the simulation's statement timeout means the window is too large.
+fn too_long(error: sqlx::Error, limit: Duration) -> AdminError {
+    match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+            too_long_after(0, limit)
+        }
+        _ => error.into(),
+    }
+}
+
+fn too_long_after(logins: u64, limit: Duration) -> AdminError {
+    let read = if logins > 0 {
+        format!(" ({logins} logins decided by then)")
+    } else {
+        String::new()
+    };
+    AdminError::invalid(
+        "simulation_too_long",
+        Some("since"),
+        format!(
+            "the simulation did not finish within {}{read}: choose a shorter since",
+            humantime::format_duration(limit)
+        ),
+    )
+}
