@@ -84,10 +84,11 @@ impl Admin {
         &self,
         before: Option<i64>,
         limit: i64,
+        filter: &audit::AuditFilter,
     ) -> Result<super::views::Page<super::views::AuditView>, AdminError> {
         let limit = super::page_limit(limit)?;
         let mut conn = self.pool.acquire().await?;
-        let mut rows = audit::list(&mut conn, before, limit + 1).await?;
+        let mut rows = audit::list(&mut conn, before, limit + 1, filter).await?;
         let next_cursor = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
             rows.last().map(|r| r.id.to_string())

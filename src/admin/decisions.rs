@@ -1,6 +1,9 @@
 //! Why a login was decided as it was: the decision and its evidence (contract section 7).
 
-use super::{Admin, AdminError, views::DecisionView};
+use super::{
+    Admin, AdminError,
+    views::{DecisionCountView, DecisionStatsView, DecisionView},
+};
 use crate::db::processed;
 
 impl Admin {
@@ -30,5 +33,36 @@ impl Admin {
                 ),
             )),
         }
+    }
+
+    /// The decisions of the last `hours` hours (1 to 168), by hour, connection and outcome: what
+    /// the console's dashboard draws.
+    pub async fn decision_stats(&self, hours: i64) -> Result<DecisionStatsView, AdminError> {
+        if !(1..=168).contains(&hours) {
+            return Err(AdminError::invalid(
+                "invalid_query",
+                Some("hours"),
+                format!("hours must be from 1 to 168, got {hours}"),
+            ));
+        }
+        let to = chrono::Utc::now();
+        let from = to - chrono::Duration::hours(hours);
+        let mut conn = self.pool.acquire().await?;
+        let rows = processed::counts(&mut conn, from).await?;
+        Ok(DecisionStatsView {
+            from,
+            to,
+            hours,
+            rows: rows
+                .into_iter()
+                .map(|r| DecisionCountView {
+                    hour: r.hour,
+                    user_pool_id: r.user_pool_id,
+                    connection: r.connection,
+                    outcome: r.outcome,
+                    count: r.count,
+                })
+                .collect(),
+        })
     }
 }

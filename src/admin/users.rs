@@ -16,6 +16,7 @@ use crate::db::{
 };
 use crate::domain::{
     Email, Phone, Username,
+    attributes::{self, AttributeName},
     events::{IdentityRef, OutboundEvent, UserUnlinked},
 };
 
@@ -26,12 +27,18 @@ fn restore_plus(raw: &str) -> String {
     }
 }
 
+/// Most accounts an attribute lookup returns (a value shared by more, say a department, is
+/// looked at some other way).
+pub const MAX_ATTRIBUTE_MATCHES: i64 = 200;
+
 /// One of the fields an account can be looked up by.
 #[derive(Debug, Clone)]
 pub enum Lookup {
     Email(String),
     Phone(String),
     Username(String),
+    /// An attribute's name and value: every account holding that value.
+    Attribute(String, String),
 }
 
 impl Lookup {
@@ -50,6 +57,10 @@ impl Lookup {
             Lookup::Username(raw) => Username::parse(raw)
                 .map(Username::into_inner)
                 .map_err(|e| bad("username", e.to_string())),
+            Lookup::Attribute(name, raw) => {
+                AttributeName::parse(name).map_err(|e| bad("attribute", e))?;
+                attributes::value(raw).map_err(|e| bad("value", e))
+            }
         }
     }
 }
@@ -66,6 +77,18 @@ impl Admin {
             Lookup::Email(_) => (Some(value), None, None),
             Lookup::Phone(_) => (None, Some(value), None),
             Lookup::Username(_) => (None, None, Some(value)),
+            Lookup::Attribute(name, _) => {
+                let mut conn = self.pool.acquire().await?;
+                let found =
+                    users::find_by_attribute(&mut conn, pool, name, &value, MAX_ATTRIBUTE_MATCHES)
+                        .await?;
+                let ids: Vec<Uuid> = found.iter().map(|u| u.id).collect();
+                let links = identities::of_users(&mut conn, &ids).await?;
+                return Ok(found
+                    .into_iter()
+                    .map(|u| UserView::new(u, &links))
+                    .collect());
+            }
         };
         let mut conn = self.pool.acquire().await?;
         let found = users::find_holders(

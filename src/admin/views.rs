@@ -386,3 +386,23 @@ impl From<crate::domain::simulation::Row> for SimulationRow {
         }
     }
 }
+
+/// Decisions of a recent window, by hour, connection and outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionStatsView {
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    pub hours: i64,
+    /// One row per hour, connection and outcome with at least one decision, oldest first.
+    pub rows: Vec<DecisionCountView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionCountView {
+    /// The start of the hour.
+    pub hour: chrono::DateTime<chrono::Utc>,
+    pub user_pool_id: String,
+    pub connection: String,
+    pub outcome: String,
+    pub count: i64,
+}

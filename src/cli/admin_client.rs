@@ -109,6 +109,11 @@ pub struct FindArgs {
     pub phone: Option<String>,
     #[arg(long, group = "field")]
     pub username: Option<String>,
+    /// An attribute's name, with --value: every account holding the value.
+    #[arg(long, group = "field", requires = "value")]
+    pub attribute: Option<String>,
+    #[arg(long, requires = "attribute")]
+    pub value: Option<String>,
 }
 
 struct Client {
@@ -491,6 +496,10 @@ pub async fn find_users(
     }
     if let Some(v) = find.username {
         query.push(("username", v));
+    }
+    if let (Some(name), Some(value)) = (find.attribute, find.value) {
+        query.push(("attribute", name));
+        query.push(("value", value));
     }
     let page = client.call(Method::GET, "/v1/users", &query, None).await?;
     if args.json {

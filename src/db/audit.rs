@@ -36,18 +36,37 @@ pub async fn record(
     Ok(())
 }
 
+/// What to list of the audit log: by actor, by action, in a time range.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// Newest first; `before` is the cursor (an audit id).
 pub async fn list(
     conn: &mut PgConnection,
     before: Option<i64>,
     limit: i64,
+    filter: &AuditFilter,
 ) -> sqlx::Result<Vec<AuditRow>> {
     sqlx::query_as!(
         AuditRow,
         r#"SELECT id, actor, action, target, before, after, at FROM audit_log
-           WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"#,
+           WHERE ($1::bigint IS NULL OR id < $1)
+             AND ($3::text IS NULL OR actor = $3)
+             AND ($4::text IS NULL OR action = $4)
+             AND ($5::timestamptz IS NULL OR at >= $5)
+             AND ($6::timestamptz IS NULL OR at < $6)
+           ORDER BY id DESC LIMIT $2"#,
         before,
-        limit
+        limit,
+        filter.actor.as_deref(),
+        filter.action.as_deref(),
+        filter.since,
+        filter.until,
     )
     .fetch_all(conn)
     .await

@@ -120,3 +120,32 @@ pub async fn decisions(
     .fetch_all(conn)
     .await
 }
+
+/// Decisions of one hour, connection and outcome.
+#[derive(Debug, Clone)]
+pub struct DecisionCount {
+    pub hour: chrono::DateTime<chrono::Utc>,
+    pub user_pool_id: String,
+    pub connection: String,
+    pub outcome: String,
+    pub count: i64,
+}
+
+/// The decisions since `since`, counted by hour, connection and outcome.
+pub async fn counts(
+    conn: &mut sqlx::PgConnection,
+    since: chrono::DateTime<chrono::Utc>,
+) -> sqlx::Result<Vec<DecisionCount>> {
+    sqlx::query_as!(
+        DecisionCount,
+        r#"SELECT date_trunc('hour', processed_at) AS "hour!", user_pool_id AS "user_pool_id!",
+                  connection AS "connection!", outcome, count(*) AS "count!"
+           FROM processed_events
+           WHERE processed_at >= $1 AND user_pool_id IS NOT NULL AND connection IS NOT NULL
+           GROUP BY 1, 2, 3, 4
+           ORDER BY 1, 2, 3, 4"#,
+        since
+    )
+    .fetch_all(conn)
+    .await
+}

@@ -404,6 +404,32 @@ pub async fn find_holders(
     .await
 }
 
+/// Up to `limit` users of `pool` whose attribute `name` is `value`, by id.
+pub async fn find_by_attribute(
+    conn: &mut PgConnection,
+    pool: &str,
+    name: &str,
+    value: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        r#"SELECT u.id, u.user_pool_id, u.email AS "email: Email", u.email_verified,
+                  u.phone AS "phone: Phone", u.phone_verified, u.username AS "username: Username",
+                  u.name, u.protected, u.attributes AS "attributes: Json<Attributes>",
+                  u.created_at, u.updated_at
+           FROM user_attributes a JOIN users u ON u.id = a.user_id
+           WHERE a.user_pool_id = $1 AND a.name = $2 AND a.value = $3
+           ORDER BY u.id LIMIT $4"#,
+        pool,
+        name,
+        value,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// Users by id, in no particular order.
 pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<UserRow>> {
     sqlx::query_as!(

@@ -9,7 +9,10 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::{ApiPath, ApiQuery},
 };
-use crate::admin::{Actor, views::DecisionView};
+use crate::admin::{
+    Actor,
+    views::{DecisionStatsView, DecisionView},
+};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -42,4 +45,27 @@ pub async fn show(
         decision
     };
     Ok(super::as_seen_by(&actor, decision, &[]))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// The window, 1 to 168 hours back from now; default 24.
+    #[param(minimum = 1, maximum = 168)]
+    pub hours: Option<i64>,
+}
+
+/// How many logins were decided in the last hours, by hour, connection and outcome (counted from
+/// the dedupe records, so within `worker.dedupe_retention`).
+#[utoipa::path(get, path = "/v1/stats/decisions", tag = "decisions", params(StatsQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = DecisionStatsView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+) -> Result<Json<DecisionStatsView>, ApiError> {
+    Ok(Json(
+        state.admin.decision_stats(q.hours.unwrap_or(24)).await?,
+    ))
 }

@@ -46,4 +46,5 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(connections::simulate))
         .routes(routes!(audit::list))
         .routes(routes!(decisions::show))
+        .routes(routes!(decisions::stats))
 }

@@ -22,14 +22,20 @@ use crate::admin::{
 #[into_params(parameter_in = Query)]
 pub struct FindQuery {
     pub user_pool_id: Option<String>,
-    /// Exactly one of email, phone and username; normalised like events.
+    /// Exactly one of email, phone, username and attribute; normalised like events.
     pub email: Option<String>,
     /// With its `+` country code.
     pub phone: Option<String>,
     pub username: Option<String>,
+    /// An attribute's name (`employee_id`), with `value`: every account holding the value (up
+    /// to 200, by id).
+    pub attribute: Option<String>,
+    /// The attribute's value (trimmed, compared exactly).
+    pub value: Option<String>,
 }
 
-/// Exact lookup by a normalised field: `{"items": [...]}` with zero or one account.
+/// Exact lookup by a normalised field (`{"items": [...]}` with zero or one account), or by an
+/// attribute's value (every account holding it, up to 200).
 #[utoipa::path(get, path = "/v1/users", tag = "users", params(FindQuery), security(("bearer" = [])),
     responses((status = 200, body = Page<UserView>), (status = 401, body = ErrorBody),
               (status = 422, body = ErrorBody)))]
@@ -46,15 +52,27 @@ pub async fn find(
         )
     })?;
     let given = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let lookup = match (given(q.email), given(q.phone), given(q.username)) {
-        (Some(e), None, None) => Lookup::Email(e),
-        (None, Some(p), None) => Lookup::Phone(p),
-        (None, None, Some(u)) => Lookup::Username(u),
+    let attribute = match (given(q.attribute), given(q.value)) {
+        (Some(name), Some(value)) => Some((name, value)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::unprocessable(
+                "invalid_query",
+                Some("value"),
+                "an attribute lookup needs both attribute and value",
+            ));
+        }
+    };
+    let lookup = match (given(q.email), given(q.phone), given(q.username), attribute) {
+        (Some(e), None, None, None) => Lookup::Email(e),
+        (None, Some(p), None, None) => Lookup::Phone(p),
+        (None, None, Some(u), None) => Lookup::Username(u),
+        (None, None, None, Some((name, value))) => Lookup::Attribute(name, value),
         _ => {
             return Err(ApiError::unprocessable(
                 "invalid_query",
                 None,
-                "give exactly one of email, phone and username",
+                "give exactly one of email, phone, username and attribute (with value)",
             ));
         }
     };

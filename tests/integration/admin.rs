@@ -832,6 +832,11 @@ async fn the_openapi_document_describes_every_route() {
             vec!["get", "put"],
         ),
         ("/v1/audit", vec!["get"]),
+        (
+            "/v1/connections/{user_pool_id}/{identifier}/simulate",
+            vec!["post"],
+        ),
+        ("/v1/stats/decisions", vec!["get"]),
     ] {
         for method in methods {
             let operation = &paths[path][method];

@@ -2,6 +2,7 @@
 //! own database and vhost (see the `idsync-test-support` crate), so they run in parallel and leave nothing behind.
 
 mod admin;
+mod admin_reads;
 mod api_fuzz;
 mod cli;
 mod commands;
