@@ -7,6 +7,7 @@ use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::amqp::nodes::BrokerUrls;
 use crate::domain::connection::{ConnectionSettings, ConnectionSpec};
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,8 +48,9 @@ impl Default for DatabaseSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpSettings {
-    /// The vhost is part of the URL (`%2f` is the default vhost `/`).
-    pub url: SecretString,
+    /// The vhost is part of the URL (`%2f` is the default vhost `/`). A cluster's nodes: a list
+    /// of URLs (or one string of comma-separated URLs), tried in turn on every connect.
+    pub url: BrokerUrls,
     /// Unacknowledged deliveries the broker may push to one worker. Large enough to fill a batch
     /// while the previous batch commits, small enough that a crash redelivers little.
     pub prefetch: u16,
@@ -86,7 +88,7 @@ pub enum EventMode {
 impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
-            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            url: BrokerUrls::default(),
             prefetch: 512,
             inbound_exchange: "idsync.in".into(),
             routing_key: "login.completed".into(),
@@ -335,6 +337,17 @@ impl Settings {
                 self.log.level
             ));
         }
+        if self.amqp.url.is_empty() {
+            return invalid("amqp.url: no broker URL given".into());
+        }
+        for url in self.amqp.url.iter() {
+            if let Err(e) = url.expose_secret().parse::<lapin::uri::AMQPUri>() {
+                return invalid(format!(
+                    "amqp.url: {} is not an AMQP URL: {e}",
+                    crate::amqp::nodes::address(url.expose_secret())
+                ));
+            }
+        }
         if self.amqp.prefetch == 0 {
             return invalid("amqp.prefetch must be at least 1".into());
         }
@@ -549,6 +562,24 @@ mod tests {
 
     fn error(toml: &str) -> String {
         load(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_broker_is_one_url_or_a_clusters_nodes() {
+        let one = load("[amqp]\nurl = \"amqp://u:p@rabbit:5672/%2f\"").unwrap();
+        assert_eq!(one.amqp.url.len(), 1);
+        let list =
+            load("[amqp]\nurl = [\"amqp://u:p@n1:5672/%2f\", \"amqp://u:p@n2:5673/%2f\"]").unwrap();
+        assert_eq!(list.amqp.url.address(1), "n2:5673");
+        // As an environment variable gives it.
+        let commas =
+            load("[amqp]\nurl = \"amqp://u:p@n1:5672/%2f,amqp://u:p@n2:5672/%2f\"").unwrap();
+        assert_eq!(commas.amqp.url.len(), 2);
+        for bad in ["url = []", "url = \"\"", "url = \"http://n1/\""] {
+            let error = load(&format!("[amqp]\n{bad}")).unwrap_err().to_string();
+            assert!(error.contains("amqp.url"), "{bad}: {error}");
+            assert!(!error.contains("u:p"), "credentials never shown: {error}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! login events to the pipeline.
 
 pub mod binary;
+pub mod nodes;
 pub mod properties;
 pub(crate) mod settle;
 pub mod topology;
@@ -13,7 +14,7 @@ use lapin::{
     options::{BasicConsumeOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 /// The longest a single broker operation (connecting, declaring, acknowledging, publishing) may
 /// take before the session is given up and opened again.
@@ -40,17 +41,48 @@ pub async fn bounded<T>(
     }
 }
 
+/// Connecting to one node of several gives up sooner, so that the next is tried while the
+/// others still run.
+pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One connection per role (consumer, relay): a publisher throttled by the broker's flow control
-/// must not hold back the consumer's acks.
-pub async fn connect(url: &SecretString, role: &str) -> lapin::Result<Connection> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(format!("identity-sync {role}").into());
-    bounded(
-        OPERATION_TIMEOUT,
-        "connecting to the broker",
-        Connection::connect(url.expose_secret(), properties),
-    )
-    .await
+/// must not hold back the consumer's acks. With several nodes, each is tried in turn (see
+/// [`nodes::BrokerUrls::turn`]); the error is the last node's.
+pub async fn connect(urls: &nodes::BrokerUrls, role: &str) -> lapin::Result<Connection> {
+    let limit = if urls.len() > 1 {
+        NODE_CONNECT_TIMEOUT
+    } else {
+        OPERATION_TIMEOUT
+    };
+    let mut last = None;
+    for (index, url) in urls.turn(role) {
+        let properties = ConnectionProperties::default().with_connection_name(
+            format!("identity-sync {role} (pid {})", std::process::id()).into(),
+        );
+        let attempt = bounded(
+            limit,
+            "connecting to the broker",
+            Connection::connect(url.expose_secret(), properties),
+        )
+        .await;
+        match attempt {
+            Ok(connection) => {
+                urls.connected(role, index);
+                if urls.len() > 1 {
+                    tracing::info!(role, node = %urls.address(index), "connected to the broker");
+                }
+                return Ok(connection);
+            }
+            Err(error) => {
+                if urls.len() > 1 {
+                    tracing::warn!(role, node = %urls.address(index), %error,
+                        "could not connect to this broker node; trying the next");
+                }
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.expect("amqp.url names at least one node"))
 }
 
 pub use properties::json as json_properties;

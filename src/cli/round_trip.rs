@@ -114,7 +114,12 @@ impl<'a> RoundTrip<'a> {
             .with_correlation_id(correlation_id.into());
         // The broker checks user_id against the connection's login, so this is the honest value
         // (and the one amqp.trusted_publishers looks for).
-        if let Ok(uri) = amqp.url.expose_secret().parse::<lapin::uri::AMQPUri>() {
+        if let Ok(uri) = amqp
+            .url
+            .first()
+            .expose_secret()
+            .parse::<lapin::uri::AMQPUri>()
+        {
             properties = properties.with_user_id(uri.authority.userinfo.username.as_str().into());
         }
         let confirm = self

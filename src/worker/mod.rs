@@ -165,7 +165,7 @@ impl<P: Processor> Worker<P> {
 
     async fn session(&self) -> Result<(), SessionError> {
         let amqp = &self.settings.amqp;
-        let connection = connect(&amqp.url, "worker").await?;
+        let connection = connect(&amqp.url, P::CONSUMER.as_str()).await?;
         let tag = match P::CONSUMER {
             Consumer::Logins => format!("identity-sync-{}", self.processor.origin()),
             other => format!(

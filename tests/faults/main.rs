@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod cluster;
+
 use idsync_test_support::*;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
@@ -31,16 +33,20 @@ fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Publishes the events one by one with confirms, reconnecting and publishing again whatever
-/// was not confirmed when the broker goes away (at-least-once, as a platform would).
+/// Publishes the events one by one with confirms, reconnecting (to the next of `amqp_urls`, the
+/// nodes of a cluster) and publishing again whatever was not confirmed when the broker goes away
+/// (at-least-once, as a platform would).
 async fn publish_through_faults(
-    amqp_url: String,
+    amqp_urls: Vec<String>,
     events: Vec<Value>,
     published: Arc<AtomicUsize>,
 ) -> usize {
     let mut copies = 0;
     let mut next = 0;
+    let mut attempt = 0;
     while next < events.len() {
+        let amqp_url = amqp_urls[attempt % amqp_urls.len()].clone();
+        attempt += 1;
         let open = async {
             let connection =
                 Connection::connect(&amqp_url, ConnectionProperties::default()).await?;
@@ -116,7 +122,12 @@ fn postgres_version() -> String {
 
 /// A durable queue of the test's vhost capturing every outbound event across broker restarts.
 async fn capture_queue(services: &Services) -> Connection {
-    let connection = Connection::connect(&services.amqp_url, ConnectionProperties::default())
+    capture_queue_at(&services.amqp_url, services).await
+}
+
+/// The same, declared through the broker (or cluster node) at `url`.
+async fn capture_queue_at(url: &str, services: &Services) -> Connection {
+    let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -153,7 +164,11 @@ async fn capture_queue(services: &Services) -> Connection {
 }
 
 async fn captured_ids(services: &Services) -> (HashSet<String>, usize) {
-    let connection = Connection::connect(&services.amqp_url, ConnectionProperties::default())
+    captured_ids_at(&services.amqp_url).await
+}
+
+async fn captured_ids_at(url: &str) -> (HashSet<String>, usize) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -188,7 +203,7 @@ async fn broker_restarts_while_events_flow() {
         .collect();
     let published = Arc::new(AtomicUsize::new(0));
     let publisher = tokio::spawn(publish_through_faults(
-        services.amqp_url.clone(),
+        vec![services.amqp_url.clone()],
         events,
         published.clone(),
     ));
@@ -395,7 +410,7 @@ async fn database_restarts_while_events_flow() {
     let published = Arc::new(AtomicUsize::new(0));
     let publish = |part: &Vec<Value>| {
         tokio::spawn(publish_through_faults(
-            services.amqp_url.clone(),
+            vec![services.amqp_url.clone()],
             part.clone(),
             published.clone(),
         ))
