@@ -60,6 +60,9 @@ pub enum Mode {
     Drain {
         #[arg(long, default_value_t = 100_000)]
         events: usize,
+        /// The logins: `steady` (60% returning) or `onboarding` (83% create or link).
+        #[arg(long, value_enum, default_value = "steady")]
+        mix: mix::MixKind,
         /// Skip the raw broker baseline.
         #[arg(long)]
         no_baseline: bool,
@@ -164,8 +167,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let report = match args.mode {
         Mode::Drain {
             events,
+            mix,
             no_baseline,
-        } => drain_mode(&common, events, no_baseline).await?,
+        } => drain_mode(&common, events, mix, no_baseline).await?,
         Mode::Latency {
             rate,
             duration,
@@ -195,8 +199,14 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `drain`: the runs, their medians printed, and the report.
-async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Result<Value> {
+async fn drain_mode(
+    c: &Common,
+    events: usize,
+    mix: mix::MixKind,
+    no_baseline: bool,
+) -> anyhow::Result<Value> {
     let options = drain::DrainOptions {
+        mix,
         events,
         workers: c.workers,
         prefetch: c.prefetch,
@@ -209,8 +219,9 @@ async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Res
     for n in 1..=c.runs {
         let run = drain::run(&options).await?;
         println!(
-            "run {n}: {:>7.0} events/s{}  outbox drained {:.2} s  peak RSS {:.1} MiB  CPU {:.0} us/event  exact: {}",
+            "run {n}: {:>7.0} events/s decided, {:>7.0}/s to the outbox drained{}  outbox drained {:.2} s  peak RSS {:.1} MiB  CPU {:.0} us/event  exact: {}",
             run.events_per_second,
+            run.drained_events_per_second,
             match (run.baseline_events_per_second, run.ratio) {
                 (Some(b), Some(r)) => format!("  baseline {b:>7.0}/s  ratio {r:.2}"),
                 _ => String::new(),
@@ -230,11 +241,13 @@ async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Res
         |f: &dyn Fn(&drain::DrainRun) -> Option<f64>| median(runs.iter().filter_map(f).collect());
     let summary = json!({
         "events_per_second": pick(&|r| Some(r.events_per_second)),
+        "drained_events_per_second": pick(&|r| Some(r.drained_events_per_second)),
         "baseline_events_per_second": pick(&|r| r.baseline_events_per_second),
         "ratio": pick(&|r| r.ratio),
         "peak_rss_mib": pick(&|r| Some(r.peak_rss_mib)),
         "cpu_us_per_event": pick(&|r| Some(r.cpu_us_per_event)),
         "outbox_drained_seconds": pick(&|r| Some(r.outbox_drained_seconds)),
+        "mix": mix,
     });
     print_drain_summary(c, events, no_baseline, runs.len(), &summary);
     let exact = runs.iter().all(|r| r.one_decision_per_event);
@@ -246,7 +259,7 @@ async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Res
         bail!("some logins did not get exactly one decision of the expected kind");
     }
     Ok(
-        json!({"mode": "drain", "machine": c.machine, "events": events, "workers": c.workers,
+        json!({"mode": "drain", "mix": mix, "machine": c.machine, "events": events, "workers": c.workers,
               "accounts": c.accounts,
               "prefetch": c.prefetch, "batch_size": c.batch_size, "median": summary, "runs": runs}),
     )
@@ -254,14 +267,21 @@ async fn drain_mode(c: &Common, events: usize, no_baseline: bool) -> anyhow::Res
 
 fn print_drain_summary(c: &Common, events: usize, no_baseline: bool, runs: usize, summary: &Value) {
     let (machine, prefetch, batch_size) = (&c.machine, c.prefetch, c.batch_size);
-    println!("identity-sync drain benchmark: median of {} run(s)", runs);
+    println!(
+        "identity-sync drain benchmark ({} mix): median of {} run(s)",
+        summary["mix"].as_str().unwrap_or("steady"),
+        runs
+    );
     println!("  machine                {machine}");
     println!("  events per run         {events}");
     println!("  workers                {}", c.workers);
     println!("  prefetch / batch       {prefetch} / {batch_size}");
     println!(
-        "  identity-sync          {:.0} events/s",
-        summary["events_per_second"].as_f64().unwrap_or(f64::NAN)
+        "  identity-sync          {:.0} events/s decided, {:.0}/s until the outbox drained",
+        summary["events_per_second"].as_f64().unwrap_or(f64::NAN),
+        summary["drained_events_per_second"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
     );
     if !no_baseline {
         println!(

@@ -1,10 +1,20 @@
-//! The login mix: 60% returning identities, 20% new people, 15% field-match links to existing
-//! accounts, 5% pending bindings, interleaved in a fixed pseudo-random order.
+//! The login mixes, interleaved in a fixed pseudo-random order. `steady`: 60% returning
+//! identities, 20% new people, 15% field-match links to existing accounts, 5% pending bindings.
+//! `onboarding` (the day a directory's connection is switched on with field matching): 50% new
+//! people, 33% linked to existing accounts by verified email, 17% returning.
 
 use serde_json::json;
 
 pub const POOL: &str = "bench";
 pub const SOURCE: &str = "urn:bench";
+
+/// Which mix a run sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MixKind {
+    Steady,
+    Onboarding,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Mix {
@@ -14,20 +24,45 @@ pub struct Mix {
     pub asks: usize,
     /// Seeded accounts with an identity on `returning`.
     pub known: usize,
+    /// The connection new people log in through: `fresh` (no association) in the steady mix,
+    /// `match` (field matching, so every new person is looked for first) when onboarding.
+    pub fresh_connection: &'static str,
 }
 
 impl Mix {
     pub fn of(events: usize) -> Self {
-        let fresh = events / 5;
-        let links = events * 15 / 100;
-        let asks = events / 20;
-        let returning = events - fresh - links - asks;
-        Self {
-            returning,
-            fresh,
-            links,
-            asks,
-            known: (returning / 3).max(1),
+        Self::new(MixKind::Steady, events)
+    }
+
+    pub fn new(kind: MixKind, events: usize) -> Self {
+        match kind {
+            MixKind::Steady => {
+                let fresh = events / 5;
+                let links = events * 15 / 100;
+                let asks = events / 20;
+                let returning = events - fresh - links - asks;
+                Self {
+                    returning,
+                    fresh,
+                    links,
+                    asks,
+                    known: (returning / 3).max(1),
+                    fresh_connection: "fresh",
+                }
+            }
+            MixKind::Onboarding => {
+                let fresh = events / 2;
+                let links = events / 3;
+                let returning = events - fresh - links;
+                Self {
+                    returning,
+                    fresh,
+                    links,
+                    asks: 0,
+                    known: (returning / 3).max(1),
+                    fresh_connection: "match",
+                }
+            }
         }
     }
 
@@ -63,7 +98,7 @@ impl Mix {
         }
         for i in 0..self.fresh {
             specs.push((
-                "fresh",
+                self.fresh_connection,
                 format!("f{i}-{prefix}"),
                 json!({"email": format!("new{i}.{prefix}@bench.example"), "email_verified": true, "name": "New"}),
             ));
