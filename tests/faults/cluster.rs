@@ -201,63 +201,6 @@ struct Fault {
     consumers_after: Vec<(u32, String)>,
 }
 
-/// Publishes logins at a steady pace until `stop`, each confirmed before the next, reconnecting
-/// to the next node and publishing again what was not confirmed (at-least-once, as a platform
-/// would). Returns the logins published (distinct) and the publishes made (copies included).
-async fn stream(urls: Vec<String>, stop: CancellationToken) -> (usize, usize) {
-    let (mut next, mut copies, mut attempt) = (0, 0, 0);
-    while !stop.is_cancelled() {
-        let url = urls[attempt % urls.len()].clone();
-        attempt += 1;
-        let open = async {
-            let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            lapin::Result::Ok((connection, channel))
-        };
-        let Ok(Ok((connection, channel))) =
-            tokio::time::timeout(Duration::from_secs(10), open).await
-        else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
-        };
-        while !stop.is_cancelled() {
-            let body =
-                serde_json::to_vec(&login("plain", &format!("k-{next}"), json!({}))).unwrap();
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            copies += 1;
-            let publish = async {
-                channel
-                    .basic_publish(
-                        "idsync.in".into(),
-                        "login.completed".into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await?
-                    .await
-            };
-            let confirmed = matches!(
-                tokio::time::timeout(Duration::from_secs(10), publish).await,
-                Ok(Ok(confirm)) if confirm.is_ack()
-            );
-            if !confirmed {
-                break;
-            }
-            next += 1;
-            tokio::time::sleep(Duration::from_millis(4)).await;
-        }
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), connection.close(200, "".into())).await;
-    }
-    (next, copies)
-}
-
 async fn decided(db: &sqlx::PgPool) -> i64 {
     count(db, "SELECT count(*) FROM processed_events").await
 }
@@ -349,10 +292,19 @@ async fn a_cluster_loses_the_workers_node_and_then_the_queue_leader() {
     assert_eq!(leader, cluster.nodes[2].name, "node 3 leads the work queue");
 
     let stop = CancellationToken::new();
-    let publisher = tokio::spawn(stream(
-        vec![urls[2].clone(), urls[1].clone(), urls[0].clone()],
-        stop.clone(),
-    ));
+    // The platform publishes a steady stream through node 3 first (then the others in turn),
+    // until told to stop.
+    let publisher = tokio::spawn({
+        let (urls, stop) = (
+            vec![urls[2].clone(), urls[1].clone(), urls[0].clone()],
+            stop.clone(),
+        );
+        async move {
+            let next = |n: usize| Some(login("plain", &format!("k-{n}"), json!({})));
+            let count = AtomicUsize::new(0);
+            publish_stream(&urls, next, &stop, Pace::Each { pause: 4 }, &count).await
+        }
+    });
     let started = Instant::now();
 
     let warm = env_number("IDSYNC_FAULT_EVENTS", 3000) as i64 / 3;

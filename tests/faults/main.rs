@@ -35,16 +35,43 @@ fn env_number(name: &str, default: usize) -> usize {
 
 /// Publishes the events one by one with confirms, reconnecting (to the next of `amqp_urls`, the
 /// nodes of a cluster) and publishing again whatever was not confirmed when the broker goes away
-/// (at-least-once, as a platform would).
+/// (at-least-once, as a platform would). Returns the publishes made, copies included.
 async fn publish_through_faults(
     amqp_urls: Vec<String>,
     events: Vec<Value>,
     published: Arc<AtomicUsize>,
 ) -> usize {
-    let mut copies = 0;
-    let mut next = 0;
-    let mut attempt = 0;
-    while next < events.len() {
+    let pace = Pace::Bursts { of: 50, pause: 20 };
+    let no_stop = tokio_util::sync::CancellationToken::new();
+    let next = |n: usize| events.get(n).cloned();
+    publish_stream(&amqp_urls, next, &no_stop, pace, &published)
+        .await
+        .1
+}
+
+/// How a publisher spaces its messages.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// A pause of `pause` ms after every `of` messages: a steady flow rather than one burst, so
+    /// that faults land mid-stream.
+    Bursts { of: usize, pause: u64 },
+    /// A pause of `pause` ms after every message.
+    Each { pause: u64 },
+}
+
+/// Publishes `next(0)`, `next(1)`, ... until it gives none or `stop`, each confirmed before the
+/// next, as [`publish_through_faults`] says. Returns the messages published (distinct) and the
+/// publishes made.
+async fn publish_stream(
+    amqp_urls: &[String],
+    next: impl Fn(usize) -> Option<Value>,
+    stop: &tokio_util::sync::CancellationToken,
+    pace: Pace,
+    published: &AtomicUsize,
+) -> (usize, usize) {
+    let (mut sent, mut copies, mut attempt) = (0, 0, 0);
+    let mut event = next(0);
+    while event.is_some() && !stop.is_cancelled() {
         let amqp_url = amqp_urls[attempt % amqp_urls.len()].clone();
         attempt += 1;
         let open = async {
@@ -62,8 +89,8 @@ async fn publish_through_faults(
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         };
-        while next < events.len() {
-            let body = serde_json::to_vec(&events[next]).unwrap();
+        while let Some(body) = event.as_ref().filter(|_| !stop.is_cancelled()) {
+            let body = serde_json::to_vec(body).unwrap();
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2);
@@ -80,8 +107,8 @@ async fn publish_through_faults(
                     .await?
                     .await
             };
-            // A publish caught by the restart can stay pending for ever (amqp-rs/lapin#409):
-            // the platform gives up on it and publishes again on a new connection.
+            // A publish caught by the fault can stay pending for ever (amqp-rs/lapin#409): the
+            // platform gives up on it and publishes again on a new connection.
             let confirmed = matches!(
                 tokio::time::timeout(Duration::from_secs(10), publish).await,
                 Ok(Ok(confirm)) if confirm.is_ack()
@@ -89,17 +116,21 @@ async fn publish_through_faults(
             if !confirmed {
                 break;
             }
-            next += 1;
+            sent += 1;
             published.fetch_add(1, Ordering::SeqCst);
-            if next % 50 == 0 {
-                // A steady flow rather than one burst, so that faults land mid-stream.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            event = next(sent);
+            match pace {
+                Pace::Bursts { of, pause } if sent % of == 0 => {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Pace::Each { pause } => tokio::time::sleep(Duration::from_millis(pause)).await,
+                Pace::Bursts { .. } => {}
             }
         }
         let _ =
             tokio::time::timeout(Duration::from_secs(5), connection.close(200, "".into())).await;
     }
-    copies
+    (sent, copies)
 }
 
 fn run(program: &str, args: &[&str]) {

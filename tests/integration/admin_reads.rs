@@ -75,14 +75,10 @@ async fn accounts_are_found_by_an_attributes_value() {
         }
     }
     // The command line too.
-    let mut command = services.command();
+    let mut command = app.admin_command(&services);
     command.args([
         "users",
         "find",
-        "--api",
-        &app.url(""),
-        "--token",
-        ADMIN_TOKEN,
         "--pool",
         "pool-1",
         "--attribute",

@@ -165,18 +165,11 @@ async fn row_counts(db: &sqlx::PgPool) -> BTreeMap<String, i64> {
 /// Messages published in the vhost, as the broker counts them, once the count has settled (the
 /// management API refreshes it every few seconds).
 async fn broker_published(services: &Services) -> u64 {
-    let http = reqwest::Client::new();
+    let path = format!("/vhosts/{}", services.vhost);
     let read = || async {
-        let vhost: Value = http
-            .get(format!("{}/vhosts/{}", rabbit_api(), services.vhost))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        vhost["message_stats"]["publish"].as_u64().unwrap_or(0)
+        management_get(&path).await["message_stats"]["publish"]
+            .as_u64()
+            .unwrap_or(0)
     };
     let mut last = read().await;
     for _ in 0..10 {
@@ -188,10 +181,6 @@ async fn broker_published(services: &Services) -> u64 {
         last = now;
     }
     panic!("the broker's publish count did not settle");
-}
-
-fn rabbit_api() -> String {
-    idsync_test_support::isolated::rabbit_api()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,14 +254,10 @@ async fn the_preview_agrees_with_the_decisions_it_previews_and_changes_nothing()
     assert_eq!(linked["examples"], json!(["sim-1", "sim-10", "sim-4"]));
 
     // The same from the command line, through the API.
-    let mut command = original.command();
+    let mut command = app.admin_command(&original);
     command.args([
         "policy",
         "simulate",
-        "--api",
-        &app.url(""),
-        "--token",
-        ADMIN_TOKEN,
         "--pool",
         "pool-1",
         "--connection",

@@ -38,6 +38,64 @@ pub struct DrainRun {
     pub cpu_us_per_event: f64,
     pub outcomes: BTreeMap<String, i64>,
     pub one_decision_per_event: bool,
+    /// WAL the whole PostgreSQL server wrote during the run, per login (other databases of the
+    /// server count too: run on a quiet machine).
+    pub wal_bytes_per_event: f64,
+    /// Rows inserted, updated (of which HOT) and deleted per login, by table.
+    pub writes_per_event: BTreeMap<String, TableWrites>,
+}
+
+/// Row writes of one table, per login.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableWrites {
+    pub inserted: f64,
+    pub updated: f64,
+    pub hot_updated: f64,
+    pub deleted: f64,
+}
+
+/// The server's WAL position and every table's cumulative row writes.
+async fn write_counters(db: &PgPool) -> anyhow::Result<(i64, BTreeMap<String, [i64; 4]>)> {
+    let wal: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+        .fetch_one(db)
+        .await?;
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del
+         FROM pg_stat_user_tables",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok((
+        wal,
+        rows.into_iter()
+            .map(|(t, i, u, h, d)| (t, [i, u, h, d]))
+            .collect(),
+    ))
+}
+
+fn writes_between(
+    before: &BTreeMap<String, [i64; 4]>,
+    after: &BTreeMap<String, [i64; 4]>,
+    events: f64,
+) -> BTreeMap<String, TableWrites> {
+    after
+        .iter()
+        .filter_map(|(table, a)| {
+            let b = before.get(table).copied().unwrap_or_default();
+            let d: Vec<f64> = (0..4).map(|i| (a[i] - b[i]) as f64 / events).collect();
+            (d.iter().any(|v| *v > 0.0)).then(|| {
+                (
+                    table.clone(),
+                    TableWrites {
+                        inserted: d[0],
+                        updated: d[1],
+                        hot_updated: d[2],
+                        deleted: d[3],
+                    },
+                )
+            })
+        })
+        .collect()
 }
 
 pub struct DrainOptions<'a> {
@@ -115,12 +173,19 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         options.workers
     );
 
+    // Statistics of the seed reach the counters first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (wal_before, tables_before) = write_counters(&db).await?;
     let workers = env.start_workers(options.worker_bin, options.workers)?;
     let total = bodies.len() as i64;
     let (started, finished, outbox_drained) =
         wait_until_drained(&connection, &settings, &db, total).await?;
     let (peak_rss_mib, cpu_seconds) = workers.stats();
     workers.stop();
+    // Backends report their counters within a second or so of going idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (wal_after, tables_after) = write_counters(&db).await?;
+    let writes_per_event = writes_between(&tables_before, &tables_after, total as f64);
 
     let (outcomes, exact) = outcomes(&db, &mix, total).await?;
     db.close().await;
@@ -156,6 +221,8 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         cpu_us_per_event: cpu_seconds * 1e6 / total as f64,
         outcomes,
         one_decision_per_event: exact,
+        wal_bytes_per_event: (wal_after - wal_before) as f64 / total as f64,
+        writes_per_event,
     })
 }
 
@@ -244,6 +311,6 @@ async fn outcomes(
         && mix
             .expected()
             .iter()
-            .all(|(outcome, n)| outcomes.get(*outcome) == Some(&(*n as i64)));
+            .all(|(outcome, n)| outcomes.get(*outcome).copied().unwrap_or(0) == *n as i64);
     Ok((outcomes, exact))
 }

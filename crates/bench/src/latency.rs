@@ -1,11 +1,7 @@
 //! Latency mode: logins are published at a fixed rate, each asking for a reply; the time from
 //! publishing to the decision's reply, and to the downstream event it causes, is measured.
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use tokio::task::JoinHandle;
 
@@ -64,6 +60,10 @@ pub struct LatencyRun {
     pub missing_replies: usize,
     pub peak_rss_mib: f64,
     pub cpu_us_per_event: f64,
+    /// The reply p99 of each 30 s of the measured run, in order: where the tail grows.
+    pub reply_p99_by_30s: Vec<f64>,
+    /// What the database did meanwhile: checkpoints, autovacuum runs and dead rows by table.
+    pub database: Value,
 }
 
 pub struct LatencyOptions<'a> {
@@ -119,6 +119,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let (_, cpu_before) = workers.stats();
+    let database_before = database_state(&db).await?;
     let publishing = pace::publish(
         &publisher,
         &settings.amqp.inbound_exchange,
@@ -133,10 +134,25 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
     pace::wait_for(reply_latencies, measured, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (peak_rss_mib, cpu_after) = workers.stats();
+    let database_after = database_state(&db).await?;
     workers.stop();
     listening.stop();
     let _ = connection.close(200, "done".into()).await;
     db.close().await;
+    let rate = options.rate as f64;
+    let mut windows: Vec<Vec<f64>> = Vec::new();
+    for (index, ms) in pace::take_indexed(reply_latencies) {
+        let window = ((index.saturating_sub(warmup)) as f64 / rate / 30.0) as usize;
+        if windows.len() <= window {
+            windows.resize(window + 1, Vec::new());
+        }
+        windows[window].push(ms);
+    }
+    let reply_p99_by_30s = windows
+        .into_iter()
+        .map(|w| Percentiles::of(w).p99_ms)
+        .collect();
+    let database = compare_database(&database_before, &database_after);
 
     let baseline_reply = if options.baseline {
         let limit = settings.amqp.delivery_limit;
@@ -156,6 +172,58 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         downstream_event,
         peak_rss_mib,
         cpu_us_per_event: (cpu_after - cpu_before) * 1e6 / bodies.len() as f64,
+        reply_p99_by_30s,
+        database,
+    })
+}
+
+/// Checkpoints of the server, and each table's autovacuum runs, dead rows and size.
+async fn database_state(db: &sqlx::PgPool) -> anyhow::Result<Value> {
+    let checkpoints: (i64, i64) =
+        sqlx::query_as("SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter")
+            .fetch_one(db)
+            .await?;
+    let tables: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, autovacuum_count, autoanalyze_count, n_dead_tup,
+                pg_total_relation_size(relid)
+         FROM pg_stat_user_tables ORDER BY relname",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(serde_json::json!({
+        "checkpoints": checkpoints.0 + checkpoints.1,
+        "tables": tables.into_iter().map(|(t, v, a, d, size)| (t, serde_json::json!({
+            "autovacuums": v, "autoanalyzes": a, "dead_rows": d, "bytes": size})))
+            .collect::<serde_json::Map<_, _>>(),
+    }))
+}
+
+/// What changed between two `database_state`s: checkpoints and autovacuum runs during the run,
+/// dead rows and size at its end.
+fn compare_database(before: &Value, after: &Value) -> Value {
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    let mut tables = serde_json::Map::new();
+    if let Some(after_tables) = after["tables"].as_object() {
+        for (table, a) in after_tables {
+            let b = &before["tables"][table];
+            let grew = n(&a["bytes"]) - n(&b["bytes"]);
+            if grew == 0 && n(&a["autovacuums"]) == n(&b["autovacuums"]) {
+                continue;
+            }
+            tables.insert(
+                table.clone(),
+                serde_json::json!({
+                    "autovacuums": n(&a["autovacuums"]) - n(&b["autovacuums"]),
+                    "dead_rows_at_end": n(&a["dead_rows"]),
+                    "mib_at_end": n(&a["bytes"]) as f64 / 1048576.0,
+                    "mib_grown": grew as f64 / 1048576.0,
+                }),
+            );
+        }
+    }
+    serde_json::json!({
+        "checkpoints": n(&after["checkpoints"]) - n(&before["checkpoints"]),
+        "tables": tables,
     })
 }
 
@@ -163,8 +231,8 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
 /// it comes.
 struct Listening {
     reply_queue: lapin::types::ShortString,
-    replies: Arc<Mutex<Vec<f64>>>,
-    events: Arc<Mutex<Vec<f64>>>,
+    replies: pace::Samples,
+    events: pace::Samples,
     tasks: [JoinHandle<()>; 2],
 }
 

@@ -235,6 +235,18 @@ async fn drain_mode(
                 "NO"
             },
         );
+        println!(
+            "        WAL {:.0} bytes/event; rows per event: {}",
+            run.wal_bytes_per_event,
+            run.writes_per_event
+                .iter()
+                .map(|(t, w)| format!(
+                    "{t} +{:.2}/~{:.2}(hot {:.2})/-{:.2}",
+                    w.inserted, w.updated, w.hot_updated, w.deleted
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         runs.push(run);
     }
     let pick =
@@ -246,6 +258,7 @@ async fn drain_mode(
         "ratio": pick(&|r| r.ratio),
         "peak_rss_mib": pick(&|r| Some(r.peak_rss_mib)),
         "cpu_us_per_event": pick(&|r| Some(r.cpu_us_per_event)),
+        "wal_bytes_per_event": pick(&|r| Some(r.wal_bytes_per_event)),
         "outbox_drained_seconds": pick(&|r| Some(r.outbox_drained_seconds)),
         "mix": mix,
     });
@@ -256,6 +269,9 @@ async fn drain_mode(
         if exact { "yes" } else { "NO" }
     );
     if !exact {
+        for run in &runs {
+            eprintln!("outcomes: {:?}", run.outcomes);
+        }
         bail!("some logins did not get exactly one decision of the expected kind");
     }
     Ok(
@@ -367,6 +383,15 @@ async fn latency_mode(c: &Common, options: &latency::LatencyOptions<'_>) -> anyh
             run.peak_rss_mib,
             run.cpu_us_per_event,
         );
+        println!(
+            "        reply p99 per 30 s: {}",
+            run.reply_p99_by_30s
+                .iter()
+                .map(|p| format!("{p:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        println!("        database: {}", run.database);
         runs.push(run);
     }
     let pick = |f: &dyn Fn(&latency::LatencyRun) -> f64| median(runs.iter().map(f).collect());

@@ -65,12 +65,15 @@ pub fn by_correlation_id(delivery: &Delivery) -> Option<usize> {
         .and_then(|c| c.as_str().parse().ok())
 }
 
+/// Latencies by message: (message index, milliseconds).
+pub type Samples = Arc<Mutex<Vec<(usize, f64)>>>;
+
 /// Records, for every delivery on `consumer` that names a message, the time since it was sent.
 pub fn collect<F>(
     mut consumer: Consumer,
     clock: Arc<Clock>,
     message: F,
-) -> (Arc<Mutex<Vec<f64>>>, JoinHandle<()>)
+) -> (Samples, JoinHandle<()>)
 where
     F: Fn(&Delivery) -> Option<usize> + Send + 'static,
 {
@@ -79,8 +82,10 @@ where
         let samples = samples.clone();
         async move {
             while let Some(Ok(delivery)) = consumer.next().await {
-                if let Some(ms) = message(&delivery).and_then(|i| clock.elapsed_ms(i)) {
-                    samples.lock().expect("not poisoned").push(ms);
+                if let Some(index) = message(&delivery)
+                    && let Some(ms) = clock.elapsed_ms(index)
+                {
+                    samples.lock().expect("not poisoned").push((index, ms));
                 }
             }
         }
@@ -133,13 +138,24 @@ pub async fn publish(
 }
 
 /// Waits until `count` samples arrived, or `limit`.
-pub async fn wait_for(samples: &Mutex<Vec<f64>>, count: usize, limit: Duration) {
+pub async fn wait_for(samples: &Mutex<Vec<(usize, f64)>>, count: usize, limit: Duration) {
     let deadline = Instant::now() + limit;
     while samples.lock().expect("not poisoned").len() < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-pub fn take(samples: &Mutex<Vec<f64>>) -> Vec<f64> {
+/// The latencies, in milliseconds.
+pub fn take(samples: &Mutex<Vec<(usize, f64)>>) -> Vec<f64> {
+    samples
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(_, ms)| *ms)
+        .collect()
+}
+
+/// The latencies with the index of their message.
+pub fn take_indexed(samples: &Mutex<Vec<(usize, f64)>>) -> Vec<(usize, f64)> {
     samples.lock().expect("not poisoned").clone()
 }

@@ -75,6 +75,16 @@ impl TestApp {
         format!("http://{}{path}", self.address)
     }
 
+    /// The binary, as `services` configures it, pointed at this application's admin API with
+    /// the admin token (for the commands that go through the API).
+    pub fn admin_command(&self, services: &crate::Services) -> std::process::Command {
+        let mut command = services.command();
+        command
+            .env("IDSYNC_API_URL", self.url(""))
+            .env("IDSYNC_ADMIN_TOKEN", crate::ADMIN_TOKEN);
+        command
+    }
+
     pub async fn wait_ready(&self) {
         wait_until(WAIT, || async {
             reqwest::get(self.url("/readyz"))

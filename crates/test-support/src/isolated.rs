@@ -3,7 +3,7 @@
 //! integration tests, the fault tests and the benchmark all run in one.
 
 use anyhow::Context;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
@@ -21,6 +21,19 @@ pub fn amqp_base() -> String {
 pub fn rabbit_api() -> String {
     std::env::var("IDSYNC_TEST_RABBITMQ_API")
         .unwrap_or_else(|_| "http://127.0.0.1:15672/api".into())
+}
+
+/// A GET of the RabbitMQ management API (`path` after `/api`), as `guest`.
+pub async fn management_get(path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", rabbit_api()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("the management API answers")
+        .json()
+        .await
+        .expect("the management API answers JSON")
 }
 
 /// A database (not created yet: the application creates and migrates it) and a vhost (created,

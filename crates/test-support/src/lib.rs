@@ -14,5 +14,5 @@ pub use app::*;
 pub use broker::*;
 pub use data::*;
 pub use figures::*;
-pub use isolated::{Isolated, binary, run};
+pub use isolated::{Isolated, binary, management_get, run};
 pub use services::*;
