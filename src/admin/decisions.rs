@@ -37,7 +37,12 @@ impl Admin {
 
     /// The decisions of the last `hours` hours (1 to 168), by hour, connection and outcome: what
     /// the console's dashboard draws.
-    pub async fn decision_stats(&self, hours: i64) -> Result<DecisionStatsView, AdminError> {
+    /// Gives up past `limit` (the query reads every decision of the window) with 503.
+    pub async fn decision_stats(
+        &self,
+        hours: i64,
+        limit: std::time::Duration,
+    ) -> Result<DecisionStatsView, AdminError> {
         if !(1..=168).contains(&hours) {
             return Err(AdminError::invalid(
                 "invalid_query",
@@ -47,8 +52,15 @@ impl Admin {
         }
         let to = chrono::Utc::now();
         let from = to - chrono::Duration::hours(hours);
-        let mut conn = self.pool.acquire().await?;
-        let rows = processed::counts(&mut conn, from).await?;
+        let mut tx = self.pool.begin_with("BEGIN READ ONLY").await?;
+        let millis = limit.as_millis().clamp(1, i32::MAX as u128);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL statement_timeout = {millis}"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        let rows = processed::counts(&mut tx, from).await?;
+        tx.rollback().await?;
         Ok(DecisionStatsView {
             from,
             to,

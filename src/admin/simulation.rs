@@ -24,6 +24,11 @@ use crate::domain::{
 /// Logins read and decided together: one statement for their accounts.
 const CHUNK: i64 = 500;
 
+/// Most accounts one chunk of logins may meet. Proposed settings matching on a value many
+/// accounts share (a department as a match field) would otherwise make every chunk read and
+/// compare them all; such a preview is refused (`simulation_too_large`).
+pub const MAX_CHUNK_ACCOUNTS: i64 = 20_000;
+
 /// The longest window a simulation takes.
 pub const MAX_WINDOW: Duration = Duration::from_secs(3650 * 24 * 3600);
 
@@ -73,13 +78,9 @@ pub async fn simulate(
     let mut tx = db
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    // No single statement may outlive the simulation's own bound.
-    let millis = limit.as_millis().clamp(1, i32::MAX as u128);
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SET LOCAL statement_timeout = {millis}"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    // No statement may outlive the simulation's own bound: each is given what is left of it.
+    let deadline = started + limit;
+    time_left(&mut tx, deadline).await?;
     let current = connections::get(&mut tx, pool, identifier)
         .await?
         .ok_or_else(|| {
@@ -110,8 +111,9 @@ pub async fn simulate(
 
     let mut tally = Tally::default();
     let now = Utc::now();
+    let mut skipped = 0_u64;
     loop {
-        if started.elapsed() > limit {
+        if !time_left(&mut tx, deadline).await? {
             return Err(too_long_after(tally.logins(), limit));
         }
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -131,14 +133,35 @@ pub async fn simulate(
             let map = profile.as_object().unwrap_or(&empty);
             // A stored profile passed these checks when its login was decided.
             let Ok(profile) = Profile::from_map(map) else {
+                skipped += 1;
                 continue;
             };
             logins.push((external_id, profile));
         }
+        if !time_left(&mut tx, deadline).await? {
+            return Err(too_long_after(tally.logins(), limit));
+        }
         let chunk = Chunk::read(&mut tx, &current, &proposed, &logins)
             .await
             .map_err(|e| too_long(e, limit))?;
-        for (external_id, profile) in &logins {
+        if chunk.users.len() as i64 > MAX_CHUNK_ACCOUNTS {
+            return Err(AdminError::invalid(
+                "simulation_too_large",
+                Some("match_fields"),
+                format!(
+                    "{MAX_CHUNK_ACCOUNTS} or more accounts share values with 500 logins of the \
+                     window: match on values that tell people apart"
+                ),
+            ));
+        }
+        for (n, (external_id, profile)) in logins.iter().enumerate() {
+            // Long chunks give the runtime back now and then, and stop at the deadline.
+            if n % 100 == 99 {
+                if Instant::now() > deadline {
+                    return Err(too_long_after(tally.logins(), limit));
+                }
+                tokio::task::yield_now().await;
+            }
             let accounts = Accounts {
                 users: &chunk.users,
                 own_account: chunk.own.get(external_id.as_str()).copied(),
@@ -149,6 +172,12 @@ pub async fn simulate(
         }
     }
     tx.rollback().await?;
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "stored login profiles that could not be read were left out of a simulation"
+        );
+    }
     Ok(Simulated {
         logins: tally.logins(),
         rows: tally.rows(),
@@ -177,7 +206,7 @@ impl Chunk {
                 keys.add(pool, &NormalizedFields::of(profile, settings), settings);
             }
         }
-        let users = users::find_by_fields(conn, pool, &keys)
+        let users = users::find_by_fields_up_to(conn, pool, &keys, MAX_CHUNK_ACCOUNTS + 1)
             .await?
             .iter()
             .map(|u| u.pool_user(connection))
@@ -197,6 +226,21 @@ impl Chunk {
         .collect();
         Ok(Self { users, own })
     }
+}
+
+/// Bounds the next statements by what is left until `deadline`; `false` when nothing is.
+async fn time_left(conn: &mut PgConnection, deadline: Instant) -> sqlx::Result<bool> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Ok(false);
+    }
+    let millis = left.as_millis().clamp(1, i32::MAX as u128);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL statement_timeout = {millis}"
+    )))
+    .execute(conn)
+    .await?;
+    Ok(true)
 }
 
 /// A statement cancelled by the simulation's statement timeout means the window is too large.

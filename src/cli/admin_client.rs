@@ -531,11 +531,26 @@ pub async fn find_users(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A value as a table cell. Values come from sources and people: control characters (a
+/// terminal's escape sequences, line breaks that would forge rows) are shown escaped.
 fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
+    let raw = match value {
+        Value::Null => return "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    };
+    if raw.chars().any(char::is_control) {
+        raw.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        raw
     }
 }
 
@@ -668,6 +683,13 @@ mod tests {
     use serde_json::json;
 
     use super::{apply_setting, proposed_from_view};
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let cell = super::text(&json!("ext\u{1b}[2J\nforged  row"));
+        assert_eq!(cell, "ext\\u{1b}[2J\\nforged  row");
+        assert_eq!(super::text(&json!("张三")), "张三");
+    }
 
     #[test]
     fn settings_are_set_by_their_type() {

@@ -131,14 +131,15 @@ pub struct DecisionCount {
     pub count: i64,
 }
 
-/// The decisions since `since`, counted by hour, connection and outcome.
+/// The decisions since `since`, counted by hour (in UTC), connection and outcome.
 pub async fn counts(
     conn: &mut sqlx::PgConnection,
     since: chrono::DateTime<chrono::Utc>,
 ) -> sqlx::Result<Vec<DecisionCount>> {
     sqlx::query_as!(
         DecisionCount,
-        r#"SELECT date_trunc('hour', processed_at) AS "hour!", user_pool_id AS "user_pool_id!",
+        r#"SELECT date_trunc('hour', processed_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS "hour!",
+                  user_pool_id AS "user_pool_id!",
                   connection AS "connection!", outcome, count(*) AS "count!"
            FROM processed_events
            WHERE processed_at >= $1 AND user_pool_id IS NOT NULL AND connection IS NOT NULL

@@ -101,6 +101,16 @@ pub async fn find_by_fields(
     pool: &str,
     keys: &FieldKeys,
 ) -> sqlx::Result<Vec<MatchRow>> {
+    find_by_fields_up_to(conn, pool, keys, i64::MAX).await
+}
+
+/// The same, at most `limit` of them (in no particular order).
+pub async fn find_by_fields_up_to(
+    conn: &mut PgConnection,
+    pool: &str,
+    keys: &FieldKeys,
+    limit: i64,
+) -> sqlx::Result<Vec<MatchRow>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -116,7 +126,8 @@ pub async fn find_by_fields(
                        JOIN unnest($5::text[], $6::text[], $7::bool[]) AS k(name, value, matched)
                          ON a.name = k.name AND a.value = k.value
                        WHERE a.user_pool_id = $4 AND (a.is_unique OR k.matched))))
-             AND u.user_pool_id = $4"#,
+             AND u.user_pool_id = $4
+           LIMIT $8"#,
         &keys.emails,
         &keys.phones,
         &keys.usernames,
@@ -124,6 +135,7 @@ pub async fn find_by_fields(
         &keys.attribute_names,
         &keys.attribute_values,
         &keys.attribute_matched,
+        limit,
     )
     .fetch_all(conn)
     .await?;

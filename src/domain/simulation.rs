@@ -40,9 +40,10 @@ pub fn first_login(
         .users
         .iter()
         .filter(|u| u.shares_a_value(&fields))
-        .map(|u| PoolUser {
-            linked_on_connection: u.linked_on_connection && Some(u.id) != accounts.own_account,
-            ..u.clone()
+        .map(|u| {
+            let mut user = u.clone();
+            user.linked_on_connection &= Some(u.id) != accounts.own_account;
+            user
         })
         .collect();
     let situation = Situation {

@@ -1,6 +1,6 @@
 //! `/v1/connections`: read, create and update connections.
 
-use axum::{Extension, Json, extract::State, http::StatusCode};
+use axum::{Extension, Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -157,9 +157,10 @@ pub struct SimulateBody {
               (status = 503, body = ErrorBody)))]
 pub async fn simulate(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     ApiPath((pool, identifier)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<SimulateBody>,
-) -> Result<Json<SimulationView>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let since = body.since.unwrap_or_else(|| "30d".to_owned());
     let window = humantime::parse_duration(since.trim())
         .ok()
@@ -174,11 +175,17 @@ pub async fn simulate(
     // One simulation at a time: each holds a database connection of the admin API's for its
     // whole run.
     let Ok(_slot) = state.limits.simulations.clone().try_acquire_owned() else {
-        return Err(ApiError::new(
+        let mut response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             "another simulation is running; retry when it is done",
-        ));
+        )
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return Ok(response);
     };
     // Give up a little before the request's own deadline, with an answer that says why.
     let limit = state.limits.timeout.mul_f64(0.9);
@@ -192,7 +199,7 @@ pub async fn simulate(
             limit,
         )
         .await?;
-    Ok(Json(SimulationView {
+    let view = SimulationView {
         since: since.trim().to_owned(),
         logins: simulated.logins,
         rows: simulated
@@ -200,5 +207,7 @@ pub async fn simulate(
             .into_iter()
             .map(SimulationRow::from)
             .collect(),
-    }))
+    };
+    // External ids are often emails (OIDC subjects, SAML name ids): viewers see them masked.
+    Ok(super::as_seen_by(&actor, view, &[]).into_response())
 }

@@ -65,7 +65,12 @@ pub async fn stats(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<StatsQuery>,
 ) -> Result<Json<DecisionStatsView>, ApiError> {
+    // The query reads every decision of the window: bounded below the request's own deadline.
+    let limit = state.limits.timeout.mul_f64(0.9);
     Ok(Json(
-        state.admin.decision_stats(q.hours.unwrap_or(24)).await?,
+        state
+            .admin
+            .decision_stats(q.hours.unwrap_or(24), limit)
+            .await?,
     ))
 }

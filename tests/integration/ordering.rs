@@ -167,22 +167,18 @@ async fn relay_connection(services: &Services) -> bool {
     relay_connection_name(services).await.is_some()
 }
 
-/// The management API's name of the relay's connection, once listed.
+/// The management API's name of the relay's connection, once listed (its client names it
+/// `identity-sync relay (pid N)`).
 async fn relay_connection_name(services: &Services) -> Option<String> {
-    let http = reqwest::Client::new();
-    let api = rabbit_api();
-    let connections: Vec<Value> = http
-        .get(format!("{api}/vhosts/{}/connections", services.vhost))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let connections = management_get(&format!("/vhosts/{}/connections", services.vhost)).await;
     connections
+        .as_array()?
         .iter()
-        .find(|c| c["client_properties"]["connection_name"] == "identity-sync relay")
+        .find(|c| {
+            c["client_properties"]["connection_name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("identity-sync relay "))
+        })
         .and_then(|c| c["name"].as_str().map(str::to_owned))
 }
 

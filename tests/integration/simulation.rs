@@ -141,8 +141,8 @@ fn column(result: &Value, side: &str) -> BTreeMap<String, u64> {
     counts
 }
 
-/// Every table's row count.
-async fn row_counts(db: &sqlx::PgPool) -> BTreeMap<String, i64> {
+/// Every table's row count and a digest of its contents.
+async fn row_counts(db: &sqlx::PgPool) -> BTreeMap<String, (i64, String)> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
     )
@@ -151,8 +151,14 @@ async fn row_counts(db: &sqlx::PgPool) -> BTreeMap<String, i64> {
     .unwrap();
     let mut counts = BTreeMap::new();
     for table in tables {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM \"{table}\""
+        // The relay refreshes its heartbeat in relay_origins on its own: counted, not digested.
+        let digest = if table == "relay_origins" {
+            "''"
+        } else {
+            "md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
+        };
+        let n: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), {digest} FROM \"{table}\" t"
         )))
         .fetch_one(db)
         .await
@@ -446,4 +452,109 @@ async fn only_the_latest_login_of_the_window_counts() {
                "rows": [{"from": "rejected", "to": "user_created", "count": 1,
                          "examples": ["new"]}]})
     );
+}
+
+#[tokio::test]
+async fn viewers_see_email_like_external_ids_masked() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let reply = broker
+        .login(&login(
+            "plain",
+            "ann.lee@corp.example",
+            json!({"username": "ann"}),
+        ))
+        .await;
+    assert_eq!(reply.outcome, Outcome::UserCreated);
+    let body = json!({"connection": {"association": "field_matching",
+                                     "match_fields": ["username"]}});
+    let path = "/v1/connections/pool-1/plain/simulate";
+    let (_, admin) = app.api().post(path, body.clone()).await;
+    assert_eq!(
+        admin["rows"][0]["examples"],
+        json!(["ann.lee@corp.example"])
+    );
+    let (status, viewer) = app.api_as(Some(VIEWER_TOKEN)).post(path, body).await;
+    assert_eq!(status, 200, "{viewer}");
+    assert_eq!(viewer["rows"][0]["examples"], json!(["a***@corp.example"]));
+    assert_eq!(viewer["rows"][0]["count"], 1);
+}
+
+#[tokio::test]
+async fn a_preview_is_bounded_in_time() {
+    let services = Services::with_keys("", &[("admin", "request_timeout = \"1s\"")]).await;
+    let db = services.migrate().await;
+    // A history too large to decide within 90% of a second here.
+    sqlx::query(
+        "INSERT INTO processed_events (source, event_id, outcome, user_pool_id, connection,
+                                       settings_version, external_id, profile)
+         SELECT 'urn:test', 'h-' || n, 'user_created', 'pool-1', 'plain', 1, 'h-' || n,
+                jsonb_build_object('email', 'h' || n || '@corp.example', 'email_verified', true)
+         FROM generate_series(1, 300000) AS n",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let app = TestApp::spawn(&services).await;
+    let (status, body) = app
+        .api()
+        .post(
+            "/v1/connections/pool-1/plain/simulate",
+            json!({"connection": {"association": "field_matching"}, "since": "30d"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(error_code(&body), "simulation_too_long");
+    assert_eq!(body["error"]["field"], "since");
+}
+
+#[tokio::test]
+async fn a_preview_meeting_too_many_accounts_is_refused() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    // A value 20,001 accounts share, and a login carrying it.
+    sqlx::query(
+        "INSERT INTO users (id, user_pool_id, username, attributes)
+         SELECT gen_random_uuid(), 'pool-1', 'd' || n, '{\"dept\": \"sales\"}'
+         FROM generate_series(1, 20001) AS n",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let reply = broker
+        .login(&login(
+            "asking",
+            "dept-1",
+            json!({"attributes": {"userid": "x", "dept": "sales"}}),
+        ))
+        .await;
+    assert_eq!(reply.outcome, Outcome::UserCreated);
+    let (status, body) = app
+        .api()
+        .post(
+            "/v1/connections/pool-1/asking/simulate",
+            json!({"connection": {"provider": "wecom", "association": "field_matching",
+                                  "match_fields": ["attributes.dept"],
+                                  "mapping": {"attributes.dept": "{attributes.dept}"},
+                                  "verified_fields": ["attributes.dept"]},
+                   "since": "1h"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(error_code(&body), "simulation_too_large");
+    assert_eq!(body["error"]["field"], "match_fields");
+    // Matching on what tells people apart is decided.
+    let (status, body) = app
+        .api()
+        .post(
+            "/v1/connections/pool-1/asking/simulate",
+            json!({"connection": {"provider": "wecom", "association": "field_matching"},
+                   "since": "1h"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["logins"], 1);
 }
