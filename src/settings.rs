@@ -195,6 +195,9 @@ pub struct WorkerSettings {
     pub max_message_bytes: usize,
     /// Most login events decided in one database transaction.
     pub batch_size: usize,
+    /// Batches of logins decided at once, each in a transaction (and a database connection) of
+    /// its own: while one commits, the next is read and decided.
+    pub concurrent_batches: usize,
     /// Longest wait between retries of a transient failure (database or broker unavailable).
     #[serde(deserialize_with = "duration")]
     pub max_retry_delay: Duration,
@@ -210,6 +213,7 @@ impl Default for WorkerSettings {
         Self {
             max_message_bytes: 65536,
             batch_size: 256,
+            concurrent_batches: 2,
             max_retry_delay: Duration::from_secs(5),
             dedupe_retention: None,
         }
@@ -353,6 +357,16 @@ impl Settings {
         }
         if self.worker.batch_size == 0 {
             return invalid("worker.batch_size must be at least 1".into());
+        }
+        // Each batch holds a connection; the relay, the background jobs and bursts need theirs.
+        let most = (self.database.max_connections as usize)
+            .saturating_sub(2)
+            .clamp(1, 16);
+        if !(1..=most).contains(&self.worker.concurrent_batches) {
+            return invalid(format!(
+                "worker.concurrent_batches must be from 1 to {most} (database.max_connections \
+                 less 2, at most 16)"
+            ));
         }
         if self.worker.max_message_bytes == 0 {
             return invalid("worker.max_message_bytes must be at least 1".into());
@@ -562,6 +576,20 @@ mod tests {
 
     fn error(toml: &str) -> String {
         load(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn concurrent_batches_leave_connections_for_the_rest() {
+        assert_eq!(load("").unwrap().worker.concurrent_batches, 2);
+        assert!(load("[worker]\nconcurrent_batches = 8").is_ok());
+        for bad in [
+            "[worker]\nconcurrent_batches = 0",
+            "[worker]\nconcurrent_batches = 9",
+            "[worker]\nconcurrent_batches = 3\n[database]\nmax_connections = 4",
+        ] {
+            let error = load(bad).unwrap_err().to_string();
+            assert!(error.contains("worker.concurrent_batches"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -50,6 +50,11 @@ impl Processor for Commands {
         1
     }
 
+    /// Commands are few, and each is answered before the next is taken.
+    fn concurrent_batches(_: &Settings) -> usize {
+        1
+    }
+
     fn decode(body: &[u8], max_bytes: usize) -> Result<CommandEvent, Rejection> {
         command::decode(body, max_bytes)
     }

@@ -32,6 +32,10 @@ impl Processor for Pipeline {
         settings.worker.batch_size
     }
 
+    fn concurrent_batches(settings: &Settings) -> usize {
+        settings.worker.concurrent_batches
+    }
+
     fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
         login::decode(body, max_bytes)
     }

@@ -10,9 +10,12 @@ mod logins;
 pub use commands::Commands;
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use tokio::task::JoinHandle;
 
 use futures_lite::{StreamExt, future::poll_once};
 use lapin::{
@@ -55,6 +58,8 @@ pub trait Processor: Send + Sync + 'static {
     fn prefetch(settings: &Settings) -> u16;
     /// Most messages processed per transaction.
     fn batch_size(settings: &Settings) -> usize;
+    /// Batches decided at once.
+    fn concurrent_batches(settings: &Settings) -> usize;
     /// Reads a body; a [`Rejection`] dead-letters the message.
     fn decode(body: &[u8], max_bytes: usize) -> Result<Self::Message, Rejection>;
     /// The message's id, for logs.
@@ -104,6 +109,14 @@ enum SessionError {
     Stopped,
 }
 
+/// A batch decided, waiting to be settled with the broker.
+struct Decided {
+    deliveries: Vec<Delivery>,
+    actions: Vec<Action>,
+    /// When the batch was taken from the consumer.
+    received: Instant,
+}
+
 /// Consumes one queue with a [`Processor`].
 pub struct Worker<P> {
     settings: Arc<Settings>,
@@ -132,6 +145,10 @@ impl<P: Processor> Worker<P> {
 
     /// Runs until the shutdown token is cancelled, reconnecting with backoff on any broker failure.
     pub async fn run(self) {
+        Arc::new(self).supervise().await
+    }
+
+    async fn supervise(self: Arc<Self>) {
         let mut backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
@@ -163,7 +180,7 @@ impl<P: Processor> Worker<P> {
         tracing::info!(consumer = P::CONSUMER.as_str(), "consumer stopped");
     }
 
-    async fn session(&self) -> Result<(), SessionError> {
+    async fn session(self: &Arc<Self>) -> Result<(), SessionError> {
         let amqp = &self.settings.amqp;
         let connection = connect(&amqp.url, P::CONSUMER.as_str()).await?;
         let tag = match P::CONSUMER {
@@ -235,26 +252,51 @@ impl<P: Processor> Worker<P> {
         Ok((channel, consumer))
     }
 
-    /// Handles deliveries in batches until a stop is requested or the session fails.
+    /// Handles deliveries in batches until a stop is requested or the session fails. Up to
+    /// `concurrent_batches` batches are decided at once, each in a task and a transaction of its
+    /// own (while one commits, the next is read and decided: a batch's round trips and its
+    /// commit's flush would otherwise leave the machine idle); they are settled with the broker
+    /// in the order they were taken, so that a multiple-ack never covers a delivery of a batch
+    /// still being decided. Conflicting logins of two batches serialise on their advisory locks
+    /// exactly as those of two worker processes do.
     async fn consume(
-        &self,
+        self: &Arc<Self>,
         consumer: &mut lapin::Consumer,
         settler: &mut Settler<'_>,
     ) -> Result<(), SessionError> {
         let batch_size = P::batch_size(&self.settings);
-        loop {
+        let depth = P::concurrent_batches(&self.settings).max(1);
+        let mut in_flight: VecDeque<JoinHandle<Result<Decided, SessionError>>> = VecDeque::new();
+        let result = loop {
+            // The oldest batch first: its acks must go before any later batch's.
+            if in_flight.len() >= depth {
+                let head = in_flight.pop_front().expect("a batch in flight");
+                if let Err(error) = self.settle(settler, head.await).await {
+                    break Err(error);
+                }
+                continue;
+            }
             if !self.wait_for_outbox().await {
-                return Ok(());
+                break Ok(());
             }
             let first = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = self.shutdown.cancelled() => break Ok(()),
+                done = async { in_flight.front_mut().expect("a batch in flight").await },
+                    if !in_flight.is_empty() =>
+                {
+                    in_flight.pop_front();
+                    if let Err(error) = self.settle(settler, done).await {
+                        break Err(error);
+                    }
+                    continue;
+                }
                 next = consumer.next() => next,
             };
             let first = match first {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => return Err(error.into()),
-                None => return Err(SessionError::ConsumerEnded),
+                Some(Err(error)) => break Err(error.into()),
+                None => break Err(SessionError::ConsumerEnded),
             };
             // Take what has already arrived, up to a batch; never wait for more.
             let mut batch = vec![first];
@@ -269,11 +311,52 @@ impl<P: Processor> Worker<P> {
                     _ => break,
                 }
             }
-            self.handle(settler, batch).await?;
+            let worker = self.clone();
+            in_flight.push_back(tokio::spawn(async move {
+                worker.decide_deliveries(batch).await
+            }));
             if let Some(error) = pending_error {
-                return Err(error.into());
+                break Err(error.into());
+            }
+        };
+        // Batches already taken are finished and settled, also when stopping: their decisions
+        // may be committed, and a graceful stop acknowledges what it decided.
+        let mut result = result;
+        while let Some(head) = in_flight.pop_front() {
+            let settled = self.settle(settler, head.await).await;
+            if result.is_ok() {
+                result = settled;
             }
         }
+        result
+    }
+
+    /// Settles a decided batch with the broker.
+    async fn settle(
+        &self,
+        settler: &mut Settler<'_>,
+        decided: Result<Result<Decided, SessionError>, tokio::task::JoinError>,
+    ) -> Result<(), SessionError> {
+        let decided = match decided {
+            Ok(decided) => decided?,
+            // A decision that panicked stops the process (its supervisor restarts it): its
+            // deliveries are redelivered and answered by their dedupe records.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => return Err(SessionError::Stopped),
+        };
+        let Decided {
+            deliveries,
+            actions,
+            received,
+        } = decided;
+        settler.apply(&deliveries, actions).await?;
+        let elapsed = received.elapsed().as_secs_f64();
+        if P::CONSUMER == Consumer::Logins {
+            for _ in 0..deliveries.len() {
+                self.metrics.processing_seconds.observe(elapsed);
+            }
+        }
+        Ok(())
     }
 
     /// Holds off while the outbox backlog is above `outbox.max_backlog` (a stalled downstream):
@@ -303,12 +386,8 @@ impl<P: Processor> Worker<P> {
         true
     }
 
-    /// Processes a batch of deliveries and settles each with the broker.
-    async fn handle(
-        &self,
-        settler: &mut Settler<'_>,
-        deliveries: Vec<Delivery>,
-    ) -> Result<(), SessionError> {
+    /// Decides a batch of deliveries: what to do with each.
+    async fn decide_deliveries(&self, deliveries: Vec<Delivery>) -> Result<Decided, SessionError> {
         let received = Instant::now();
         let span = tracing::debug_span!(
             "batch",
@@ -359,14 +438,11 @@ impl<P: Processor> Worker<P> {
                     }
                 })
                 .collect();
-            settler.apply(&deliveries, actions).await?;
-            let elapsed = received.elapsed().as_secs_f64();
-            if P::CONSUMER == Consumer::Logins {
-                for _ in 0..deliveries.len() {
-                    self.metrics.processing_seconds.observe(elapsed);
-                }
-            }
-            Ok(())
+            Ok(Decided {
+                deliveries,
+                actions,
+                received,
+            })
         }
         .instrument(span)
         .await
