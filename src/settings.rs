@@ -588,7 +588,10 @@ mod tests {
             "[worker]\nconcurrent_batches = 3\n[database]\nmax_connections = 4",
         ] {
             let error = load(bad).unwrap_err().to_string();
-            assert!(error.contains("worker.concurrent_batches"), "{bad}: {error}");
+            assert!(
+                error.contains("worker.concurrent_batches"),
+                "{bad}: {error}"
+            );
         }
     }
 
