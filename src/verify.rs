@@ -161,12 +161,12 @@ const CHECKS: &[Check] = &[
     },
     Check {
         invariant: "an outbox row left unpublished past the relay's bounds",
-        sql: "SELECT 'outbox row ' || id || ' (' || routing_key || ', ' ||
-                     extract(epoch FROM now() - created_at)::int || ' s old)'
-              FROM outbox
-              WHERE published_at IS NULL
-                AND created_at < now() - make_interval(secs => 2 * $2 + 60)
-                AND (next_attempt_at IS NULL OR next_attempt_at < now() - interval '60 seconds')",
+        sql: "SELECT 'outbox row ' || p.id || ' (' || o.routing_key || ', ' ||
+                     extract(epoch FROM now() - p.created_at)::int || ' s old)'
+              FROM outbox_pending p JOIN outbox o USING (id)
+              WHERE p.created_at < now() - make_interval(secs => 2 * $2 + 60)
+                AND (p.next_attempt_at IS NULL
+                     OR p.next_attempt_at < now() - interval '60 seconds')",
     },
     Check {
         invariant: "a subject's sequence behind its events",

@@ -45,6 +45,20 @@ pub async fn bounded<T>(
 /// others still run.
 pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest frame the broker is asked for, unless the URL names its own (`?frame_max=`).
+/// lapin keeps 32 frames of this size per connection for reading and as many for writing, so the
+/// broker's default of 128 KiB holds about 12 MiB per connection for messages of a few KiB; a
+/// larger body still passes, in several frames.
+pub const FRAME_MAX: u32 = 32 * 1024;
+
+/// `url` with [`FRAME_MAX`] asked for if it does not say; `None` if it does not parse (lapin then
+/// says why).
+fn with_frame_max(url: &str) -> Option<lapin::uri::AMQPUri> {
+    let mut uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Some(uri)
+}
+
 /// One connection per role (consumer, relay): a publisher throttled by the broker's flow control
 /// must not hold back the consumer's acks. With several nodes, each is tried in turn (see
 /// [`nodes::BrokerUrls::turn`]); the error is the last node's.
@@ -59,12 +73,13 @@ pub async fn connect(urls: &nodes::BrokerUrls, role: &str) -> lapin::Result<Conn
         let properties = ConnectionProperties::default().with_connection_name(
             format!("identity-sync {role} (pid {})", std::process::id()).into(),
         );
-        let attempt = bounded(
-            limit,
-            "connecting to the broker",
-            Connection::connect(url.expose_secret(), properties),
-        )
-        .await;
+        let connecting = async {
+            match with_frame_max(url.expose_secret()) {
+                Some(uri) => Connection::connect_uri(uri, properties).await,
+                None => Connection::connect(url.expose_secret(), properties).await,
+            }
+        };
+        let attempt = bounded(limit, "connecting to the broker", connecting).await;
         match attempt {
             Ok(connection) => {
                 urls.connected(role, index);
@@ -131,5 +146,14 @@ mod tests {
         );
         let done = bounded(Duration::from_secs(1), "publishing", async { Ok(7) }).await;
         assert_eq!(done.unwrap(), 7);
+    }
+
+    #[test]
+    fn frames_are_kept_small_unless_the_url_says() {
+        let uri = with_frame_max("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        let uri = with_frame_max("amqp://127.0.0.1:5672/%2f?frame_max=131072").unwrap();
+        assert_eq!(uri.query.frame_max, Some(131072));
+        assert!(with_frame_max("not a url").is_none());
     }
 }

@@ -182,9 +182,14 @@ pub async fn write(conn: &mut PgConnection, w: &BatchWrites<'_>) -> sqlx::Result
                     END,
                     clock_timestamp()
              FROM numbered ORDER BY n
-             RETURNING id, payload->>'sequence' AS sequence)
+             RETURNING id, created_at, payload->>'sequence' AS sequence),
+           -- Every row starts unpublished: its pending row goes when the broker has it.
+           pending AS (
+             INSERT INTO outbox_pending (id, origin, created_at)
+             SELECT id, $1, created_at FROM queued)
            -- Every part runs to completion whether or not it is read.
-           SELECT coalesce(jsonb_agg(q ORDER BY q.id), '[]') AS "stored!: Json<Vec<Stored>>"
+           SELECT coalesce(jsonb_agg(jsonb_build_object('id', q.id, 'sequence', q.sequence)
+                                     ORDER BY q.id), '[]') AS "stored!: Json<Vec<Stored>>"
            FROM queued q"#,
         w.origin,
         &w.users.ids,

@@ -123,8 +123,13 @@ pub async fn insert_many(
                     END,
                     clock_timestamp()
              FROM numbered ORDER BY n
-             RETURNING id, payload->>'sequence' AS sequence)
-           SELECT coalesce(jsonb_agg(q ORDER BY q.id), '[]') AS "stored!: Json<Vec<Stored>>"
+             RETURNING id, created_at, payload->>'sequence' AS sequence),
+           -- Every row starts unpublished: its pending row goes when the broker has it.
+           pending AS (
+             INSERT INTO outbox_pending (id, origin, created_at)
+             SELECT id, $1, created_at FROM queued)
+           SELECT coalesce(jsonb_agg(jsonb_build_object('id', q.id, 'sequence', q.sequence)
+                                     ORDER BY q.id), '[]') AS "stored!: Json<Vec<Stored>>"
            FROM queued q"#,
         origin,
         &kinds,
@@ -162,20 +167,19 @@ pub async fn claim(
 ) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as!(
         OutboxRow,
-        r#"SELECT id, kind AS "kind: OutboxKind", routing_key, message_id, correlation_id, payload,
-                  created_at
-           FROM outbox
-           WHERE published_at IS NULL
-             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-             AND ((origin = $1 AND next_attempt_at IS NOT NULL)
-                  OR (origin <> $1 AND created_at < now() - make_interval(secs => $2)
+        r#"SELECT p.id, o.kind AS "kind: OutboxKind", o.routing_key, o.message_id,
+                  o.correlation_id, o.payload, o.created_at
+           FROM outbox_pending p JOIN outbox o USING (id)
+           WHERE (p.next_attempt_at IS NULL OR p.next_attempt_at <= now())
+             AND ((p.origin = $1 AND p.next_attempt_at IS NOT NULL)
+                  OR (p.origin <> $1 AND p.created_at < now() - make_interval(secs => $2)
                       AND NOT EXISTS (
                         SELECT 1 FROM relay_origins r
-                        WHERE r.origin = outbox.origin
+                        WHERE r.origin = p.origin
                           AND r.seen_at > now() - make_interval(secs => $2))))
-           ORDER BY id
+           ORDER BY p.id
            LIMIT $3
-           FOR UPDATE SKIP LOCKED"#,
+           FOR UPDATE OF p SKIP LOCKED"#,
         origin,
         orphan_after_secs,
         limit
@@ -186,12 +190,9 @@ pub async fn claim(
 
 /// Which of `ids` are stored and unpublished.
 pub async fn unpublished_of(pool: &PgPool, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar!(
-        "SELECT id FROM outbox WHERE id = ANY($1) AND published_at IS NULL",
-        ids
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_scalar!("SELECT id FROM outbox_pending WHERE id = ANY($1)", ids)
+        .fetch_all(pool)
+        .await
 }
 
 /// Records that the relay of `origin` is alive; forgets origins not seen for a day.
@@ -236,17 +237,19 @@ impl Settled {
     }
 }
 
-/// Records a publish round in one statement. Losing it to a crash only means publishing again
-/// (with the same ids), so it may be committed without waiting for the disk. The four id sets are
-/// disjoint, so no row is changed twice.
+/// Records a publish round in one statement: published rows leave `outbox_pending` (events stay
+/// in `outbox` for replay, replies go), held rows are set aside. Losing it to a crash only means
+/// publishing again (with the same ids), so it may be committed without waiting for the disk. The
+/// four id sets are disjoint, so no row is changed twice.
 pub async fn settle(conn: &mut PgConnection, settled: &Settled) -> sqlx::Result<()> {
     sqlx::query!(
         r#"WITH published AS (
-             UPDATE outbox SET published_at = now(), unrouted = (id = ANY($2))
-             WHERE id = ANY($1) OR id = ANY($2)),
+             DELETE FROM outbox_pending WHERE id = ANY($1) OR id = ANY($2) OR id = ANY($3)),
+           unrouted AS (
+             UPDATE outbox SET unrouted = true WHERE id = ANY($2)),
            removed AS (
              DELETE FROM outbox WHERE id = ANY($3))
-           UPDATE outbox SET attempts = attempts + 1,
+           UPDATE outbox_pending SET attempts = attempts + 1,
                   next_attempt_at = now() + least(make_interval(secs => 2.0 ^ least(attempts, 6)),
                                                   interval '60 seconds')
            WHERE id = ANY($4)"#,
@@ -262,7 +265,7 @@ pub async fn settle(conn: &mut PgConnection, settled: &Settled) -> sqlx::Result<
 
 /// Rows committed but not yet published.
 pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
-    let row = sqlx::query!(r#"SELECT count(*) AS "count!" FROM outbox WHERE published_at IS NULL"#)
+    let row = sqlx::query!(r#"SELECT count(*) AS "count!" FROM outbox_pending"#)
         .fetch_one(pool)
         .await?;
     Ok(row.count)
@@ -272,8 +275,9 @@ pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
 pub async fn prune_events(pool: &PgPool, before: DateTime<Utc>, limit: i64) -> sqlx::Result<u64> {
     let done = sqlx::query!(
         r#"DELETE FROM outbox WHERE id IN (
-               SELECT id FROM outbox
-               WHERE kind = 'event' AND published_at IS NOT NULL AND created_at < $1
+               SELECT id FROM outbox o
+               WHERE kind = 'event' AND created_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.id = o.id)
                ORDER BY id LIMIT $2)"#,
         before,
         limit

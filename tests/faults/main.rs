@@ -262,12 +262,14 @@ async fn broker_restarts_while_events_flow() {
                 .await
                 .unwrap();
             wait_until(WAIT * 2, || async {
-                let published: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at > $1")
-                        .bind(back)
-                        .fetch_one(&db)
-                        .await
-                        .unwrap();
+                let published: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM outbox o WHERE created_at > $1
+                           AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.id = o.id)",
+                )
+                .bind(back)
+                .fetch_one(&db)
+                .await
+                .unwrap();
                 published > 0
             })
             .await

@@ -123,11 +123,7 @@ async fn a_crash_between_commit_and_ack_is_answered_by_the_dedupe_record_and_the
     let committed = count(&db, "SELECT count(*) FROM processed_events").await;
     assert!(committed > 0, "the batch was committed");
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-        )
-        .await,
+        count(&db, "SELECT count(*) FROM outbox_pending").await,
         committed,
         "its events were never published"
     );

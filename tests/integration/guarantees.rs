@@ -183,7 +183,7 @@ async fn an_event_the_broker_refuses_does_not_hold_back_the_events_behind_it() {
     wait_until(WAIT, || async {
         count(
             &db,
-            "SELECT count(*) FROM outbox WHERE attempts > 0 AND published_at IS NULL",
+            "SELECT count(*) FROM outbox_pending WHERE attempts > 0",
         )
         .await
             == 1
@@ -251,11 +251,7 @@ async fn a_graceful_stop_finishes_the_batch_in_flight() {
         "nothing decided was left unacknowledged"
     );
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-        )
-        .await,
+        count(&db, "SELECT count(*) FROM outbox_pending").await,
         0,
         "and its events were published"
     );

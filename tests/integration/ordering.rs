@@ -118,11 +118,7 @@ async fn events_arrive_in_commit_order_when_the_relay_falls_behind() {
     })
     .await
     .expect("the worker decided everything meanwhile");
-    let behind = count(
-        &db,
-        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-    )
-    .await;
+    let behind = count(&db, "SELECT count(*) FROM outbox_pending").await;
     assert!(behind > 2500, "the relay fell {behind} rows behind");
     set_connection_limit(&services, None).await;
 
@@ -281,14 +277,7 @@ async fn events_arrive_in_commit_order_when_the_relays_connection_is_cut() {
         ) >= 2.0
     );
     // Nothing left unpublished.
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-        )
-        .await,
-        0
-    );
+    assert_eq!(count(&db, "SELECT count(*) FROM outbox_pending").await, 0);
     app.stop().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
@@ -319,4 +308,35 @@ async fn batches_decided_at_once_keep_each_subjects_events_in_order() {
         + count(&db, "SELECT count(*) FROM bindings").await;
     assert_eq!(check_sequences(&events) as i64, subjects);
     assert!(subjects >= 1500, "{subjects}");
+}
+
+#[tokio::test]
+async fn the_workers_connections_ask_for_small_frames() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let frames = || async {
+        let connections = management_get(&format!("/vhosts/{}/connections", services.vhost)).await;
+        connections
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("identity-sync "))
+            })
+            .map(|c| c["frame_max"].as_u64())
+            .collect::<Vec<_>>()
+    };
+    wait_until(WAIT, || async { frames().await.len() >= 2 })
+        .await
+        .expect("the consumer's and the relay's connections listed");
+    let frames = frames().await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| *f == Some(u64::from(identity_sync::amqp::FRAME_MAX))),
+        "{frames:?}"
+    );
+    app.stop().await;
 }

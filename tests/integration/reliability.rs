@@ -316,11 +316,7 @@ async fn a_stalled_downstream_throttles_consumption_and_drains_later() {
     .expect("consumption paused");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let decided_while_stalled = count(&db, "SELECT count(*) FROM processed_events").await;
-    let backlog_while_stalled = count(
-        &db,
-        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-    )
-    .await;
+    let backlog_while_stalled = count(&db, "SELECT count(*) FROM outbox_pending").await;
     assert!(
         decided_while_stalled < sent as i64,
         "throttled: {decided_while_stalled} decided"
@@ -612,14 +608,19 @@ async fn published_events_are_replayed_with_their_ids_and_pruned_after_retention
     sqlx::raw_sql(
         r#"UPDATE outbox SET created_at = now() - interval '2 hours'
              WHERE id <> (SELECT max(id) FROM outbox WHERE kind = 'event');
-           INSERT INTO outbox (origin, kind, routing_key, message_id, payload, created_at,
-                               next_attempt_at)
-             VALUES (gen_random_uuid(), 'event', 'user.created', gen_random_uuid(), '{}',
-                     now() - interval '2 hours', now() + interval '1 day');
+           WITH held AS (
+             INSERT INTO outbox (origin, kind, routing_key, message_id, payload, created_at)
+               VALUES (gen_random_uuid(), 'event', 'user.created', gen_random_uuid(), '{}',
+                       now() - interval '2 hours')
+               RETURNING id, origin, created_at)
+           INSERT INTO outbox_pending (id, origin, created_at, next_attempt_at)
+             SELECT id, origin, created_at, now() + interval '1 day' FROM held;
            UPDATE processed_events SET processed_at = now() - interval '2 hours'
              WHERE event_id <> (SELECT payload -> 'data' ->> 'cause_event_id' FROM outbox
-                                WHERE id = (SELECT max(id) FROM outbox
-                                            WHERE kind = 'event' AND published_at IS NOT NULL));"#,
+                                WHERE id = (SELECT max(id) FROM outbox o
+                                            WHERE kind = 'event' AND NOT EXISTS (
+                                              SELECT 1 FROM outbox_pending p
+                                              WHERE p.id = o.id)));"#,
     )
     .execute(&db)
     .await
@@ -644,7 +645,8 @@ async fn published_events_are_replayed_with_their_ids_and_pruned_after_retention
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"
+            "SELECT count(*) FROM outbox o
+             WHERE NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.id = o.id)"
         )
         .await,
         1,
@@ -653,7 +655,7 @@ async fn published_events_are_replayed_with_their_ids_and_pruned_after_retention
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            "SELECT count(*) FROM outbox_pending p JOIN outbox o USING (id)"
         )
         .await,
         1,
@@ -670,6 +672,64 @@ async fn published_events_are_replayed_with_their_ids_and_pruned_after_retention
     );
     assert_eq!(count(&db, "SELECT count(*) FROM bindings").await, bindings);
     let _ = QueueBindOptions::default();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rows_waiting_at_the_upgrade_are_published_after_it() {
+    // A database at the schema before publication state had a table of its own, holding an event
+    // the broker refused twice (due again) and one already published.
+    let services = Services::new().await;
+    let mut broker = Broker::connect(&services).await;
+    <sqlx::Postgres as sqlx::migrate::MigrateDatabase>::create_database(&services.db_url)
+        .await
+        .unwrap();
+    let db = services.db().await;
+    identity_sync::db::MIGRATOR
+        .run_to(20261203000015, &db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        r#"INSERT INTO outbox (origin, kind, routing_key, message_id, payload, created_at,
+                               published_at, attempts, next_attempt_at)
+           VALUES (gen_random_uuid(), 'event', 'user.created', gen_random_uuid(),
+                   '{"id": "waiting"}', now() - interval '1 hour', NULL, 2,
+                   now() - interval '1 second'),
+                  (gen_random_uuid(), 'event', 'user.created', gen_random_uuid(),
+                   '{"id": "published"}', now() - interval '1 hour',
+                   now() - interval '59 minutes', 0, NULL);"#,
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+
+    identity_sync::db::MIGRATOR.run(&db).await.unwrap();
+    let pending: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT o.payload ->> 'id', p.attempts FROM outbox_pending p JOIN outbox o USING (id)",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(pending, vec![("waiting".to_owned(), 2)], "carried over");
+
+    let app = TestApp::spawn(&services).await;
+    outbox_drained(&db, WAIT, "the waiting row published").await;
+    let published: Vec<Value> = broker
+        .drain_events(Duration::from_secs(1))
+        .await
+        .into_iter()
+        .map(|e| e.body["id"].clone())
+        .collect();
+    assert_eq!(
+        published,
+        vec![json!("waiting")],
+        "published once, the other not again"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox").await,
+        2,
+        "both kept for replay"
+    );
     app.stop().await;
 }
 

@@ -280,10 +280,9 @@ async fn wait_until_drained(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     loop {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(db)
-                .await?;
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
+            .fetch_one(db)
+            .await?;
         if left == 0 {
             break;
         }

@@ -19,7 +19,7 @@ use crate::services::Services;
 /// expected otherwise.
 pub async fn outbox_drained(db: &PgPool, limit: Duration, what: &str) {
     wait_until(limit, || async {
-        crate::data::count(db, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await == 0
+        crate::data::count(db, "SELECT count(*) FROM outbox_pending").await == 0
     })
     .await
     .expect(what);
