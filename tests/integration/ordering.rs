@@ -232,7 +232,9 @@ async fn events_arrive_in_commit_order_when_the_relays_connection_is_cut() {
             }
         })
     };
-    // Cut the relay's connection in the middle of the stream, twice.
+    // Cut the relay's connection in the middle of the stream, twice: from the 800th and the
+    // 2,400th event on, at the first event after which the management API lists the relay's
+    // connection (a new connection is listed once its statistics are in).
     let mut events = Vec::new();
     let mut cuts = 0;
     let mut distinct = HashSet::new();
@@ -242,9 +244,10 @@ async fn events_arrive_in_commit_order_when_the_relays_connection_is_cut() {
         };
         distinct.insert(id_of(&event.body));
         events.push(event.body);
-        if (distinct.len() == 800 || distinct.len() == 2400)
-            && cut_relay_connection(&services).await
-        {
+        let due = [800, 2400]
+            .get(cuts)
+            .is_some_and(|at| distinct.len() >= *at);
+        if due && distinct.len() < 3800 && cut_relay_connection(&services).await {
             cuts += 1;
         }
     }
