@@ -166,18 +166,28 @@ async fn relay_connection(services: &Services) -> bool {
     relay_connection_name(services).await.is_some()
 }
 
-/// The management API's name of the relay's connection, once listed (its client names it
-/// `identity-sync relay (pid N)`).
-async fn relay_connection_name(services: &Services) -> Option<String> {
+/// The management API's view of the test vhost's connections whose client named them starting
+/// with `prefix` (the worker names them `identity-sync <role> (pid N)`), once listed.
+async fn connections_named(services: &Services, prefix: &str) -> Vec<Value> {
     let connections = management_get(&format!("/vhosts/{}/connections", services.vhost)).await;
     connections
-        .as_array()?
-        .iter()
-        .find(|c| {
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
             c["client_properties"]["connection_name"]
                 .as_str()
-                .is_some_and(|n| n.starts_with("identity-sync relay "))
+                .is_some_and(|n| n.starts_with(prefix))
         })
+        .cloned()
+        .collect()
+}
+
+/// The management API's name of the relay's connection, once listed.
+async fn relay_connection_name(services: &Services) -> Option<String> {
+    connections_named(services, "identity-sync relay ")
+        .await
+        .first()
         .and_then(|c| c["name"].as_str().map(str::to_owned))
 }
 
@@ -318,16 +328,9 @@ async fn the_workers_connections_ask_for_small_frames() {
     let services = Services::new().await;
     let app = TestApp::spawn(&services).await;
     let frames = || async {
-        let connections = management_get(&format!("/vhosts/{}/connections", services.vhost)).await;
-        connections
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| {
-                c["client_properties"]["connection_name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("identity-sync "))
-            })
+        connections_named(&services, "identity-sync ")
+            .await
+            .iter()
             .map(|c| c["frame_max"].as_u64())
             .collect::<Vec<_>>()
     };
