@@ -101,6 +101,8 @@ metrics! {
         "Messages whose reply_to was not a reply queue: processed, but not answered";
     outbox_republished: Counter = Counter::default(), "outbox_republished",
         "Outbox rows published again because a broker session ended before confirming them";
+    outbox_vacuums: Counter = Counter::default(), "outbox_vacuums",
+        "Vacuums of outbox_pending run by the relay (one per 5,000 rows it published)";
     dead_letter_fallbacks: Counter = Counter::default(), "dead_letter_fallbacks",
         "Dead letters the broker refused to take from the worker, rejected for the queue's \
          own dead-lettering instead";

@@ -16,7 +16,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -43,6 +46,10 @@ use crate::{
 const IN_FLIGHT_ROUNDS: usize = 32;
 /// Sessions in a row a row may end unconfirmed before it is set aside.
 const POISON_SESSIONS: u32 = 5;
+/// Rows removed from `outbox_pending` after which the relay vacuums it: autovacuum looks at a
+/// table once a minute at best (and may be off), and a minute at full speed leaves hundreds of
+/// thousands of dead rows in a table that holds a few hundred live ones.
+const VACUUM_AFTER_REMOVED: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -139,6 +146,38 @@ pub struct Relay {
     health: Health,
     /// Cancelled after the worker has stopped: the relay then publishes what is left and exits.
     stop: CancellationToken,
+    vacuum: PendingVacuum,
+}
+
+/// Counts the rows the relay removed from `outbox_pending` and vacuums the table every
+/// `VACUUM_AFTER_REMOVED` of them, in a task of its own, one vacuum at a time.
+#[derive(Clone)]
+struct PendingVacuum {
+    pool: PgPool,
+    removed: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl PendingVacuum {
+    fn removed(&self, rows: usize) {
+        let rows = rows as u64;
+        let total = self.removed.fetch_add(rows, Ordering::Relaxed) + rows;
+        if total < VACUUM_AFTER_REMOVED || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.removed.fetch_sub(total, Ordering::Relaxed);
+        let this = self.clone();
+        tokio::spawn(async move {
+            match outbox::vacuum_pending(&this.pool).await {
+                Ok(()) => {
+                    this.metrics.outbox_vacuums.inc();
+                }
+                Err(error) => tracing::debug!(%error, "vacuuming outbox_pending failed"),
+            }
+            this.running.store(false, Ordering::Release);
+        });
+    }
 }
 
 impl Relay {
@@ -156,6 +195,12 @@ impl Relay {
             health: health.clone(),
             order: Arc::new(Mutex::new(())),
         };
+        let vacuum = PendingVacuum {
+            pool: pool.clone(),
+            removed: Arc::default(),
+            running: Arc::default(),
+            metrics: metrics.clone(),
+        };
         (
             Self {
                 settings,
@@ -167,6 +212,7 @@ impl Relay {
                 metrics,
                 health,
                 stop,
+                vacuum,
             },
             handoff,
         )
@@ -433,6 +479,7 @@ impl Relay {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             stop: self.stop.clone(),
+            vacuum: self.vacuum.clone(),
         }
     }
 
@@ -534,6 +581,7 @@ struct Settler {
     metrics: Metrics,
     health: Health,
     stop: CancellationToken,
+    vacuum: PendingVacuum,
 }
 
 /// Settles rounds until the publishing side stops. Returns the rows it could not confirm (in
@@ -684,8 +732,10 @@ impl Settler {
         }
     }
 
+    /// Counts a settled round, whose published rows left `outbox_pending`.
     fn account(&self, settled: &Settled) {
         self.health.add_outbox_backlog(-(settled.done() as i64));
+        self.vacuum.removed(settled.done());
         let events = (settled.published.len() + settled.unrouted.len()) as u64;
         if events > 0 {
             self.metrics

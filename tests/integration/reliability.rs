@@ -357,6 +357,57 @@ async fn a_stalled_downstream_throttles_consumption_and_drains_later() {
     app.stop().await;
 }
 
+/// Every published row leaves a dead row in `outbox_pending`; the relay vacuums the table itself
+/// every 5,000 of them instead of waiting for autovacuum (this machine's PostgreSQL may run with
+/// it off, and at its best it looks once a minute).
+#[tokio::test]
+async fn the_relay_vacuums_its_pending_rows_itself() {
+    let services = Services::new().await;
+    let broker = Broker::connect(&services).await;
+    let app = TestApp::spawn(&services).await;
+    let db = services.db().await;
+    let vacuums = |db: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox_pending'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(vacuums(db.clone()).await, 0);
+
+    // One `user.created` per login: 5,100 rows published, past one vacuum's worth.
+    let sent = 5_100;
+    for n in 0..sent {
+        broker
+            .send(&login("plain", &format!("v-{n}"), json!({})))
+            .await;
+    }
+    wait_until(Duration::from_secs(120), || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == sent
+    })
+    .await
+    .expect("every login decided");
+    outbox_drained(&db, WAIT, "every event published").await;
+    wait_until(WAIT, || async {
+        app.metric("idsync_outbox_vacuums_total").await >= 1.0
+    })
+    .await
+    .expect("the relay vacuumed outbox_pending");
+    // The server's own count (manual vacuums, not autovacuum's), reported within moments.
+    wait_until(WAIT, || async { vacuums(db.clone()).await >= 1 })
+        .await
+        .expect("the server counted the vacuum");
+    let dead: i64 = sqlx::query_scalar(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox_pending'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(dead < 5_000, "{dead} dead rows left in outbox_pending");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn only_trusted_publishers_are_heard() {
     let services = Services::new().await;
