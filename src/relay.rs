@@ -29,7 +29,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::ShortString,
 };
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction, pool::PoolConnection};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -480,6 +480,7 @@ impl Relay {
             health: self.health.clone(),
             stop: self.stop.clone(),
             vacuum: self.vacuum.clone(),
+            connection: None,
         }
     }
 
@@ -582,12 +583,15 @@ struct Settler {
     health: Health,
     stop: CancellationToken,
     vacuum: PendingVacuum,
+    /// The connection rounds are marked on, kept from one round to the next while it works: the
+    /// pool tests a connection with a round trip each time it takes one back.
+    connection: Option<PoolConnection<Postgres>>,
 }
 
 /// Settles rounds until the publishing side stops. Returns the rows it could not confirm (in
 /// publish order), and the session's failure if a confirm failed or timed out.
 async fn settle_in_order(
-    settler: Settler,
+    mut settler: Settler,
     mut rounds: mpsc::Receiver<InFlight>,
     broken: CancellationToken,
 ) -> (Vec<OutboxRow>, Result<(), RelayError>) {
@@ -704,15 +708,22 @@ impl Settler {
     /// Records a settled round, retrying while the database is away: the rows are published
     /// and must not be published again. Given up only at stop (then they are published again
     /// by whoever adopts them: the same ids).
-    async fn mark(&self, settled: &Settled) {
+    async fn mark(&mut self, settled: &Settled) {
         if settled.done() + settled.held.len() == 0 {
             return;
         }
         let mut backoff = crate::retry::delays(self.settings.worker.max_retry_delay);
         loop {
             let marked = async {
-                let mut conn = self.pool.acquire().await?;
-                outbox::settle(&mut conn, settled).await
+                let mut connection = match self.connection.take() {
+                    Some(connection) => connection,
+                    None => self.pool.acquire().await?,
+                };
+                outbox::settle(&mut connection, settled).await?;
+                // Kept only once it worked: a failed one goes back to the pool, which closes
+                // it if it is broken.
+                self.connection = Some(connection);
+                Ok::<_, sqlx::Error>(())
             };
             match marked.await {
                 Ok(()) => return,

@@ -5,11 +5,14 @@
 
 mod state;
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres, pool::PoolConnection};
 use uuid::Uuid;
 
 use crate::db::{
@@ -67,7 +70,12 @@ pub struct Pipeline {
     origin: Uuid,
     /// Commits and passes the outbox rows to the relay.
     handoff: Handoff,
+    /// Connections kept between batches (see [`Pipeline::connection`]).
+    kept: Arc<Mutex<Vec<PoolConnection<Postgres>>>>,
 }
+
+/// Connections kept between batches: as many as batches run side by side, normally.
+const KEPT_CONNECTIONS: usize = 8;
 
 impl Pipeline {
     pub fn new(pool: PgPool, origin: Uuid, handoff: Handoff) -> Self {
@@ -75,6 +83,27 @@ impl Pipeline {
             pool,
             origin,
             handoff,
+            kept: Arc::default(),
+        }
+    }
+
+    /// A connection for a batch: one a batch before this one committed on, or one from the pool.
+    /// The pool tests a connection with a round trip each time it takes one back, which a batch
+    /// of a handful of logins would pay for as much as for one of its statements; a connection
+    /// that failed is not kept (it goes back to the pool, which tests it and closes it if
+    /// broken).
+    async fn connection(&self) -> sqlx::Result<PoolConnection<Postgres>> {
+        let kept = self.kept.lock().expect("not poisoned").pop();
+        match kept {
+            Some(connection) => Ok(connection),
+            None => self.pool.acquire().await,
+        }
+    }
+
+    fn keep(&self, connection: PoolConnection<Postgres>) {
+        let mut kept = self.kept.lock().expect("not poisoned");
+        if kept.len() < KEPT_CONNECTIONS {
+            kept.push(connection);
         }
     }
 
@@ -85,9 +114,11 @@ impl Pipeline {
     /// Decides `batch` in one transaction, in order, and hands its events and replies to the
     /// relay. On error nothing is committed.
     pub async fn process(&self, batch: &[Inbound]) -> sqlx::Result<Vec<Verdict>> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.connection().await?;
+        let mut tx = connection.begin().await?;
         let processed = decide_batch(&mut tx, self.origin, batch, Utc::now()).await?;
         self.handoff.commit(tx, processed.outbox).await?;
+        self.keep(connection);
         Ok(processed.verdicts)
     }
 }

@@ -259,6 +259,11 @@ impl<P: Processor> Worker<P> {
     /// in the order they were taken, so that a multiple-ack never covers a delivery of a batch
     /// still being decided. Conflicting logins of two batches serialise on their advisory locks
     /// exactly as those of two worker processes do.
+    ///
+    /// While a batch is being decided, the deliveries that arrive fill the next one, which starts
+    /// when it is full (a backlog: batches side by side) or when no batch is left in flight. A
+    /// trickle of logins is then decided in batches of what arrived meanwhile rather than in
+    /// many batches of one or two, each paying the round trips of a whole transaction.
     async fn consume(
         self: &Arc<Self>,
         consumer: &mut lapin::Consumer,
@@ -267,6 +272,8 @@ impl<P: Processor> Worker<P> {
         let batch_size = P::batch_size(&self.settings);
         let depth = P::concurrent_batches(&self.settings).max(1);
         let mut in_flight: VecDeque<JoinHandle<Result<Decided, SessionError>>> = VecDeque::new();
+        // The next batch, filling.
+        let mut next: Vec<Delivery> = Vec::with_capacity(batch_size);
         let result = loop {
             // The oldest batch first: its acks must go before any later batch's.
             if in_flight.len() >= depth {
@@ -274,6 +281,14 @@ impl<P: Processor> Worker<P> {
                 if let Err(error) = self.settle(settler, head.await).await {
                     break Err(error);
                 }
+                continue;
+            }
+            if next.len() >= batch_size || (in_flight.is_empty() && !next.is_empty()) {
+                let batch = std::mem::replace(&mut next, Vec::with_capacity(batch_size));
+                let worker = self.clone();
+                in_flight.push_back(tokio::spawn(async move {
+                    worker.decide_deliveries(batch).await
+                }));
                 continue;
             }
             if !self.wait_for_outbox().await {
@@ -291,19 +306,18 @@ impl<P: Processor> Worker<P> {
                     }
                     continue;
                 }
-                next = consumer.next() => next,
+                delivery = consumer.next() => delivery,
             };
-            let first = match first {
-                Some(Ok(delivery)) => delivery,
+            match first {
+                Some(Ok(delivery)) => next.push(delivery),
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(SessionError::ConsumerEnded),
-            };
+            }
             // Take what has already arrived, up to a batch; never wait for more.
-            let mut batch = vec![first];
             let mut pending_error = None;
-            while batch.len() < batch_size {
+            while next.len() < batch_size {
                 match poll_once(consumer.next()).await {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Ok(delivery))) => next.push(delivery),
                     Some(Some(Err(error))) => {
                         pending_error = Some(error);
                         break;
@@ -311,16 +325,13 @@ impl<P: Processor> Worker<P> {
                     _ => break,
                 }
             }
-            let worker = self.clone();
-            in_flight.push_back(tokio::spawn(async move {
-                worker.decide_deliveries(batch).await
-            }));
             if let Some(error) = pending_error {
                 break Err(error.into());
             }
         };
         // Batches already taken are finished and settled, also when stopping: their decisions
-        // may be committed, and a graceful stop acknowledges what it decided.
+        // may be committed, and a graceful stop acknowledges what it decided. Deliveries of the
+        // batch still filling were not decided: they go back to the queue with the channel.
         let mut result = result;
         while let Some(head) = in_flight.pop_front() {
             let settled = self.settle(settler, head.await).await;

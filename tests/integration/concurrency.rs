@@ -130,3 +130,75 @@ async fn a_held_email_goes_to_exactly_one_of_several_new_accounts() {
     first.stop().await;
     second.stop().await;
 }
+
+/// While a batch is being decided, what arrives fills the next batch, which starts side by side
+/// only once full; otherwise it waits for the batch in flight. The batch in flight is held here
+/// by the test taking its identity's lock first.
+#[tokio::test]
+async fn the_next_batch_fills_while_one_is_decided_and_starts_early_only_when_full() {
+    let services =
+        Services::with_keys("", &[("worker", "batch_size = 5\nconcurrent_batches = 2")]).await;
+    let broker = Broker::connect(&services).await;
+    let app = TestApp::spawn(&services).await;
+    let db = services.db().await;
+
+    // The worker's lock of the identity `held` (db::locks), taken by the test.
+    let mut holder = db.acquire().await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_lock(hashtextextended(
+             'identity' || chr(31) || $1 || chr(31) || 'plain' || chr(31) || 'held', 0))",
+    )
+    .bind(POOL)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    broker.send(&login("plain", "held", json!({}))).await;
+    wait_until(WAIT, || async {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .await
+            == 1
+    })
+    .await
+    .expect("the first batch waits for the lock");
+
+    // Twelve more: one full batch of five is decided beside the held one; the next full batch
+    // waits for a free place (two at once), the last two for a batch to finish.
+    for n in 0..12 {
+        broker
+            .send(&login("plain", &format!("next-{n}"), json!({})))
+            .await;
+    }
+    wait_until(WAIT, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == 5
+    })
+    .await
+    .expect("a full batch was decided beside the held one");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM processed_events").await,
+        5,
+        "nothing else starts while the held batch and a full one fill both places"
+    );
+
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    drop(holder);
+    wait_until(WAIT, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == 13
+    })
+    .await
+    .expect("every login decided once the lock is free");
+    // The held one, two full batches and the last two: four transactions.
+    assert_eq!(
+        app.metric("idsync_batch_size_count").await,
+        4.0,
+        "batches: {}",
+        app.metrics().await
+    );
+    app.stop().await;
+}
