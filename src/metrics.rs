@@ -101,6 +101,9 @@ metrics! {
         "Messages whose reply_to was not a reply queue: processed, but not answered";
     outbox_republished: Counter = Counter::default(), "outbox_republished",
         "Outbox rows published again because a broker session ended before confirming them";
+    replies_dropped: Counter = Counter::default(), "replies_dropped",
+        "Replies given up because publishing one broke the broker connection on its own (a \
+         reply_to the broker cannot decode)";
     outbox_vacuums: Counter = Counter::default(), "outbox_vacuums",
         "Vacuums of outbox_pending run by the relay (one per 5,000 rows it published)";
     dead_letter_fallbacks: Counter = Counter::default(), "dead_letter_fallbacks",

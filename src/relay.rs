@@ -30,12 +30,15 @@ use lapin::{
     types::ShortString,
 };
 use sqlx::{PgPool, Postgres, Transaction, pool::PoolConnection};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    amqp::{CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, json_properties},
+    amqp::{
+        CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect, json_properties,
+        replies::{OutgoingReply, ReplyOutcome, ReplyPublisher},
+    },
     db::outbox::{self, OutboxRow, Settled},
     health::Health,
     metrics::{KindLabel, Metrics},
@@ -147,6 +150,68 @@ pub struct Relay {
     /// Cancelled after the worker has stopped: the relay then publishes what is left and exits.
     stop: CancellationToken,
     vacuum: PendingVacuum,
+    /// The task publishing replies on a connection of its own (see `amqp::replies`).
+    replies: Replies,
+}
+
+/// Sends rounds of replies to the task that publishes them; each round's outcomes come back on
+/// a oneshot, in order.
+#[derive(Clone)]
+struct Replies(mpsc::UnboundedSender<(Vec<OutgoingReply>, oneshot::Sender<Vec<ReplyOutcome>>)>);
+
+impl Replies {
+    /// Starts the task; it ends when every sender is gone.
+    fn start(settings: &Settings, metrics: Metrics) -> Self {
+        let (sender, mut rounds) =
+            mpsc::unbounded_channel::<(Vec<OutgoingReply>, oneshot::Sender<Vec<ReplyOutcome>>)>();
+        let mut publisher =
+            ReplyPublisher::new(settings.amqp.url.clone(), "relay replies", metrics);
+        tokio::spawn(async move {
+            while let Some((replies, done)) = rounds.recv().await {
+                let _ = done.send(publisher.publish(&replies).await);
+            }
+            publisher.close().await;
+        });
+        Self(sender)
+    }
+
+    /// Publishes the reply rows among `rows`; the outcomes, one per reply row in order, arrive
+    /// on the receiver (closed if the task is gone: the replies were not sent).
+    fn send(&self, rows: &[OutboxRow]) -> Option<oneshot::Receiver<Vec<ReplyOutcome>>> {
+        let replies: Vec<OutgoingReply> = rows
+            .iter()
+            .filter(|row| row.kind == outbox::OutboxKind::Reply)
+            .map(|row| OutgoingReply {
+                to: row.routing_key.clone(),
+                correlation_id: row.correlation_id.clone(),
+                message_id: row.message_id.to_string(),
+                body: serde_json::to_vec(&row.payload).expect("json value serialises"),
+            })
+            .collect();
+        if replies.is_empty() {
+            return None;
+        }
+        let (done, outcomes) = oneshot::channel();
+        let _ = self.0.send((replies, done));
+        Some(outcomes)
+    }
+}
+
+/// The outcomes of a round's replies, once known; unsent if the task is gone.
+async fn reply_outcomes(
+    rows: &[OutboxRow],
+    outcomes: Option<oneshot::Receiver<Vec<ReplyOutcome>>>,
+) -> Vec<ReplyOutcome> {
+    let count = rows
+        .iter()
+        .filter(|row| row.kind == outbox::OutboxKind::Reply)
+        .count();
+    match outcomes {
+        Some(outcomes) => outcomes
+            .await
+            .unwrap_or_else(|_| vec![ReplyOutcome::Unsent; count]),
+        None => Vec::new(),
+    }
 }
 
 /// Counts the rows the relay removed from `outbox_pending` and vacuums the table every
@@ -195,6 +260,7 @@ impl Relay {
             health: health.clone(),
             order: Arc::new(Mutex::new(())),
         };
+        let replies = Replies::start(&settings, metrics.clone());
         let vacuum = PendingVacuum {
             pool: pool.clone(),
             removed: Arc::default(),
@@ -213,6 +279,7 @@ impl Relay {
                 health,
                 stop,
                 vacuum,
+                replies,
             },
             handoff,
         )
@@ -451,9 +518,14 @@ impl Relay {
         in_flight: &mpsc::Sender<InFlight>,
         rows: Vec<OutboxRow>,
     ) -> Result<(), RelayError> {
+        let replies = self.replies.send(&rows);
         let (confirms, failure) = publish_rows(channel, &self.settings, &rows).await;
         in_flight
-            .send(InFlight::Round { rows, confirms })
+            .send(InFlight::Round {
+                rows,
+                confirms,
+                replies,
+            })
             .await
             .map_err(|_| RelayError::SettlerStopped)?;
         match failure {
@@ -527,13 +599,15 @@ impl Relay {
             tx.commit().await?;
             return Ok(Round::default());
         }
+        let replies = self.replies.send(&rows);
         let (confirms, failure) = publish_rows(channel, &self.settings, &rows).await;
+        let replies = reply_outcomes(&rows, replies).await;
         if let Some(error) = failure {
             // Nothing is marked: the rows stay claimable.
             return Err(error);
         }
         let settler = self.settler();
-        let (settled, unconfirmed) = settler.confirmations(&rows, confirms, false).await;
+        let (settled, unconfirmed) = settler.confirmations(&rows, confirms, replies, false).await;
         if !unconfirmed.is_empty() {
             return Err(RelayError::ConfirmTimeout(outbox_settings.confirm_timeout));
         }
@@ -568,8 +642,10 @@ pub async fn heartbeat(pool: PgPool, origin: Uuid, interval: Duration, stop: Can
 enum InFlight {
     Round {
         rows: Vec<OutboxRow>,
-        /// One per row; `None` where the publish itself failed.
+        /// One per row; `None` where the publish itself failed, and for replies.
         confirms: Vec<Option<PublisherConfirm>>,
+        /// The outcomes of the round's replies, published on a connection of their own.
+        replies: Option<oneshot::Receiver<Vec<ReplyOutcome>>>,
     },
     /// Answered once every round before it has settled.
     Barrier(tokio::sync::oneshot::Sender<()>),
@@ -599,9 +675,15 @@ async fn settle_in_order(
     let mut failure = Ok(());
     while let Some(item) = rounds.recv().await {
         match item {
-            InFlight::Round { rows, confirms } => {
+            InFlight::Round {
+                rows,
+                confirms,
+                replies,
+            } => {
                 let gone = failure.is_err();
-                let (settled, unconfirmed) = settler.confirmations(&rows, confirms, gone).await;
+                let replies = reply_outcomes(&rows, replies).await;
+                let (settled, unconfirmed) =
+                    settler.confirmations(&rows, confirms, replies, gone).await;
                 if !unconfirmed.is_empty() && failure.is_ok() {
                     failure = Err(RelayError::ConfirmTimeout(
                         settler.settings.outbox.confirm_timeout,
@@ -633,12 +715,23 @@ impl Settler {
         &self,
         rows: &[OutboxRow],
         confirms: Vec<Option<PublisherConfirm>>,
+        replies: Vec<ReplyOutcome>,
         mut broken: bool,
     ) -> (Settled, Vec<usize>) {
         let mut settled = Settled::default();
         let mut unconfirmed = Vec::new();
         let timeout = self.settings.outbox.confirm_timeout;
+        let mut replies = replies.into_iter();
         for (i, (row, confirm)) in rows.iter().zip(confirms).enumerate() {
+            if row.kind == outbox::OutboxKind::Reply {
+                // Delivered, or given up after breaking a connection on its own: gone either
+                // way. Unsent (no connection for replies): set aside and tried again.
+                match replies.next().unwrap_or(ReplyOutcome::Unsent) {
+                    ReplyOutcome::Delivered | ReplyOutcome::Dropped => settled.replies.push(row.id),
+                    ReplyOutcome::Unsent => settled.held.push(row.id),
+                }
+                continue;
+            }
             let Some(confirm) = confirm else {
                 unconfirmed.push(i);
                 continue;
@@ -666,21 +759,12 @@ impl Settler {
                 unconfirmed.push(i);
                 continue;
             };
-            let is_event = row.kind == outbox::OutboxKind::Event;
             match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {
-                    if is_event {
-                        settled.published.push(row.id)
-                    } else {
-                        settled.replies.push(row.id)
-                    }
+                    settled.published.push(row.id)
                 }
                 Confirmation::Ack(Some(_)) => {
-                    if !is_event {
-                        // The requester is gone: nobody is left to read this reply.
-                        tracing::debug!(queue = %row.routing_key, "reply queue no longer exists");
-                        settled.replies.push(row.id);
-                    } else if self.settings.outbox.retry_unroutable {
+                    if self.settings.outbox.retry_unroutable {
                         settled.held.push(row.id);
                     } else {
                         tracing::debug!(event_type = %row.routing_key, event_id = %row.message_id, "unroutable event");
@@ -763,8 +847,9 @@ impl Settler {
     }
 }
 
-/// Publishes every row, pipelined; returns one confirm per row (`None` from the first publish
-/// that failed on), and that failure.
+/// Publishes every event row, pipelined; returns one confirm per row (`None` for replies, which
+/// go out on a connection of their own, and from the first publish that failed on), and that
+/// failure.
 async fn publish_rows(
     channel: &Channel,
     settings: &Settings,
@@ -773,33 +858,24 @@ async fn publish_rows(
     let mut confirms = Vec::with_capacity(rows.len());
     let mut failure = None;
     for row in rows {
-        if failure.is_some() {
+        if failure.is_some() || row.kind != outbox::OutboxKind::Event {
             confirms.push(None);
             continue;
         }
         let mut body = serde_json::to_vec(&row.payload).expect("json value serialises");
-        let mut properties = json_properties(&row.message_id.to_string());
-        let exchange = if row.kind == outbox::OutboxKind::Event {
-            properties = properties
-                .with_type(ShortString::from(row.routing_key.as_str()))
-                .with_timestamp(row.created_at.timestamp().max(0) as u64);
-            if settings.amqp.event_mode == EventMode::Binary {
-                let (headers, content_type, data) = crate::amqp::binary::split(&row.payload);
-                body = data;
-                properties = properties.with_headers(headers);
-                if let Some(content_type) = content_type {
-                    properties = properties.with_content_type(content_type.as_str().into());
-                }
+        let mut properties = json_properties(&row.message_id.to_string())
+            .with_type(ShortString::from(row.routing_key.as_str()))
+            .with_timestamp(row.created_at.timestamp().max(0) as u64);
+        if settings.amqp.event_mode == EventMode::Binary {
+            let (headers, content_type, data) = crate::amqp::binary::split(&row.payload);
+            body = data;
+            properties = properties.with_headers(headers);
+            if let Some(content_type) = content_type {
+                properties = properties.with_content_type(content_type.as_str().into());
             }
-            settings.amqp.events_exchange.as_str()
-        } else {
-            if let Some(correlation_id) = &row.correlation_id {
-                properties = properties.with_correlation_id(correlation_id.as_str().into());
-            }
-            ""
-        };
+        }
         let publish = channel.basic_publish(
-            exchange.into(),
+            settings.amqp.events_exchange.as_str().into(),
             row.routing_key.as_str().into(),
             BasicPublishOptions {
                 mandatory: true,

@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod nodes;
 pub mod properties;
+pub mod replies;
 pub(crate) mod settle;
 pub mod topology;
 

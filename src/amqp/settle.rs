@@ -19,7 +19,12 @@ use lapin::{
     types::ShortString,
 };
 
-use super::{OPERATION_TIMEOUT, bounded, properties};
+use super::{
+    OPERATION_TIMEOUT, bounded,
+    nodes::BrokerUrls,
+    properties,
+    replies::{OutgoingReply, ReplyPublisher},
+};
 use crate::{
     domain::{
         login::{Rejection, RejectionKind},
@@ -57,18 +62,21 @@ pub(crate) struct ErrorReply {
     pub body: Vec<u8>,
 }
 
-/// Settles deliveries for one consumer session. Dead letters and error replies go out on a
-/// confirm channel of the session's connection, opened again whenever the broker closed it.
+/// Settles deliveries for one consumer session. Dead letters go out on a confirm channel of the
+/// session's connection, opened again whenever the broker closed it; error replies on a
+/// connection of their own (their address is the publisher's choice: see `amqp::replies`).
 pub(crate) struct Settler<'a> {
     connection: &'a Connection,
     publisher: Option<Channel>,
     dead_letter_exchange: &'a str,
     metrics: &'a Metrics,
+    replies: ReplyPublisher,
 }
 
 impl<'a> Settler<'a> {
     pub fn new(
         connection: &'a Connection,
+        urls: &BrokerUrls,
         dead_letter_exchange: &'a str,
         metrics: &'a Metrics,
     ) -> Self {
@@ -77,7 +85,13 @@ impl<'a> Settler<'a> {
             publisher: None,
             dead_letter_exchange,
             metrics,
+            replies: ReplyPublisher::new(urls.clone(), "error replies", metrics.clone()),
         }
+    }
+
+    /// Closes the connection of error replies, if one was opened.
+    pub async fn close(&mut self) {
+        self.replies.close().await;
     }
 
     /// Applies `actions` (one per delivery, in order). An error means the consumer's channel is
@@ -175,14 +189,18 @@ impl<'a> Settler<'a> {
             })
             .inc();
         if let Some(reply) = &dead.reply {
-            let mut properties = properties::json(&uuid::Uuid::now_v7().to_string());
-            if let Some(correlation_id) = delivery.properties.correlation_id() {
-                properties = properties.with_correlation_id(correlation_id.clone());
-            }
             // The requester may be gone, or the name unknown: a reply is worth one try.
-            if let Err(error) = self.publish("", &reply.to, &reply.body, properties).await {
-                tracing::debug!(%error, "an error reply could not be published");
-            }
+            let reply = OutgoingReply {
+                to: reply.to.clone(),
+                correlation_id: delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.to_string()),
+                message_id: uuid::Uuid::now_v7().to_string(),
+                body: reply.body.clone(),
+            };
+            self.replies.publish(std::slice::from_ref(&reply)).await;
         }
         Ok(to_ack)
     }
@@ -209,13 +227,7 @@ impl<'a> Settler<'a> {
                 .await?
                 .await
         };
-        match bounded(
-            OPERATION_TIMEOUT,
-            "publishing a dead letter or reply",
-            publish,
-        )
-        .await
-        {
+        match bounded(OPERATION_TIMEOUT, "publishing a dead letter", publish).await {
             Ok(confirm) if confirm.is_ack() => Ok(()),
             Ok(_) => Err(lapin::Error::from(std::io::Error::other(
                 "the broker refused the publish (nack)",

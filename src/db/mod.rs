@@ -76,9 +76,7 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<PgPool, 
     };
     with_startup_retry(settings.startup_timeout, create).await?;
 
-    // The worker's statements run on a connection whose failure they retry (or are handed
-    // back): no test round trip before each use.
-    let pool_options = pool_options(settings.max_connections).test_before_acquire(false);
+    let pool_options = pool_options(settings.max_connections);
     let connect = || pool_options.clone().connect_with(options.clone());
     let pool = with_startup_retry(settings.startup_timeout, connect).await?;
     MIGRATOR.run(&pool).await?;
@@ -136,14 +134,12 @@ pub fn side_pool(
 /// A small pool for the outbox relay, whose writes (marking rows published) may be lost to a
 /// crash without harm (the rows are published again): its commits do not wait for the disk. One
 /// connection is kept by the task marking published rows, the others serve claims, counts,
-/// heartbeats and vacuums; every use retries a failure, so none is tested before use.
+/// heartbeats and vacuums.
 pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let options = connect_options(settings)?
         .application_name("identity-sync relay")
         .options([("synchronous_commit", "off"), GENERIC_PLANS]);
-    Ok(pool_options(3)
-        .test_before_acquire(false)
-        .connect_lazy_with(options))
+    Ok(pool_options(3).connect_lazy_with(options))
 }
 
 /// What a database error means for whoever met it: the one classification the worker and the

@@ -203,8 +203,14 @@ impl<P: Processor> Worker<P> {
             prefetch = P::prefetch(&self.settings),
             "consuming"
         );
-        let mut settler = Settler::new(&connection, &amqp.dead_letter_exchange, &self.metrics);
+        let mut settler = Settler::new(
+            &connection,
+            &amqp.url,
+            &amqp.dead_letter_exchange,
+            &self.metrics,
+        );
         let result = self.consume(&mut consumer, &mut settler).await;
+        settler.close().await;
 
         // Deliveries received but not handled go back to the queue when the channel closes.
         let close = async {

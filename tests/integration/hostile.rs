@@ -441,3 +441,58 @@ async fn one_client_address_cannot_take_every_connection() {
     );
     app.stop().await;
 }
+
+/// A `reply_to` shaped like a direct reply-to address that the broker cannot decode makes
+/// RabbitMQ close the connection that publishes to it (`INTERNAL_ERROR`). Anyone who may publish
+/// logins can set one, on a good login and on a malformed one (whose error reply the worker
+/// sends too). Neither may cost the relay or the consumer their connection: the events and
+/// replies of everyone else arrive once, on time, and the broken replies are given up.
+#[tokio::test]
+async fn a_reply_to_that_breaks_a_broker_connection_disturbs_nothing_else() {
+    let services = Services::new().await;
+    let mut broker = Broker::connect(&services).await;
+    let app = TestApp::spawn(&services).await;
+    let db = services.db().await;
+    let hostile = json_props()
+        .with_reply_to("amq.rabbitmq.reply-to.AAAA.BBBB".into())
+        .with_correlation_id("hostile".into());
+
+    let mut pending = Vec::new();
+    for n in 0..20 {
+        if n % 5 == 2 {
+            let body = serde_json::to_vec(&login("plain", &format!("h-{n}"), json!({}))).unwrap();
+            broker.publish_raw(&body, hostile.clone()).await;
+            // Not JSON: dead-lettered, with an error reply.
+            broker.publish_raw(b"{not json", hostile.clone()).await;
+        }
+        pending.push(
+            broker
+                .request(&login("plain", &format!("ok-{n}"), json!({})))
+                .await,
+        );
+    }
+    for correlation_id in pending {
+        let reply = broker.reply(&correlation_id).await;
+        assert_eq!(reply.outcome.as_str(), "user_created");
+    }
+    wait_until(WAIT, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == 24
+    })
+    .await
+    .expect("every good login decided");
+    outbox_drained(&db, WAIT, "every event and reply settled").await;
+    let events = broker.drain_events(Duration::from_secs(2)).await;
+    assert_eq!(events.len(), 24, "each event once");
+    for component in ["relay", "consumer"] {
+        assert_eq!(
+            app.metric(&format!(
+                "idsync_transient_errors_total{{component=\"{component}\"}}"
+            ))
+            .await,
+            0.0,
+            "the {component} kept its connection"
+        );
+    }
+    assert_eq!(app.metric("idsync_replies_dropped_total").await, 8.0);
+    app.stop().await;
+}
