@@ -109,6 +109,48 @@ impl LockSet {
         self.0.is_empty() && self.1.is_empty()
     }
 
+    /// [`LockSet::acquire`], and in the same statement whether each connection of `versions`
+    /// (user pool, identifier, `settings_version`) still has that version: `false` if one
+    /// changed or went. The versions are read as a statement before the locks would read them.
+    pub async fn acquire_checking(
+        &self,
+        conn: &mut PgConnection,
+        versions: &[(&str, &str, i64)],
+    ) -> sqlx::Result<bool> {
+        let mut pools = Vec::with_capacity(versions.len());
+        let mut identifiers = Vec::with_capacity(versions.len());
+        let mut expected = Vec::with_capacity(versions.len());
+        for (pool, identifier, version) in versions {
+            pools.push(*pool);
+            identifiers.push(*identifier);
+            expected.push(*version);
+        }
+        let row = sqlx::query!(
+            r#"SELECT
+                 (SELECT count(CASE WHEN shared THEN pg_advisory_xact_lock_shared(h)
+                                    ELSE pg_advisory_xact_lock(h) END)
+                  FROM (SELECT hashtextextended(k, 0) AS h, bool_and(shared) AS shared
+                        FROM (SELECT k, false AS shared FROM unnest($1::text[]) AS k
+                              UNION ALL
+                              SELECT k, true FROM unnest($2::text[]) AS k) AS keys
+                        GROUP BY 1 ORDER BY 1) AS ordered) AS "locked!",
+                 (SELECT count(*) FROM unnest($3::text[], $4::text[], $5::int8[])
+                                       AS v(pool, identifier, version)
+                  WHERE NOT EXISTS (
+                    SELECT 1 FROM connections c
+                    WHERE c.user_pool_id = v.pool AND c.identifier = v.identifier
+                      AND c.settings_version = v.version)) AS "changed!""#,
+            &self.0,
+            &self.1,
+            &pools as &[&str],
+            &identifiers as &[&str],
+            &expected,
+        )
+        .fetch_one(conn)
+        .await?;
+        Ok(row.changed == 0)
+    }
+
     /// Takes every lock, in one round trip, in ascending hash order: two transactions locking
     /// overlapping sets always queue instead of deadlocking.
     pub async fn acquire(&self, conn: &mut PgConnection) -> sqlx::Result<()> {

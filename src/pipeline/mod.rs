@@ -72,7 +72,16 @@ pub struct Pipeline {
     handoff: Handoff,
     /// Connections kept between batches (see [`Pipeline::connection`]).
     kept: Arc<Mutex<Vec<PoolConnection<Postgres>>>>,
+    /// The settings of the connections batches named (see [`Pipeline::process`]).
+    settings: Arc<Mutex<SettingsCache>>,
 }
+
+/// Settings by user pool and connection identifier. Only connections that exist are kept (an
+/// administrator creates them), and at most `MAX_CACHED_SETTINGS` of them.
+type SettingsCache = HashMap<(String, String), ConnectionSettings>;
+const MAX_CACHED_SETTINGS: usize = 10_000;
+/// Tries with remembered settings before a batch reads them in its own transaction only.
+const STALE_SETTINGS_TRIES: u32 = 2;
 
 /// Connections kept between batches: as many as batches run side by side, normally.
 const KEPT_CONNECTIONS: usize = 8;
@@ -84,6 +93,7 @@ impl Pipeline {
             origin,
             handoff,
             kept: Arc::default(),
+            settings: Arc::default(),
         }
     }
 
@@ -113,34 +123,123 @@ impl Pipeline {
 
     /// Decides `batch` in one transaction, in order, and hands its events and replies to the
     /// relay. On error nothing is committed.
+    ///
+    /// The settings of the batch's connections decide which values are locked (phone numbers are
+    /// normalised with them), so they are needed before the locks. They are remembered between
+    /// batches, and the statement that takes the locks also reads the connections' current
+    /// `settings_version`: a batch that finds one changed is rolled back and decided again with
+    /// the settings read anew. What a batch decides with is thus what a batch reading them at its
+    /// start would have, one round trip fewer.
     pub async fn process(&self, batch: &[Inbound]) -> sqlx::Result<Vec<Verdict>> {
-        let mut connection = self.connection().await?;
-        let mut tx = connection.begin().await?;
-        let processed = decide_batch(&mut tx, self.origin, batch, Utc::now()).await?;
-        self.handoff.commit(tx, processed.outbox).await?;
-        self.keep(connection);
-        Ok(processed.verdicts)
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let remembered = tries <= STALE_SETTINGS_TRIES;
+            let mut connection = self.connection().await?;
+            let mut tx = connection.begin().await?;
+            let settings = self.batch_settings(&mut tx, batch, remembered).await?;
+            let Some(processed) = decide_batch(
+                &mut tx,
+                self.origin,
+                batch,
+                &settings,
+                remembered,
+                Utc::now(),
+            )
+            .await?
+            else {
+                tx.rollback().await?;
+                self.keep(connection);
+                self.forget_settings(settings.keys());
+                continue;
+            };
+            self.handoff.commit(tx, processed.outbox).await?;
+            self.keep(connection);
+            return Ok(processed.verdicts);
+        }
+    }
+
+    /// The settings of every connection the batch names: remembered ones (if `remembered`), the
+    /// others read (and remembered).
+    async fn batch_settings(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[Inbound],
+        remembered: bool,
+    ) -> sqlx::Result<SettingsCache> {
+        let mut pairs: Vec<(&str, &str)> = batch
+            .iter()
+            .map(|m| (m.event.user_pool_id.as_str(), m.event.connection.as_str()))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut found = SettingsCache::with_capacity(pairs.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self.settings.lock().expect("not poisoned");
+            for (pool, identifier) in pairs {
+                let key = (pool.to_owned(), identifier.to_owned());
+                match cache.get(&key).filter(|_| remembered) {
+                    Some(settings) => {
+                        found.insert(key, settings.clone());
+                    }
+                    None => missing.push(key),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let read = batch_connections(conn, &missing).await?;
+        let mut cache = self.settings.lock().expect("not poisoned");
+        if cache.len() + read.len() > MAX_CACHED_SETTINGS {
+            cache.clear();
+        }
+        for (key, settings) in read {
+            cache.insert(key.clone(), settings.clone());
+            found.insert(key, settings);
+        }
+        Ok(found)
+    }
+
+    fn forget_settings<'a>(&self, keys: impl Iterator<Item = &'a (String, String)>) {
+        let mut cache = self.settings.lock().expect("not poisoned");
+        for key in keys {
+            cache.remove(key);
+        }
     }
 }
 
+/// Decides a batch in `conn`'s transaction; `None` when `check_settings` and one of `settings`
+/// is no longer the connection's current version (nothing was written).
 async fn decide_batch(
     conn: &mut PgConnection,
     origin: Uuid,
     batch: &[Inbound],
+    settings: &SettingsCache,
+    check_settings: bool,
     now: DateTime<Utc>,
-) -> sqlx::Result<Processed> {
-    // Connections first: phone normalisation depends on their settings.
-    let settings = batch_connections(conn, batch).await?;
+) -> sqlx::Result<Option<Processed>> {
     let Prepared {
         locks,
         id_keys,
         field_keys,
         event_ids,
         messages,
-    } = Prepared::of(batch, &settings);
+    } = Prepared::of(batch, settings);
 
     // After the locks, every read below sees the commits of whoever held them before us.
-    locks.acquire(conn).await?;
+    if check_settings {
+        let versions: Vec<(&str, &str, i64)> = settings
+            .iter()
+            .map(|((pool, identifier), s)| (pool.as_str(), identifier.as_str(), s.version))
+            .collect();
+        if !locks.acquire_checking(conn, &versions).await? {
+            return Ok(None);
+        }
+    } else {
+        locks.acquire(conn).await?;
+    }
     let snapshot = batch::load(conn, &event_ids, &id_keys.external_ids, &field_keys).await?;
     let mut state = BatchState::load(snapshot);
 
@@ -164,24 +263,15 @@ async fn decide_batch(
     }
 
     let outbox = writes.flush(conn, origin).await?;
-    Ok(Processed { verdicts, outbox })
+    Ok(Some(Processed { verdicts, outbox }))
 }
 
-/// The settings of every connection a batch names, by user pool and identifier.
+/// The settings of the connections named by `pairs` (user pool, identifier) that exist.
 async fn batch_connections(
     conn: &mut PgConnection,
-    batch: &[Inbound],
-) -> sqlx::Result<HashMap<(String, String), ConnectionSettings>> {
-    let mut pairs: Vec<(&str, &str)> = batch
-        .iter()
-        .map(|m| (m.event.user_pool_id.as_str(), m.event.connection.as_str()))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let (pools, idents): (Vec<String>, Vec<String>) = pairs
-        .iter()
-        .map(|(p, c)| ((*p).to_owned(), (*c).to_owned()))
-        .unzip();
+    pairs: &[(String, String)],
+) -> sqlx::Result<SettingsCache> {
+    let (pools, idents): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
     let found = connections::find_many(conn, &pools, &idents).await?;
     Ok(found
         .into_iter()
@@ -206,7 +296,7 @@ struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
-    fn of(batch: &[Inbound], settings: &'a HashMap<(String, String), ConnectionSettings>) -> Self {
+    fn of(batch: &[Inbound], settings: &'a SettingsCache) -> Self {
         let mut prepared = Self {
             locks: LockSet::new(),
             id_keys: IdentityKeys::default(),
