@@ -12,11 +12,14 @@ const entries = (page) => page.$$eval("#audit-rows > tr", (trs) => trs.map((tr) 
   actor: tr.children[1].textContent, action: tr.children[2].textContent, target: tr.children[3].textContent,
   change: tr.querySelector("summary").textContent })));
 
-// What a person in the browser's time zone types into a datetime-local control for `iso`.
+// What a person in the browser's time zone types into a datetime-local control for `iso`, in
+// the form the control keeps: it drops seconds that are zero, and a fill whose value the control
+// rewrites is refused as malformed.
 const local = (page, iso) => page.evaluate((iso) => {
   const d = new Date(iso);
   const p = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  const seconds = d.getSeconds() === 0 ? "" : `:${p(d.getSeconds())}`;
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}${seconds}`;
 }, iso);
 
 async function filter(page) {
