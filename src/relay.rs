@@ -42,6 +42,7 @@ use crate::{
     db::outbox::{self, OutboxRow, Settled},
     health::Health,
     metrics::{KindLabel, Metrics},
+    pipeline::KEPT_IDLE,
     settings::{EventMode, Settings},
 };
 
@@ -154,64 +155,117 @@ pub struct Relay {
     replies: Replies,
 }
 
-/// Sends rounds of replies to the task that publishes them; each round's outcomes come back on
-/// a oneshot, in order.
+/// What the relay passes to the reply task.
+struct ReplyRound {
+    /// The round's rows; only its replies are published.
+    rows: Vec<OutboxRow>,
+    /// `None`: the task marks the replies itself (handed-off rows, whose marking must never wait
+    /// for replies). `Some`: it only publishes them and sends the outcomes back (claimed rows,
+    /// which the claiming transaction holds locked and marks).
+    outcomes: Option<oneshot::Sender<Vec<ReplyOutcome>>>,
+}
+
+/// The task publishing replies on a connection of its own (see `amqp::replies`), so that a
+/// reply address the broker chokes on costs neither the events' connection nor their pace.
 #[derive(Clone)]
-struct Replies(mpsc::UnboundedSender<(Vec<OutgoingReply>, oneshot::Sender<Vec<ReplyOutcome>>)>);
+struct Replies(mpsc::UnboundedSender<ReplyRound>);
 
 impl Replies {
-    /// Starts the task; it ends when every sender is gone.
-    fn start(settings: &Settings, metrics: Metrics) -> Self {
-        let (sender, mut rounds) =
-            mpsc::unbounded_channel::<(Vec<OutgoingReply>, oneshot::Sender<Vec<ReplyOutcome>>)>();
-        let mut publisher =
-            ReplyPublisher::new(settings.amqp.url.clone(), "relay replies", metrics);
+    /// Starts the task, which marks what it published with `settler`; it ends when every sender
+    /// is gone.
+    fn start(settings: &Settings, mut settler: Settler) -> Self {
+        let (sender, mut rounds) = mpsc::unbounded_channel::<ReplyRound>();
+        let mut publisher = ReplyPublisher::new(
+            settings.amqp.url.clone(),
+            "relay replies",
+            settler.metrics.clone(),
+        );
         tokio::spawn(async move {
-            while let Some((replies, done)) = rounds.recv().await {
-                let _ = done.send(publisher.publish(&replies).await);
+            while let Some(round) = rounds.recv().await {
+                let replies: Vec<OutgoingReply> = reply_rows(&round.rows)
+                    .map(|row| OutgoingReply {
+                        to: row.routing_key.clone(),
+                        correlation_id: row.correlation_id.clone(),
+                        message_id: row.message_id.to_string(),
+                        body: serde_json::to_vec(&row.payload).expect("json value serialises"),
+                    })
+                    .collect();
+                let outcomes = publisher.publish(&replies).await;
+                match round.outcomes {
+                    Some(back) => {
+                        let _ = back.send(outcomes);
+                    }
+                    None => {
+                        let settled = settle_replies(&round.rows, &outcomes);
+                        settler.mark(&settled).await;
+                        settler.account(&settled);
+                    }
+                }
             }
             publisher.close().await;
         });
         Self(sender)
     }
 
-    /// Publishes the reply rows among `rows`; the outcomes, one per reply row in order, arrive
-    /// on the receiver (closed if the task is gone: the replies were not sent).
-    fn send(&self, rows: &[OutboxRow]) -> Option<oneshot::Receiver<Vec<ReplyOutcome>>> {
-        let replies: Vec<OutgoingReply> = rows
-            .iter()
-            .filter(|row| row.kind == outbox::OutboxKind::Reply)
-            .map(|row| OutgoingReply {
-                to: row.routing_key.clone(),
-                correlation_id: row.correlation_id.clone(),
-                message_id: row.message_id.to_string(),
-                body: serde_json::to_vec(&row.payload).expect("json value serialises"),
-            })
-            .collect();
-        if replies.is_empty() {
-            return None;
+    fn send(&self, round: ReplyRound) {
+        if self.0.send(round).is_err() {
+            // Its rows would be left unpublished and unmarked: stop the process instead (its
+            // supervisor restarts it, and the rows are adopted).
+            panic!("the relay's reply task stopped");
         }
-        let (done, outcomes) = oneshot::channel();
-        let _ = self.0.send((replies, done));
-        Some(outcomes)
+    }
+
+    /// Publishes and marks the replies among handed-off `rows`, in a task of its own.
+    fn hand_off(&self, rows: &[OutboxRow]) {
+        if reply_rows(rows).next().is_some() {
+            self.send(ReplyRound {
+                rows: rows.to_vec(),
+                outcomes: None,
+            });
+        }
+    }
+
+    /// Publishes the replies among claimed `rows`; one outcome per reply row, in order.
+    async fn publish(&self, rows: &[OutboxRow]) -> Vec<ReplyOutcome> {
+        if reply_rows(rows).next().is_none() {
+            return Vec::new();
+        }
+        let (back, outcomes) = oneshot::channel();
+        self.send(ReplyRound {
+            rows: rows.to_vec(),
+            outcomes: Some(back),
+        });
+        outcomes.await.expect("the relay's reply task answers")
+    }
+
+    /// Waits until every reply handed off before has been published and marked.
+    async fn flush(&self) {
+        let (back, outcomes) = oneshot::channel();
+        self.send(ReplyRound {
+            rows: Vec::new(),
+            outcomes: Some(back),
+        });
+        let _ = outcomes.await;
     }
 }
 
-/// The outcomes of a round's replies, once known; unsent if the task is gone.
-async fn reply_outcomes(
-    rows: &[OutboxRow],
-    outcomes: Option<oneshot::Receiver<Vec<ReplyOutcome>>>,
-) -> Vec<ReplyOutcome> {
-    let count = rows
-        .iter()
+fn reply_rows(rows: &[OutboxRow]) -> impl Iterator<Item = &OutboxRow> {
+    rows.iter()
         .filter(|row| row.kind == outbox::OutboxKind::Reply)
-        .count();
-    match outcomes {
-        Some(outcomes) => outcomes
-            .await
-            .unwrap_or_else(|_| vec![ReplyOutcome::Unsent; count]),
-        None => Vec::new(),
+}
+
+/// How the replies among `rows` are settled, given one outcome per reply: delivered, or given
+/// up after breaking a connection on its own, they go; unsent (no connection for replies), they
+/// are set aside and tried again.
+fn settle_replies(rows: &[OutboxRow], outcomes: &[ReplyOutcome]) -> Settled {
+    let mut settled = Settled::default();
+    for (row, outcome) in reply_rows(rows).zip(outcomes) {
+        match outcome {
+            ReplyOutcome::Delivered | ReplyOutcome::Dropped => settled.replies.push(row.id),
+            ReplyOutcome::Unsent => settled.held.push(row.id),
+        }
     }
+    settled
 }
 
 /// Counts the rows the relay removed from `outbox_pending` and vacuums the table every
@@ -260,13 +314,24 @@ impl Relay {
             health: health.clone(),
             order: Arc::new(Mutex::new(())),
         };
-        let replies = Replies::start(&settings, metrics.clone());
         let vacuum = PendingVacuum {
             pool: pool.clone(),
             removed: Arc::default(),
             running: Arc::default(),
             metrics: metrics.clone(),
         };
+        let replies = Replies::start(
+            &settings,
+            Settler {
+                settings: settings.clone(),
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                stop: stop.clone(),
+                vacuum: vacuum.clone(),
+                connection: None,
+            },
+        );
         (
             Self {
                 settings,
@@ -444,6 +509,7 @@ impl Relay {
                     self.send_round(channel, in_flight, rows).await?;
                 }
                 self.barrier(in_flight).await?;
+                self.replies.flush().await;
                 self.claim_until_done(channel, counted).await?;
                 return Ok(());
             }
@@ -518,14 +584,10 @@ impl Relay {
         in_flight: &mpsc::Sender<InFlight>,
         rows: Vec<OutboxRow>,
     ) -> Result<(), RelayError> {
-        let replies = self.replies.send(&rows);
+        self.replies.hand_off(&rows);
         let (confirms, failure) = publish_rows(channel, &self.settings, &rows).await;
         in_flight
-            .send(InFlight::Round {
-                rows,
-                confirms,
-                replies,
-            })
+            .send(InFlight::Round { rows, confirms })
             .await
             .map_err(|_| RelayError::SettlerStopped)?;
         match failure {
@@ -599,15 +661,15 @@ impl Relay {
             tx.commit().await?;
             return Ok(Round::default());
         }
-        let replies = self.replies.send(&rows);
         let (confirms, failure) = publish_rows(channel, &self.settings, &rows).await;
-        let replies = reply_outcomes(&rows, replies).await;
+        let replies = self.replies.publish(&rows).await;
         if let Some(error) = failure {
             // Nothing is marked: the rows stay claimable.
             return Err(error);
         }
         let settler = self.settler();
-        let (settled, unconfirmed) = settler.confirmations(&rows, confirms, replies, false).await;
+        let (mut settled, unconfirmed) = settler.confirmations(&rows, confirms, false).await;
+        settled.add(settle_replies(&rows, &replies));
         if !unconfirmed.is_empty() {
             return Err(RelayError::ConfirmTimeout(outbox_settings.confirm_timeout));
         }
@@ -642,10 +704,9 @@ pub async fn heartbeat(pool: PgPool, origin: Uuid, interval: Duration, stop: Can
 enum InFlight {
     Round {
         rows: Vec<OutboxRow>,
-        /// One per row; `None` where the publish itself failed, and for replies.
+        /// One per row; `None` where the publish itself failed, and for replies (published
+        /// and marked by the reply task).
         confirms: Vec<Option<PublisherConfirm>>,
-        /// The outcomes of the round's replies, published on a connection of their own.
-        replies: Option<oneshot::Receiver<Vec<ReplyOutcome>>>,
     },
     /// Answered once every round before it has settled.
     Barrier(tokio::sync::oneshot::Sender<()>),
@@ -661,7 +722,7 @@ struct Settler {
     vacuum: PendingVacuum,
     /// The connection rounds are marked on, kept from one round to the next while it works: the
     /// pool tests a connection with a round trip each time it takes one back.
-    connection: Option<PoolConnection<Postgres>>,
+    connection: Option<(PoolConnection<Postgres>, Instant)>,
 }
 
 /// Settles rounds until the publishing side stops. Returns the rows it could not confirm (in
@@ -675,15 +736,9 @@ async fn settle_in_order(
     let mut failure = Ok(());
     while let Some(item) = rounds.recv().await {
         match item {
-            InFlight::Round {
-                rows,
-                confirms,
-                replies,
-            } => {
+            InFlight::Round { rows, confirms } => {
                 let gone = failure.is_err();
-                let replies = reply_outcomes(&rows, replies).await;
-                let (settled, unconfirmed) =
-                    settler.confirmations(&rows, confirms, replies, gone).await;
+                let (settled, unconfirmed) = settler.confirmations(&rows, confirms, gone).await;
                 if !unconfirmed.is_empty() && failure.is_ok() {
                     failure = Err(RelayError::ConfirmTimeout(
                         settler.settings.outbox.confirm_timeout,
@@ -715,21 +770,14 @@ impl Settler {
         &self,
         rows: &[OutboxRow],
         confirms: Vec<Option<PublisherConfirm>>,
-        replies: Vec<ReplyOutcome>,
         mut broken: bool,
     ) -> (Settled, Vec<usize>) {
         let mut settled = Settled::default();
         let mut unconfirmed = Vec::new();
         let timeout = self.settings.outbox.confirm_timeout;
-        let mut replies = replies.into_iter();
         for (i, (row, confirm)) in rows.iter().zip(confirms).enumerate() {
             if row.kind == outbox::OutboxKind::Reply {
-                // Delivered, or given up after breaking a connection on its own: gone either
-                // way. Unsent (no connection for replies): set aside and tried again.
-                match replies.next().unwrap_or(ReplyOutcome::Unsent) {
-                    ReplyOutcome::Delivered | ReplyOutcome::Dropped => settled.replies.push(row.id),
-                    ReplyOutcome::Unsent => settled.held.push(row.id),
-                }
+                // The reply task's.
                 continue;
             }
             let Some(confirm) = confirm else {
@@ -800,13 +848,14 @@ impl Settler {
         loop {
             let marked = async {
                 let mut connection = match self.connection.take() {
-                    Some(connection) => connection,
-                    None => self.pool.acquire().await?,
+                    Some((connection, since)) if since.elapsed() < KEPT_IDLE => connection,
+                    // Idle too long: back to the pool, which tests it before it is used again.
+                    _ => self.pool.acquire().await?,
                 };
                 outbox::settle(&mut connection, settled).await?;
                 // Kept only once it worked: a failed one goes back to the pool, which closes
                 // it if it is broken.
-                self.connection = Some(connection);
+                self.connection = Some((connection, Instant::now()));
                 Ok::<_, sqlx::Error>(())
             };
             match marked.await {

@@ -6,13 +6,15 @@
 //!
 //! A batch of replies is published pipelined and confirmed. If the connection goes, the replies
 //! it did not confirm are published again one at a time, each on a working connection: a reply
-//! that breaks one alone is given up (counted in `idsync_replies_dropped_total`), so one hostile
-//! address costs two connections at most and never the replies of others. Replies that could not
-//! be sent for want of any connection are reported unsent, for the caller to try later.
+//! over which the broker closes one with `INTERNAL_ERROR` on its own is given up (counted in
+//! `idsync_replies_dropped_total`), so one hostile address costs two connections at most and
+//! never the replies of others. Replies refused, timed out or without any connection are
+//! reported unsent, for the caller to try later.
 
 use lapin::{
     Channel, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    protocol::{AMQPErrorKind, AMQPHardError},
     types::ShortString,
 };
 
@@ -40,6 +42,20 @@ pub enum ReplyOutcome {
     Unsent,
 }
 
+/// Whether the broker closed the connection with `INTERNAL_ERROR`: what RabbitMQ does when it
+/// cannot decode a direct reply-to name.
+fn broke_the_connection(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR))
+    )
+}
+
+fn is_timeout(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
 /// A connection for replies, opened when first needed and again after it broke.
 pub struct ReplyPublisher {
     urls: BrokerUrls,
@@ -58,7 +74,9 @@ impl ReplyPublisher {
         }
     }
 
-    /// Publishes `replies`; one outcome per reply, in order.
+    /// Publishes `replies`; one outcome per reply, in order. A reply is given up only when the
+    /// broker closed the connection with `INTERNAL_ERROR` as it took that reply alone; a refusal,
+    /// a timeout or another fault leaves it unsent, for later.
     pub async fn publish(&mut self, replies: &[OutgoingReply]) -> Vec<ReplyOutcome> {
         let mut outcomes = vec![ReplyOutcome::Unsent; replies.len()];
         if replies.is_empty() {
@@ -110,15 +128,25 @@ impl ReplyPublisher {
                 Ok(confirmation) if confirmation.is_ack() => {
                     outcomes[i] = ReplyOutcome::Delivered;
                 }
-                result => {
+                Err(error) if broke_the_connection(&error) => {
                     outcomes[i] = ReplyOutcome::Dropped;
                     self.metrics.replies_dropped.inc();
                     tracing::warn!(
                         reply_to = %reply.to,
-                        error = ?result.err(),
-                        "a reply broke the broker connection (or was refused) on its own; given up"
+                        "the broker closed the connection over this reply (INTERNAL_ERROR): a \
+                         reply_to it cannot decode; given up"
                     );
                     self.close().await;
+                }
+                // Refused (a full reply queue, say) or the broker away: left for later.
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "a reply could not be published; it is tried again later");
+                    self.close().await;
+                    if is_timeout(&error) {
+                        // A blocked connection (a resource alarm): the rest would wait as long.
+                        break;
+                    }
                 }
             }
         }

@@ -32,6 +32,7 @@ use crate::{
     },
     metrics::{Metrics, ReasonLabel},
 };
+use tokio::sync::mpsc;
 
 /// What becomes of one delivery.
 #[derive(Debug)]
@@ -62,15 +63,21 @@ pub(crate) struct ErrorReply {
     pub body: Vec<u8>,
 }
 
+/// Error replies waiting for their task; past this many, more are given up (counted in
+/// `idsync_replies_dropped_total`) rather than hold up the consumer.
+const ERROR_REPLIES_WAITING: usize = 1_000;
+
 /// Settles deliveries for one consumer session. Dead letters go out on a confirm channel of the
 /// session's connection, opened again whenever the broker closed it; error replies on a
-/// connection of their own (their address is the publisher's choice: see `amqp::replies`).
+/// connection of their own (their address is the publisher's choice: see `amqp::replies`), from
+/// a task of their own, so that a flood of malformed messages with addresses the broker chokes
+/// on does not slow the consumer.
 pub(crate) struct Settler<'a> {
     connection: &'a Connection,
     publisher: Option<Channel>,
     dead_letter_exchange: &'a str,
     metrics: &'a Metrics,
-    replies: ReplyPublisher,
+    error_replies: mpsc::Sender<OutgoingReply>,
 }
 
 impl<'a> Settler<'a> {
@@ -80,18 +87,23 @@ impl<'a> Settler<'a> {
         dead_letter_exchange: &'a str,
         metrics: &'a Metrics,
     ) -> Self {
+        let (error_replies, mut waiting) = mpsc::channel::<OutgoingReply>(ERROR_REPLIES_WAITING);
+        let mut replies = ReplyPublisher::new(urls.clone(), "error replies", metrics.clone());
+        // Ends, closing its connection, once the session's settler is gone and the replies
+        // taken are sent.
+        tokio::spawn(async move {
+            while let Some(reply) = waiting.recv().await {
+                replies.publish(std::slice::from_ref(&reply)).await;
+            }
+            replies.close().await;
+        });
         Self {
             connection,
             publisher: None,
             dead_letter_exchange,
             metrics,
-            replies: ReplyPublisher::new(urls.clone(), "error replies", metrics.clone()),
+            error_replies,
         }
-    }
-
-    /// Closes the connection of error replies, if one was opened.
-    pub async fn close(&mut self) {
-        self.replies.close().await;
     }
 
     /// Applies `actions` (one per delivery, in order). An error means the consumer's channel is
@@ -200,7 +212,10 @@ impl<'a> Settler<'a> {
                 message_id: uuid::Uuid::now_v7().to_string(),
                 body: reply.body.clone(),
             };
-            self.replies.publish(std::slice::from_ref(&reply)).await;
+            if self.error_replies.try_send(reply).is_err() {
+                self.metrics.replies_dropped.inc();
+                tracing::debug!("too many error replies waiting; one given up");
+            }
         }
         Ok(to_ack)
     }

@@ -157,19 +157,7 @@ impl LockSet {
         if self.is_empty() {
             return Ok(());
         }
-        sqlx::query!(
-            r#"SELECT count(CASE WHEN shared THEN pg_advisory_xact_lock_shared(h)
-                                ELSE pg_advisory_xact_lock(h) END) AS "locked!"
-               FROM (SELECT hashtextextended(k, 0) AS h, bool_and(shared) AS shared
-                     FROM (SELECT k, false AS shared FROM unnest($1::text[]) AS k
-                           UNION ALL
-                           SELECT k, true FROM unnest($2::text[]) AS k) AS keys
-                     GROUP BY 1 ORDER BY 1) AS ordered"#,
-            &self.0,
-            &self.1
-        )
-        .fetch_one(conn)
-        .await?;
+        self.acquire_checking(conn, &[]).await?;
         Ok(())
     }
 }

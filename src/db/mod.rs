@@ -139,7 +139,7 @@ pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let options = connect_options(settings)?
         .application_name("identity-sync relay")
         .options([("synchronous_commit", "off"), GENERIC_PLANS]);
-    Ok(pool_options(3).connect_lazy_with(options))
+    Ok(pool_options(4).connect_lazy_with(options))
 }
 
 /// What a database error means for whoever met it: the one classification the worker and the

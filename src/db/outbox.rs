@@ -232,6 +232,14 @@ pub struct Settled {
 }
 
 impl Settled {
+    /// Adds what `other` settled.
+    pub fn add(&mut self, other: Settled) {
+        self.published.extend(other.published);
+        self.unrouted.extend(other.unrouted);
+        self.replies.extend(other.replies);
+        self.held.extend(other.held);
+    }
+
     pub fn done(&self) -> usize {
         self.published.len() + self.unrouted.len() + self.replies.len()
     }

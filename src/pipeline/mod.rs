@@ -71,7 +71,7 @@ pub struct Pipeline {
     /// Commits and passes the outbox rows to the relay.
     handoff: Handoff,
     /// Connections kept between batches (see [`Pipeline::connection`]).
-    kept: Arc<Mutex<Vec<PoolConnection<Postgres>>>>,
+    kept: Arc<Mutex<Vec<Kept>>>,
     /// The settings of the connections batches named (see [`Pipeline::process`]).
     settings: Arc<Mutex<SettingsCache>>,
 }
@@ -83,8 +83,14 @@ const MAX_CACHED_SETTINGS: usize = 10_000;
 /// Tries with remembered settings before a batch reads them in its own transaction only.
 const STALE_SETTINGS_TRIES: u32 = 2;
 
+/// A connection kept between batches, and since when.
+type Kept = (PoolConnection<Postgres>, std::time::Instant);
+
 /// Connections kept between batches: as many as batches run side by side, normally.
 const KEPT_CONNECTIONS: usize = 8;
+/// A connection kept unused for longer goes back to the pool, which tests it before it is used
+/// again and closes it when idle for long.
+pub const KEPT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Pipeline {
     pub fn new(pool: PgPool, origin: Uuid, handoff: Handoff) -> Self {
@@ -103,9 +109,18 @@ impl Pipeline {
     /// that failed is not kept (it goes back to the pool, which tests it and closes it if
     /// broken).
     async fn connection(&self) -> sqlx::Result<PoolConnection<Postgres>> {
-        let kept = self.kept.lock().expect("not poisoned").pop();
+        let kept = {
+            let mut kept = self.kept.lock().expect("not poisoned");
+            // The most recently kept first; those idle too long go back to the pool.
+            let idle = kept
+                .iter()
+                .position(|(_, since)| since.elapsed() < KEPT_IDLE)
+                .unwrap_or(kept.len());
+            drop(kept.drain(..idle));
+            kept.pop()
+        };
         match kept {
-            Some(connection) => Ok(connection),
+            Some((connection, _)) => Ok(connection),
             None => self.pool.acquire().await,
         }
     }
@@ -113,7 +128,7 @@ impl Pipeline {
     fn keep(&self, connection: PoolConnection<Postgres>) {
         let mut kept = self.kept.lock().expect("not poisoned");
         if kept.len() < KEPT_CONNECTIONS {
-            kept.push(connection);
+            kept.push((connection, std::time::Instant::now()));
         }
     }
 

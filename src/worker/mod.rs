@@ -76,6 +76,8 @@ pub trait Processor: Send + Sync + 'static {
     /// Counts a dead-lettered message, and builds its error reply.
     fn error_reply(metrics: &Metrics, id: Option<String>, rejection: &Rejection) -> Self::Reply;
 }
+/// How long the next batch fills while the last one started is still in flight, at most.
+const FILL_AT_MOST: Duration = Duration::from_millis(10);
 /// Conflicts (unique or serialization failures, deadlocks) retried in place before a batch is
 /// split up, or a single event handed back to the broker.
 const MAX_CONFLICT_RETRIES: u32 = 10;
@@ -210,7 +212,7 @@ impl<P: Processor> Worker<P> {
             &self.metrics,
         );
         let result = self.consume(&mut consumer, &mut settler).await;
-        settler.close().await;
+        drop(settler);
 
         // Deliveries received but not handled go back to the queue when the channel closes.
         let close = async {
@@ -267,9 +269,11 @@ impl<P: Processor> Worker<P> {
     /// exactly as those of two worker processes do.
     ///
     /// While a batch is being decided, the deliveries that arrive fill the next one, which starts
-    /// when it is full (a backlog: batches side by side) or when no batch is left in flight. A
-    /// trickle of logins is then decided in batches of what arrived meanwhile rather than in
-    /// many batches of one or two, each paying the round trips of a whole transaction.
+    /// when it is full (a backlog: batches side by side), when no batch is left in flight, or
+    /// once the last batch started has run for `FILL_AT_MOST` (one held up by a lock or a retry
+    /// holds up nothing else). A trickle of logins is then decided in batches of what arrived
+    /// meanwhile rather than in many batches of one or two, each paying the round trips of a
+    /// whole transaction.
     async fn consume(
         self: &Arc<Self>,
         consumer: &mut lapin::Consumer,
@@ -278,8 +282,9 @@ impl<P: Processor> Worker<P> {
         let batch_size = P::batch_size(&self.settings);
         let depth = P::concurrent_batches(&self.settings).max(1);
         let mut in_flight: VecDeque<JoinHandle<Result<Decided, SessionError>>> = VecDeque::new();
-        // The next batch, filling.
+        // The next batch, filling, and when the last one started.
         let mut next: Vec<Delivery> = Vec::with_capacity(batch_size);
+        let mut last_started = Instant::now();
         let result = loop {
             // The oldest batch first: its acks must go before any later batch's.
             if in_flight.len() >= depth {
@@ -289,7 +294,11 @@ impl<P: Processor> Worker<P> {
                 }
                 continue;
             }
-            if next.len() >= batch_size || (in_flight.is_empty() && !next.is_empty()) {
+            let filled_long_enough = last_started.elapsed() >= FILL_AT_MOST;
+            if !next.is_empty()
+                && (next.len() >= batch_size || in_flight.is_empty() || filled_long_enough)
+            {
+                last_started = Instant::now();
                 let batch = std::mem::replace(&mut next, Vec::with_capacity(batch_size));
                 let worker = self.clone();
                 in_flight.push_back(tokio::spawn(async move {
@@ -312,6 +321,8 @@ impl<P: Processor> Worker<P> {
                     }
                     continue;
                 }
+                _ = tokio::time::sleep_until((last_started + FILL_AT_MOST).into()),
+                    if !next.is_empty() => continue,
                 delivery = consumer.next() => delivery,
             };
             match first {

@@ -131,11 +131,12 @@ async fn a_held_email_goes_to_exactly_one_of_several_new_accounts() {
     second.stop().await;
 }
 
-/// While a batch is being decided, what arrives fills the next batch, which starts side by side
-/// only once full; otherwise it waits for the batch in flight. The batch in flight is held here
-/// by the test taking its identity's lock first.
+/// While a batch is being decided, what arrives fills the next batch, which starts beside it
+/// when full or once the first has run for a few milliseconds: a batch held up (here by the test
+/// taking its identity's lock first) holds up nothing else, and no more than
+/// `concurrent_batches` are in flight.
 #[tokio::test]
-async fn the_next_batch_fills_while_one_is_decided_and_starts_early_only_when_full() {
+async fn a_held_batch_holds_up_nothing_else_and_batches_in_flight_are_bounded() {
     let services =
         Services::with_keys("", &[("worker", "batch_size = 5\nconcurrent_batches = 2")]).await;
     let broker = Broker::connect(&services).await;
@@ -164,24 +165,26 @@ async fn the_next_batch_fills_while_one_is_decided_and_starts_early_only_when_fu
     .await
     .expect("the first batch waits for the lock");
 
-    // Twelve more: one full batch of five is decided beside the held one; the next full batch
-    // waits for a free place (two at once), the last two for a batch to finish.
+    // Twelve more: some are decided beside the held batch, in one batch of at most five (two
+    // batches at once, and a finished batch is settled only after the held one).
     for n in 0..12 {
         broker
             .send(&login("plain", &format!("next-{n}"), json!({})))
             .await;
     }
     wait_until(WAIT, || async {
-        count(&db, "SELECT count(*) FROM processed_events").await == 5
+        count(&db, "SELECT count(*) FROM processed_events").await >= 1
     })
     .await
-    .expect("a full batch was decided beside the held one");
+    .expect("logins decided while the first batch is held");
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM processed_events").await,
-        5,
-        "nothing else starts while the held batch and a full one fill both places"
+    let beside = count(&db, "SELECT count(*) FROM processed_events").await;
+    assert!(
+        (1..=5).contains(&beside),
+        "one batch beside the held one, not more: {beside} decided"
     );
+    // Decided so far: that one batch (the held one is not).
+    assert_eq!(app.metric("idsync_batch_size_count").await, 1.0);
 
     sqlx::query("SELECT pg_advisory_unlock_all()")
         .execute(&mut *holder)
@@ -193,12 +196,5 @@ async fn the_next_batch_fills_while_one_is_decided_and_starts_early_only_when_fu
     })
     .await
     .expect("every login decided once the lock is free");
-    // The held one, two full batches and the last two: four transactions.
-    assert_eq!(
-        app.metric("idsync_batch_size_count").await,
-        4.0,
-        "batches: {}",
-        app.metrics().await
-    );
     app.stop().await;
 }

@@ -496,3 +496,90 @@ async fn a_reply_to_that_breaks_a_broker_connection_disturbs_nothing_else() {
     assert_eq!(app.metric("idsync_replies_dropped_total").await, 8.0);
     app.stop().await;
 }
+
+/// A reply the broker refuses (its queue full, `x-overflow = reject-publish`) is not given up:
+/// it waits and goes out once the queue has room.
+#[tokio::test]
+async fn a_refused_reply_is_sent_once_its_queue_has_room() {
+    use lapin::{
+        options::{BasicGetOptions, QueueDeclareOptions},
+        types::{AMQPValue, FieldTable},
+    };
+    let services = Services::new().await;
+    let broker = Broker::connect(&services).await;
+    let app = TestApp::spawn(&services).await;
+    let db = services.db().await;
+    let queue = "idsync.reply.full";
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    broker
+        .channel
+        .queue_declare(queue.into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    // The queue is full.
+    broker
+        .channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            Default::default(),
+            b"filler",
+            json_props(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let body = serde_json::to_vec(&login("plain", "refused-reply", json!({}))).unwrap();
+    broker
+        .publish_raw(
+            &body,
+            json_props()
+                .with_reply_to(queue.into())
+                .with_correlation_id("wanted".into()),
+        )
+        .await;
+    wait_until(WAIT, || async {
+        count(&db, "SELECT count(*) FROM processed_events").await == 1
+    })
+    .await
+    .expect("decided");
+    // Refused, and waiting: not given up.
+    wait_until(WAIT, || async {
+        count(
+            &db,
+            "SELECT count(*) FROM outbox_pending WHERE attempts > 0",
+        )
+        .await
+            == 1
+    })
+    .await
+    .expect("the refused reply is set aside");
+    assert_eq!(app.metric("idsync_replies_dropped_total").await, 0.0);
+
+    // Room again: the reply arrives.
+    let get = || async {
+        broker
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await.unwrap().delivery.data, b"filler");
+    let reply = loop {
+        if let Some(message) = get().await {
+            break message;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reply: Value = serde_json::from_slice(&reply.delivery.data).unwrap();
+    assert_eq!(reply["outcome"], "user_created");
+    outbox_drained(&db, WAIT, "the reply settled").await;
+    app.stop().await;
+}
