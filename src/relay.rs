@@ -156,13 +156,15 @@ pub struct Relay {
 }
 
 /// What the relay passes to the reply task.
-struct ReplyRound {
-    /// The round's rows; only its replies are published.
-    rows: Vec<OutboxRow>,
-    /// `None`: the task marks the replies itself (handed-off rows, whose marking must never wait
-    /// for replies). `Some`: it only publishes them and sends the outcomes back (claimed rows,
-    /// which the claiming transaction holds locked and marks).
-    outcomes: Option<oneshot::Sender<Vec<ReplyOutcome>>>,
+enum ReplyRound {
+    /// Handed-off rows, whose replies the task publishes and then has marked (their marking must
+    /// never wait for the events').
+    HandedOff(Vec<OutboxRow>),
+    /// Claimed rows, which the claiming transaction holds locked and marks: the task only
+    /// publishes their replies and sends the outcomes back, one per reply, in order.
+    Claimed(Vec<OutboxRow>, oneshot::Sender<Vec<ReplyOutcome>>),
+    /// Answered once every reply handed off before has been published and marked.
+    Flush(oneshot::Sender<()>),
 }
 
 /// The task publishing replies on a connection of its own (see `amqp::replies`), so that a
@@ -171,35 +173,28 @@ struct ReplyRound {
 struct Replies(mpsc::UnboundedSender<ReplyRound>);
 
 impl Replies {
-    /// Starts the task, which marks what it published with `settler`; it ends when every sender
-    /// is gone.
-    fn start(settings: &Settings, mut settler: Settler) -> Self {
+    /// Starts the task, and beside it the one marking what it published with `settler`: the
+    /// next round is published while the last one is marked, and rounds published meanwhile are
+    /// marked together. Both end when every sender is gone.
+    fn start(settings: &Settings, settler: Settler) -> Self {
         let (sender, mut rounds) = mpsc::unbounded_channel::<ReplyRound>();
         let mut publisher = ReplyPublisher::new(
             settings.amqp.url.clone(),
             "relay replies",
             settler.metrics.clone(),
         );
+        let marks = ReplyMarks::start(settler);
         tokio::spawn(async move {
             while let Some(round) = rounds.recv().await {
-                let replies: Vec<OutgoingReply> = reply_rows(&round.rows)
-                    .map(|row| OutgoingReply {
-                        to: row.routing_key.clone(),
-                        correlation_id: row.correlation_id.clone(),
-                        message_id: row.message_id.to_string(),
-                        body: serde_json::to_vec(&row.payload).expect("json value serialises"),
-                    })
-                    .collect();
-                let outcomes = publisher.publish(&replies).await;
-                match round.outcomes {
-                    Some(back) => {
-                        let _ = back.send(outcomes);
+                match round {
+                    ReplyRound::HandedOff(rows) => {
+                        let outcomes = publisher.publish(&outgoing(&rows)).await;
+                        marks.send(settle_replies(&rows, &outcomes), None);
                     }
-                    None => {
-                        let settled = settle_replies(&round.rows, &outcomes);
-                        settler.mark(&settled).await;
-                        settler.account(&settled);
+                    ReplyRound::Claimed(rows, back) => {
+                        let _ = back.send(publisher.publish(&outgoing(&rows)).await);
                     }
+                    ReplyRound::Flush(done) => marks.send(Settled::default(), Some(done)),
                 }
             }
             publisher.close().await;
@@ -218,10 +213,7 @@ impl Replies {
     /// Publishes and marks the replies among handed-off `rows`, in a task of its own.
     fn hand_off(&self, rows: &[OutboxRow]) {
         if reply_rows(rows).next().is_some() {
-            self.send(ReplyRound {
-                rows: rows.to_vec(),
-                outcomes: None,
-            });
+            self.send(ReplyRound::HandedOff(rows.to_vec()));
         }
     }
 
@@ -231,21 +223,59 @@ impl Replies {
             return Vec::new();
         }
         let (back, outcomes) = oneshot::channel();
-        self.send(ReplyRound {
-            rows: rows.to_vec(),
-            outcomes: Some(back),
-        });
+        self.send(ReplyRound::Claimed(rows.to_vec(), back));
         outcomes.await.expect("the relay's reply task answers")
     }
 
     /// Waits until every reply handed off before has been published and marked.
     async fn flush(&self) {
-        let (back, outcomes) = oneshot::channel();
-        self.send(ReplyRound {
-            rows: Vec::new(),
-            outcomes: Some(back),
+        let (done, marked) = oneshot::channel();
+        self.send(ReplyRound::Flush(done));
+        let _ = marked.await;
+    }
+}
+
+/// The replies among `rows`, as published.
+fn outgoing(rows: &[OutboxRow]) -> Vec<OutgoingReply> {
+    reply_rows(rows)
+        .map(|row| OutgoingReply {
+            to: row.routing_key.clone(),
+            correlation_id: row.correlation_id.clone(),
+            message_id: row.message_id.to_string(),
+            body: serde_json::to_vec(&row.payload).expect("json value serialises"),
+        })
+        .collect()
+}
+
+/// The task marking published replies, in the order they were published.
+struct ReplyMarks(mpsc::UnboundedSender<(Settled, Option<oneshot::Sender<()>>)>);
+
+impl ReplyMarks {
+    /// Starts the task; it ends when the sender is gone.
+    fn start(mut settler: Settler) -> Self {
+        let (sender, mut marks) =
+            mpsc::unbounded_channel::<(Settled, Option<oneshot::Sender<()>>)>();
+        tokio::spawn(async move {
+            while let Some((mut settled, done)) = marks.recv().await {
+                let mut waiting: Vec<_> = done.into_iter().collect();
+                while let Ok((more, done)) = marks.try_recv() {
+                    settled.add(more);
+                    waiting.extend(done);
+                }
+                settler.mark(&settled).await;
+                settler.account(&settled);
+                for done in waiting {
+                    let _ = done.send(());
+                }
+            }
         });
-        let _ = outcomes.await;
+        Self(sender)
+    }
+
+    fn send(&self, settled: Settled, done: Option<oneshot::Sender<()>>) {
+        if self.0.send((settled, done)).is_err() {
+            panic!("the relay's reply marking task stopped");
+        }
     }
 }
 
