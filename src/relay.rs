@@ -157,11 +157,11 @@ pub struct Relay {
 
 /// What the relay passes to the reply task.
 enum ReplyRound {
-    /// Handed-off rows, whose replies the task publishes and then has marked (their marking must
-    /// never wait for the events').
+    /// The reply rows of a handed-off round, which the task publishes and then has marked (their
+    /// marking must never wait for the events').
     HandedOff(Vec<OutboxRow>),
-    /// Claimed rows, which the claiming transaction holds locked and marks: the task only
-    /// publishes their replies and sends the outcomes back, one per reply, in order.
+    /// The reply rows of a claimed round, which the claiming transaction holds locked and marks:
+    /// the task only publishes them and sends the outcomes back, one per reply, in order.
     Claimed(Vec<OutboxRow>, oneshot::Sender<Vec<ReplyOutcome>>),
     /// Answered once every reply handed off before has been published and marked.
     Flush(oneshot::Sender<()>),
@@ -212,18 +212,20 @@ impl Replies {
 
     /// Publishes and marks the replies among handed-off `rows`, in a task of its own.
     fn hand_off(&self, rows: &[OutboxRow]) {
-        if reply_rows(rows).next().is_some() {
-            self.send(ReplyRound::HandedOff(rows.to_vec()));
+        let replies: Vec<OutboxRow> = reply_rows(rows).cloned().collect();
+        if !replies.is_empty() {
+            self.send(ReplyRound::HandedOff(replies));
         }
     }
 
     /// Publishes the replies among claimed `rows`; one outcome per reply row, in order.
     async fn publish(&self, rows: &[OutboxRow]) -> Vec<ReplyOutcome> {
-        if reply_rows(rows).next().is_none() {
+        let replies: Vec<OutboxRow> = reply_rows(rows).cloned().collect();
+        if replies.is_empty() {
             return Vec::new();
         }
         let (back, outcomes) = oneshot::channel();
-        self.send(ReplyRound::Claimed(rows.to_vec(), back));
+        self.send(ReplyRound::Claimed(replies, back));
         outcomes.await.expect("the relay's reply task answers")
     }
 
