@@ -194,9 +194,9 @@ pub async fn create(
         identities: Vec::new(),
     };
     match crate::bulk::import_chunk(pool, &[line]).await?.remove(0) {
-        crate::bulk::Outcome::Added { user_id, .. } => Ok(Created::Added(user_id)),
-        crate::bulk::Outcome::Unchanged { user_id, .. } => Ok(Created::Unchanged(user_id)),
-        crate::bulk::Outcome::Failed(refused) => Err(AccountError::Conflict(refused.message)),
+        crate::bulk::Imported::Added { user_id, .. } => Ok(Created::Added(user_id)),
+        crate::bulk::Imported::Unchanged { user_id, .. } => Ok(Created::Unchanged(user_id)),
+        crate::bulk::Imported::Failed(refused) => Err(AccountError::Conflict(refused.message)),
     }
 }
 
@@ -226,9 +226,15 @@ pub fn held_elsewhere(
         for (field, _) in fields.iter().filter(|(_, held)| *held) {
             taken.push(format!("{field} is held by user {}", holder.id));
         }
+        // Lookalikes are one value where the pool promises uniqueness.
+        let skeleton = crate::domain::attributes::skeleton;
         for name in unique {
             if let Some(value) = record.attributes.get(name)
-                && holder.attributes.0.get(name) == Some(value)
+                && holder
+                    .attributes
+                    .0
+                    .get(name)
+                    .is_some_and(|held| skeleton(held) == skeleton(value))
             {
                 taken.push(format!("attributes.{name} is held by user {}", holder.id));
             }

@@ -2,11 +2,14 @@
 //! `/readyz`.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicBool, AtomicI64, Ordering},
 };
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+use crate::db::SystemFault;
 
 #[derive(Clone, Default)]
 pub struct Health(Arc<Flags>);
@@ -40,6 +43,24 @@ struct Flags {
     /// A task of the process (worker, relay, sweeper, pruner, HTTP server) ended unexpectedly;
     /// the process is stopping.
     failed: AtomicBool,
+    /// Faults of the system the process is waiting out, at most one per part.
+    faults: Mutex<Vec<Fault>>,
+}
+
+/// A fault of the system (not of any message) that a part of the process is waiting out: it
+/// retries with backoff and takes no new work meanwhile.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Fault {
+    /// The part that met it: `logins`, `commands`, `relay`.
+    pub component: &'static str,
+    /// What kind of fault (`insufficient_privilege`, `schema_mismatch`, `database_read_only`,
+    /// `database_timeout`, ...).
+    pub reason: &'static str,
+    /// The database's SQLSTATE, when it gave one. What it said in words is in the log only:
+    /// `/readyz` needs no token, and the words name tables and roles.
+    pub sqlstate: Option<String>,
+    /// When it was first met (the same reason met again keeps its start).
+    pub since: DateTime<Utc>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -54,6 +75,9 @@ pub struct Readiness {
     pub publisher: bool,
     /// Every task of the process runs (false once one ended unexpectedly: the process stops).
     pub tasks: bool,
+    /// Faults of the system being waited out (empty when none): each names its part, its kind
+    /// and what the database said.
+    pub faults: Vec<Fault>,
 }
 
 impl Health {
@@ -83,18 +107,91 @@ impl Health {
         self.0.outbox_backlog.load(Ordering::Relaxed)
     }
 
+    /// `component` met `fault` (the database's SQLSTATE `sqlstate`), and is waiting it out.
+    pub fn set_fault(&self, component: &'static str, fault: SystemFault, sqlstate: Option<&str>) {
+        let sqlstate = sqlstate
+            .filter(|code| code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .map(str::to_owned);
+        let mut faults = self.0.faults.lock().expect("not poisoned");
+        let since = match faults.iter().position(|f| f.component == component) {
+            Some(i) => {
+                let old = faults.remove(i);
+                if old.reason == fault.as_str() {
+                    old.since
+                } else {
+                    Utc::now()
+                }
+            }
+            None => Utc::now(),
+        };
+        faults.push(Fault {
+            component,
+            reason: fault.as_str(),
+            sqlstate,
+            since,
+        });
+    }
+
+    /// `component` works again; `true` if it had a fault.
+    pub fn clear_fault(&self, component: &'static str) -> bool {
+        let mut faults = self.0.faults.lock().expect("not poisoned");
+        let before = faults.len();
+        faults.retain(|f| f.component != component);
+        faults.len() != before
+    }
+
+    /// Whether `component` is waiting out a fault.
+    pub fn faulted(&self, component: &'static str) -> bool {
+        let faults = self.0.faults.lock().expect("not poisoned");
+        faults.iter().any(|f| f.component == component)
+    }
+
     /// Readiness, given whether the database answers (asked by the caller, every time: the
     /// worker's own view changes only when it touches the database).
     pub fn readiness(&self, database: bool) -> Readiness {
         let consumer = self.0.consumers.iter().all(|up| up.load(Ordering::Relaxed));
         let publisher = self.0.publisher.load(Ordering::Relaxed);
         let tasks = !self.0.failed.load(Ordering::Relaxed);
+        let faults = self.0.faults.lock().expect("not poisoned").clone();
         Readiness {
-            ready: database && consumer && publisher && tasks,
+            ready: database && consumer && publisher && tasks && faults.is_empty(),
             database,
             consumer,
             publisher,
             tasks,
+            faults,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_makes_the_process_unready_until_cleared_and_keeps_its_start() {
+        let health = Health::default();
+        health.set_consumer(Consumer::Logins, true);
+        health.set_consumer(Consumer::Commands, true);
+        health.set_publisher(true);
+        assert!(health.readiness(true).ready);
+        health.set_fault("logins", SystemFault::Privilege, Some("42501"));
+        let first = health.readiness(true);
+        assert!(!first.ready);
+        assert_eq!(first.faults.len(), 1);
+        assert_eq!(first.faults[0].reason, "insufficient_privilege");
+        assert_eq!(first.faults[0].sqlstate.as_deref(), Some("42501"));
+        assert!(health.faulted("logins") && !health.faulted("relay"));
+        health.set_fault("logins", SystemFault::Privilege, Some("42501"));
+        let again = health.readiness(true);
+        assert_eq!(
+            (again.faults.len(), again.faults[0].since),
+            (1, first.faults[0].since)
+        );
+        health.set_fault("logins", SystemFault::ReadOnly, Some("not a sqlstate"));
+        assert_eq!(health.readiness(true).faults[0].sqlstate, None);
+        assert!(health.clear_fault("logins"));
+        assert!(!health.clear_fault("logins"));
+        assert!(health.readiness(true).ready);
     }
 }

@@ -10,6 +10,7 @@ pub mod bulk;
 pub mod cli;
 pub mod db;
 pub mod domain;
+#[cfg(feature = "failpoints")]
 pub(crate) mod failpoint;
 pub(crate) mod health;
 pub(crate) mod http;

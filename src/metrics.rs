@@ -39,6 +39,15 @@ pub struct ComponentLabel {
     pub component: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabel {
+    pub component: &'static str,
+    pub reason: &'static str,
+}
+
+/// The parts of the process that wait out faults of the system.
+pub const FAULT_COMPONENTS: [&str; 3] = ["logins", "commands", "relay"];
+
 /// The parts whose transient failures are counted.
 pub const COMPONENTS: [&str; 3] = ["consumer", "database", "relay"];
 
@@ -109,6 +118,15 @@ metrics! {
     dead_letter_fallbacks: Counter = Counter::default(), "dead_letter_fallbacks",
         "Dead letters the broker refused to take from the worker, rejected for the queue's \
          own dead-lettering instead";
+    system_faults: Family<FaultLabel, Counter> = Family::default(), "system_faults",
+        "Retries of work held up by a fault of the system (never of a message: nothing is \
+         dead-lettered for it), by component and kind";
+    waits: Family<ReasonLabel, Counter> = Family::default(), "waits",
+        "Logins sent to amqp.wait_queue to be tried again later (never dead-lettered for that), \
+         by reason";
+    panics: Counter = Counter::default(), "panics",
+        "Batches or messages whose processing panicked (a bug of the worker): handed back, and \
+         dead-lettered processing_panicked at the delivery limit";
     trusted_publishers: Gauge = Gauge::default(), "trusted_publishers",
         "Broker users listed in amqp.trusted_publishers (0: anyone who can publish is heard)";
 }
@@ -145,6 +163,19 @@ impl Metrics {
                 reason: kind.code(),
             }));
         }
+        for component in FAULT_COMPONENTS {
+            for fault in crate::db::SystemFault::ALL {
+                drop(self.system_faults.get_or_create(&FaultLabel {
+                    component,
+                    reason: fault.as_str(),
+                }));
+            }
+        }
+        for reason in crate::domain::login::WaitReason::ALL {
+            drop(self.waits.get_or_create(&ReasonLabel {
+                reason: reason.code(),
+            }));
+        }
         for component in COMPONENTS {
             drop(
                 self.transient_errors
@@ -164,6 +195,32 @@ impl Metrics {
         debug_assert!(COMPONENTS.contains(&component), "{component}");
         self.transient_errors
             .get_or_create(&ComponentLabel { component })
+            .inc();
+    }
+
+    /// Counts a message of `consumer` dead-lettered: a login as a decision `error`, a command
+    /// (whose kind may be unreadable) as `unknown` answered `error`.
+    pub fn dead_lettered_message(&self, consumer: crate::health::Consumer) {
+        match consumer {
+            crate::health::Consumer::Logins => self.decisions.get_or_create(&OutcomeLabel {
+                outcome: crate::domain::decision::Outcome::Error.as_str(),
+            }),
+            crate::health::Consumer::Commands => self.commands.get_or_create(&CommandLabel {
+                command: "unknown",
+                outcome: "error",
+            }),
+        }
+        .inc();
+    }
+
+    /// Counts a retry of `component`'s work held up by `fault`.
+    pub fn system_fault(&self, component: &'static str, fault: crate::db::SystemFault) {
+        debug_assert!(FAULT_COMPONENTS.contains(&component), "{component}");
+        self.system_faults
+            .get_or_create(&FaultLabel {
+                component,
+                reason: fault.as_str(),
+            })
             .inc();
     }
 

@@ -66,10 +66,15 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     loop {
+        #[cfg(feature = "failpoints")]
         if crate::failpoint::armed("retention.panic") {
             panic!("failpoint retention.panic");
         }
-        match prune(&pool, &settings, &metrics).await {
+        let bound = settings.database.stall_timeout * 4;
+        let pruned = tokio::time::timeout(bound, prune(&pool, &settings, &metrics))
+            .await
+            .unwrap_or_else(|_| Err(crate::db::stalled("pruning")));
+        match pruned {
             Ok((0, 0)) => {}
             Ok((events, records)) => tracing::info!(events, records, "retention pruned old rows"),
             Err(error) => tracing::warn!(%error, "retention failed; retrying later"),

@@ -20,7 +20,7 @@ use crate::{
     pipeline::{self, Pipeline},
     relay::Relay,
     settings::{Settings, SettingsError},
-    worker::{Commands, Worker},
+    worker::{Commands, Lane, Worker},
 };
 
 /// Everything in flight must be finished within this after a stop is requested.
@@ -152,9 +152,15 @@ impl Application {
             self.health.clone(),
             relay_stop.clone(),
         );
-        let pipeline = Pipeline::new(self.pool.clone(), self.origin, handoff.clone());
+        let pipeline = Pipeline::new(
+            self.pool.clone(),
+            self.origin,
+            handoff.clone(),
+            self.settings.database.stall_timeout,
+        );
         let worker = Worker::new(
             self.settings.clone(),
+            Lane::logins(&self.settings, self.origin),
             pipeline,
             self.metrics.clone(),
             self.health.clone(),
@@ -162,6 +168,7 @@ impl Application {
         );
         let commands = Worker::new(
             self.settings.clone(),
+            Lane::commands(&self.settings, self.origin),
             Commands::new(Admin::new(self.pool.clone(), self.origin, handoff.clone())),
             self.metrics.clone(),
             self.health.clone(),

@@ -105,25 +105,37 @@ const CHECKS: &[Check] = &[
               GROUP BY field, user_pool_id, value HAVING count(*) > 1",
     },
     Check {
-        invariant: "two users of one pool share a value of a unique attribute",
+        invariant: "two users of one pool share a value of a unique attribute, or lookalikes",
         sql: "SELECT 'attributes.' || a.name || ' of users ' || string_agg(a.user_id::text, ', ')
               FROM user_attributes a
               JOIN unique_attributes u ON u.user_pool_id = a.user_pool_id AND u.name = a.name
-              GROUP BY a.user_pool_id, a.name, a.value HAVING count(*) > 1",
+              GROUP BY a.user_pool_id, a.name, attribute_skeleton(a.value) HAVING count(*) > 1",
     },
     Check {
         invariant: "an account's attribute index out of step with its attributes",
         sql: "WITH expected AS (
                 SELECT u.id, u.user_pool_id, e.key AS name, e.value,
                        EXISTS (SELECT 1 FROM unique_attributes x
-                               WHERE x.user_pool_id = u.user_pool_id AND x.name = e.key) AS is_unique
+                               WHERE x.user_pool_id = u.user_pool_id AND x.name = e.key) AS is_unique,
+                       attribute_skeleton(e.value) AS skeleton
                 FROM users u, jsonb_each_text(u.attributes) e),
               actual AS (
-                SELECT user_id, user_pool_id, name, value, is_unique FROM user_attributes)
+                SELECT user_id, user_pool_id, name, value, is_unique, skeleton FROM user_attributes)
               SELECT DISTINCT 'user ' || id::text FROM (
                 (SELECT * FROM expected EXCEPT SELECT * FROM actual)
                 UNION ALL
                 (SELECT * FROM actual EXCEPT SELECT * FROM expected)) d",
+    },
+    Check {
+        invariant: "an identity of a connection that belongs to another pool",
+        sql: "SELECT i.user_pool_id || '/' || i.connection || ' of user ' || i.user_id
+              FROM identities i
+              WHERE NOT EXISTS (SELECT 1 FROM connections c
+                                WHERE c.user_pool_id = i.user_pool_id
+                                  AND c.identifier = i.connection)
+                AND EXISTS (SELECT 1 FROM connections c
+                            WHERE c.identifier = i.connection
+                              AND c.user_pool_id <> i.user_pool_id)",
     },
     Check {
         invariant: "a pending binding for an identity that is linked",

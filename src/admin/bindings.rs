@@ -13,18 +13,21 @@ use crate::db::{
     audit,
     bindings::{self, BindingRow, ListFilter, Resolution as ResolutionRow},
     connections,
-    identities::{self, IdentityWrites},
+    identities::{self, IdentityRecord},
     locks::LockSet,
     outbox::{self, NewOutbox, OutboxRow},
-    users::{self, FieldKeys, NewUsers, UserRecord, UserRow},
+    users::{self, FieldKeys, UserRecord, UserRow},
 };
 use crate::domain::{
     ConnectionSettings,
     attributes::AttributeName,
     decision::PoolUser,
-    effects::{Effect, Identity},
+    effects::Identity,
     login::{NormalizedFields, Profile},
-    resolution::{self, BindingFacts, LinkTarget, Proof, Refusal, RefusalClass, Request, Resolver},
+    resolution::{
+        self, BindingFacts, LinkTarget, Proof, Refusal, RefusalClass, Request, ResolutionEffect,
+        Resolver,
+    },
 };
 
 use super::Actor;
@@ -199,13 +202,33 @@ impl Admin {
         let first = bindings::get(tx, id)
             .await?
             .ok_or_else(|| AdminError::NotFound(format!("no binding {id}")))?;
-        let settings = connections::get(tx, &first.user_pool_id, &first.connection).await?;
+        // A connection whose stored settings cannot be read refuses only its own resolutions
+        // (an admin mends it first); the rest of the admin API and the commands go on.
+        let settings =
+            match connections::get_stored(tx, &first.user_pool_id, &first.connection).await? {
+                Some(Ok(settings)) => Some(settings),
+                Some(Err(unreadable)) => {
+                    return Err(AdminError::conflict(
+                        "connection_unreadable",
+                        format!(
+                            "connection {} of user pool {} cannot be read ({}): mend it (PUT \
+                         /v1/connections/{}/{}) before resolving its bindings",
+                            first.connection,
+                            first.user_pool_id,
+                            unreadable.problem,
+                            first.user_pool_id,
+                            first.connection
+                        ),
+                    ));
+                }
+                None => None,
+            };
         let target = lock_for(tx, &first, settings.as_ref(), request).await?;
 
         // Read again under the locks: a concurrent resolve or the expiry sweeper may have won.
         let row = bindings::get(tx, id)
             .await?
-            .expect("bindings are never deleted");
+            .ok_or_else(|| AdminError::NotFound(format!("no binding {id}")))?;
         let fields = settings
             .as_ref()
             .map(|s| profile_fields(&row, s))
@@ -250,31 +273,29 @@ impl Admin {
         tx: &mut PgConnection,
         identity: &Identity,
         profile: &Value,
-        effects: Vec<Effect>,
+        effects: Vec<ResolutionEffect>,
     ) -> sqlx::Result<Vec<OutboxRow>> {
         let mut outbox = NewOutbox::default();
         for effect in effects {
             match effect {
-                Effect::ExpireBinding { binding_id } => {
+                ResolutionEffect::ExpireBinding { binding_id } => {
                     bindings::expire(tx, &[binding_id]).await?;
                 }
-                Effect::CreateUser { user_id, fields } => {
-                    let mut new_users = NewUsers::default();
-                    new_users.push(&UserRecord::new(user_id, &identity.user_pool_id, &fields));
-                    users::insert_many(tx, &new_users).await?;
+                ResolutionEffect::CreateUser { user_id, fields } => {
+                    let user = UserRecord::new(user_id, &identity.user_pool_id, &fields);
+                    users::insert_many(tx, &[user]).await?;
                 }
-                Effect::LinkIdentity { user_id } => {
-                    let mut writes = IdentityWrites::default();
-                    writes.push(
-                        &identity.user_pool_id,
-                        &identity.connection,
-                        &identity.external_id,
+                ResolutionEffect::LinkIdentity { user_id } => {
+                    let linked = IdentityRecord {
+                        user_pool_id: identity.user_pool_id.clone(),
+                        connection: identity.connection.clone(),
+                        external_id: identity.external_id.clone(),
                         user_id,
-                        profile.clone(),
-                    );
-                    identities::insert_many(tx, &writes).await?;
+                        profile: profile.clone(),
+                    };
+                    identities::insert_many(tx, &[linked]).await?;
                 }
-                Effect::ResolveBinding {
+                ResolutionEffect::ResolveBinding {
                     binding_id,
                     resolution,
                     user_id,
@@ -293,12 +314,7 @@ impl Admin {
                     let resolved = bindings::resolve(tx, &row).await?;
                     debug_assert!(resolved, "the binding was pending under the lock");
                 }
-                Effect::Emit(event) => outbox.event(event),
-                Effect::TouchIdentity { .. }
-                | Effect::OpenBinding { .. }
-                | Effect::UpdateUser { .. } => {
-                    unreachable!("a resolution neither logs in nor opens bindings")
-                }
+                ResolutionEffect::Emit(event) => outbox.event(event),
             }
         }
         outbox::insert_many(tx, self.origin, outbox).await

@@ -3,18 +3,18 @@
 //! its reply committed in one transaction.
 
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{Acquire, PgConnection};
 
 use super::{Admin, AdminError, Applied, bindings::view, users::Unlink};
 use crate::db::{
-    bindings, commands,
+    self, bindings, commands,
     outbox::{self, NewOutbox, OutboxRow},
 };
+use crate::domain::message::{Fate, Message};
 use crate::domain::{
     command::{Command, CommandEvent, CommandOutcome, CommandReply},
     resolution::Resolver,
 };
-use crate::pipeline::{Inbound, Verdict};
 
 impl Admin {
     /// Runs one command. A command seen before (same `source` and `id`) changes nothing and is
@@ -22,32 +22,55 @@ impl Admin {
     /// failure, after which nothing was written and the command can be retried.
     pub(crate) async fn command(
         &self,
-        message: &Inbound<CommandEvent>,
-    ) -> sqlx::Result<Verdict<CommandReply>> {
-        let event = &message.event;
-        let mut tx = self.pool.begin().await?;
-        let claimed =
-            commands::claim(&mut tx, &event.source, &event.id, event.command.kind()).await?;
-        let (reply, mut published, duplicate) = match claimed {
-            Some(stored) => (replayed(&event.id, stored), Vec::new(), true),
-            None => {
-                let (reply, published) = self.execute(&mut tx, event).await?;
-                let stored = serde_json::to_value(&reply).expect("replies serialise");
-                commands::record_reply(&mut tx, &event.source, &event.id, &stored).await?;
-                (reply, published, false)
-            }
-        };
-        if let Some(reply_to) = &message.reply_to {
-            let mut outbox = NewOutbox::default();
-            outbox.reply(
-                reply_to,
-                message.correlation_id.as_deref(),
-                serde_json::to_value(&reply).expect("replies serialise"),
-            );
-            published.extend(outbox::insert_many(&mut tx, self.origin, outbox).await?);
+        message: &Message<CommandEvent>,
+    ) -> sqlx::Result<Fate<CommandReply>> {
+        // Every wait before the commit is bounded here (the commit by the relay's hand-off); a
+        // connection that got no answer is closed.
+        let deadline = tokio::time::Instant::now() + self.relay.stall();
+        let mut conn = db::within(deadline, "taking a connection", self.pool.acquire()).await?;
+        let result = self.command_on(&mut conn, message, deadline).await;
+        if let Err(error) = &result
+            && db::unusable_connection(error)
+        {
+            conn.close_on_drop();
         }
+        result
+    }
+
+    async fn command_on(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+        message: &Message<CommandEvent>,
+        deadline: tokio::time::Instant,
+    ) -> sqlx::Result<Fate<CommandReply>> {
+        let event = &message.event;
+        let mut tx = db::within(deadline, "beginning a command", conn.begin()).await?;
+        let (reply, published, duplicate) = db::within(deadline, "deciding a command", async {
+            let claimed =
+                commands::claim(&mut tx, &event.source, &event.id, event.command.kind()).await?;
+            let (reply, mut published, duplicate) = match claimed {
+                Some(stored) => (replayed(&event.id, stored), Vec::new(), true),
+                None => {
+                    let (reply, published) = self.execute(&mut tx, event).await?;
+                    let stored = serde_json::to_value(&reply).expect("replies serialise");
+                    commands::record_reply(&mut tx, &event.source, &event.id, &stored).await?;
+                    (reply, published, false)
+                }
+            };
+            if let Some(reply_to) = &message.reply_to {
+                let mut outbox = NewOutbox::default();
+                outbox.reply(
+                    reply_to,
+                    message.correlation_id.as_deref(),
+                    serde_json::to_value(&reply).expect("replies serialise"),
+                );
+                published.extend(outbox::insert_many(&mut tx, self.origin, outbox).await?);
+            }
+            Ok((reply, published, duplicate))
+        })
+        .await?;
         self.commit(tx, published).await?;
-        Ok(Verdict::Decided { reply, duplicate })
+        Ok(Fate::Decided { reply, duplicate })
     }
 
     /// Applies a first-seen command in `tx`: its reply, and the outbox rows it wrote.
@@ -67,10 +90,15 @@ impl Admin {
                     actor: actor.clone(),
                     proof: *proof,
                 };
+                // The binding as the resolution left it is the reply's: not read again.
                 let applied = self
                     .resolve_in(tx, *binding_id, request.clone(), &resolver)
                     .await
-                    .map(Applied::discard);
+                    .map(|applied| {
+                        applied.map(|after| {
+                            Some(serde_json::to_value(after).expect("views serialise"))
+                        })
+                    });
                 (applied, Some(*binding_id))
             }
             Command::Unlink {
@@ -89,8 +117,7 @@ impl Admin {
                     reason: reason.as_deref(),
                 };
                 let applied = self.unlink_in(tx, &target, actor).await;
-                let applied = applied.map(Applied::discard);
-                (applied, None)
+                (applied.map(|applied| applied.map(|_| None)), None)
             }
         };
         // A refusal before any write leaves nothing to publish.
@@ -98,14 +125,21 @@ impl Admin {
             Ok(Applied { result, published }) => (result, published),
             Err(error) => (Err(error), Vec::new()),
         };
-        let (outcome, code) = match result {
-            Ok(()) => (CommandOutcome::Done, None),
+        let (outcome, code, binding) = match result {
+            Ok(binding) => (CommandOutcome::Done, None, binding),
             Err(AdminError::Database(error)) => return Err(error),
-            Err(refusal) => (CommandOutcome::Refused, Some(refusal.code().to_owned())),
-        };
-        let binding = match binding_id {
-            Some(id) => binding_value(tx, id).await?,
-            None => None,
+            // A refused resolution answers with the binding as it stands, when it exists.
+            Err(refusal) => {
+                let binding = match binding_id {
+                    Some(id) => binding_value(tx, id).await?,
+                    None => None,
+                };
+                (
+                    CommandOutcome::Refused,
+                    Some(refusal.code().to_owned()),
+                    binding,
+                )
+            }
         };
         let reply = CommandReply {
             command_id: Some(event.id.clone()),
@@ -125,13 +159,25 @@ async fn binding_value(tx: &mut PgConnection, id: uuid::Uuid) -> sqlx::Result<Op
     })
 }
 
-/// The reply stored for a command processed before. It is stored with the claim, in one
-/// transaction; should it not read back, the command is answered `done` without a binding.
+/// The code of the reply to a command processed before whose stored reply this program cannot
+/// read (written by another version, edited by hand): said as an error rather than guessed.
+pub const STORED_REPLY_UNREADABLE: &str = "stored_reply_unreadable";
+
+/// The reply stored for a command processed before (stored with the claim, in one transaction).
+/// One that does not read back is answered as an explicit error: what was decided is not known
+/// here, and `done` could tell a platform that a refused command happened.
 fn replayed(command_id: &str, stored: Value) -> CommandReply {
-    serde_json::from_value(stored).unwrap_or_else(|_| CommandReply {
-        command_id: Some(command_id.to_owned()),
-        outcome: CommandOutcome::Done,
-        code: None,
-        binding: None,
+    serde_json::from_value(stored).unwrap_or_else(|error| {
+        tracing::warn!(
+            %error,
+            command_id,
+            "the stored reply of a command processed before cannot be read; answering an error"
+        );
+        CommandReply {
+            command_id: Some(command_id.to_owned()),
+            outcome: CommandOutcome::Error,
+            code: Some(STORED_REPLY_UNREADABLE.to_owned()),
+            binding: None,
+        }
     })
 }

@@ -11,7 +11,7 @@ impl Admin {
         Ok(connections::list(&mut conn)
             .await?
             .iter()
-            .map(ConnectionView::from)
+            .map(ConnectionView::of_stored)
             .collect())
     }
 
@@ -21,9 +21,9 @@ impl Admin {
         identifier: &str,
     ) -> Result<ConnectionView, AdminError> {
         let mut conn = self.pool.acquire().await?;
-        connections::get(&mut conn, pool, identifier)
+        connections::get_stored(&mut conn, pool, identifier)
             .await?
-            .map(|c| ConnectionView::from(&c))
+            .map(|c| ConnectionView::of_stored(&c))
             .ok_or_else(|| {
                 AdminError::NotFound(format!("no connection {identifier} in user pool {pool}"))
             })
@@ -43,9 +43,9 @@ impl Admin {
             .map_err(|e| AdminError::invalid("invalid_field", Some(e.field), e.to_string()))?;
 
         let mut tx = self.pool.begin().await?;
-        let before = connections::get(&mut tx, pool, identifier)
+        let before = connections::get_stored(&mut tx, pool, identifier)
             .await?
-            .map(|c| ConnectionView::from(&c));
+            .map(|c| ConnectionView::of_stored(&c));
         let upserted = connections::upsert(&mut tx, &settings).await?;
         if let Err(shared) =
             connections::sync_unique_attributes(&mut tx, &[pool.to_owned()]).await?

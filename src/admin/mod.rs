@@ -76,10 +76,10 @@ pub(crate) struct Applied<T> {
 }
 
 impl<T> Applied<T> {
-    /// The same, without the result's value.
-    pub fn discard(self) -> Applied<()> {
+    /// The same, with the result's value mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Applied<U> {
         Applied {
-            result: self.result.map(|_| ()),
+            result: self.result.map(f),
             published: self.published,
         }
     }

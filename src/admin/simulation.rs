@@ -79,21 +79,77 @@ pub async fn simulate(
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
     // No statement may outlive the simulation's own bound: each is given what is left of it.
-    let deadline = started + limit;
-    time_left(&mut tx, deadline).await?;
-    let current = connections::get(&mut tx, pool, identifier)
-        .await?
-        .ok_or_else(|| {
-            AdminError::NotFound(format!("no connection {identifier} in user pool {pool}"))
-        })?;
+    let mut run = Run {
+        deadline: started + limit,
+        limit,
+        now: Utc::now(),
+        tally: Tally::default(),
+        skipped: 0,
+    };
+    time_left(&mut tx, run.deadline).await?;
+    let current = stored_connection(&mut tx, pool, identifier).await?;
+    // An unreadable connection of the pool (listed with its problem) adds nothing it could be
+    // trusted to say.
     let pool_connections: Vec<ConnectionSettings> = connections::list(&mut tx)
         .await?
         .into_iter()
+        .filter_map(Result::ok)
         .filter(|c| c.user_pool_id.as_str() == pool)
         .collect();
-    let unique_now = simulation::unique_after(&pool_connections, &current);
-    let unique_then = simulation::unique_after(&pool_connections, &proposed);
+    let settings = Compared {
+        unique_now: simulation::unique_after(&pool_connections, &current),
+        unique_then: simulation::unique_after(&pool_connections, &proposed),
+        current,
+        proposed,
+    };
+    declare_logins(&mut tx, pool, identifier, since)
+        .await
+        .map_err(|e| too_long(e, limit))?;
+    while let Some(logins) = run.next_logins(&mut tx).await? {
+        run.decide_chunk(&mut tx, &settings, &logins).await?;
+    }
+    tx.rollback().await?;
+    if run.skipped > 0 {
+        tracing::warn!(
+            skipped = run.skipped,
+            "stored login profiles that could not be read were left out of a simulation"
+        );
+    }
+    Ok(Simulated {
+        logins: run.tally.logins(),
+        rows: run.tally.rows(),
+    })
+}
 
+/// The connection's settings as stored now.
+async fn stored_connection(
+    tx: &mut PgConnection,
+    pool: &str,
+    identifier: &str,
+) -> Result<ConnectionSettings, AdminError> {
+    match connections::get_stored(tx, pool, identifier).await? {
+        Some(Ok(current)) => Ok(current),
+        Some(Err(unreadable)) => Err(AdminError::conflict(
+            "connection_unreadable",
+            format!(
+                "connection {identifier} of user pool {pool} cannot be read ({}): mend it before \
+                 previewing a change",
+                unreadable.problem
+            ),
+        )),
+        None => Err(AdminError::NotFound(format!(
+            "no connection {identifier} in user pool {pool}"
+        ))),
+    }
+}
+
+/// The cursor over the window's logins, latest per identity.
+async fn declare_logins(
+    tx: &mut PgConnection,
+    pool: &str,
+    identifier: &str,
+    since: chrono::DateTime<Utc>,
+) -> sqlx::Result<()> {
     sqlx::query(
         r#"DECLARE simulated_logins NO SCROLL CURSOR FOR
                SELECT DISTINCT ON (external_id) external_id, profile
@@ -105,25 +161,51 @@ pub async fn simulate(
     .bind(pool)
     .bind(identifier)
     .bind(since)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| too_long(e, limit))?;
+    .execute(tx)
+    .await?;
+    Ok(())
+}
 
-    let mut tally = Tally::default();
-    let now = Utc::now();
-    let mut skipped = 0_u64;
-    loop {
-        if !time_left(&mut tx, deadline).await? {
-            return Err(too_long_after(tally.logins(), limit));
+/// The two settings a simulation compares, each with the attributes unique under it.
+struct Compared {
+    current: ConnectionSettings,
+    proposed: ConnectionSettings,
+    unique_now: Vec<crate::domain::attributes::AttributeName>,
+    unique_then: Vec<crate::domain::attributes::AttributeName>,
+}
+
+/// A simulation under way: its bound and what it found so far.
+struct Run {
+    deadline: Instant,
+    limit: Duration,
+    /// The time every login is decided at.
+    now: chrono::DateTime<Utc>,
+    tally: Tally,
+    /// Stored profiles that could not be read.
+    skipped: u64,
+}
+
+impl Run {
+    fn too_long(&self) -> AdminError {
+        too_long_after(self.tally.logins(), self.limit)
+    }
+
+    /// The next chunk of stored logins; `None` past the last.
+    async fn next_logins(
+        &mut self,
+        tx: &mut PgConnection,
+    ) -> Result<Option<Vec<(String, Profile)>>, AdminError> {
+        if !time_left(tx, self.deadline).await? {
+            return Err(self.too_long());
         }
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "FETCH {CHUNK} FROM simulated_logins"
         )))
         .fetch_all(&mut *tx)
         .await
-        .map_err(|e| too_long(e, limit))?;
+        .map_err(|e| too_long(e, self.limit))?;
         if rows.is_empty() {
-            break;
+            return Ok(None);
         }
         let mut logins = Vec::with_capacity(rows.len());
         for row in rows {
@@ -132,18 +214,27 @@ pub async fn simulate(
             let empty = Map::new();
             let map = profile.as_object().unwrap_or(&empty);
             // A stored profile passed these checks when its login was decided.
-            let Ok(profile) = Profile::from_map(map) else {
-                skipped += 1;
-                continue;
-            };
-            logins.push((external_id, profile));
+            match Profile::from_map(map) {
+                Ok(profile) => logins.push((external_id, profile)),
+                Err(_) => self.skipped += 1,
+            }
         }
-        if !time_left(&mut tx, deadline).await? {
-            return Err(too_long_after(tally.logins(), limit));
+        Ok(Some(logins))
+    }
+
+    /// Decides a chunk of logins under both settings, against the accounts they could meet.
+    async fn decide_chunk(
+        &mut self,
+        tx: &mut PgConnection,
+        settings: &Compared,
+        logins: &[(String, Profile)],
+    ) -> Result<(), AdminError> {
+        if !time_left(tx, self.deadline).await? {
+            return Err(self.too_long());
         }
-        let chunk = Chunk::read(&mut tx, &current, &proposed, &logins)
+        let chunk = Chunk::read(tx, &settings.current, &settings.proposed, logins)
             .await
-            .map_err(|e| too_long(e, limit))?;
+            .map_err(|e| too_long(e, self.limit))?;
         if chunk.users.len() as i64 > MAX_CHUNK_ACCOUNTS {
             return Err(AdminError::invalid(
                 "simulation_too_large",
@@ -154,11 +245,12 @@ pub async fn simulate(
                 ),
             ));
         }
+        let now = self.now;
         for (n, (external_id, profile)) in logins.iter().enumerate() {
             // Long chunks give the runtime back now and then, and stop at the deadline.
             if n % 100 == 99 {
-                if Instant::now() > deadline {
-                    return Err(too_long_after(tally.logins(), limit));
+                if Instant::now() > self.deadline {
+                    return Err(self.too_long());
                 }
                 tokio::task::yield_now().await;
             }
@@ -166,22 +258,14 @@ pub async fn simulate(
                 users: &chunk.users,
                 own_account: chunk.own.get(external_id.as_str()).copied(),
             };
-            let from = simulation::first_login(profile, &current, &unique_now, &accounts, now);
-            let to = simulation::first_login(profile, &proposed, &unique_then, &accounts, now);
-            tally.add(from, to, external_id);
+            let (current, unique) = (&settings.current, &settings.unique_now);
+            let from = simulation::first_login(profile, current, unique, &accounts, now);
+            let (proposed, unique) = (&settings.proposed, &settings.unique_then);
+            let to = simulation::first_login(profile, proposed, unique, &accounts, now);
+            self.tally.add(from, to, external_id);
         }
+        Ok(())
     }
-    tx.rollback().await?;
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            "stored login profiles that could not be read were left out of a simulation"
-        );
-    }
-    Ok(Simulated {
-        logins: tally.logins(),
-        rows: tally.rows(),
-    })
 }
 
 /// The accounts a chunk of logins could meet under either settings, and the account each of its

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::{Actor, Admin, AdminError, Applied, views::UserView};
 use crate::accounts::{AccountError, AccountInput};
-use crate::bulk::Outcome;
+use crate::bulk::Imported;
 use crate::db::{
     audit, identities,
     locks::LockSet,
@@ -146,14 +146,14 @@ impl Admin {
             .await?
             .remove(0);
         match outcome {
-            Outcome::Added { .. } => {}
-            Outcome::Unchanged { user_id, .. } => {
+            Imported::Added { .. } => {}
+            Imported::Unchanged { user_id, .. } => {
                 return Err(AdminError::conflict(
                     "user_exists",
                     format!("user {user_id} already has these fields"),
                 ));
             }
-            Outcome::Failed(refused) => {
+            Imported::Failed(refused) => {
                 return Err(match refused.code {
                     "invalid_field" => {
                         AdminError::invalid("invalid_field", Some("identities"), refused.message)

@@ -206,6 +206,46 @@ pub struct ConnectionView {
     pub verified_fields: Vec<String>,
     /// Changes whenever the settings change.
     pub settings_version: i64,
+    /// Set when the stored settings no longer validate (written by a newer version, edited by
+    /// hand): what is wrong, naming the field. The connection's logins wait (they are neither
+    /// decided nor dead-lettered) until a PUT mends it; the fields above are as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl ConnectionView {
+    /// A stored connection, readable or not.
+    pub fn of_stored(stored: &crate::db::connections::Stored) -> Self {
+        let unreadable = match stored {
+            Ok(settings) => return Self::from(settings),
+            Err(unreadable) => unreadable,
+        };
+        let spec = &unreadable.spec;
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mapping = spec.mapping.clone().unwrap_or_default();
+        Self {
+            user_pool_id: text(&spec.user_pool_id),
+            identifier: text(&spec.identifier),
+            display_name: text(&spec.display_name),
+            provider: text(&spec.provider),
+            login_mode: text(&spec.login_mode),
+            association: text(&spec.association),
+            match_fields: spec.match_fields.clone().unwrap_or_default(),
+            match_rule: text(&spec.match_rule),
+            unique_attributes: spec.unique_attributes.clone().unwrap_or_default(),
+            require_verified: spec.require_verified.unwrap_or(true),
+            default_country_code: spec.default_country_code.clone(),
+            binding_ttl: text(&spec.binding_ttl),
+            trust_unverified_accounts: spec.trust_unverified_accounts.unwrap_or(false),
+            allowed_email_domains: spec.allowed_email_domains.clone().unwrap_or_default(),
+            on_profile_change: text(&spec.on_profile_change),
+            effective_mapping: mapping.clone(),
+            mapping,
+            verified_fields: spec.verified_fields.clone().unwrap_or_default(),
+            settings_version: unreadable.version,
+            problem: Some(unreadable.problem.clone()),
+        }
+    }
 }
 
 impl From<&ConnectionSettings> for ConnectionView {
@@ -234,6 +274,7 @@ impl From<&ConnectionSettings> for ConnectionView {
             effective_mapping: c.mapping.effective(),
             verified_fields: c.mapping.verified.iter().map(|f| f.to_string()).collect(),
             settings_version: c.version,
+            problem: None,
         }
     }
 }

@@ -65,6 +65,12 @@ impl BrokerUrls {
         self.next[slot(role)].store(index + 1, Ordering::Relaxed);
     }
 
+    /// The broker user the process connects as (the settings check that every node is reached
+    /// as the same one): RabbitMQ accepts a message's `user_id` only when it is this.
+    pub fn user(&self) -> String {
+        user(self.urls[0].expose_secret()).unwrap_or_else(|| "guest".to_owned())
+    }
+
     /// Host and port of node `index`, without the credentials: what logs may show.
     pub fn address(&self, index: usize) -> String {
         address(self.urls[index].expose_secret())
@@ -78,6 +84,13 @@ fn slot(role: &str) -> usize {
         "relay" => 2,
         _ => 3,
     }
+}
+
+/// The user of an AMQP URL (`guest` when it names none, as lapin connects); `None` if it does not
+/// parse.
+pub fn user(url: &str) -> Option<String> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    Some(uri.authority.userinfo.username)
 }
 
 /// `host:port` of an AMQP URL (or the text before any credentials, for an unreadable one).
@@ -157,6 +170,12 @@ mod tests {
             debug.contains("n1:5701") && !debug.contains("a:b"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn the_user_is_the_urls_or_guest() {
+        assert_eq!(BrokerUrls::from("amqp://worker:pw@n1/%2f").user(), "worker");
+        assert_eq!(BrokerUrls::from("amqp://n1/%2f").user(), "guest");
     }
 
     #[test]

@@ -32,9 +32,158 @@ pub fn reply_allowed(queue: &str, prefix: &str) -> bool {
         || (!prefix.is_empty() && queue.starts_with(prefix))
 }
 
+/// The header counting how often a message was sent to wait (see [`waiting`]).
+pub const WAITS_HEADER: &str = "x-idsync-waits";
+/// The header saying why a message waits.
+pub const WAIT_REASON_HEADER: &str = "x-idsync-wait-reason";
+
+/// Headers the broker adds when it dead-letters or redelivers a message: not passed on to a copy
+/// of ours (a copy starts afresh).
+fn broker_header(name: &str) -> bool {
+    name == "x-death"
+        || name == "x-delivery-count"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+}
+
+/// The properties of a copy of `original` sent to wait in the wait queue (a login that cannot be
+/// decided yet): the same body, headers and descriptive properties, `expiration` = the wait, and
+/// `user_id` = the worker's own broker user, which RabbitMQ validates, so that the worker knows
+/// the copy for its own when it comes back. The original's `user_id` and `reply_to` travel in
+/// `x-original-*` headers, which only such a copy is believed for (see [`returned`]).
+pub fn waiting(
+    original: &BasicProperties,
+    returned: Option<&Returned>,
+    own_user: &str,
+    wait_millis: u128,
+    reason: &str,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut waits = 0;
+    if let Some(theirs) = original.headers() {
+        for (name, value) in theirs.inner() {
+            let name_text = name.as_str();
+            if !name_text.starts_with("x-original-")
+                && !name_text.starts_with("x-idsync-")
+                && !broker_header(name_text)
+            {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    let (user, reply_to) = match returned {
+        Some(returned) => {
+            waits = returned.waits;
+            (returned.user_id.clone(), returned.reply_to.clone())
+        }
+        None => (
+            original.user_id().as_ref().map(|u| u.to_string()),
+            original.reply_to().as_ref().map(|r| r.to_string()),
+        ),
+    };
+    if let Some(user) = user {
+        headers.insert("x-original-user-id".into(), long_string(&user));
+    }
+    if let Some(reply_to) = reply_to {
+        headers.insert("x-original-reply-to".into(), long_string(&reply_to));
+    }
+    headers.insert(
+        WAITS_HEADER.into(),
+        AMQPValue::LongUInt(waits.saturating_add(1)),
+    );
+    headers.insert(WAIT_REASON_HEADER.into(), long_string(reason));
+    let mut properties = descriptive(original)
+        .with_delivery_mode(2)
+        .with_headers(headers)
+        .with_user_id(own_user.into())
+        .with_expiration(ShortString::from(wait_millis.to_string()));
+    if let Some(v) = original.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    properties
+}
+
+/// What a copy of ours that waited carries of its original publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returned {
+    /// The original's `user_id` (who published it).
+    pub user_id: Option<String>,
+    /// The original's `reply_to`.
+    pub reply_to: Option<String>,
+    /// How often it was sent to wait.
+    pub waits: u32,
+}
+
+/// The original publisher of a message that is a waiting copy of ours come back: its `user_id`
+/// is the worker's own broker user (which RabbitMQ validates: nobody else can set it) and it
+/// carries the waits header. `None` for anything else, whatever headers it carries.
+pub fn returned(properties: &BasicProperties, own_user: &str) -> Option<Returned> {
+    let user = properties.user_id().as_ref()?;
+    if user.as_str() != own_user {
+        return None;
+    }
+    let headers = properties.headers().as_ref()?;
+    let waits = match headers.inner().get(WAITS_HEADER)? {
+        AMQPValue::LongUInt(n) => *n,
+        AMQPValue::LongInt(n) => u32::try_from(*n).ok()?,
+        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok()?,
+        _ => return None,
+    };
+    Some(Returned {
+        user_id: header_text(headers, "x-original-user-id"),
+        reply_to: header_text(headers, "x-original-reply-to"),
+        waits,
+    })
+}
+
+/// The descriptive properties of `original`, copied onto a message of ours.
+fn descriptive(original: &BasicProperties) -> BasicProperties {
+    let mut properties = BasicProperties::default();
+    if let Some(v) = original.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        properties = properties.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        properties = properties.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        properties = properties.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        properties = properties.with_app_id(v.clone());
+    }
+    properties
+}
+
+/// The times a message was handed back to its queue before this delivery (the quorum queue's
+/// `x-delivery-count`; 0 on a first delivery).
+pub fn delivery_count(properties: &BasicProperties) -> u64 {
+    let Some(headers) = properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => (*n).max(0) as u64,
+        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u64,
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u64,
+        Some(AMQPValue::ShortUInt(n)) => u64::from(*n),
+        _ => 0,
+    }
+}
+
 /// The properties of a dead letter: the original's descriptive properties and headers, the reason
 /// in `x-idsync-error`, and the properties the broker would check or act on moved into headers.
-pub fn dead_letter(original: &BasicProperties, reason: &str) -> BasicProperties {
+/// For a waiting copy of ours come back (`returned`), the original publisher's.
+pub fn dead_letter(
+    original: &BasicProperties,
+    returned: Option<&Returned>,
+    reason: &str,
+) -> BasicProperties {
     // The publisher's own headers, but none that could pass for ours, and none at all when they
     // are large enough to push the dead letter past the broker's frame size.
     let mut headers = FieldTable::default();
@@ -53,8 +202,18 @@ pub fn dead_letter(original: &BasicProperties, reason: &str) -> BasicProperties 
             headers.insert(name.into(), long_string(value.as_str()));
         }
     };
-    keep("x-original-user-id", original.user_id());
-    keep("x-original-reply-to", original.reply_to());
+    match returned {
+        Some(returned) => {
+            let user = returned.user_id.as_deref().map(ShortString::from);
+            let reply_to = returned.reply_to.as_deref().map(ShortString::from);
+            keep("x-original-user-id", &user);
+            keep("x-original-reply-to", &reply_to);
+        }
+        None => {
+            keep("x-original-user-id", original.user_id());
+            keep("x-original-reply-to", original.reply_to());
+        }
+    }
     keep("x-original-expiration", original.expiration());
     if let Some(priority) = original.priority() {
         headers.insert(
@@ -64,29 +223,11 @@ pub fn dead_letter(original: &BasicProperties, reason: &str) -> BasicProperties 
     }
     headers.insert(ERROR_HEADER.into(), long_string(reason));
 
-    let mut properties = BasicProperties::default()
+    let mut properties = descriptive(original)
         .with_delivery_mode(2)
         .with_headers(headers);
-    if let Some(v) = original.content_type() {
-        properties = properties.with_content_type(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        properties = properties.with_content_encoding(v.clone());
-    }
     if let Some(v) = original.correlation_id() {
         properties = properties.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.message_id() {
-        properties = properties.with_message_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        properties = properties.with_timestamp(*v);
-    }
-    if let Some(v) = original.kind() {
-        properties = properties.with_type(v.clone());
-    }
-    if let Some(v) = original.app_id() {
-        properties = properties.with_app_id(v.clone());
     }
     properties
 }
@@ -170,7 +311,7 @@ mod tests {
             .with_type("login.completed".into())
             .with_timestamp(1_700_000_000)
             .with_headers(headers);
-        let dead = dead_letter(&original, "not_json: expected value");
+        let dead = dead_letter(&original, None, "not_json: expected value");
         assert_eq!(dead.user_id(), &None);
         assert_eq!(dead.reply_to(), &None);
         assert_eq!(dead.expiration(), &None);
@@ -205,16 +346,84 @@ mod tests {
         // Without the property, a forged x-original-* header is not passed on either.
         let mut forged = FieldTable::default();
         forged.insert("x-original-user-id".into(), long_string("platform"));
-        let dead = dead_letter(&json("m-2").with_headers(forged), "not_json: x");
+        let dead = dead_letter(&json("m-2").with_headers(forged), None, "not_json: x");
         let headers = dead.headers().clone().unwrap();
         assert_eq!(header_text(&headers, "x-original-user-id"), None);
+    }
+
+    #[test]
+    fn a_waiting_copy_is_believed_only_when_it_is_the_workers_own() {
+        let mut headers = FieldTable::default();
+        headers.insert("ce-id".into(), long_string("e-1"));
+        headers.insert("x-original-user-id".into(), long_string("forged"));
+        headers.insert(WAITS_HEADER.into(), AMQPValue::LongUInt(7));
+        headers.insert("x-death".into(), long_string("broker's"));
+        let original = json("m-1")
+            .with_user_id("platform".into())
+            .with_reply_to("amq.gen-abc".into())
+            .with_correlation_id("c-1".into())
+            .with_priority(9)
+            .with_headers(headers);
+        // Sent by the platform: the forged headers are not believed, nor passed on.
+        assert_eq!(returned(&original, "worker"), None);
+        let copy = waiting(&original, None, "worker", 500, "connection_unreadable");
+        assert_eq!(copy.user_id().as_ref().map(|u| u.as_str()), Some("worker"));
+        assert_eq!(copy.reply_to(), &None);
+        assert_eq!(copy.priority(), &None);
+        assert_eq!(copy.expiration().as_ref().map(|e| e.as_str()), Some("500"));
+        assert_eq!(
+            copy.correlation_id().as_ref().map(|c| c.as_str()),
+            Some("c-1")
+        );
+        let copied = copy.headers().clone().unwrap();
+        assert_eq!(header_text(&copied, "ce-id").as_deref(), Some("e-1"));
+        assert!(copied.inner().get("x-death").is_none());
+        let back = returned(&copy, "worker").expect("the worker's own copy");
+        assert_eq!(
+            back,
+            Returned {
+                user_id: Some("platform".into()),
+                reply_to: Some("amq.gen-abc".into()),
+                waits: 1,
+            }
+        );
+        // Sent to wait again: still the platform's, counted.
+        let again = waiting(&copy, Some(&back), "worker", 500, "connection_unreadable");
+        let back = returned(&again, "worker").unwrap();
+        assert_eq!((back.user_id.as_deref(), back.waits), (Some("platform"), 2));
+        // Another user cannot pass for the worker, whatever the headers say.
+        assert_eq!(
+            returned(&copy.clone().with_user_id("mallory".into()), "worker"),
+            None
+        );
+        // A dead letter of a copy names the original publisher.
+        let dead = dead_letter(&again, Some(&back), "unknown_connection: x");
+        let headers = dead.headers().clone().unwrap();
+        assert_eq!(
+            header_text(&headers, "x-original-user-id").as_deref(),
+            Some("platform")
+        );
+    }
+
+    #[test]
+    fn the_delivery_count_is_read_whatever_its_integer_type() {
+        assert_eq!(delivery_count(&json("m")), 0);
+        for value in [
+            AMQPValue::LongLongInt(3),
+            AMQPValue::LongInt(3),
+            AMQPValue::LongUInt(3),
+        ] {
+            let mut headers = FieldTable::default();
+            headers.insert("x-delivery-count".into(), value);
+            assert_eq!(delivery_count(&json("m").with_headers(headers)), 3);
+        }
     }
 
     #[test]
     fn headers_too_large_to_pass_on_are_dropped() {
         let mut big = FieldTable::default();
         big.insert("x-filler".into(), long_string(&"x".repeat(100_000)));
-        let dead = dead_letter(&json("m-3").with_headers(big), "too_large: x");
+        let dead = dead_letter(&json("m-3").with_headers(big), None, "too_large: x");
         let headers = dead.headers().clone().unwrap();
         assert_eq!(header_text(&headers, "x-filler"), None);
         assert_eq!(

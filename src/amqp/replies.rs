@@ -33,7 +33,7 @@ pub struct OutgoingReply {
 
 /// What became of one reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyOutcome {
+pub enum ReplyFate {
     /// The broker confirmed it (to a queue that may no longer exist: nobody is left to read it).
     Delivered,
     /// It broke a connection on its own: given up.
@@ -77,8 +77,8 @@ impl ReplyPublisher {
     /// Publishes `replies`; one outcome per reply, in order. A reply is given up only when the
     /// broker closed the connection with `INTERNAL_ERROR` as it took that reply alone; a refusal,
     /// a timeout or another fault leaves it unsent, for later.
-    pub async fn publish(&mut self, replies: &[OutgoingReply]) -> Vec<ReplyOutcome> {
-        let mut outcomes = vec![ReplyOutcome::Unsent; replies.len()];
+    pub async fn publish(&mut self, replies: &[OutgoingReply]) -> Vec<ReplyFate> {
+        let mut outcomes = vec![ReplyFate::Unsent; replies.len()];
         if replies.is_empty() {
             return outcomes;
         }
@@ -94,7 +94,7 @@ impl ReplyPublisher {
             for (i, confirm) in confirms {
                 match bounded(OPERATION_TIMEOUT, "confirming a reply", confirm).await {
                     Ok(confirmation) if confirmation.is_ack() => {
-                        outcomes[i] = ReplyOutcome::Delivered;
+                        outcomes[i] = ReplyFate::Delivered;
                     }
                     // Nacked: tried again below.
                     Ok(_) => {}
@@ -102,14 +102,14 @@ impl ReplyPublisher {
                 }
             }
         }
-        if outcomes.iter().all(|o| *o == ReplyOutcome::Delivered) {
+        if outcomes.iter().all(|o| *o == ReplyFate::Delivered) {
             return outcomes;
         }
         // What is left, one at a time: a reply that breaks a working connection on its own is
         // given up.
         self.close().await;
         for (i, reply) in replies.iter().enumerate() {
-            if outcomes[i] == ReplyOutcome::Delivered {
+            if outcomes[i] == ReplyFate::Delivered {
                 continue;
             }
             let Ok(channel) = self.channel().await else {
@@ -126,10 +126,10 @@ impl ReplyPublisher {
             };
             match confirmed.await {
                 Ok(confirmation) if confirmation.is_ack() => {
-                    outcomes[i] = ReplyOutcome::Delivered;
+                    outcomes[i] = ReplyFate::Delivered;
                 }
                 Err(error) if broke_the_connection(&error) => {
-                    outcomes[i] = ReplyOutcome::Dropped;
+                    outcomes[i] = ReplyFate::Dropped;
                     self.metrics.replies_dropped.inc();
                     tracing::warn!(
                         reply_to = %reply.to,

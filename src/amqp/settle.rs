@@ -22,37 +22,55 @@ use lapin::{
 use super::{
     OPERATION_TIMEOUT, bounded,
     nodes::BrokerUrls,
-    properties,
+    properties::{self, Returned},
     replies::{OutgoingReply, ReplyPublisher},
 };
 use crate::{
     domain::{
-        login::{Rejection, RejectionKind},
+        login::{Rejection, RejectionKind, Wait},
         mask,
+        message::Fate,
     },
     metrics::{Metrics, ReasonLabel},
 };
 use tokio::sync::mpsc;
 
-/// What becomes of one delivery.
+/// How one delivery is settled: its fate (its reply aside: settling needs none), and what
+/// carrying it out needs.
 #[derive(Debug)]
-pub(crate) enum Action {
-    /// Decided (or a duplicate): acknowledge.
-    Ack,
-    /// Back to the queue; counts toward the queue's delivery limit.
-    Requeue,
-    /// Cannot be processed: to the dead-letter queue, with an error reply if one was asked for.
-    DeadLetter(DeadLetter),
-}
-
-#[derive(Debug)]
-pub(crate) struct DeadLetter {
-    /// Why; its reason goes into the dead letter's `x-idsync-error` header.
-    pub rejection: Rejection,
+pub(crate) struct Settling {
+    pub fate: Fate<()>,
     /// The message's id, when it could be read, for the log.
     pub event_id: Option<String>,
-    /// The error reply, when one is owed.
-    pub reply: Option<ErrorReply>,
+    /// The error reply of a dead letter, when one is owed.
+    pub error_reply: Option<ErrorReply>,
+    /// The original publisher, when the message is a waiting copy of ours come back.
+    pub returned: Option<Returned>,
+}
+
+impl Settling {
+    pub fn of(fate: Fate<()>, event_id: Option<String>) -> Self {
+        Self {
+            fate,
+            event_id,
+            error_reply: None,
+            returned: None,
+        }
+    }
+
+    /// Back to the queue.
+    pub fn handed_back() -> Self {
+        Self::of(Fate::HandedBack, None)
+    }
+}
+
+/// Where messages that cannot be decided yet wait, and for how long.
+#[derive(Debug, Clone)]
+pub(crate) struct WaitQueue {
+    pub queue: String,
+    pub delay: std::time::Duration,
+    /// The broker user the worker connects as (see `properties::waiting`).
+    pub own_user: String,
 }
 
 /// An error reply: where it goes (already checked against the allowed reply queues) and its
@@ -76,6 +94,7 @@ pub(crate) struct Settler<'a> {
     connection: &'a Connection,
     publisher: Option<Channel>,
     dead_letter_exchange: &'a str,
+    wait: WaitQueue,
     metrics: &'a Metrics,
     error_replies: mpsc::Sender<OutgoingReply>,
 }
@@ -85,6 +104,7 @@ impl<'a> Settler<'a> {
         connection: &'a Connection,
         urls: &BrokerUrls,
         dead_letter_exchange: &'a str,
+        wait: WaitQueue,
         metrics: &'a Metrics,
     ) -> Self {
         let (error_replies, mut waiting) = mpsc::channel::<OutgoingReply>(ERROR_REPLIES_WAITING);
@@ -101,6 +121,7 @@ impl<'a> Settler<'a> {
             connection,
             publisher: None,
             dead_letter_exchange,
+            wait,
             metrics,
             error_replies,
         }
@@ -111,15 +132,17 @@ impl<'a> Settler<'a> {
     pub async fn apply(
         &mut self,
         deliveries: &[Delivery],
-        actions: Vec<Action>,
+        settlings: Vec<Settling>,
     ) -> lapin::Result<()> {
         // The last delivery to acknowledge: one multiple-ack up to it covers every delivery
         // before it that was not settled otherwise.
         let mut ack_up_to: Option<&Delivery> = None;
-        for (delivery, action) in deliveries.iter().zip(actions) {
-            match action {
-                Action::Ack => ack_up_to = Some(delivery),
-                Action::Requeue => {
+        for (delivery, settling) in deliveries.iter().zip(settlings) {
+            match &settling.fate {
+                Fate::Decided { .. } => ack_up_to = Some(delivery),
+                // A panic short of the delivery limit goes back too (the worker dead-letters it
+                // on its last delivery).
+                Fate::HandedBack | Fate::Panicked => {
                     self.metrics.requeued.inc();
                     let requeue = BasicNackOptions {
                         requeue: true,
@@ -132,16 +155,19 @@ impl<'a> Settler<'a> {
                     )
                     .await?;
                 }
-                Action::DeadLetter(dead) => {
-                    if self.dead_letter(delivery, &dead).await? {
+                Fate::Waiting(wait) => {
+                    // A copy that cannot be put to wait ends the session: the delivery is then
+                    // redelivered and tried again.
+                    self.send_to_wait(delivery, wait, &settling).await?;
+                    self.ack_one(delivery, "acknowledging a message sent to wait")
+                        .await?;
+                }
+                Fate::DeadLettered(rejection) => {
+                    if self.dead_letter(delivery, rejection, &settling).await? {
                         // Acknowledged at once: a fault later in the batch must not have it
                         // redelivered and dead-lettered twice.
-                        bounded(
-                            OPERATION_TIMEOUT,
-                            "acknowledging a dead letter",
-                            delivery.acker.ack(BasicAckOptions { multiple: false }),
-                        )
-                        .await?;
+                        self.ack_one(delivery, "acknowledging a dead letter")
+                            .await?;
                     }
                 }
             }
@@ -157,16 +183,32 @@ impl<'a> Settler<'a> {
         Ok(())
     }
 
+    async fn ack_one(&self, delivery: &Delivery, what: &str) -> lapin::Result<()> {
+        bounded(
+            OPERATION_TIMEOUT,
+            what,
+            delivery.acker.ack(BasicAckOptions { multiple: false }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Dead-letters one delivery; `true` when it is still to be acknowledged (we published the
     /// dead letter), `false` when it was rejected for the broker to dead-letter.
-    async fn dead_letter(&mut self, delivery: &Delivery, dead: &DeadLetter) -> lapin::Result<bool> {
-        let reason = dead.rejection.reason();
+    async fn dead_letter(
+        &mut self,
+        delivery: &Delivery,
+        rejection: &Rejection,
+        dead: &Settling,
+    ) -> lapin::Result<bool> {
+        let reason = rejection.reason();
         tracing::warn!(
             event_id = dead.event_id.as_deref().unwrap_or("-"),
             reason = %mask_reason(&reason),
             "dead-lettering"
         );
-        let properties = properties::dead_letter(&delivery.properties, &reason);
+        let properties =
+            properties::dead_letter(&delivery.properties, dead.returned.as_ref(), &reason);
         let exchange = self.dead_letter_exchange;
         let published = self
             .publish(
@@ -174,6 +216,7 @@ impl<'a> Settler<'a> {
                 delivery.routing_key.as_str(),
                 &delivery.data,
                 properties,
+                false,
             )
             .await;
         let to_ack = match published {
@@ -197,10 +240,10 @@ impl<'a> Settler<'a> {
         self.metrics
             .dead_letters
             .get_or_create(&ReasonLabel {
-                reason: dead.rejection.kind.code(),
+                reason: rejection.kind.code(),
             })
             .inc();
-        if let Some(reply) = &dead.reply {
+        if let Some(reply) = &dead.error_reply {
             // The requester may be gone, or the name unknown: a reply is worth one try.
             let reply = OutgoingReply {
                 to: reply.to.clone(),
@@ -220,14 +263,52 @@ impl<'a> Settler<'a> {
         Ok(to_ack)
     }
 
-    /// Publishes with a confirm on the publisher channel, opening it first if needed; a nack or
-    /// a closed channel is an error (and the channel is opened again next time).
+    /// Publishes a copy of `delivery` to the wait queue, confirmed.
+    async fn send_to_wait(
+        &mut self,
+        delivery: &Delivery,
+        wait: &Wait,
+        waiting: &Settling,
+    ) -> lapin::Result<()> {
+        let reason = wait.reason.code();
+        let waits = waiting.returned.as_ref().map_or(0, |r| r.waits);
+        tracing::warn!(
+            event_id = waiting.event_id.as_deref().unwrap_or("-"),
+            reason,
+            detail = wait.detail.as_str(),
+            waits,
+            retry_in = ?self.wait.delay,
+            "cannot decide this message yet; it waits and is tried again"
+        );
+        let properties = properties::waiting(
+            &delivery.properties,
+            waiting.returned.as_ref(),
+            &self.wait.own_user,
+            self.wait.delay.as_millis(),
+            reason,
+        );
+        let queue = self.wait.queue.clone();
+        // Mandatory: with the wait queue gone (deleted by hand), the copy would be dropped and
+        // the login with it. A return ends the session instead; the next declares the queue.
+        self.publish("", &queue, &delivery.data, properties, true)
+            .await?;
+        self.metrics
+            .waits
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        Ok(())
+    }
+
+    /// Publishes with a confirm on the publisher channel, opening it first if needed; a nack, a
+    /// closed channel or (when `mandatory`) a message the broker could not route is an error
+    /// (and the channel is opened again next time).
     async fn publish(
         &mut self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: lapin::BasicProperties,
+        mandatory: bool,
     ) -> lapin::Result<()> {
         let channel = self.channel().await?;
         let publish = async {
@@ -235,18 +316,31 @@ impl<'a> Settler<'a> {
                 .basic_publish(
                     exchange.into(),
                     ShortString::from(routing_key),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
                     body,
                     properties,
                 )
                 .await?
                 .await
         };
-        match bounded(OPERATION_TIMEOUT, "publishing a dead letter", publish).await {
-            Ok(confirm) if confirm.is_ack() => Ok(()),
-            Ok(_) => Err(lapin::Error::from(std::io::Error::other(
-                "the broker refused the publish (nack)",
-            ))),
+        let refused = |why: String| Err(lapin::Error::from(std::io::Error::other(why)));
+        match bounded(
+            OPERATION_TIMEOUT,
+            "publishing a copy of a delivery",
+            publish,
+        )
+        .await
+        {
+            Ok(confirm) if confirm.is_ack() => match confirm.take_message() {
+                None => Ok(()),
+                Some(_) => refused(format!(
+                    "the broker could not route a message to {routing_key:?} (is the queue gone?)"
+                )),
+            },
+            Ok(_) => refused("the broker refused the publish (nack)".to_owned()),
             Err(error) => {
                 self.publisher = None;
                 Err(error)

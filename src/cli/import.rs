@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     accounts::AccountInput,
-    bulk::{self, CHUNK_LINES, Line, Outcome},
+    bulk::{self, CHUNK_LINES, Imported, Line},
     db,
     domain::CountryCode,
     settings::Settings,
@@ -63,21 +63,7 @@ pub async fn run(args: ImportArgs, settings: &Settings) -> anyhow::Result<ExitCo
         .map(CountryCode::parse)
         .transpose()
         .map_err(|m| anyhow::anyhow!("--default-country-code: {m}"))?;
-    let format = args.format.unwrap_or_else(|| {
-        if args.file.extension().is_some_and(|e| e == "csv") {
-            Format::Csv
-        } else {
-            Format::Jsonl
-        }
-    });
-    let reader: Box<dyn Read + Send> = if args.file.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(
-            std::fs::File::open(&args.file)
-                .with_context(|| format!("cannot open {}", args.file.display()))?,
-        )
-    };
+    let (reader, format) = open_input(&args)?;
     let pool = db::connect_and_migrate(&settings.database).await?;
     let started = Instant::now();
     let mut summary = Summary::default();
@@ -100,26 +86,13 @@ pub async fn run(args: ImportArgs, settings: &Settings) -> anyhow::Result<ExitCo
         for read in chunk {
             summary.lines += 1;
             let outcome = match read.line {
-                Err(reason) => Outcome::Failed(bulk::Refused {
+                Err(reason) => Imported::Failed(bulk::Refused {
                     code: "invalid_field",
                     message: reason,
                 }),
                 Ok(_) => decided.next().expect("one outcome per line"),
             };
-            match outcome {
-                Outcome::Added { identities, .. } => {
-                    summary.added += 1;
-                    summary.identities_linked += identities as u64;
-                }
-                Outcome::Unchanged { identities, .. } => {
-                    summary.already_present += 1;
-                    summary.identities_linked += identities as u64;
-                }
-                Outcome::Failed(reason) => {
-                    summary.failed += 1;
-                    progress.line_failed(read.number, &reason.message);
-                }
-            }
+            summary.count(outcome, read.number, &progress);
         }
         summary.seconds = started.elapsed().as_secs_f64();
         progress.update(&summary);
@@ -127,27 +100,71 @@ pub async fn run(args: ImportArgs, settings: &Settings) -> anyhow::Result<ExitCo
     reading.await.context("reading the file")??;
     summary.seconds = started.elapsed().as_secs_f64();
     progress.finish();
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!(
-            "added {}, already present {}, failed {}{}",
-            summary.added,
-            summary.already_present,
-            summary.failed,
-            if summary.identities_linked > 0 {
-                format!(", identities linked {}", summary.identities_linked)
-            } else {
-                String::new()
-            }
-        );
-    }
+    summary.print(args.json)?;
     pool.close().await;
     Ok(if summary.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The file to read (standard input for `-`) and its format (given, or by its extension).
+fn open_input(args: &ImportArgs) -> anyhow::Result<(Box<dyn Read + Send>, Format)> {
+    let format = args.format.unwrap_or_else(|| {
+        if args.file.extension().is_some_and(|e| e == "csv") {
+            Format::Csv
+        } else {
+            Format::Jsonl
+        }
+    });
+    let reader: Box<dyn Read + Send> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.file)
+                .with_context(|| format!("cannot open {}", args.file.display()))?,
+        )
+    };
+    Ok((reader, format))
+}
+
+impl Summary {
+    /// Counts what became of one line; a failed one is reported with its number.
+    fn count(&mut self, imported: Imported, number: u64, progress: &Progress) {
+        match imported {
+            Imported::Added { identities, .. } => {
+                self.added += 1;
+                self.identities_linked += identities as u64;
+            }
+            Imported::Unchanged { identities, .. } => {
+                self.already_present += 1;
+                self.identities_linked += identities as u64;
+            }
+            Imported::Failed(reason) => {
+                self.failed += 1;
+                progress.line_failed(number, &reason.message);
+            }
+        }
+    }
+
+    /// The closing line (or object, with `--json`).
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+            return Ok(());
+        }
+        let linked = if self.identities_linked > 0 {
+            format!(", identities linked {}", self.identities_linked)
+        } else {
+            String::new()
+        };
+        println!(
+            "added {}, already present {}, failed {}{linked}",
+            self.added, self.already_present, self.failed
+        );
+        Ok(())
+    }
 }
 
 /// One line of the file: its number, and the account it describes or why it cannot be read.
@@ -338,7 +355,19 @@ fn line_of(
     })
 }
 
-/// A CSV row as an account: empty cells are absent, `attributes` and `identities` hold JSON.
+/// A text cell as `users export` wrote it: the `'` it put before a value a spreadsheet would run
+/// as a formula (`'=...`, `'+...`), or before one starting with `'` (`''s-Hertogenbosch`), is
+/// taken off; any other cell, such as one of a file written by hand (`'quoted`), is read as it
+/// is.
+pub(crate) fn unneutralise(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(['=', '+', '-', '@', '\t', '\r', '\'']) => rest,
+        _ => cell,
+    }
+}
+
+/// A CSV row as an account: empty cells are absent, `attributes` and `identities` hold JSON,
+/// text cells lose the `'` an export put before them (see [`unneutralise`]).
 fn csv_input(header: &csv::StringRecord, row: &csv::StringRecord) -> Result<AccountInput, String> {
     let mut object = Map::new();
     for (name, cell) in header.iter().zip(row.iter()) {
@@ -354,7 +383,7 @@ fn csv_input(header: &csv::StringRecord, row: &csv::StringRecord) -> Result<Acco
             "attributes" | "identities" => {
                 serde_json::from_str(cell).map_err(|e| format!("{name}: not JSON ({e})"))?
             }
-            _ => Value::String(cell.to_owned()),
+            _ => Value::String(unneutralise(cell).to_owned()),
         };
         object.insert(name.to_owned(), value);
     }

@@ -63,8 +63,11 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_client::DecisionsCommand,
     },
-    /// Connections as configured.
+    /// Connections: as configured (`check`), or as stored, through the admin API (`list`,
+    /// `show`).
     Connections {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
         #[command(subcommand)]
         command: ConnectionsCommand,
     },
@@ -89,6 +92,16 @@ pub enum ConnectionsCommand {
     /// Check the [[connections]] of a configuration file (every problem, naming the connection
     /// and the key), and show what their mappings make of a sample profile.
     Check(check::CheckArgs),
+    /// Every stored connection, through the admin API, with the problem of any whose stored
+    /// settings no longer validate (its logins wait until it is mended).
+    List,
+    /// One stored connection's settings, through the admin API.
+    Show {
+        #[arg(long)]
+        pool: String,
+        /// The connection's identifier.
+        connection: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,9 +181,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         } => replay::run(args, &settings).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
         Command::Policy { api, command } => admin_client::policy(command, api, &settings).await,
-        Command::Connections {
-            command: ConnectionsCommand::Check(args),
-        } => check::run(args),
+        Command::Connections { api, command } => {
+            admin_client::connections(command, api, &settings).await
+        }
         Command::Decisions { api, command } => {
             admin_client::decisions(command, api, &settings).await
         }

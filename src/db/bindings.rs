@@ -5,7 +5,6 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::identities::IdentityKeys;
 use crate::domain::{login::LoginEvent, resolution::BindingStatus};
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -18,51 +17,47 @@ pub struct PendingRow {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Default)]
-pub struct NewBindings {
-    pub ids: Vec<Uuid>,
-    pub keys: IdentityKeys,
-    pub profiles: Vec<Value>,
-    pub reasons: Vec<String>,
-    /// Candidate lists, flattened: `candidate_owner[i]` is the index of the binding that
-    /// `candidates[i]` belongs to (PostgreSQL arrays cannot be ragged).
-    pub candidate_owner: Vec<i32>,
+/// A binding to open.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BindingRecord {
+    pub id: Uuid,
+    pub user_pool_id: String,
+    pub connection: String,
+    pub external_id: String,
+    pub profile: Value,
+    pub reason: String,
     pub candidates: Vec<Uuid>,
-    pub cause_event_ids: Vec<Option<String>>,
-    pub cause_sources: Vec<Option<String>>,
-    pub expires_at: Vec<DateTime<Utc>>,
+    /// The login that opened it.
+    pub cause_event_id: Option<String>,
+    pub cause_source: Option<String>,
+    pub expires_at: DateTime<Utc>,
 }
 
-impl NewBindings {
-    #[allow(clippy::too_many_arguments)]
-    pub fn push(
-        &mut self,
-        id: Uuid,
-        pool: &str,
-        connection: &str,
-        external_id: &str,
-        profile: Value,
-        reason: &str,
-        candidates: &[Uuid],
-        cause: Option<&LoginEvent>,
-        expires_at: DateTime<Utc>,
-    ) {
-        let owner = self.ids.len() as i32;
-        self.ids.push(id);
-        self.keys.push(pool, connection, external_id);
-        self.profiles.push(profile);
-        self.reasons.push(reason.to_owned());
-        for candidate in candidates {
-            self.candidate_owner.push(owner);
-            self.candidates.push(*candidate);
-        }
-        self.cause_event_ids.push(cause.map(|e| e.id.clone()));
-        self.cause_sources.push(cause.map(|e| e.source.clone()));
-        self.expires_at.push(expires_at);
-    }
+super::types::record!(BindingRecord as "binding_record", |r| r.id, &r.user_pool_id,
+    &r.connection, &r.external_id, &r.profile, &r.reason, &r.candidates, &r.cause_event_id,
+    &r.cause_source, r.expires_at);
 
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+impl BindingRecord {
+    /// The binding a login opens for its identity.
+    pub fn of_login(
+        id: Uuid,
+        event: &LoginEvent,
+        reason: &str,
+        candidates: Vec<Uuid>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            user_pool_id: event.user_pool_id.as_str().to_owned(),
+            connection: event.connection.as_str().to_owned(),
+            external_id: event.external_id.clone(),
+            profile: Value::Object(event.profile.raw.clone()),
+            reason: reason.to_owned(),
+            candidates,
+            cause_event_id: Some(event.id.clone()),
+            cause_source: Some(event.source.clone()),
+            expires_at,
+        }
     }
 }
 

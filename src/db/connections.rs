@@ -25,10 +25,36 @@ struct Row {
     settings_version: i64,
 }
 
+/// A stored connection whose settings no longer validate (a value written by a newer version
+/// during a rolling deploy, a hand edit): listed with its problem so that an admin can mend it,
+/// never half-used. Its logins wait meanwhile.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// The settings as stored.
+    pub spec: ConnectionSpec,
+    pub version: i64,
+    /// What does not validate, naming the field.
+    pub problem: String,
+}
+
+impl Unreadable {
+    /// The (pool, identifier) it is stored under.
+    pub fn key(&self) -> (String, String) {
+        (
+            self.spec.user_pool_id.clone().unwrap_or_default(),
+            self.spec.identifier.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// A stored connection: its settings, or why they cannot be used.
+pub type Stored = Result<ConnectionSettings, Box<Unreadable>>;
+
 impl Row {
-    /// Rows were validated when written; a row that no longer validates (edited by hand) is
-    /// reported rather than half-used.
-    fn into_settings(self) -> sqlx::Result<ConnectionSettings> {
+    /// Rows were validated when written; a row that no longer validates is reported with its
+    /// problem rather than half-used.
+    fn into_stored(self) -> Stored {
+        let version = self.settings_version;
         let spec = ConnectionSpec {
             identifier: Some(self.identifier),
             user_pool_id: Some(self.user_pool_id),
@@ -48,10 +74,17 @@ impl Row {
             match_rule: Some(self.match_rule),
             unique_attributes: Some(self.unique_attributes),
         };
-        let mut settings =
-            ConnectionSettings::validate(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        settings.version = self.settings_version;
-        Ok(settings)
+        match ConnectionSettings::validate(&spec) {
+            Ok(mut settings) => {
+                settings.version = version;
+                Ok(settings)
+            }
+            Err(error) => Err(Box::new(Unreadable {
+                spec,
+                version,
+                problem: error.to_string(),
+            })),
+        }
     }
 }
 
@@ -69,13 +102,15 @@ pub struct Upserted {
 pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Result<Upserted> {
     let existing = get_for_update(conn, c.user_pool_id.as_str(), c.identifier.as_str()).await?;
     let version = match &existing {
-        Some(old) if old.same_settings(c) => {
+        Some(Ok(old)) if old.same_settings(c) => {
             return Ok(Upserted {
                 created: false,
                 version: old.version,
             });
         }
-        Some(old) => old.version + 1,
+        Some(Ok(old)) => old.version + 1,
+        // Mended: whatever it held, these are new settings.
+        Some(Err(unreadable)) => unreadable.version + 1,
         None => 1,
     };
     let spec = c.to_spec();
@@ -210,7 +245,7 @@ async fn sync_pool(conn: &mut PgConnection, pool: &str) -> sqlx::Result<Result<(
         r#"SELECT name, array_agg(user_id ORDER BY user_id) AS "users!"
            FROM user_attributes
            WHERE user_pool_id = $1 AND name = ANY($2)
-           GROUP BY name, value HAVING count(*) > 1
+           GROUP BY name, skeleton HAVING count(*) > 1
            ORDER BY name LIMIT 1"#,
         pool,
         &wanted
@@ -244,7 +279,7 @@ async fn get_for_update(
     conn: &mut PgConnection,
     pool: &str,
     identifier: &str,
-) -> sqlx::Result<Option<ConnectionSettings>> {
+) -> sqlx::Result<Option<Stored>> {
     let row = sqlx::query_as!(
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
@@ -258,7 +293,7 @@ async fn get_for_update(
     )
     .fetch_optional(conn)
     .await?;
-    row.map(Row::into_settings).transpose()
+    Ok(row.map(Row::into_stored))
 }
 
 /// The settings of one version of a connection, as the admin API showed them.
@@ -279,12 +314,12 @@ pub async fn version(
     .await
 }
 
-/// The connections among `(pool, identifier)` pairs that exist.
+/// The connections among `(pool, identifier)` pairs that exist, readable or not.
 pub async fn find_many(
     conn: &mut PgConnection,
     pools: &[String],
     identifiers: &[String],
-) -> sqlx::Result<Vec<ConnectionSettings>> {
+) -> sqlx::Result<Vec<Stored>> {
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT c.user_pool_id, c.identifier, c.display_name, c.provider, c.login_mode,
@@ -300,14 +335,15 @@ pub async fn find_many(
     )
     .fetch_all(conn)
     .await?;
-    rows.into_iter().map(Row::into_settings).collect()
+    Ok(rows.into_iter().map(Row::into_stored).collect())
 }
 
-pub async fn get(
+/// One connection as stored, readable or not.
+pub async fn get_stored(
     conn: &mut PgConnection,
     pool: &str,
     identifier: &str,
-) -> sqlx::Result<Option<ConnectionSettings>> {
+) -> sqlx::Result<Option<Stored>> {
     let row = sqlx::query_as!(
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
@@ -321,10 +357,11 @@ pub async fn get(
     )
     .fetch_optional(conn)
     .await?;
-    row.map(Row::into_settings).transpose()
+    Ok(row.map(Row::into_stored))
 }
 
-pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<ConnectionSettings>> {
+/// Every connection of every pool, readable or not.
+pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<Stored>> {
     let rows = sqlx::query_as!(
         Row,
         r#"SELECT user_pool_id, identifier, display_name, provider, login_mode, association,
@@ -336,5 +373,5 @@ pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<ConnectionSetting
     )
     .fetch_all(conn)
     .await?;
-    rows.into_iter().map(Row::into_settings).collect()
+    Ok(rows.into_iter().map(Row::into_stored).collect())
 }

@@ -31,50 +31,68 @@ pub struct LinkRow {
     pub connection: String,
     pub external_id: String,
     pub user_id: Uuid,
-    /// The identifiers of the identity's last snapshot (`email`, `phone`, `username` and the
-    /// verification flags), to tell changed ones.
-    pub snapshot: serde_json::Map<String, serde_json::Value>,
+    /// The identifiers of the identity's last snapshot, to tell changed ones.
+    pub snapshot: IdentifierSnapshot,
 }
 
-/// Identities to create or to refresh, as parallel columns.
-#[derive(Debug, Default)]
-pub struct IdentityWrites {
-    pub keys: IdentityKeys,
-    pub user_ids: Vec<Uuid>,
-    pub profiles: Vec<Value>,
+/// The identifiers of a profile that a returning login is compared with, as the profile held
+/// them (not normalised). Each is a field, so that the statement building it, the comparison
+/// and the profile rebuilt from it cannot name different keys: a key the statement leaves out
+/// reads as absent (`null`), never as a missing index.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct IdentifierSnapshot {
+    pub email: serde_json::Value,
+    pub email_verified: serde_json::Value,
+    pub phone: serde_json::Value,
+    pub phone_verified: serde_json::Value,
+    pub username: serde_json::Value,
 }
 
-impl IdentityWrites {
-    pub fn push(
-        &mut self,
-        pool: &str,
-        connection: &str,
-        external_id: &str,
-        user_id: Uuid,
-        profile: Value,
-    ) {
-        self.keys.push(pool, connection, external_id);
-        self.user_ids.push(user_id);
-        self.profiles.push(profile);
+impl IdentifierSnapshot {
+    /// The identifiers a login's raw profile carries.
+    pub fn of(profile: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let field = |key: &str| profile.get(key).cloned().unwrap_or_default();
+        Self {
+            email: field("email"),
+            email_verified: field("email_verified"),
+            phone: field("phone"),
+            phone_verified: field("phone_verified"),
+            username: field("username"),
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+    /// The snapshot as a profile (for normalising it as a login's).
+    pub fn to_profile(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        }
     }
 }
 
-pub async fn insert_many(conn: &mut PgConnection, rows: &IdentityWrites) -> sqlx::Result<()> {
+/// An identity to create (linked to `user_id`) or to refresh (its latest profile).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IdentityRecord {
+    pub user_pool_id: String,
+    pub connection: String,
+    pub external_id: String,
+    pub user_id: Uuid,
+    pub profile: Value,
+}
+
+super::types::record!(IdentityRecord as "identity_record", |r| &r.user_pool_id, &r.connection,
+    &r.external_id, r.user_id, &r.profile);
+
+pub async fn insert_many(conn: &mut PgConnection, rows: &[IdentityRecord]) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     sqlx::query!(
         r#"INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])"#,
-        &rows.keys.pools,
-        &rows.keys.connections,
-        &rows.keys.external_ids,
-        &rows.user_ids,
-        &rows.profiles,
+           SELECT user_pool_id, connection, external_id, user_id, profile
+           FROM unnest($1::identity_record[])"#,
+        rows as _,
     )
     .execute(conn)
     .await?;

@@ -40,10 +40,12 @@ impl LockSet {
         self
     }
 
-    /// One value of an account attribute.
+    /// One value of an account attribute, by its skeleton: writers of lookalike values (which
+    /// a unique attribute holds as one) queue for each other.
     pub fn attribute(&mut self, pool: &str, name: &str, value: &str) -> &mut Self {
+        let skeleton = crate::domain::attributes::skeleton(value);
         self.0
-            .push(format!("attribute{SEP}{pool}{SEP}{name}{SEP}{value}"));
+            .push(format!("attribute{SEP}{pool}{SEP}{name}{SEP}{skeleton}"));
         self
     }
 

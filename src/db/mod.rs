@@ -5,22 +5,26 @@
 pub mod audit;
 pub mod batch;
 pub mod bindings;
+pub mod class;
 pub mod commands;
 pub mod connections;
 pub mod identities;
 pub mod locks;
-mod nodelay;
 pub mod outbox;
 pub mod processed;
 pub mod types;
 pub mod users;
+
+pub use class::{
+    ErrorClass, SystemFault, classify, is_transient, sqlstate, stalled, unusable_connection, within,
+};
 
 use std::time::Duration;
 
 use backon::Retryable;
 use secrecy::ExposeSecret;
 use sqlx::{
-    ConnectOptions, PgPool,
+    ConnectOptions, Connection, PgPool,
     migrate::MigrateDatabase,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -29,17 +33,35 @@ use crate::settings::DatabaseSettings;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// A connection kept by a part of the process between its transactions (the worker's batches,
+/// the relay's marks) goes back to the pool after this long unused: the pool tests it before it
+/// is used again, and closes it when idle for long.
+pub const KEPT_IDLE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database url is invalid: {0}")]
     Url(sqlx::Error),
     #[error("database unreachable after {0:?}: {1}")]
     Unreachable(Duration, sqlx::Error),
+    #[error("the database refused the connection: {0}")]
+    Refused(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, DbError> {
+    let statement_timeout = settings.statement_timeout.as_millis().to_string();
+    let idle_timeout = settings.idle_in_transaction_timeout.as_millis().to_string();
+    Ok(unbounded_options(settings)?.options([
+        ("statement_timeout", statement_timeout.as_str()),
+        ("idle_in_transaction_session_timeout", idle_timeout.as_str()),
+    ]))
+}
+
+/// The options of a connection without the server-side bounds: for migrations, whose statements
+/// (an index built over a large table) may rightly take long.
+fn unbounded_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, DbError> {
     let options: PgConnectOptions = settings.url.expose_secret().parse().map_err(DbError::Url)?;
     // The broker ack that follows a commit relies on the commit being durable, whatever the
     // server's default says.
@@ -76,11 +98,37 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<PgPool, 
     };
     with_startup_retry(settings.startup_timeout, create).await?;
 
+    let migrating = unbounded_options(settings)?;
+    let connect = || sqlx::PgConnection::connect_with(&migrating);
+    let mut migration = with_startup_retry(settings.startup_timeout, connect).await?;
+    if !up_to_date(&mut migration).await {
+        MIGRATOR.run(&mut migration).await?;
+    }
+    let _ = migration.close().await;
+
     let pool_options = pool_options(settings.max_connections);
     let connect = || pool_options.clone().connect_with(options.clone());
-    let pool = with_startup_retry(settings.startup_timeout, connect).await?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+    with_startup_retry(settings.startup_timeout, connect).await
+}
+
+/// Whether every migration of this program is applied, unchanged: then a role that may not
+/// create tables (a production deployment's worker, with `identity-sync migrate` run by the
+/// schema's owner) starts without trying. Anything else, unreadable included, is left to the
+/// migrator, which says what is wrong.
+async fn up_to_date(conn: &mut sqlx::PgConnection) -> bool {
+    let applied: Vec<(i64, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(conn)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(_) => return false,
+        };
+    MIGRATOR.iter().all(|m| {
+        applied
+            .iter()
+            .any(|(version, checksum)| *version == m.version && *checksum == *m.checksum)
+    })
 }
 
 /// Pool settings shared by the worker's pool and the relay's.
@@ -89,12 +137,6 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .idle_timeout(Duration::from_secs(300))
-        .after_connect(|_, _| {
-            Box::pin(async {
-                nodelay::disable_nagle();
-                Ok(())
-            })
-        })
 }
 
 async fn with_startup_retry<T, F, Fut>(limit: Duration, f: F) -> Result<T, DbError>
@@ -104,18 +146,30 @@ where
 {
     let started = std::time::Instant::now();
     f.retry(crate::retry::builder(Duration::from_secs(5)).with_total_delay(Some(limit)))
-        .when(is_transient)
+        .when(still_starting)
         .notify(
             |e, delay| tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet"),
         )
         .await
         .map_err(|e| {
-            if is_transient(&e) {
+            if still_starting(&e) {
                 DbError::Unreachable(started.elapsed(), e)
             } else {
-                DbError::Url(e)
+                DbError::Refused(e)
             }
         })
+}
+
+/// At start, only a database that cannot be reached yet (down, starting, out of connections) is
+/// waited for; a refusal (a wrong password, a role or database missing) stops the program at once
+/// with its reason.
+fn still_starting(error: &sqlx::Error) -> bool {
+    matches!(
+        classify(error),
+        ErrorClass::System(
+            SystemFault::Unavailable | SystemFault::Timeout | SystemFault::Resources
+        )
+    )
 }
 
 /// A pool of its own for one part of the process (the admin API, the readiness probe), so that
@@ -131,6 +185,17 @@ pub fn side_pool(
     Ok(pool_options(max_connections).connect_lazy_with(options))
 }
 
+/// A side pool without the statement bound: for a command line that reads a whole table as one
+/// streamed statement (`users export`), which may rightly outlive `database.statement_timeout`.
+pub fn unbounded_side_pool(
+    settings: &DatabaseSettings,
+    role: &str,
+    max_connections: u32,
+) -> Result<PgPool, DbError> {
+    let options = unbounded_options(settings)?.application_name(&format!("identity-sync {role}"));
+    Ok(pool_options(max_connections).connect_lazy_with(options))
+}
+
 /// A small pool for the outbox relay, whose writes (marking rows published) may be lost to a
 /// crash without harm (the rows are published again): its commits do not wait for the disk. One
 /// connection is kept by the task marking published rows, the others serve claims, counts,
@@ -140,56 +205,4 @@ pub fn relay_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         .application_name("identity-sync relay")
         .options([("synchronous_commit", "off"), GENERIC_PLANS]);
     Ok(pool_options(4).connect_lazy_with(options))
-}
-
-/// What a database error means for whoever met it: the one classification the worker and the
-/// HTTP side share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Another writer got in the way (serialization failure, deadlock, a unique violation from
-    /// a concurrent insert): the same work, tried again, sees the other's result.
-    Conflict,
-    /// The database is unreachable, restarting, read-only during a failover, out of resources or
-    /// timed out: the same work succeeds later.
-    Unavailable,
-    /// The database refuses the data itself (a check or a type): trying again cannot help.
-    Permanent,
-}
-
-/// Classifies a database error.
-pub fn classify(error: &sqlx::Error) -> ErrorClass {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => ErrorClass::Unavailable,
-        sqlx::Error::Database(db) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or("");
-            // 40001 serialization_failure, 40P01 deadlock_detected, 23505 unique_violation;
-            // 08xxx connection exceptions, 57P0x admin/crash shutdown, 57014 statement timeout
-            // or cancel, 53xxx insufficient resources, 58xxx system (I/O) errors, 55P03
-            // lock_not_available, 25006 read-only transaction (a standby during a failover).
-            if matches!(code, "40001" | "40P01" | "23505") {
-                ErrorClass::Conflict
-            } else if matches!(code, "55P03" | "57014" | "25006")
-                || code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || code.starts_with("58")
-            {
-                ErrorClass::Unavailable
-            } else {
-                ErrorClass::Permanent
-            }
-        }
-        _ => ErrorClass::Permanent,
-    }
-}
-
-/// Failures that retrying the same work can cure: conflicts and unavailability.
-pub fn is_transient(error: &sqlx::Error) -> bool {
-    classify(error) != ErrorClass::Permanent
 }

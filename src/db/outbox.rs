@@ -8,43 +8,61 @@ use uuid::Uuid;
 
 pub use super::types::OutboxKind;
 
-/// Rows to insert, as parallel columns.
+/// A row to insert, as `outbox_enqueue` (the one way into the outbox) reads it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewOutboxRow {
+    pub kind: OutboxKind,
+    pub routing_key: String,
+    pub message_id: Uuid,
+    pub correlation_id: Option<String>,
+    pub payload: Value,
+    /// The subject whose next `sequence` an event takes (events about a user or a binding).
+    pub subject: Option<Uuid>,
+}
+
+super::types::record!(NewOutboxRow as "outbox_record", |r| r.kind, &r.routing_key, r.message_id,
+    &r.correlation_id, &r.payload, r.subject);
+
+/// Rows to insert, in the order they were made (their ids ascend in that order).
 #[derive(Debug, Default)]
 pub struct NewOutbox {
-    pub kinds: Vec<OutboxKind>,
-    pub routing_keys: Vec<String>,
-    pub message_ids: Vec<Uuid>,
-    pub correlation_ids: Vec<Option<String>>,
-    pub payloads: Vec<Value>,
-    /// The subject whose next `sequence` an event takes (events about a user or a binding).
-    pub sequenced: Vec<Option<Uuid>>,
+    rows: Vec<NewOutboxRow>,
 }
 
 impl NewOutbox {
     pub fn event(&mut self, event: crate::domain::events::OutboundEvent) {
-        self.kinds.push(OutboxKind::Event);
-        self.routing_keys.push(event.kind.as_str().to_owned());
-        self.message_ids.push(event.id);
-        self.correlation_ids.push(None);
-        self.payloads.push(event.body);
-        self.sequenced.push(event.subject.sequenced());
+        self.rows.push(NewOutboxRow {
+            kind: OutboxKind::Event,
+            routing_key: event.kind.as_str().to_owned(),
+            message_id: event.id,
+            correlation_id: None,
+            payload: event.body,
+            subject: event.subject.sequenced(),
+        });
     }
 
     pub fn reply(&mut self, reply_to: &str, correlation_id: Option<&str>, body: Value) {
-        self.kinds.push(OutboxKind::Reply);
-        self.routing_keys.push(reply_to.to_owned());
-        self.message_ids.push(Uuid::now_v7());
-        self.correlation_ids.push(correlation_id.map(str::to_owned));
-        self.payloads.push(body);
-        self.sequenced.push(None);
+        self.rows.push(NewOutboxRow {
+            kind: OutboxKind::Reply,
+            routing_key: reply_to.to_owned(),
+            message_id: Uuid::now_v7(),
+            correlation_id: correlation_id.map(str::to_owned),
+            payload: body,
+            subject: None,
+        });
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kinds.is_empty()
+        self.rows.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.kinds.len()
+        self.rows.len()
+    }
+
+    /// The rows, for a statement that enqueues them (`outbox_enqueue($origin, $rows)`).
+    pub fn rows(&self) -> &[NewOutboxRow] {
+        &self.rows
     }
 
     /// The rows as stored, given what the database assigned: ids (ascending, in push order) and
@@ -53,27 +71,22 @@ impl NewOutbox {
         let now = Utc::now();
         stored
             .into_iter()
-            .zip(self.kinds)
-            .zip(self.routing_keys)
-            .zip(self.message_ids)
-            .zip(self.correlation_ids)
-            .zip(self.payloads)
-            .map(
-                |(((((stored, kind), routing_key), message_id), correlation_id), mut payload)| {
-                    if let Some(sequence) = stored.sequence {
-                        payload["sequence"] = Value::String(sequence);
-                    }
-                    OutboxRow {
-                        id: stored.id,
-                        kind,
-                        routing_key,
-                        message_id,
-                        correlation_id,
-                        payload,
-                        created_at: now,
-                    }
-                },
-            )
+            .zip(self.rows)
+            .map(|(stored, row)| {
+                let mut payload = row.payload;
+                if let Some(sequence) = stored.sequence {
+                    payload["sequence"] = Value::String(sequence);
+                }
+                OutboxRow {
+                    id: stored.id,
+                    kind: row.kind,
+                    routing_key: row.routing_key,
+                    message_id: row.message_id,
+                    correlation_id: row.correlation_id,
+                    payload,
+                    created_at: now,
+                }
+            })
             .collect()
     }
 }
@@ -86,7 +99,8 @@ pub struct Stored {
 }
 
 /// Rows get ascending ids in the order they were pushed, and sequenced events the next values of
-/// their subjects' sequences; returns them, ready to publish.
+/// their subjects' sequences (see the `outbox_enqueue` migration); returns them, ready to
+/// publish.
 pub async fn insert_many(
     conn: &mut PgConnection,
     origin: Uuid,
@@ -95,49 +109,10 @@ pub async fn insert_many(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let kinds: Vec<String> = rows.kinds.iter().map(|k| k.as_str().to_owned()).collect();
     let stored = sqlx::query_scalar!(
-        // created_at is the database's clock at insert: rows are adopted by other relays by
-        // age, which must not count time the transaction spent before writing them.
-        r#"WITH rows AS (
-             SELECT * FROM unnest($2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[],
-                                  $7::uuid[])
-                    WITH ORDINALITY AS r(kind, routing_key, message_id, correlation_id, payload,
-                                         subject, n)),
-           sequences AS (
-             INSERT INTO event_sequences AS s (subject, last)
-             SELECT subject, count(*) FROM rows WHERE subject IS NOT NULL
-             GROUP BY subject ORDER BY subject
-             ON CONFLICT (subject) DO UPDATE SET last = s.last + EXCLUDED.last
-             RETURNING subject, last),
-           numbered AS (
-             SELECT r.*, q.last - count(*) OVER (PARTITION BY r.subject)
-                         + row_number() OVER (PARTITION BY r.subject ORDER BY r.n) AS sequence
-             FROM rows r LEFT JOIN sequences q ON q.subject = r.subject),
-           queued AS (
-             INSERT INTO outbox (origin, kind, routing_key, message_id, correlation_id, payload,
-                                 created_at)
-             SELECT $1, kind, routing_key, message_id, correlation_id,
-                    CASE WHEN sequence IS NULL THEN payload
-                         ELSE payload || jsonb_build_object('sequence', lpad(sequence::text, 20, '0'))
-                    END,
-                    clock_timestamp()
-             FROM numbered ORDER BY n
-             RETURNING id, created_at, payload->>'sequence' AS sequence),
-           -- Every row starts unpublished: its pending row goes when the broker has it.
-           pending AS (
-             INSERT INTO outbox_pending (id, origin, created_at)
-             SELECT id, $1, created_at FROM queued)
-           SELECT coalesce(jsonb_agg(jsonb_build_object('id', q.id, 'sequence', q.sequence)
-                                     ORDER BY q.id), '[]') AS "stored!: Json<Vec<Stored>>"
-           FROM queued q"#,
+        r#"SELECT outbox_enqueue($1, $2::outbox_record[]) AS "stored!: Json<Vec<Stored>>""#,
         origin,
-        &kinds,
-        &rows.routing_keys,
-        &rows.message_ids,
-        &rows.correlation_ids as &[Option<String>],
-        &rows.payloads,
-        &rows.sequenced as &[Option<Uuid>],
+        rows.rows() as _,
     )
     .fetch_one(conn)
     .await?;
@@ -185,6 +160,40 @@ pub async fn claim(
         limit
     )
     .fetch_all(conn)
+    .await
+}
+
+/// The write transactions of this program's processes in progress now (their backends' pids
+/// and the transactions' start), the relay's own aside: one of them may be a commit whose fate
+/// its process could not learn (see `relay`'s uncertain commits).
+pub async fn writers_in_progress(pool: &PgPool) -> sqlx::Result<(Vec<i32>, Vec<DateTime<Utc>>)> {
+    let row = sqlx::query!(
+        r#"SELECT coalesce(array_agg(pid), '{}') AS "pids!",
+                  coalesce(array_agg(xact_start), '{}') AS "started!"
+           FROM pg_stat_activity
+           WHERE application_name LIKE 'identity-sync%' AND backend_xid IS NOT NULL
+             AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.pids, row.started))
+}
+
+/// How many of the transactions [`writers_in_progress`] returned are still in progress.
+pub async fn still_writing(
+    pool: &PgPool,
+    pids: &[i32],
+    started: &[DateTime<Utc>],
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM pg_stat_activity a
+           JOIN unnest($1::int4[], $2::timestamptz[]) AS k(pid, started)
+             ON a.pid = k.pid AND a.xact_start = k.started
+           WHERE a.backend_xid IS NOT NULL"#,
+        pids,
+        started
+    )
+    .fetch_one(pool)
     .await
 }
 

@@ -15,49 +15,49 @@ pub struct ProcessedRow {
     pub reason: Option<String>,
 }
 
-/// Dedupe records with their decisions' evidence, as parallel columns.
-#[derive(Debug, Default)]
-pub struct NewProcessed {
-    pub sources: Vec<String>,
-    pub event_ids: Vec<String>,
-    pub outcomes: Vec<String>,
-    pub user_ids: Vec<Option<Uuid>>,
-    pub binding_ids: Vec<Option<Uuid>>,
-    pub reasons: Vec<Option<String>>,
-    pub pools: Vec<String>,
-    pub connections: Vec<String>,
-    pub settings_versions: Vec<i64>,
-    pub evidence: Vec<serde_json::Value>,
-    pub external_ids: Vec<String>,
+/// The dedupe record of a decided login, with its decision's evidence.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProcessedRecord {
+    pub source: String,
+    pub event_id: String,
+    pub outcome: &'static str,
+    pub user_id: Option<Uuid>,
+    pub binding_id: Option<Uuid>,
+    pub reason: Option<String>,
+    pub user_pool_id: String,
+    pub connection: String,
+    pub settings_version: i64,
+    pub evidence: serde_json::Value,
+    pub external_id: String,
     /// The login's profile as received: what a simulation decides again.
-    pub profiles: Vec<serde_json::Value>,
+    pub profile: serde_json::Value,
 }
 
-impl NewProcessed {
-    pub fn push(
-        &mut self,
+super::types::record!(ProcessedRecord as "processed_record", |r| &r.source, &r.event_id,
+    r.outcome, r.user_id, r.binding_id, &r.reason, &r.user_pool_id, &r.connection,
+    r.settings_version, &r.evidence, &r.external_id, &r.profile);
+
+impl ProcessedRecord {
+    pub fn of(
         event: &LoginEvent,
         reply: &Reply,
         settings_version: i64,
         evidence: serde_json::Value,
-    ) {
-        self.sources.push(event.source.clone());
-        self.event_ids.push(event.id.clone());
-        self.outcomes.push(reply.outcome.as_str().to_owned());
-        self.user_ids.push(reply.user_id);
-        self.binding_ids.push(reply.binding_id);
-        self.reasons.push(reply.reason.clone());
-        self.pools.push(event.user_pool_id.as_str().to_owned());
-        self.connections.push(event.connection.as_str().to_owned());
-        self.settings_versions.push(settings_version);
-        self.evidence.push(evidence);
-        self.external_ids.push(event.external_id.clone());
-        self.profiles
-            .push(serde_json::Value::Object(event.profile.raw.clone()));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+    ) -> Self {
+        Self {
+            source: event.source.clone(),
+            event_id: event.id.clone(),
+            outcome: reply.outcome.as_str(),
+            user_id: reply.user_id,
+            binding_id: reply.binding_id,
+            reason: reply.reason.clone(),
+            user_pool_id: event.user_pool_id.as_str().to_owned(),
+            connection: event.connection.as_str().to_owned(),
+            settings_version,
+            evidence,
+            external_id: event.external_id.clone(),
+            profile: serde_json::Value::Object(event.profile.raw.clone()),
+        }
     }
 }
 

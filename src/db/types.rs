@@ -60,8 +60,43 @@ text_column!(
     |v| v.as_str()
 );
 
+/// A row a statement receives among many, as a value of a composite type (created by the
+/// typed-records migration): `record!(Type as "sql_name", |r| field, ...)` encodes each value
+/// in the order of the type's fields, so that `$1::sql_name[]` carries a table's rows in the
+/// binary protocol. A value of another type in a field's place is refused by the server.
+macro_rules! record {
+    ($ty:ty as $name:literal, |$r:ident| $($value:expr),+ $(,)?) => {
+        impl ::sqlx::Type<::sqlx::Postgres> for $ty {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                ::sqlx::postgres::PgTypeInfo::with_name($name)
+            }
+        }
+
+        impl ::sqlx::postgres::PgHasArrayType for $ty {
+            fn array_type_info() -> ::sqlx::postgres::PgTypeInfo {
+                ::sqlx::postgres::PgTypeInfo::array_of($name)
+            }
+        }
+
+        impl ::sqlx::Encode<'_, ::sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                let $r = self;
+                let mut record = ::sqlx::postgres::types::PgRecordEncoder::new(buf);
+                $(record.encode($value)?;)+
+                record.finish();
+                Ok(::sqlx::encode::IsNull::No)
+            }
+        }
+    };
+}
+pub(crate) use record;
+
 /// What an outbox row holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OutboxKind {
     /// An outbound event, published to the events exchange and kept for replay.
     Event,

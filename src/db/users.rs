@@ -5,10 +5,11 @@ use sqlx::{PgConnection, types::Json};
 use uuid::Uuid;
 
 use super::types::stored;
+pub use crate::domain::account::UserRecord;
 use crate::domain::{
     ConnectionSettings, Email, MatchKey, Phone, Username,
     attributes::{self, AttributeName, Attributes},
-    decision::{NewUserFields, PoolUser},
+    decision::PoolUser,
     login::NormalizedFields,
 };
 
@@ -59,6 +60,8 @@ pub struct FieldKeys {
     pub attribute_pools: Vec<String>,
     pub attribute_names: Vec<String>,
     pub attribute_values: Vec<String>,
+    /// The values' skeletons: a unique attribute's lookalikes are looked up too.
+    pub attribute_skeletons: Vec<String>,
     pub attribute_matched: Vec<bool>,
 }
 
@@ -81,6 +84,7 @@ impl FieldKeys {
             self.attribute_pools.push(pool.to_owned());
             self.attribute_names.push(name.as_str().to_owned());
             self.attribute_values.push(value.clone());
+            self.attribute_skeletons.push(attributes::skeleton(value));
             let key = MatchKey::Attribute(name.clone());
             self.attribute_matched
                 .push(settings.match_fields.contains(&key));
@@ -125,7 +129,12 @@ pub async fn find_by_fields_up_to(
                        SELECT a.user_id FROM user_attributes a
                        JOIN unnest($5::text[], $6::text[], $7::bool[]) AS k(name, value, matched)
                          ON a.name = k.name AND a.value = k.value
-                       WHERE a.user_pool_id = $4 AND (a.is_unique OR k.matched))))
+                       WHERE a.user_pool_id = $4 AND (a.is_unique OR k.matched)))
+                  OR u.id = ANY(ARRAY(
+                       SELECT a.user_id FROM user_attributes a
+                       JOIN unnest($5::text[], $9::text[]) AS k(name, skeleton)
+                         ON a.user_pool_id = $4 AND a.name = k.name AND a.skeleton = k.skeleton
+                       WHERE a.is_unique)))
              AND u.user_pool_id = $4
            LIMIT $8"#,
         &keys.emails,
@@ -136,6 +145,7 @@ pub async fn find_by_fields_up_to(
         &keys.attribute_values,
         &keys.attribute_matched,
         limit,
+        &keys.attribute_skeletons,
     )
     .fetch_all(conn)
     .await?;
@@ -174,83 +184,26 @@ pub async fn unique_attributes(
         .collect())
 }
 
-/// New users, as parallel columns.
-#[derive(Debug, Default)]
-pub struct NewUsers {
-    pub ids: Vec<Uuid>,
-    pub pools: Vec<String>,
-    pub emails: Vec<Option<String>>,
-    pub email_verified: Vec<bool>,
-    pub phones: Vec<Option<String>>,
-    pub phone_verified: Vec<bool>,
-    pub usernames: Vec<Option<String>>,
-    pub names: Vec<Option<String>>,
-    pub attributes: Vec<serde_json::Value>,
-    /// Written by the writers that take it (an import); logins and resolutions create
-    /// unprotected accounts.
-    pub protected: Vec<bool>,
-}
+super::types::record!(UserRecord as "user_record", |r| r.id, &r.user_pool_id, &r.email,
+    r.email_verified, &r.phone, r.phone_verified, &r.username, &r.name, r.protected,
+    Json(&r.attributes));
 
-impl NewUsers {
-    pub fn push(&mut self, user: &UserRecord) {
-        self.ids.push(user.id);
-        self.pools.push(user.user_pool_id.clone());
-        self.emails
-            .push(user.email.as_ref().map(|e| e.as_str().to_owned()));
-        self.email_verified.push(user.email_verified);
-        self.phones
-            .push(user.phone.as_ref().map(|p| p.as_str().to_owned()));
-        self.phone_verified.push(user.phone_verified);
-        self.usernames
-            .push(user.username.as_ref().map(|u| u.as_str().to_owned()));
-        self.names.push(user.name.clone());
-        self.attributes.push(attributes::to_json(&user.attributes));
-        self.protected.push(user.protected);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
-
-pub async fn insert_many(conn: &mut PgConnection, users: &NewUsers) -> sqlx::Result<()> {
+/// Inserts new accounts (a whole row each: see [`UserRecord`]).
+pub async fn insert_many(conn: &mut PgConnection, users: &[UserRecord]) -> sqlx::Result<()> {
     if users.is_empty() {
         return Ok(());
     }
     sqlx::query!(
-        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
-                              attributes)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[],
-                                $6::bool[], $7::text[], $8::text[], $9::jsonb[])"#,
-        &users.ids,
-        &users.pools,
-        &users.emails as &[Option<String>],
-        &users.email_verified,
-        &users.phones as &[Option<String>],
-        &users.phone_verified,
-        &users.usernames as &[Option<String>],
-        &users.names as &[Option<String>],
-        &users.attributes,
+        r#"INSERT INTO users (id, user_pool_id, email, email_verified, phone, phone_verified,
+                              username, name, attributes, protected)
+           SELECT id, user_pool_id, email, email_verified, phone, phone_verified, username, name,
+                  attributes, protected
+           FROM unnest($1::user_record[])"#,
+        users as _,
     )
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// A whole user row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub id: Uuid,
-    pub user_pool_id: String,
-    pub email: Option<Email>,
-    pub email_verified: bool,
-    pub phone: Option<Phone>,
-    pub phone_verified: bool,
-    pub username: Option<Username>,
-    pub name: Option<String>,
-    /// Never linked automatically.
-    pub protected: bool,
-    pub attributes: Attributes,
 }
 
 #[derive(Debug, Clone)]
@@ -267,39 +220,6 @@ pub struct UserRow {
     pub attributes: Json<Attributes>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-impl UserRecord {
-    /// A new account of `pool` with the fields a login or a resolution gives it.
-    pub fn new(id: Uuid, pool: &str, fields: &NewUserFields) -> Self {
-        Self {
-            id,
-            user_pool_id: pool.to_owned(),
-            email: fields.email.clone(),
-            email_verified: fields.email_verified,
-            phone: fields.phone.clone(),
-            phone_verified: fields.phone_verified,
-            username: fields.username.clone(),
-            name: fields.name.clone(),
-            protected: false,
-            attributes: fields.attributes.clone(),
-        }
-    }
-
-    /// The user as the decision sees it (without its identities).
-    pub fn pool_user(&self) -> PoolUser {
-        PoolUser {
-            id: self.id,
-            email: self.email.clone(),
-            email_verified: self.email_verified,
-            phone: self.phone.clone(),
-            phone_verified: self.phone_verified,
-            username: self.username.clone(),
-            attributes: self.attributes.clone(),
-            protected: self.protected,
-            linked_on_connection: false,
-        }
-    }
 }
 
 /// Writes every changeable field of a user.
@@ -361,10 +281,11 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<UserR
 /// Users of `user`'s pool holding its email, its phone, its username or a value of one of its
 /// attributes that is unique in the pool (`user` included, if it is stored).
 pub async fn holders_of(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<Vec<UserRow>> {
-    let (names, values): (Vec<String>, Vec<String>) = user
+    // A unique attribute's lookalikes are held too (see `attributes::skeleton`).
+    let (names, skeletons): (Vec<String>, Vec<String>) = user
         .attributes
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+        .map(|(k, v)| (k.as_str().to_owned(), attributes::skeleton(v)))
         .unzip();
     sqlx::query_as!(
         UserRow,
@@ -376,16 +297,16 @@ pub async fn holders_of(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Res
              AND (email = $2 OR phone = $3 OR username = $4
                   OR id = ANY(ARRAY(
                        SELECT a.user_id FROM user_attributes a
-                       JOIN unnest($5::text[], $6::text[]) AS k(name, value)
-                         ON a.name = k.name AND a.value = k.value
-                       WHERE a.user_pool_id = $1 AND a.is_unique)))
+                       JOIN unnest($5::text[], $6::text[]) AS k(name, skeleton)
+                         ON a.user_pool_id = $1 AND a.name = k.name AND a.skeleton = k.skeleton
+                       WHERE a.is_unique)))
            ORDER BY id"#,
         user.user_pool_id,
         user.email.as_ref().map(Email::as_str),
         user.phone.as_ref().map(Phone::as_str),
         user.username.as_ref().map(Username::as_str),
         &names,
-        &values,
+        &skeletons,
     )
     .fetch_all(conn)
     .await
@@ -456,94 +377,91 @@ pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec
     .await
 }
 
-/// Changed identifiers copied onto accounts by a batch of logins, as parallel columns: per
-/// account, each field's new value where `set_*` says it changed (one entry per account; a later
-/// change of the batch is merged into it).
-#[derive(Debug, Default)]
-pub struct ProfileUpdates {
-    pub ids: Vec<Uuid>,
-    pub set_email: Vec<bool>,
-    pub emails: Vec<Option<String>>,
-    pub email_verified: Vec<bool>,
-    pub set_phone: Vec<bool>,
-    pub phones: Vec<Option<String>>,
-    pub phone_verified: Vec<bool>,
-    pub set_username: Vec<bool>,
-    pub usernames: Vec<Option<String>>,
+/// Changed identifiers copied onto an account by a batch of logins: each field's new value
+/// where `set_*` says it changed (one per account; a later change of the batch is merged into
+/// it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProfileUpdate {
+    pub id: Uuid,
+    pub set_email: bool,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub set_phone: bool,
+    pub phone: Option<String>,
+    pub phone_verified: bool,
+    pub set_username: bool,
+    pub username: Option<String>,
 }
 
-impl ProfileUpdates {
-    /// Adds an account's update, merged into the one already there for that account.
-    pub fn push(&mut self, user_id: Uuid, update: &crate::domain::decision::drift::UserUpdate) {
+super::types::record!(ProfileUpdate as "profile_update", |r| r.id, r.set_email, &r.email,
+    r.email_verified, r.set_phone, &r.phone, r.phone_verified, r.set_username, &r.username);
+
+impl ProfileUpdate {
+    /// No field changed yet.
+    pub fn of(id: Uuid) -> Self {
+        Self {
+            id,
+            set_email: false,
+            email: None,
+            email_verified: false,
+            set_phone: false,
+            phone: None,
+            phone_verified: false,
+            set_username: false,
+            username: None,
+        }
+    }
+
+    /// Merges a later change of the account into this one.
+    pub fn merge(&mut self, update: &crate::domain::decision::drift::UserUpdate) {
         use crate::domain::connection::MatchField;
-        let i = match self.ids.iter().position(|id| *id == user_id) {
-            Some(i) => i,
-            None => {
-                self.ids.push(user_id);
-                self.set_email.push(false);
-                self.emails.push(None);
-                self.email_verified.push(false);
-                self.set_phone.push(false);
-                self.phones.push(None);
-                self.phone_verified.push(false);
-                self.set_username.push(false);
-                self.usernames.push(None);
-                self.ids.len() - 1
-            }
-        };
         let user = &update.user;
         for field in &update.changed {
             match field {
                 MatchField::Email => {
-                    self.set_email[i] = true;
-                    self.emails[i] = user.email.as_deref().map(str::to_owned);
-                    self.email_verified[i] = update.email_verified;
+                    self.set_email = true;
+                    self.email = user.email.as_deref().map(str::to_owned);
+                    self.email_verified = update.email_verified;
                 }
                 MatchField::Phone => {
-                    self.set_phone[i] = true;
-                    self.phones[i] = user.phone.as_deref().map(str::to_owned);
-                    self.phone_verified[i] = update.phone_verified;
+                    self.set_phone = true;
+                    self.phone = user.phone.as_deref().map(str::to_owned);
+                    self.phone_verified = update.phone_verified;
                 }
                 MatchField::Username => {
-                    self.set_username[i] = true;
-                    self.usernames[i] = user.username.as_deref().map(str::to_owned);
+                    self.set_username = true;
+                    self.username = user.username.as_deref().map(str::to_owned);
                 }
             }
         }
     }
+}
 
-    /// Writes them in one statement.
-    pub async fn write(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        if self.ids.is_empty() {
-            return Ok(());
-        }
-        sqlx::query!(
-            r#"UPDATE users u SET
-                 email = CASE WHEN v.set_email THEN v.email ELSE u.email END,
-                 email_verified = CASE WHEN v.set_email THEN v.email_verified
-                                       ELSE u.email_verified END,
-                 phone = CASE WHEN v.set_phone THEN v.phone ELSE u.phone END,
-                 phone_verified = CASE WHEN v.set_phone THEN v.phone_verified
-                                       ELSE u.phone_verified END,
-                 username = CASE WHEN v.set_username THEN v.username ELSE u.username END,
-                 updated_at = now()
-               FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bool[], $5::bool[], $6::text[],
-                           $7::bool[], $8::bool[], $9::text[])
-                 AS v(id, set_email, email, email_verified, set_phone, phone, phone_verified,
-                      set_username, username)
-               WHERE u.id = v.id"#,
-            &self.ids,
-            &self.set_email,
-            &self.emails as &[Option<String>],
-            &self.email_verified,
-            &self.set_phone,
-            &self.phones as &[Option<String>],
-            &self.phone_verified,
-            &self.set_username,
-            &self.usernames as &[Option<String>],
-        )
-        .execute(conn)
-        .await?;
-        Ok(())
+/// Writes them in one statement.
+pub async fn update_profiles(
+    conn: &mut PgConnection,
+    updates: &[ProfileUpdate],
+) -> sqlx::Result<()> {
+    if updates.is_empty() {
+        return Ok(());
     }
+    sqlx::query!(
+        r#"UPDATE users u SET
+             email = CASE WHEN v.set_email THEN v.email ELSE u.email END,
+             email_verified = CASE WHEN v.set_email THEN v.email_verified
+                                   ELSE u.email_verified END,
+             phone = CASE WHEN v.set_phone THEN v.phone ELSE u.phone END,
+             phone_verified = CASE WHEN v.set_phone THEN v.phone_verified
+                                   ELSE u.phone_verified END,
+             username = CASE WHEN v.set_username THEN v.username ELSE u.username END,
+             updated_at = now()
+           FROM unnest($1::profile_update[]) v
+           -- An index lookup, whatever the estimate of the records (see `batch::write`).
+           WHERE u.id = ANY(ARRAY(SELECT w.id FROM unnest($1::profile_update[]) w))
+             AND u.id = v.id"#,
+        updates as _,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }

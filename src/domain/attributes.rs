@@ -8,6 +8,12 @@
 //! exactly after that (`E1024` and `e1024` are different employee numbers). A login's value with
 //! characters that pass for others (see `identifier`) is suspicious: it never links and is never
 //! copied onto an account.
+//!
+//! Where a pool promises uniqueness, values that look the same are one value: two accounts never
+//! hold values of a unique attribute with the same UTS #39 skeleton ([`skeleton`]: `E1024` and
+//! `Е1024` with a Cyrillic `Е`, or `EIO24`), whichever path writes them. The database computes
+//! the same skeleton (the table of `migrations/*_attribute_skeletons.sql`, generated from the
+//! crate this function uses) and holds it unique.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -94,6 +100,13 @@ pub fn value(raw: &str) -> Result<String, String> {
     Ok(value)
 }
 
+/// The UTS #39 skeleton of a value (NFD, each character replaced by its prototype in Unicode's
+/// `confusables.txt`, default-ignorable ones dropped, NFD again): two values look alike exactly
+/// when their skeletons are equal.
+pub fn skeleton(value: &str) -> String {
+    unicode_security::confusable_detection::skeleton(value).collect()
+}
+
 /// A login's value: its stored form, and whether the raw text is suspicious.
 pub fn value_checked(raw: &str) -> Result<(String, bool), String> {
     Ok((value(raw)?, identifier::is_suspicious(raw)))
@@ -169,6 +182,71 @@ mod tests {
         // Fullwidth digits and letters pass for ASCII ones.
         assert!(value_checked("Ｅ１０２４").unwrap().1);
         assert!(!value_checked("销售部").unwrap().1);
+    }
+
+    #[test]
+    fn lookalike_values_share_a_skeleton() {
+        assert_eq!(skeleton("E1024"), skeleton("\u{415}1024"));
+        assert_eq!(skeleton("E1024"), skeleton("EIO24"));
+        assert_ne!(skeleton("E1024"), skeleton("E1025"));
+        assert_ne!(skeleton("E1024"), skeleton("e1024"));
+        assert_eq!(skeleton("销售部"), "销售部");
+    }
+
+    /// The rows of `confusable_prototypes` (see the attribute skeletons migration): each
+    /// character that NFD leaves alone and whose skeleton is not itself, with that skeleton.
+    fn prototype_rows() -> String {
+        fn literal(text: &str) -> String {
+            let mut out = String::from("U&'");
+            for c in text.chars() {
+                match c {
+                    '\'' => out.push_str("''"),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_ascii_graphic() => out.push(c),
+                    c => out.push_str(&format!("\\+{:06X}", c as u32)),
+                }
+            }
+            out.push('\'');
+            out
+        }
+        let mut rows = Vec::new();
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            let alone = c.to_string();
+            if alone.nfd().collect::<String>() != alone {
+                continue;
+            }
+            let skeleton = skeleton(&alone);
+            if skeleton != alone {
+                rows.push(format!("({}, {})", literal(&alone), literal(&skeleton)));
+            }
+        }
+        rows.join(",\n")
+    }
+
+    /// The migration's table is this program's `skeleton`, so that the database holds unique
+    /// exactly what the decisions call alike. `IDSYNC_WRITE_CONFUSABLES=1` rewrites it (a new
+    /// migration must carry a changed table once one was released).
+    #[test]
+    fn the_databases_prototypes_are_the_programs() {
+        const BEGIN: &str = "-- prototypes: generated, begin\n";
+        const END: &str = "\n-- prototypes: generated, end";
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/20261207000018_attribute_skeletons.sql"
+        );
+        let migration = std::fs::read_to_string(path).expect("the migration exists");
+        let (head, rest) = migration.split_once(BEGIN).expect("the begin marker");
+        let (rows, tail) = rest.split_once(END).expect("the end marker");
+        let expected = prototype_rows();
+        if std::env::var_os("IDSYNC_WRITE_CONFUSABLES").is_some() {
+            std::fs::write(path, format!("{head}{BEGIN}{expected}{END}{tail}")).unwrap();
+            return;
+        }
+        assert!(
+            rows == expected,
+            "the migration's prototypes differ from unicode-security's: \
+             IDSYNC_WRITE_CONFUSABLES=1 cargo test --lib prototypes"
+        );
     }
 
     #[test]

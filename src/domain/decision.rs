@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::attributes::{AttributeName, Attributes};
+use super::account::UserRecord;
+use super::attributes::{self, AttributeName, Attributes};
 use super::connection::{
     Association, ConnectionSettings, LoginMode, MatchField, MatchKey, MatchRule,
 };
@@ -189,10 +190,14 @@ pub fn shares_a_value(
     holds(login.email.value(), email)
         || holds(login.phone.value(), phone)
         || holds(login.username.value(), username)
-        || login
-            .attributes
-            .iter()
-            .any(|(name, value)| value.value().is_some() && value.value() == attributes.get(name))
+        || login.attributes.iter().any(|(name, value)| {
+            value.value().is_some_and(|value| {
+                attributes.get(name).is_some_and(|held| {
+                    // A lookalike too: it may hold the value where the pool wants it unique.
+                    held == value || attributes::skeleton(held) == attributes::skeleton(value)
+                })
+            })
+        })
 }
 
 /// The identity's binding that still waits to be resolved, as stored.
@@ -674,12 +679,24 @@ impl Judge<'_> {
     /// Whether a new account may not take the login's value of `key` because another account
     /// holds it: always for email, phone and username, for an attribute where it is unique in
     /// the pool.
+    /// A unique attribute is held by any account holding a lookalike of the value (the same
+    /// UTS #39 skeleton: `E1024` and `Е1024` with a Cyrillic `Е`).
     fn held(&self, key: &MatchKey, pool_users: &[PoolUser], unique: &[AttributeName]) -> bool {
-        let exclusive = match key {
-            MatchKey::Attribute(name) => unique.contains(name),
-            MatchKey::Field(_) => true,
-        };
-        exclusive && pool_users.iter().any(|u| self.holds(u, key))
+        match key {
+            MatchKey::Attribute(name) => {
+                let Some(value) = self.carried(key).and_then(|c| c.value) else {
+                    return false;
+                };
+                let skeleton = attributes::skeleton(value);
+                unique.contains(name)
+                    && pool_users.iter().any(|u| {
+                        u.attributes
+                            .get(name)
+                            .is_some_and(|held| attributes::skeleton(held) == skeleton)
+                    })
+            }
+            MatchKey::Field(_) => pool_users.iter().any(|u| self.holds(u, key)),
+        }
     }
 
     /// Every field the login carries, in evidence order.
@@ -830,6 +847,23 @@ pub fn matched_fields(
         .filter(|k| judge.searched(k) && judge.holds(user, k))
         .cloned()
         .collect()
+}
+
+impl UserRecord {
+    /// The user as the decision sees it (without its identities).
+    pub fn pool_user(&self) -> PoolUser {
+        PoolUser {
+            id: self.id,
+            email: self.email.clone(),
+            email_verified: self.email_verified,
+            phone: self.phone.clone(),
+            phone_verified: self.phone_verified,
+            username: self.username.clone(),
+            attributes: self.attributes.clone(),
+            protected: self.protected,
+            linked_on_connection: false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
+    account::UserRecord,
     connection::{ConnectionSettings, MatchKey},
     decision::{
         Action, BindingReason, Decision, Evidence, NewUserFields, Outcome, UNKNOWN_USER,
@@ -51,10 +52,10 @@ impl Identity {
     }
 }
 
-/// One thing that must happen. The identity the effects are about is the context they are
-/// applied in.
+/// One thing a login makes happen. The identity the effects are about is the context they are
+/// applied in. (A binding's resolution has effects of its own: `resolution::ResolutionEffect`.)
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub enum LoginEffect {
     /// A pending binding of the identity, past its expiry, expires.
     ExpireBinding { binding_id: Uuid },
     /// A new account.
@@ -77,40 +78,53 @@ pub enum Effect {
         update: UserUpdate,
     },
     /// The identity is parked for a person or an admin to resolve.
-    OpenBinding {
-        /// The new binding's id (a UUIDv7).
-        binding_id: Uuid,
-        /// The candidate accounts, by id.
-        candidates: Vec<Uuid>,
-        /// Why no account was linked.
-        reason: BindingReason,
-        /// The time of the login plus the connection's `binding_ttl`.
-        expires_at: DateTime<Utc>,
-    },
-    /// A pending binding is resolved.
-    ResolveBinding {
-        /// The binding resolved.
-        binding_id: Uuid,
-        /// Linked, created or rejected.
-        resolution: Resolution,
-        /// The account linked or created; `None` for a rejection.
-        user_id: Option<Uuid>,
-        /// Who decided (the admin token's name, or the actor a command names).
-        resolved_by: String,
-        /// How the decision was proven, in its text form (`admin`, `password`, ...).
-        proof: String,
-        /// The reason a `reject` gave, kept with the binding; `None` otherwise.
-        reason: Option<String>,
-    },
+    OpenBinding(OpenBinding),
     /// An event to publish (committed with the rest).
     Emit(OutboundEvent),
+}
+
+/// A binding opened for an identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenBinding {
+    /// The new binding's id (a UUIDv7).
+    pub binding_id: Uuid,
+    /// The candidate accounts, by id.
+    pub candidates: Vec<Uuid>,
+    /// Why no account was linked.
+    pub reason: BindingReason,
+    /// The time of the login plus the connection's `binding_ttl`.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new account for an identity, and its `user.created`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAccount {
+    pub user_id: Uuid,
+    pub fields: NewUserFields,
+    pub created: OutboundEvent,
+}
+
+impl NewAccount {
+    /// A login's effects for it: the account, the login's identity linked to it, the event.
+    fn effects(self) -> [LoginEffect; 3] {
+        [
+            LoginEffect::CreateUser {
+                user_id: self.user_id,
+                fields: self.fields,
+            },
+            LoginEffect::LinkIdentity {
+                user_id: self.user_id,
+            },
+            LoginEffect::Emit(self.created),
+        ]
+    }
 }
 
 /// A login's effects and the reply that says what was decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoginEffects {
     /// What must happen, in the order it must be applied (an overdue binding expires first).
-    pub effects: Vec<Effect>,
+    pub effects: Vec<LoginEffect>,
     /// The decision as the reply (if one was asked for) and the dedupe record give it.
     pub reply: Reply,
 }
@@ -125,22 +139,20 @@ pub fn of_login(
 ) -> LoginEffects {
     let pool = identity.user_pool_id.as_str();
     let cause = Some(event_id);
+    // An overdue binding of the identity expires first.
     let mut effects = Vec::new();
     if let Some(binding_id) = decision.expire_binding {
-        effects.push(Effect::ExpireBinding { binding_id });
-        effects.push(binding_expired(pool, binding_id, identity.reference(), now));
+        let expired = binding_expired(pool, binding_id, identity.reference(), now);
+        effects.extend([
+            LoginEffect::ExpireBinding { binding_id },
+            LoginEffect::Emit(expired),
+        ]);
     }
-    let mut reply = Reply {
-        event_id: Some(event_id.to_owned()),
-        outcome: decision.action.outcome(),
-        user_id: None,
-        binding_id: None,
-        reason: None,
-    };
+    let mut reply = Reply::of(event_id, decision.action.outcome());
     let masked = decision.evidence.masked();
     match &decision.action {
         Action::ExistingUser { user_id, drift } => {
-            effects.push(Effect::TouchIdentity { user_id: *user_id });
+            effects.push(LoginEffect::TouchIdentity { user_id: *user_id });
             if let Some(drift) = drift {
                 effects.extend(changed_identity(
                     pool, *user_id, identity, drift, event_id, now,
@@ -156,8 +168,8 @@ pub fn of_login(
             user_id,
             matched_on,
         } => {
-            effects.push(Effect::LinkIdentity { user_id: *user_id });
-            effects.push(user_linked(
+            effects.push(LoginEffect::LinkIdentity { user_id: *user_id });
+            effects.push(LoginEffect::Emit(user_linked(
                 pool,
                 *user_id,
                 identity.reference(),
@@ -165,67 +177,61 @@ pub fn of_login(
                 matched_on.clone(),
                 cause,
                 now,
-            ));
+            )));
             reply.user_id = Some(*user_id);
         }
         Action::OpenBinding { candidates, reason } => {
-            let binding_id = Uuid::now_v7();
-            let ttl = chrono::Duration::from_std(settings.binding_ttl)
-                .unwrap_or(chrono::Duration::hours(72));
-            let open = Effect::OpenBinding {
-                binding_id,
+            let open = OpenBinding {
+                binding_id: Uuid::now_v7(),
                 candidates: candidates.clone(),
                 reason: *reason,
-                expires_at: now + ttl,
+                expires_at: now + binding_ttl(settings),
             };
-            let pending = binding_pending(&open, identity, masked, cause, now);
-            effects.extend([open, pending]);
-            reply.binding_id = Some(binding_id);
+            reply.binding_id = Some(open.binding_id);
             reply.reason = Some(reason.as_str().to_owned());
+            let pending = binding_pending(&open, identity, masked, cause, now);
+            effects.extend([LoginEffect::OpenBinding(open), LoginEffect::Emit(pending)]);
         }
         Action::Reject => {
-            effects.push(login_rejected(identity, masked, cause, now));
+            let rejected = login_rejected(identity, masked, cause, now);
+            effects.push(LoginEffect::Emit(rejected));
             reply.reason = Some(UNKNOWN_USER.to_owned());
         }
         Action::CreateUser(fields) => {
-            let user_id = Uuid::now_v7();
-            effects.extend(create_user(pool, user_id, fields, identity, cause, now));
-            reply.user_id = Some(user_id);
+            let account = new_account(pool, fields, identity, cause, now);
+            reply.user_id = Some(account.user_id);
+            effects.extend(account.effects());
         }
     }
     debug_assert_ne!(reply.outcome, Outcome::Error);
     LoginEffects { effects, reply }
 }
 
-/// `binding.pending` for an [`Effect::OpenBinding`], with the login's evidence (masked).
+/// How long a binding a login opens stays pending.
+fn binding_ttl(settings: &ConnectionSettings) -> chrono::Duration {
+    chrono::Duration::from_std(settings.binding_ttl).unwrap_or(chrono::Duration::hours(72))
+}
+
+/// `binding.pending` for an opened binding, with the login's evidence (masked).
 fn binding_pending(
-    open: &Effect,
+    open: &OpenBinding,
     identity: &Identity,
     evidence: Evidence,
     cause: Option<&str>,
     now: DateTime<Utc>,
-) -> Effect {
-    let Effect::OpenBinding {
-        binding_id,
-        candidates,
-        reason,
-        expires_at,
-    } = open
-    else {
-        unreachable!("binding.pending is the event of an opened binding")
-    };
+) -> OutboundEvent {
     let data = BindingPending {
-        binding_id: *binding_id,
+        binding_id: open.binding_id,
         user_pool_id: &identity.user_pool_id,
         identity: identity.reference(),
-        candidates: candidates.clone(),
-        reason: reason.as_str(),
-        expires_at: *expires_at,
+        candidates: open.candidates.clone(),
+        reason: open.reason.as_str(),
+        expires_at: open.expires_at,
         cause_event_id: cause,
         fields: evidence.fields,
         candidate_evidence: evidence.candidates,
     };
-    Effect::Emit(OutboundEvent::new(data, now))
+    OutboundEvent::new(data, now)
 }
 
 /// `login.rejected` of an unknown person in login-only mode, with the login's evidence (masked).
@@ -234,7 +240,7 @@ fn login_rejected(
     evidence: Evidence,
     cause: Option<&str>,
     now: DateTime<Utc>,
-) -> Effect {
+) -> OutboundEvent {
     let data = LoginRejected {
         user_pool_id: &identity.user_pool_id,
         identity: identity.reference(),
@@ -243,7 +249,7 @@ fn login_rejected(
         fields: evidence.fields,
         candidates: evidence.candidates,
     };
-    Effect::Emit(OutboundEvent::new(data, now))
+    OutboundEvent::new(data, now)
 }
 
 /// `identity.changed` for a linked identity's changed identifiers, and when some are applied,
@@ -255,7 +261,7 @@ fn changed_identity(
     drift: &Drift,
     event_id: &str,
     now: DateTime<Utc>,
-) -> Vec<Effect> {
+) -> Vec<LoginEffect> {
     let data = IdentityChanged {
         user_pool_id: pool,
         user_id,
@@ -264,14 +270,14 @@ fn changed_identity(
         action: drift.action(),
         cause_event_id: event_id,
     };
-    let mut effects = vec![Effect::Emit(OutboundEvent::new(data, now))];
+    let mut effects = vec![LoginEffect::Emit(OutboundEvent::new(data, now))];
     if let Some(update) = &drift.update {
         let changed = update.changed.iter().map(|f| f.as_str()).collect();
-        effects.push(Effect::UpdateUser {
+        effects.push(LoginEffect::UpdateUser {
             user_id,
             update: update.clone(),
         });
-        effects.push(Effect::Emit(user_updated(
+        effects.push(LoginEffect::Emit(user_updated(
             pool,
             update.user.clone(),
             changed,
@@ -317,15 +323,15 @@ pub fn user_updated(
     )
 }
 
-/// A new account with the identity linked to it, and its `user.created`.
-pub fn create_user(
+/// A new account (a fresh UUIDv7) for the identity, and its `user.created`.
+pub fn new_account(
     pool: &str,
-    user_id: Uuid,
     fields: &NewUserFields,
     identity: &Identity,
     cause: Option<&str>,
     now: DateTime<Utc>,
-) -> Vec<Effect> {
+) -> NewAccount {
+    let user_id = Uuid::now_v7();
     let data = UserCreated {
         user_pool_id: pool,
         user: UserSummary {
@@ -339,14 +345,11 @@ pub fn create_user(
         identity: identity.reference(),
         cause_event_id: cause,
     };
-    vec![
-        Effect::CreateUser {
-            user_id,
-            fields: fields.clone(),
-        },
-        Effect::LinkIdentity { user_id },
-        Effect::Emit(OutboundEvent::new(data, now)),
-    ]
+    NewAccount {
+        user_id,
+        fields: fields.clone(),
+        created: OutboundEvent::new(data, now),
+    }
 }
 
 /// `user.linked`.
@@ -358,7 +361,7 @@ pub fn user_linked(
     matched_on: Vec<MatchKey>,
     cause: Option<&str>,
     now: DateTime<Utc>,
-) -> Effect {
+) -> OutboundEvent {
     let data = UserLinked {
         user_pool_id: pool,
         user_id,
@@ -367,7 +370,7 @@ pub fn user_linked(
         matched_on,
         cause_event_id: cause,
     };
-    Effect::Emit(OutboundEvent::new(data, now))
+    OutboundEvent::new(data, now)
 }
 
 /// `binding.expired`.
@@ -376,13 +379,13 @@ pub fn binding_expired(
     binding_id: Uuid,
     identity: IdentityRef,
     now: DateTime<Utc>,
-) -> Effect {
+) -> OutboundEvent {
     let data = BindingExpired {
         binding_id,
         user_pool_id: pool,
         identity,
     };
-    Effect::Emit(OutboundEvent::new(data, now))
+    OutboundEvent::new(data, now)
 }
 
 /// `binding.resolved`.
@@ -394,7 +397,7 @@ pub fn binding_resolved(
     resolved_by: &str,
     proof: &str,
     now: DateTime<Utc>,
-) -> Effect {
+) -> OutboundEvent {
     let data = BindingResolved {
         binding_id,
         user_pool_id: pool,
@@ -403,7 +406,25 @@ pub fn binding_resolved(
         resolved_by,
         proof,
     };
-    Effect::Emit(OutboundEvent::new(data, now))
+    OutboundEvent::new(data, now)
+}
+
+impl UserRecord {
+    /// A new account of `pool` with the fields a login or a resolution gives it.
+    pub fn new(id: Uuid, pool: &str, fields: &NewUserFields) -> Self {
+        Self {
+            id,
+            user_pool_id: pool.to_owned(),
+            email: fields.email.clone(),
+            email_verified: fields.email_verified,
+            phone: fields.phone.clone(),
+            phone_verified: fields.phone_verified,
+            username: fields.username.clone(),
+            name: fields.name.clone(),
+            protected: false,
+            attributes: fields.attributes.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -433,13 +454,13 @@ mod tests {
         .unwrap()
     }
 
-    fn kinds(effects: &[Effect]) -> Vec<String> {
+    fn kinds(effects: &[LoginEffect]) -> Vec<String> {
         effects
             .iter()
             .map(|e| match e {
-                Effect::Emit(event) => event.kind.as_str().to_owned(),
+                LoginEffect::Emit(event) => event.kind.as_str().to_owned(),
                 other => format!("{other:?}")
-                    .split([' ', '{'])
+                    .split([' ', '{', '('])
                     .next()
                     .unwrap()
                     .to_owned(),
@@ -528,12 +549,12 @@ mod tests {
             &settings(),
             now,
         );
-        let Effect::OpenBinding { expires_at, .. } = &planned.effects[0] else {
+        let LoginEffect::OpenBinding(open) = &planned.effects[0] else {
             panic!("{:?}", planned.effects)
         };
-        assert_eq!(*expires_at, now + chrono::Duration::hours(1));
-        let Effect::Emit(event) = &planned.effects[1] else {
-            panic!()
+        assert_eq!(open.expires_at, now + chrono::Duration::hours(1));
+        let LoginEffect::Emit(event) = &planned.effects[1] else {
+            panic!("{:?}", planned.effects)
         };
         assert_eq!(event.kind, EventType::BindingPending);
         assert_eq!(event.body["data"]["cause_event_id"], "e-1");

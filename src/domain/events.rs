@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::attributes::Attributes;
+pub use super::account::UserSummary;
 use super::connection::MatchKey;
 use super::decision::{CandidateEvidence, FieldEvidence, Outcome};
-use super::{Email, Phone, Username};
+use super::login::Rejection;
 
 /// The CloudEvents `source` of every event identity-sync publishes.
 pub const SOURCE: &str = "identity-sync";
@@ -32,6 +32,30 @@ pub struct Reply {
     /// `binding_pending`, `unknown_user` for `rejected`, the dead-letter reason
     /// (`<code>: <detail>`) for `error`.
     pub reason: Option<String>,
+}
+
+impl Reply {
+    /// The answer to a dead-lettered login (`event_id` when its body had one).
+    pub fn error(event_id: Option<String>, rejection: &Rejection) -> Self {
+        Self {
+            event_id,
+            outcome: Outcome::Error,
+            user_id: None,
+            binding_id: None,
+            reason: Some(rejection.reason()),
+        }
+    }
+
+    /// The reply to the login `event_id` with `outcome`, before its ids and reason are known.
+    pub fn of(event_id: &str, outcome: Outcome) -> Self {
+        Self {
+            event_id: Some(event_id.to_owned()),
+            outcome,
+            user_id: None,
+            binding_id: None,
+            reason: None,
+        }
+    }
 }
 
 /// The `type` of an outbound event, which is also its routing key on the events exchange.
@@ -108,24 +132,6 @@ pub struct IdentityRef {
     pub connection: String,
     /// The person's id at the identity source, as the login gave it.
     pub external_id: String,
-}
-
-/// An account as `user.created` and `user.updated` show it: its values after the change, in
-/// canonical form.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct UserSummary {
-    /// The account's id.
-    pub id: Uuid,
-    /// The account's email, canonical; `None` when it has none.
-    pub email: Option<Email>,
-    /// The account's phone number in E.164; `None` when it has none.
-    pub phone: Option<Phone>,
-    /// The account's username, canonical; `None` when it has none.
-    pub username: Option<Username>,
-    /// The account's display name as given; `None` when it has none.
-    pub name: Option<String>,
-    /// The account's attributes (`{}` when it has none).
-    pub attributes: Attributes,
 }
 
 /// The `data` of `user.created`: a login, or a binding resolved with `create`, made a new account

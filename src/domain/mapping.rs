@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt};
 use serde_json::{Map, Value};
 
 use super::attributes::AttributeName;
-use super::connection::{ATTRIBUTE_PREFIX, FieldError, MatchField, MatchKey};
+use super::field::{ATTRIBUTE_PREFIX, FieldError, MatchField, MatchKey};
 use super::presets::Preset;
 
 /// Longest template accepted, in characters: a mapping is configuration, not data.

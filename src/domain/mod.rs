@@ -47,6 +47,7 @@ macro_rules! text_enum {
     };
 }
 
+pub mod account;
 pub mod attributes;
 pub mod command;
 pub mod connection;
@@ -54,10 +55,13 @@ pub mod decision;
 pub mod effects;
 pub mod email;
 pub mod events;
+pub mod field;
 pub mod identifier;
+pub mod import;
 pub mod login;
 pub mod mapping;
 pub mod mask;
+pub mod message;
 pub mod phone;
 pub mod presets;
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! default; `PROPTEST_CASES` overrides them.
 
 use chrono::{Duration, TimeZone, Utc};
-use proptest::prelude::*;
+use proptest::{prelude::*, test_runner::RngSeed};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -16,14 +16,27 @@ use super::{
     login::{self, NormalizedFields},
 };
 
+/// `default` cases (`PROPTEST_CASES` overrides), from a seed of their own, printed so that a
+/// failure in CI can be run again exactly: `PROPTEST_RNG_SEED=<seed>` (which also sets it).
 fn cases(default: u32) -> ProptestConfig {
+    use std::hash::{BuildHasher, Hasher};
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(default);
+    let config = ProptestConfig::default();
+    let seed = match config.rng_seed {
+        RngSeed::Fixed(seed) => seed,
+        RngSeed::Random => std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish(),
+    };
+    // Shown with the test's output, which the test runners print for a failing test.
+    eprintln!("proptest seed {seed}: rerun with PROPTEST_RNG_SEED={seed}");
     ProptestConfig {
         cases,
-        ..ProptestConfig::default()
+        rng_seed: RngSeed::Fixed(seed),
+        ..config
     }
 }
 
@@ -109,11 +122,15 @@ proptest! {
     }
 }
 
-/// A well-formed email with random case and surrounding whitespace.
+/// A well-formed email with random case and surrounding whitespace, and its canonical form: its
+/// lowercase. Its domain is plain ASCII with no IDNA A-label (a label starting `xn--`): the
+/// canonical form of an A-label is its Unicode form (DESIGN.md, "The canonical form"), which
+/// [`idn_domains_compare_in_their_unicode_form`] covers.
 fn email_text() -> impl Strategy<Value = (String, String)> {
     (
         "[a-z0-9][a-z0-9._+-]{0,15}",
-        "[a-z0-9][a-z0-9-]{0,8}(\\.[a-z]{2,5}){1,2}",
+        "[a-z0-9][a-z0-9-]{0,8}(\\.[a-z]{2,5}){1,2}"
+            .prop_filter("no IDNA A-label", |domain| !domain.starts_with("xn--")),
         prop::collection::vec(any::<bool>(), 32),
         "[ \t]{0,2}",
     )
@@ -597,6 +614,44 @@ const TRICKY: &[&str] = &[
 
 fn tricky_text() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(TRICKY.to_vec()), 1..8).prop_map(|v| v.concat())
+}
+
+/// A domain label of one script, from letters that IDNA takes as they are.
+fn unicode_label() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[\u{0627}-\u{064a}]{1,6}",
+        "[\u{4e00}-\u{4e2f}]{1,4}",
+        "[\u{0430}-\u{044f}]{1,8}",
+        "[\u{3041}-\u{3093}]{1,5}",
+        "[a-z]{1,8}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(5_000))]
+
+    /// `xn--0gb.aa` and `ص.aa` are one domain: an email compares in its domain's Unicode form
+    /// (UTS 46 ToUnicode), whichever form it was written in, and the lookalike rules judge both
+    /// forms alike. The A-label is made by UTS 46 ToASCII, the definition, not by the product.
+    #[test]
+    fn idn_domains_compare_in_their_unicode_form(
+        local in "[a-z0-9]{1,8}",
+        labels in prop::collection::vec(unicode_label(), 1..3),
+        tld in "[a-z]{2,4}",
+    ) {
+        let unicode = format!("{}.{tld}", labels.join("."));
+        let ascii = idna::domain_to_ascii(&unicode).expect("a valid IDN");
+        let written_unicode = Email::parse_checked(&format!("{local}@{unicode}"));
+        let written_ascii = Email::parse_checked(&format!("{local}@{}", ascii.to_uppercase()));
+        match (written_unicode, written_ascii) {
+            (Ok((u, u_suspicious)), Ok((a, a_suspicious))) => {
+                prop_assert_eq!(&u, &a);
+                prop_assert_eq!(u.as_str(), format!("{local}@{unicode}"));
+                prop_assert_eq!(u_suspicious, a_suspicious);
+            }
+            (u, a) => prop_assert!(u.is_err() && a.is_err(), "refused alike: {u:?} {a:?}"),
+        }
+    }
 }
 
 proptest! {

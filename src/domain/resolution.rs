@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{
     connection::{ConnectionSettings, LoginMode},
     decision::{self, PoolUser},
-    effects::{self, Effect, Identity},
+    effects::{self, Identity},
     events::{LinkMethod, Resolution},
     login::NormalizedFields,
 };
@@ -185,13 +185,44 @@ impl Refusal {
     }
 }
 
+/// One thing a binding's resolution makes happen, about the binding's identity.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResolutionEffect {
+    /// The binding, past its expiry, expires instead of being resolved.
+    ExpireBinding { binding_id: Uuid },
+    /// The binding is resolved.
+    ResolveBinding {
+        /// The binding resolved.
+        binding_id: Uuid,
+        /// Linked, created or rejected.
+        resolution: Resolution,
+        /// The account linked or created; `None` for a rejection.
+        user_id: Option<Uuid>,
+        /// Who decided (the admin token's name, or the actor a command names).
+        resolved_by: String,
+        /// How the decision was proven, in its text form (`admin`, `password`, ...).
+        proof: String,
+        /// The reason a `reject` gave, kept with the binding; `None` otherwise.
+        reason: Option<String>,
+    },
+    /// A new account for the identity.
+    CreateUser {
+        user_id: Uuid,
+        fields: decision::NewUserFields,
+    },
+    /// The identity is linked to the account `user_id`, with the binding's profile as snapshot.
+    LinkIdentity { user_id: Uuid },
+    /// An event to publish (committed with the rest).
+    Emit(crate::domain::events::OutboundEvent),
+}
+
 /// What resolving gives: effects to apply (even a refusal may have some: an overdue binding
 /// expires), and the resolution or the refusal.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     /// What must happen, in order, in the resolving transaction: `binding.resolved` before the
     /// link or the new account it causes.
-    pub effects: Vec<Effect>,
+    pub effects: Vec<ResolutionEffect>,
     /// The resolution with the account linked or created (`None` for a rejection), or why it
     /// was refused.
     pub outcome: Result<(Resolution, Option<Uuid>), Refusal>,
@@ -238,7 +269,7 @@ pub fn resolve(
     let pool = binding.identity.user_pool_id.as_str();
     // binding.resolved first: a subscriber sees the decision, then its consequence.
     let mut effects = vec![
-        Effect::ResolveBinding {
+        ResolutionEffect::ResolveBinding {
             binding_id: binding.id,
             resolution,
             user_id,
@@ -246,7 +277,7 @@ pub fn resolve(
             proof: resolver.proof.as_str().to_owned(),
             reason,
         },
-        effects::binding_resolved(
+        ResolutionEffect::Emit(effects::binding_resolved(
             pool,
             binding.id,
             resolution,
@@ -254,7 +285,7 @@ pub fn resolve(
             &resolver.actor,
             resolver.proof.as_str(),
             now,
-        ),
+        )),
     ];
     effects.extend(consequences);
     Resolved {
@@ -268,10 +299,15 @@ fn expired(binding: &BindingFacts, now: DateTime<Utc>) -> Resolved {
     let pool = binding.identity.user_pool_id.as_str();
     Resolved {
         effects: vec![
-            Effect::ExpireBinding {
+            ResolutionEffect::ExpireBinding {
                 binding_id: binding.id,
             },
-            effects::binding_expired(pool, binding.id, binding.identity.reference(), now),
+            ResolutionEffect::Emit(effects::binding_expired(
+                pool,
+                binding.id,
+                binding.identity.reference(),
+                now,
+            )),
         ],
         outcome: Err(Refusal::Expired),
     }
@@ -287,7 +323,7 @@ fn consequences(
     holders: &[PoolUser],
     resolver: &Resolver,
     now: DateTime<Utc>,
-) -> Result<(Resolution, Option<Uuid>, Vec<Effect>), Refusal> {
+) -> Result<(Resolution, Option<Uuid>, Vec<ResolutionEffect>), Refusal> {
     let pool = binding.identity.user_pool_id.as_str();
     let cause = binding.cause_event_id.as_deref();
     match (request, target) {
@@ -302,8 +338,8 @@ fn consequences(
                 .map(|s| decision::matched_fields(&binding.fields, s, user))
                 .unwrap_or_default();
             let link = vec![
-                Effect::LinkIdentity { user_id: user.id },
-                effects::user_linked(
+                ResolutionEffect::LinkIdentity { user_id: user.id },
+                ResolutionEffect::Emit(effects::user_linked(
                     pool,
                     user.id,
                     binding.identity.reference(),
@@ -311,21 +347,30 @@ fn consequences(
                     matched_on,
                     cause,
                     now,
-                ),
+                )),
             ];
             Ok((Resolution::Linked, Some(user.id), link))
         }
         (Request::Create, _) => {
-            let settings = settings.expect("checked up front");
+            let Some(settings) = settings else {
+                return Err(Refusal::ConnectionMissing);
+            };
             let fields = decision::new_user_fields(
                 &binding.fields,
                 settings,
                 holders,
                 &binding.unique_attributes,
             );
-            let user_id = Uuid::now_v7();
-            let create =
-                effects::create_user(pool, user_id, &fields, &binding.identity, cause, now);
+            let account = effects::new_account(pool, &fields, &binding.identity, cause, now);
+            let user_id = account.user_id;
+            let create = vec![
+                ResolutionEffect::CreateUser {
+                    user_id,
+                    fields: account.fields,
+                },
+                ResolutionEffect::LinkIdentity { user_id },
+                ResolutionEffect::Emit(account.created),
+            ];
             Ok((Resolution::Created, Some(user_id), create))
         }
         (Request::Reject { .. }, _) => Ok((Resolution::Rejected, None, Vec::new())),

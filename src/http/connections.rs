@@ -172,9 +172,14 @@ pub async fn simulate(
                 format!("since: {since:?} is not a duration from 1s to 3650d, such as 30d or 12h"),
             )
         })?;
-    // One simulation at a time: each holds a database connection of the admin API's for its
-    // whole run.
-    let Ok(_slot) = state.limits.simulations.clone().try_acquire_owned() else {
+    // One simulation at a time per role: each holds a database connection of the admin API's
+    // for its whole run, and a viewer's never takes an admin's slot.
+    let slots = if actor.sees_masked() {
+        &state.limits.simulations.viewers
+    } else {
+        &state.limits.simulations.admins
+    };
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
         let mut response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
@@ -187,8 +192,12 @@ pub async fn simulate(
         );
         return Ok(response);
     };
-    // Give up a little before the request's own deadline, with an answer that says why.
-    let limit = state.limits.timeout.mul_f64(0.9);
+    // Give up a little before the request's own deadline, with an answer that says why; a
+    // viewer's preview sooner (its slot is shared by every viewer).
+    let limit = state
+        .limits
+        .timeout
+        .mul_f64(if actor.sees_masked() { 0.3 } else { 0.9 });
     let simulated = state
         .admin
         .simulate(

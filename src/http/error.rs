@@ -97,18 +97,15 @@ impl From<AdminError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        let code = error
-            .as_database_error()
-            .and_then(|e| e.code())
-            .unwrap_or_default();
-        if code.starts_with("22") {
-            // A data exception: the request carried a value the database cannot take (a NUL
-            // character, a number out of range).
-            return Self::bad_request(
-                "a value in the request cannot be stored (e.g. it holds a NUL character)",
-            );
-        }
         match crate::db::classify(&error) {
+            // A data exception or an integrity violation: the request carried a value the
+            // database cannot take (a NUL character, a number out of range).
+            crate::db::ErrorClass::Refused => {
+                tracing::info!(%error, "admin request refused by the database");
+                Self::bad_request(
+                    "a value in the request cannot be stored (e.g. it holds a NUL character)",
+                )
+            }
             crate::db::ErrorClass::Conflict => {
                 tracing::info!(%error, "admin request conflicted with a concurrent change");
                 Self::new(
@@ -117,20 +114,17 @@ impl From<sqlx::Error> for ApiError {
                     "a concurrent change conflicted with this one; retry",
                 )
             }
-            crate::db::ErrorClass::Unavailable => {
-                tracing::warn!(%error, "admin request failed: database unavailable or busy");
+            // The system's fault, never the request's: 503 names its kind (the database's own
+            // words stay in the log).
+            crate::db::ErrorClass::System(fault) => {
+                tracing::error!(%error, fault = fault.as_str(), "admin request failed: a fault of the system");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "the database is unavailable; retry later",
-                )
-            }
-            crate::db::ErrorClass::Permanent => {
-                tracing::error!(%error, "admin request failed");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
+                    format!(
+                        "the database cannot serve this request now ({}); retry later",
+                        fault.as_str()
+                    ),
                 )
             }
         }

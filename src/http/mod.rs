@@ -62,8 +62,18 @@ pub struct AppState {
 pub struct RequestLimits {
     slots: Arc<Semaphore>,
     timeout: Duration,
-    /// Simulations running at once.
-    simulations: Arc<Semaphore>,
+    /// The simulation an admin may run at once, and the one the viewers share: a viewer's
+    /// preview never takes an admin's slot.
+    simulations: Simulations,
+}
+
+/// Previews of a connection change (each holds one of the admin API's database connections for
+/// its whole run): one at a time for admins, one at a time for viewers, apart, so that a viewer
+/// repeating a long preview cannot lock admins out.
+#[derive(Clone)]
+pub struct Simulations {
+    pub admins: Arc<Semaphore>,
+    pub viewers: Arc<Semaphore>,
 }
 
 impl RequestLimits {
@@ -71,7 +81,10 @@ impl RequestLimits {
         Self {
             slots: Arc::new(Semaphore::new(max_concurrent)),
             timeout,
-            simulations: Arc::new(Semaphore::new(1)),
+            simulations: Simulations {
+                admins: Arc::new(Semaphore::new(1)),
+                viewers: Arc::new(Semaphore::new(1)),
+            },
         }
     }
 }

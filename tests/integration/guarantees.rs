@@ -203,6 +203,36 @@ async fn an_event_the_broker_refuses_does_not_hold_back_the_events_behind_it() {
             created += 1;
         }
     }
+    // Refused again and again meanwhile, it is tried less and less often: each attempt sets it
+    // aside for twice as long as the one before (1 s, 2 s, 4 s..., capped at 60 s).
+    let mut due: Vec<(i32, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while due.len() < 3 {
+        let (attempts, next): (i32, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+            "SELECT attempts, next_attempt_at FROM outbox_pending WHERE attempts > 0",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if due.last().is_none_or(|(last, _)| *last < attempts) {
+            due.push((attempts, next));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attempts so far: {due:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for pair in due.windows(2) {
+        let ((_, earlier), (attempts, later)) = (pair[0], pair[1]);
+        // Set aside for 2^(attempts - 1) s from its attempt, which came once it was due.
+        let set_aside = (later - earlier).num_milliseconds();
+        let at_least = 1000 * 2i64.pow(attempts as u32 - 1);
+        assert!(
+            set_aside >= at_least,
+            "{due:?}: attempt {attempts} set aside {set_aside} ms"
+        );
+    }
     // Room again: the refused event is published on a later attempt.
     broker
         .channel
@@ -257,11 +287,13 @@ async fn a_graceful_stop_finishes_the_batch_in_flight() {
     );
     // So a restart decides the rest with no duplicate.
     let app = TestApp::spawn(&services).await;
-    wait_until(WAIT, || async {
-        count(&db, "SELECT count(*) FROM processed_events").await == 3000
-    })
-    .await
-    .expect("the rest decided");
+    count_reaches(
+        &db,
+        "SELECT count(*) FROM processed_events",
+        3000,
+        "the rest decided",
+    )
+    .await;
     assert_eq!(app.metric("idsync_duplicates_total").await, 0.0);
     app.stop().await;
 }

@@ -4,6 +4,7 @@
 
 use std::{io::Write, process::Stdio, time::Duration};
 
+use identity_sync::domain::decision::Outcome;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -278,10 +279,7 @@ async fn idle_connections_and_a_readiness_flood_leave_the_api_and_the_worker_wor
     }
     let mut most_probes = 0;
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(
-            broker.reply(id).await.outcome,
-            identity_sync::domain::decision::Outcome::UserCreated
-        );
+        assert_eq!(broker.reply(id).await.outcome, Outcome::UserCreated);
         if i % 50 == 0 {
             let (status, _) = app.api().get("/v1/audit?limit=1").await;
             assert_eq!(status, 200, "the admin API answers during the flood");
@@ -315,6 +313,8 @@ async fn idle_connections_and_a_readiness_flood_leave_the_api_and_the_worker_wor
     app.stop().await;
 }
 
+// It arms a failure point, which only the `failpoints` feature compiles in (scripts/test).
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn a_task_that_panics_stops_the_process_instead_of_leaving_it_half_alive() {
     let services = Services::new().await;
@@ -482,7 +482,11 @@ async fn a_reply_to_that_breaks_a_broker_connection_disturbs_nothing_else() {
     .expect("every good login decided");
     outbox_drained(&db, WAIT, "every event and reply settled").await;
     let events = broker.drain_events(Duration::from_secs(2)).await;
-    assert_eq!(events.len(), 24, "each event once");
+    let ids: std::collections::HashSet<&str> = events
+        .iter()
+        .map(|e| e.body["id"].as_str().unwrap())
+        .collect();
+    assert_eq!((ids.len(), events.len()), (24, 24), "each event once");
     for component in ["relay", "consumer"] {
         assert_eq!(
             app.metric(&format!(
@@ -572,14 +576,79 @@ async fn a_refused_reply_is_sent_once_its_queue_has_room() {
             .unwrap()
     };
     assert_eq!(get().await.unwrap().delivery.data, b"filler");
+    let deadline = std::time::Instant::now() + WAIT;
     let reply = loop {
         if let Some(message) = get().await {
             break message;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reply arrived once its queue had room"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let reply: Value = serde_json::from_slice(&reply.delivery.data).unwrap();
     assert_eq!(reply["outcome"], "user_created");
     outbox_drained(&db, WAIT, "the reply settled").await;
+    app.stop().await;
+}
+
+/// Attack: values chosen to break the JSON that carries a batch's rows to the database (quotes,
+/// backslashes, escapes that look like JSON, bidirectional controls, characters outside the
+/// Basic Multilingual Plane, keys like the records' own columns). Each is stored exactly as sent,
+/// in the account, the identity, its refreshed profile, the binding and the dedupe record.
+#[tokio::test]
+async fn values_the_records_must_escape_are_stored_exactly_as_sent() {
+    let services = Services::new().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let db = services.db().await;
+    let odd = "a\"b\\c\\u0041\u{202e}d😀'e\t\"},{\"user_id\":\"x";
+    let profile = json!({
+        "name": odd, "email": "odd@corp.example", "email_verified": true,
+        "user_id": "not-a-uuid", "profile": {"k": odd}
+    });
+
+    let created = broker.login(&login("plain", odd, profile.clone())).await;
+    assert_eq!(created.outcome, Outcome::UserCreated, "{created:?}");
+    broker.next_event().await;
+    let (external_id, stored, name): (String, Value, Option<String>) = sqlx::query_as(
+        "SELECT i.external_id, i.profile, u.name FROM identities i JOIN users u ON u.id = i.user_id",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((external_id.as_str(), name.as_deref()), (odd, Some(odd)));
+    assert_eq!(stored, profile);
+
+    // The same identity again: its profile is refreshed with the new odd values.
+    let again = json!({"name": format!("{odd}2"), "nested": [odd]});
+    let reply = broker.login(&login("plain", odd, again.clone())).await;
+    assert_eq!(reply.outcome, Outcome::ExistingUser, "{reply:?}");
+    let refreshed: Value = sqlx::query_scalar("SELECT profile FROM identities")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(refreshed, again);
+
+    // A binding (the email is the account's: the person is asked) and the dedupe records keep
+    // them too.
+    let pending = broker.login(&login("asking", odd, profile.clone())).await;
+    assert_eq!(pending.outcome, Outcome::BindingPending, "{pending:?}");
+    let (binding_external, binding_profile): (String, Value) =
+        sqlx::query_as("SELECT external_id, profile FROM bindings")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (binding_external.as_str(), &binding_profile),
+        (odd, &profile)
+    );
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT external_id FROM processed_events")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(recorded, [odd]);
     app.stop().await;
 }

@@ -16,7 +16,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ready.status(), 200);
     assert_eq!(
         ready.json::<Value>().await.unwrap(),
-        json!({"ready": true, "database": true, "consumer": true, "publisher": true, "tasks": true})
+        json!({"ready": true, "database": true, "consumer": true, "publisher": true, "tasks": true, "faults": []})
     );
 
     broker.login(&login("plain", "m-1", json!({}))).await;

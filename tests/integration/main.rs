@@ -24,4 +24,6 @@ mod publishers;
 mod reliability;
 mod simulation;
 mod sources;
+mod system_faults;
 mod trust;
+mod verify;

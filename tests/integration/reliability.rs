@@ -97,6 +97,7 @@ async fn two_workers_killed_repeatedly_lose_and_double_nothing() {
     for mut worker in workers {
         assert_eq!(worker.terminate().code(), Some(0));
     }
+    verify(&services.db_url).await;
 }
 
 /// An event the database refuses the same way on every try (here a trigger raising a
@@ -287,7 +288,9 @@ async fn a_crash_looping_message_is_dead_lettered_by_the_delivery_limit() {
         .note("delivery_limit", limit)
         .note("dead_letter_reason", "delivery_limit");
     figures.report();
+    outbox_drained(&db, WAIT, "every event published").await;
     assert_eq!(worker.terminate().code(), Some(0));
+    verify(&services.db_url).await;
 }
 
 #[tokio::test]

@@ -558,3 +558,57 @@ async fn a_preview_meeting_too_many_accounts_is_refused() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["logins"], 1);
 }
+
+/// A viewer's preview held up (here by a lock on the logins it reads) takes only the viewers'
+/// slot: another viewer waits (503), an admin's preview runs (answered once the lock goes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_long_preview_does_not_lock_admins_out() {
+    // A viewer's preview ends at 30% of this: 18 s, far longer than it waits here.
+    let services = Services::with_keys("", &[("admin", "request_timeout = \"60s\"")]).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let reply = broker.login(&login("plain", "p-1", json!({}))).await;
+    assert_eq!(reply.outcome, Outcome::UserCreated);
+    let db = services.db().await;
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let path = "/v1/connections/pool-1/plain/simulate";
+    let body = json!({"connection": {"association": "field_matching"}});
+    let viewer = app.api_as(Some(VIEWER_TOKEN));
+    let first_viewer = tokio::spawn({
+        let (viewer, body) = (viewer.clone(), body.clone());
+        async move { viewer.post(path, body).await }
+    });
+    // Its preview waits on the lock.
+    wait_until(WAIT, || async {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'identity-sync admin'
+               AND wait_event_type = 'Lock'",
+        )
+        .await
+            == 1
+    })
+    .await
+    .expect("the viewer's preview waits on the lock");
+    let (status, second) = viewer.post(path, body.clone()).await;
+    assert_eq!(
+        (status, error_code(&second)),
+        (503, "overloaded"),
+        "{second}"
+    );
+    let admin = tokio::spawn({
+        let (api, body) = (app.api(), body.clone());
+        async move { api.post(path, body).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    lock.rollback().await.unwrap();
+    let (status, admin) = admin.await.unwrap();
+    assert_eq!(status, 200, "the admin's preview ran: {admin}");
+    let (status, first) = first_viewer.await.unwrap();
+    assert_eq!(status, 200, "{first}");
+}

@@ -634,7 +634,7 @@ async fn verify_reports_attributes_out_of_step_and_shared_unique_values() {
         .iter()
         .find(|v| {
             v.starts_with(
-                "two users of one pool share a value of a unique attribute: \
+                "two users of one pool share a value of a unique attribute, or lookalikes: \
                  attributes.employee_id of users ",
             )
         })
@@ -649,4 +649,108 @@ async fn verify_reports_attributes_out_of_step_and_shared_unique_values() {
         )),
         "{violations:?}"
     );
+}
+
+/// Where a pool promises an attribute unique, two values that look the same are one value (the
+/// same UTS #39 skeleton): a login's `Е1024` with a Cyrillic `Е` does not take the number Latin
+/// `E1024` holds (though neither is "suspicious": each is of one script), nor does an admin's
+/// `EI024`, nor a write behind the program's back; the database's skeleton is the program's.
+#[tokio::test]
+async fn a_lookalike_of_a_unique_attribute_is_held_like_the_value() {
+    let services = Services::with_config(SOURCES).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let db = services.db().await;
+
+    let first = broker
+        .login(&login("dingtalk-new", "dt-latin", fixture("dingtalk")))
+        .await;
+    assert_eq!(first.outcome, Outcome::UserCreated);
+    let mut cyrillic = fixture("dingtalk");
+    cyrillic["attributes"]["job_number"] = json!("\u{415}1024");
+    cyrillic["attributes"]["mobile"] = json!("13800138999");
+    cyrillic["attributes"]["org_email"] = json!("other@corp.example.com");
+    let event = login("dingtalk-new", "dt-cyrillic", cyrillic);
+    let event_id = event["id"].as_str().unwrap().to_owned();
+    let correlation_id = broker.request(&event).await;
+    let second = broker.reply(&correlation_id).await;
+    assert_eq!(second.outcome, Outcome::UserCreated, "{second:?}");
+    let (_, created) = app
+        .api()
+        .get(&format!("/v1/users/{}", second.user_id.unwrap()))
+        .await;
+    assert_eq!(
+        created["attributes"],
+        json!({}),
+        "the lookalike is held: {created}"
+    );
+    let (_, decision) = app.api().get(&format!("/v1/decisions/{event_id}")).await;
+    let field = decision["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "attributes.employee_id")
+        .cloned()
+        .unwrap_or_else(|| panic!("{decision}"));
+    assert_eq!(field["why_not"], "held", "{decision}");
+
+    // An admin's lookalike (`I` passes for `1`) is refused, naming the holder.
+    let (status, body) = app
+        .api()
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": POOL, "username": "mimic",
+                   "attributes": {"employee_id": "EI024"}}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "field_taken"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&first.user_id.unwrap().to_string()),
+        "{body}"
+    );
+    // And so is a write behind the program's back.
+    let behind = sqlx::query(
+        "INSERT INTO users (id, user_pool_id, attributes)
+         VALUES ($1, 'pool-1', jsonb_build_object('employee_id', U&'\\0415' || '1024'))",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&db)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        behind.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23505"),
+        "{behind}"
+    );
+    // The database's skeleton is the program's, for lookalikes of every kind.
+    for value in [
+        "E1024",
+        "\u{415}1024",
+        "EI024",
+        "ﬁle",
+        "straße",
+        "soft\u{ad}hyphen",
+        "Ｅ１０２４",
+        "\u{212a}elvin",
+        "José",
+        "Jose\u{301}",
+        "销售部",
+        "한국어",
+        "'quoted' \\ back",
+    ] {
+        let stored: String = sqlx::query_scalar("SELECT attribute_skeleton($1)")
+            .bind(value)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored,
+            identity_sync::domain::attributes::skeleton(value),
+            "{value:?}"
+        );
+    }
+    app.stop().await;
 }

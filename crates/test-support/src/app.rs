@@ -183,6 +183,10 @@ impl Api {
         self.call(reqwest::Method::PUT, path, Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, path, None).await
     }
@@ -248,6 +252,37 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits until `sql`'s count reaches `target`, for as long as it keeps moving: the test fails
+/// only when the count has not changed for `WAIT` (a loaded machine decides a backlog slower,
+/// but a worker that stopped deciding never moves it). Bulk waits use this rather than a bound on
+/// the whole backlog.
+pub async fn count_reaches(db: &PgPool, sql: &'static str, target: i64, what: &str) {
+    reading_reaches(|| crate::data::count(db, sql), |n| n == target, what).await;
+}
+
+/// Waits until `read` satisfies `done`, failing the test saying `what` was expected once the
+/// reading has not changed for `WAIT`.
+pub async fn reading_reaches<F, Fut>(mut read: F, done: impl Fn(i64) -> bool, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = i64>,
+{
+    let mut last = read().await;
+    let mut moved = Instant::now();
+    while !done(last) {
+        assert!(
+            moved.elapsed() < WAIT,
+            "{what}: stuck at {last} for {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = read().await;
+        if now != last {
+            last = now;
+            moved = Instant::now();
+        }
     }
 }
 

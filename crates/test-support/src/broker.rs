@@ -73,6 +73,18 @@ impl Broker {
         broker
     }
 
+    /// The platform as broker user `user` (its own credentials; every publish carries its name
+    /// as `user_id`), with the worker's `settings`.
+    pub async fn connect_as(
+        services: &Services,
+        user: &crate::services::BrokerUser,
+        settings: Settings,
+    ) -> Self {
+        let mut broker = Self::connect_url(&user.url(services), settings, true).await;
+        broker.user_id = Some(user.name.clone());
+        broker
+    }
+
     pub async fn connect(services: &Services) -> Self {
         Self::connect_with(services, services.settings(), true).await
     }

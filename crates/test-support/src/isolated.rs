@@ -84,31 +84,34 @@ impl Isolated {
 impl Drop for Isolated {
     fn drop(&mut self) {
         let (db_name, vhost) = (self.db_name.clone(), self.vhost.clone());
-        // Drop may run inside a runtime: clean up on a thread of its own.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok(mut conn) =
-                    PgConnection::connect(&format!("{}/postgres", pg_base())).await
-                {
-                    let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-                let _ = reqwest::Client::new()
-                    .delete(format!("{}/vhosts/{vhost}", rabbit_api()))
-                    .basic_auth("guest", Some("guest"))
-                    .send()
+        cleanup(async move {
+            if let Ok(mut conn) = PgConnection::connect(&format!("{}/postgres", pg_base())).await {
+                let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
                     .await;
-            });
-        })
-        .join()
-        .ok();
+            }
+            let _ = reqwest::Client::new()
+                .delete(format!("{}/vhosts/{vhost}", rabbit_api()))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await;
+        });
     }
+}
+
+/// Runs a clean-up to its end from `Drop`, which may run inside a runtime: on a thread and a
+/// runtime of its own.
+pub fn cleanup(work: impl Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join()
+    .ok();
 }
 
 /// The `identity-sync` binary of the same build (`IDSYNC_BIN` names another): beside the test or

@@ -208,20 +208,12 @@ impl BrokerUser {
 impl Drop for BrokerUser {
     fn drop(&mut self) {
         let name = self.name.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let _ = reqwest::Client::new()
-                    .delete(format!("{}/users/{name}", rabbit_api()))
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await;
-            });
-        })
-        .join()
-        .ok();
+        crate::isolated::cleanup(async move {
+            let _ = reqwest::Client::new()
+                .delete(format!("{}/users/{name}", rabbit_api()))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await;
+        });
     }
 }

@@ -13,8 +13,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{PoolUser, usable_value};
+use crate::domain::account::UserSummary;
 use crate::domain::connection::{ConnectionSettings, MatchField, OnProfileChange};
-use crate::domain::events::UserSummary;
 use crate::domain::login::NormalizedFields;
 
 text_enum!(

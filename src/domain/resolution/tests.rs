@@ -74,7 +74,7 @@ fn events(resolved: &Resolved) -> Vec<EventType> {
         .effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Emit(event) => Some(event.kind),
+            ResolutionEffect::Emit(event) => Some(event.kind),
             _ => None,
         })
         .collect()
@@ -237,7 +237,7 @@ fn each_resolution_publishes_binding_resolved_then_its_consequence() {
             now(),
         );
         assert_eq!(events(&resolved), expected, "{request:?}");
-        let Effect::Emit(event) = &resolved.effects[1] else {
+        let ResolutionEffect::Emit(event) = &resolved.effects[1] else {
             panic!()
         };
         assert_eq!(event.body["data"]["proof"], "password");
@@ -261,7 +261,10 @@ fn an_overdue_binding_expires_instead_of_resolving() {
         now(),
     );
     assert_eq!(events(&resolved), vec![EventType::BindingExpired]);
-    assert!(matches!(resolved.effects[0], Effect::ExpireBinding { .. }));
+    assert!(matches!(
+        resolved.effects[0],
+        ResolutionEffect::ExpireBinding { .. }
+    ));
     assert_eq!(resolved.outcome.unwrap_err(), Refusal::Expired);
 }
 
@@ -282,7 +285,7 @@ fn a_created_account_leaves_out_values_held_in_the_pool() {
         now(),
     );
     let created = resolved.effects.iter().find_map(|e| match e {
-        Effect::CreateUser { fields, .. } => Some(fields.clone()),
+        ResolutionEffect::CreateUser { fields, .. } => Some(fields.clone()),
         _ => None,
     });
     assert_eq!(created.unwrap().email, None);

@@ -10,6 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::amqp::nodes::BrokerUrls;
 use crate::domain::connection::{ConnectionSettings, ConnectionSpec};
 
+mod validation;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -33,6 +35,21 @@ pub struct DatabaseSettings {
     /// How long `run` and `migrate` keep retrying an unreachable database at start.
     #[serde(deserialize_with = "duration")]
     pub startup_timeout: Duration,
+    /// The server ends any one statement of the process after this (`statement_timeout`): a
+    /// statement held by a lock, or a plan gone wrong, fails and is retried instead of holding
+    /// its batch for ever. Migrations run without it.
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+    /// The server ends a transaction left idle inside for this long
+    /// (`idle_in_transaction_session_timeout`): its locks do not outlive a client that went away.
+    #[serde(deserialize_with = "duration")]
+    pub idle_in_transaction_timeout: Duration,
+    /// The process's own bound on every wait for the database (a batch's transaction, a commit,
+    /// a pool connection), also when the server stops answering altogether (a partition, a
+    /// standby that hangs) and no server-side timeout can fire: the work is then given up and
+    /// retried on another connection, and a commit whose fate is unknown is checked.
+    #[serde(deserialize_with = "duration")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -41,6 +58,9 @@ impl Default for DatabaseSettings {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/identity_sync"),
             max_connections: 10,
             startup_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -66,6 +86,9 @@ pub struct AmqpSettings {
     /// `x-delivery-limit` of the work and commands queues: after this many redeliveries (crashes, connection
     /// losses) a message is dead-lettered by the broker.
     pub delivery_limit: u32,
+    /// Where a login that cannot be decided yet waits (its connection's stored settings cannot
+    /// be read): a queue whose messages go back to the work queue after `worker.wait_delay`.
+    pub wait_queue: String,
     /// When not empty, only messages whose AMQP `user_id` is in this list are accepted.
     pub trusted_publishers: Vec<String>,
     /// Replies go only to server-named queues (`amq.gen-...`), to direct reply-to
@@ -98,6 +121,7 @@ impl Default for AmqpSettings {
             dead_letter_queue: "idsync.login-completed.dlq".into(),
             events_exchange: "idsync.events".into(),
             delivery_limit: 20,
+            wait_queue: "idsync.login-completed.wait".into(),
             trusted_publishers: Vec::new(),
             reply_queue_prefix: "idsync.reply.".into(),
             event_mode: EventMode::Structured,
@@ -206,6 +230,10 @@ pub struct WorkerSettings {
     /// decided again (it then usually finds its identity linked: `existing_user`).
     #[serde(deserialize_with = "optional_duration")]
     pub dedupe_retention: Option<Duration>,
+    /// How long a login that cannot be decided yet waits in `amqp.wait_queue` before it is tried
+    /// again (never dead-lettered for that reason).
+    #[serde(deserialize_with = "duration")]
+    pub wait_delay: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -216,6 +244,7 @@ impl Default for WorkerSettings {
             concurrent_batches: 2,
             max_retry_delay: Duration::from_secs(5),
             dedupe_retention: None,
+            wait_delay: Duration::from_secs(5),
         }
     }
 }
@@ -333,176 +362,6 @@ impl Settings {
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), SettingsError> {
-        let invalid = |m: String| Err(SettingsError::Invalid(m));
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return invalid(format!(
-                "log.level: {:?} is not a valid filter: {e}",
-                self.log.level
-            ));
-        }
-        if self.amqp.url.is_empty() {
-            return invalid("amqp.url: no broker URL given".into());
-        }
-        for url in self.amqp.url.iter() {
-            if let Err(e) = url.expose_secret().parse::<lapin::uri::AMQPUri>() {
-                return invalid(format!(
-                    "amqp.url: {} is not an AMQP URL: {e}",
-                    crate::amqp::nodes::address(url.expose_secret())
-                ));
-            }
-        }
-        if self.amqp.prefetch == 0 {
-            return invalid("amqp.prefetch must be at least 1".into());
-        }
-        if self.worker.batch_size == 0 {
-            return invalid("worker.batch_size must be at least 1".into());
-        }
-        // Each batch holds a connection; the relay, the background jobs and bursts need theirs.
-        let most = (self.database.max_connections as usize)
-            .saturating_sub(2)
-            .clamp(1, 16);
-        if !(1..=most).contains(&self.worker.concurrent_batches) {
-            return invalid(format!(
-                "worker.concurrent_batches must be from 1 to {most} (database.max_connections \
-                 less 2, at most 16)"
-            ));
-        }
-        if self.worker.max_message_bytes == 0 {
-            return invalid("worker.max_message_bytes must be at least 1".into());
-        }
-        if self.database.max_connections < 3 {
-            return invalid("database.max_connections must be at least 3".into());
-        }
-        if self.admin.max_connections == 0
-            || self.admin.max_concurrent_requests == 0
-            || self.admin.database_connections == 0
-        {
-            return invalid(
-                "admin.max_connections, admin.max_concurrent_requests and \
-                 admin.database_connections must be at least 1"
-                    .into(),
-            );
-        }
-        if self.outbox.batch_size < 1 {
-            return invalid("outbox.batch_size must be at least 1".into());
-        }
-        if self.amqp.delivery_limit < 1 {
-            return invalid("amqp.delivery_limit must be at least 1".into());
-        }
-        self.validate_queues()?;
-        validate_listen(&self.admin.listen).map_err(SettingsError::Invalid)?;
-        self.validate_durations()?;
-        self.validate_tokens()?;
-        self.connection_settings().map(|_| ())
-    }
-
-    /// The reply prefix stays out of the broker's names and of the worker's own queues, and the
-    /// worker's queues are three.
-    fn validate_queues(&self) -> Result<(), SettingsError> {
-        let invalid = |m: String| Err(SettingsError::Invalid(m));
-        if self.amqp.reply_queue_prefix.is_empty()
-            || self.amqp.reply_queue_prefix.starts_with("amq.")
-        {
-            return invalid(
-                "amqp.reply_queue_prefix must be a non-empty name prefix outside the broker's \
-                 reserved amq. names"
-                    .into(),
-            );
-        }
-        if self.amqp.commands_queue == self.amqp.work_queue
-            || self.amqp.commands_queue == self.amqp.dead_letter_queue
-            || self.amqp.work_queue == self.amqp.dead_letter_queue
-        {
-            return invalid(
-                "amqp.work_queue, amqp.commands_queue and amqp.dead_letter_queue must be three \
-                 different queues"
-                    .into(),
-            );
-        }
-        let queues = [
-            &self.amqp.work_queue,
-            &self.amqp.commands_queue,
-            &self.amqp.dead_letter_queue,
-        ];
-        for queue in queues {
-            if queue.starts_with(&self.amqp.reply_queue_prefix) {
-                return invalid(format!(
-                    "amqp.reply_queue_prefix {:?} would let replies into the worker's queue {queue:?}",
-                    self.amqp.reply_queue_prefix
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Token names are set and unique; each token has exactly one source.
-    fn validate_tokens(&self) -> Result<(), SettingsError> {
-        let invalid = |m: String| Err(SettingsError::Invalid(m));
-        let mut names = std::collections::HashSet::new();
-        for (i, token) in self.admin.tokens.iter().enumerate() {
-            if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
-                return invalid(format!("admin.tokens[{i}]: name must be set and unique"));
-            }
-            // A token given by environment is read when `run` starts: client commands sharing
-            // this file need not have it.
-            if token.token_env.is_none()
-                && let Err(m) = token.secret()
-            {
-                return invalid(format!("admin.tokens[{i}] ({}): {m}", token.name));
-            }
-            if token.token.is_some() && token.token_env.is_some() {
-                return invalid(format!(
-                    "admin.tokens[{i}] ({}): set exactly one of token and token_env",
-                    token.name
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every duration must be within a century (a longer one is a typo, and would overflow the
-    /// clock arithmetic it feeds); intervals and timeouts must not be zero (a busy loop, or a
-    /// publish that can never be confirmed).
-    fn validate_durations(&self) -> Result<(), SettingsError> {
-        let nonzero = [
-            ("database.startup_timeout", self.database.startup_timeout),
-            (
-                "admin.expiry_sweep_interval",
-                self.admin.expiry_sweep_interval,
-            ),
-            ("admin.header_read_timeout", self.admin.header_read_timeout),
-            ("admin.request_timeout", self.admin.request_timeout),
-            ("worker.max_retry_delay", self.worker.max_retry_delay),
-            ("outbox.poll_interval", self.outbox.poll_interval),
-            ("outbox.orphan_after", self.outbox.orphan_after),
-            ("outbox.confirm_timeout", self.outbox.confirm_timeout),
-            ("outbox.prune_interval", self.outbox.prune_interval),
-            ("outbox.retention", self.outbox.retention),
-        ];
-        let optional = [("worker.dedupe_retention", self.worker.dedupe_retention)];
-        let given = optional.iter().filter_map(|(k, v)| v.map(|v| (*k, v)));
-        for (key, value) in nonzero.into_iter().chain(given) {
-            if value.is_zero() {
-                return Err(SettingsError::Invalid(format!(
-                    "{key} must be longer than 0"
-                )));
-            }
-        }
-        for (key, value) in nonzero
-            .into_iter()
-            .chain(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))))
-        {
-            if value > MAX_DURATION {
-                return Err(SettingsError::Invalid(format!(
-                    "{key} must be at most 100 years, got {}",
-                    humantime::format_duration(value)
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// The `[[connections]]` tables, validated; an error names the table and the field.
     pub fn connection_settings(&self) -> Result<Vec<ConnectionSettings>, SettingsError> {
         let mut out: Vec<ConnectionSettings> = Vec::with_capacity(self.connections.len());
@@ -527,29 +386,6 @@ impl Settings {
 /// The longest duration any setting takes.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// `host:port`, where host is an IP address or a DNS name: checked before anything starts, so
-/// that a typo is a configuration error and not a failure after the migrations ran.
-fn validate_listen(listen: &str) -> Result<(), String> {
-    if listen.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let bad =
-        || format!("admin.listen: {listen:?} is not host:port (e.g. 127.0.0.1:8080 or [::1]:8080)");
-    let (host, port) = listen.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().map_err(|_| bad())?;
-    let name_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-        });
-    if name_ok { Ok(()) } else { Err(bad()) }
-}
-
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
@@ -561,114 +397,4 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(toml: &str) -> Result<Settings, SettingsError> {
-        let dir = std::env::temp_dir().join(format!("idsync-settings-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.toml");
-        std::fs::write(&path, toml).unwrap();
-        let loaded = Settings::load_file(&path);
-        let _ = std::fs::remove_dir_all(dir);
-        loaded
-    }
-
-    fn error(toml: &str) -> String {
-        load(toml).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn concurrent_batches_leave_connections_for_the_rest() {
-        assert_eq!(load("").unwrap().worker.concurrent_batches, 2);
-        assert!(load("[worker]\nconcurrent_batches = 8").is_ok());
-        for bad in [
-            "[worker]\nconcurrent_batches = 0",
-            "[worker]\nconcurrent_batches = 9",
-            "[worker]\nconcurrent_batches = 3\n[database]\nmax_connections = 4",
-        ] {
-            let error = load(bad).unwrap_err().to_string();
-            assert!(
-                error.contains("worker.concurrent_batches"),
-                "{bad}: {error}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_broker_is_one_url_or_a_clusters_nodes() {
-        let one = load("[amqp]\nurl = \"amqp://u:p@rabbit:5672/%2f\"").unwrap();
-        assert_eq!(one.amqp.url.len(), 1);
-        let list =
-            load("[amqp]\nurl = [\"amqp://u:p@n1:5672/%2f\", \"amqp://u:p@n2:5673/%2f\"]").unwrap();
-        assert_eq!(list.amqp.url.address(1), "n2:5673");
-        // As an environment variable gives it.
-        let commas =
-            load("[amqp]\nurl = \"amqp://u:p@n1:5672/%2f,amqp://u:p@n2:5672/%2f\"").unwrap();
-        assert_eq!(commas.amqp.url.len(), 2);
-        for bad in ["url = []", "url = \"\"", "url = \"http://n1/\""] {
-            let error = load(&format!("[amqp]\n{bad}")).unwrap_err().to_string();
-            assert!(error.contains("amqp.url"), "{bad}: {error}");
-            assert!(!error.contains("u:p"), "credentials never shown: {error}");
-        }
-    }
-
-    #[test]
-    fn zero_intervals_and_timeouts_are_refused() {
-        for key in [
-            "[outbox]\nconfirm_timeout = \"0s\"",
-            "[outbox]\npoll_interval = \"0s\"",
-            "[outbox]\nprune_interval = \"0s\"",
-            "[admin]\nexpiry_sweep_interval = \"0s\"",
-        ] {
-            let message = error(key);
-            assert!(
-                message.contains("must be longer than 0"),
-                "{key}: {message}"
-            );
-        }
-    }
-
-    #[test]
-    fn out_of_range_durations_are_refused() {
-        let message = error("[outbox]\nretention = \"100000000d\"");
-        assert!(
-            message.contains("outbox.retention must be at most 100 years"),
-            "{message}"
-        );
-        let message = error("[worker]\ndedupe_retention = \"100000000d\"");
-        assert!(message.contains("worker.dedupe_retention"), "{message}");
-        assert!(load("[outbox]\nretention = \"3650d\"").is_ok());
-    }
-
-    #[test]
-    fn the_listen_address_is_checked_at_load() {
-        for bad in ["notanaddr", "127.0.0.1", "host:99999", ":8080", "a b:80"] {
-            let message = error(&format!("[admin]\nlisten = \"{bad}\""));
-            assert!(message.contains("admin.listen"), "{bad}: {message}");
-        }
-        for good in ["127.0.0.1:0", "[::1]:8080", "localhost:8080", "0.0.0.0:80"] {
-            assert!(
-                load(&format!("[admin]\nlisten = \"{good}\"")).is_ok(),
-                "{good}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_reply_queue_prefix_cannot_open_every_queue() {
-        assert!(error("[amqp]\nreply_queue_prefix = \"\"").contains("reply_queue_prefix"));
-        assert!(error("[amqp]\nreply_queue_prefix = \"amq.\"").contains("reply_queue_prefix"));
-        let message = error("[amqp]\nreply_queue_prefix = \"idsync.\"");
-        assert!(message.contains("idsync.login-completed"), "{message}");
-    }
-
-    #[test]
-    fn a_zero_dedupe_retention_is_refused() {
-        let message = error("[worker]\ndedupe_retention = \"0s\"");
-        assert!(
-            message.contains("worker.dedupe_retention must be longer than 0"),
-            "{message}"
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,273 @@
+//! The outbox relay: publishes committed events and replies with publisher confirms, then marks
+//! them published (events, kept for replay) or deletes them (replies).
+//!
+//! Whoever commits outbox rows in this process (the worker, the admin API, the expiry sweeper)
+//! commits through `Handoff::commit`, which passes the rows to the relay in commit order. The
+//! relay publishes them in that order and never drops them: rows whose publish was not confirmed
+//! when a broker session ended are published again first by the next session, so events of one
+//! process reach the broker in commit order also when the relay falls behind or reconnects. The
+//! copies a reconnect can cause are bounded by what was truly unconfirmed at the fault (confirmed
+//! rows are marked even when a later one fails).
+//!
+//! The database is read back only for rows that are not in this process's memory: rows the
+//! broker refused (set aside with a backoff, so that they do not block the rows behind them), and
+//! rows of processes that stopped before publishing theirs (adopted after `outbox.orphan_after`).
+//! Those are claimed with `FOR UPDATE SKIP LOCKED` every `outbox.poll_interval`.
+
+//!
+//! One file per job: [`handoff`] (committing and queueing rows in commit order), [`publishing`]
+//! (the session's rounds of rows out to the broker), [`confirms`] (awaiting each round's confirms
+//! in order and recording what became of each row), [`replies`] (replies, on a connection of
+//! their own), [`claims`] (rows read back from the database, and the heartbeat that keeps other
+//! processes from adopting this one's), [`vacuum`].
+
+mod claims;
+mod confirms;
+mod handoff;
+mod publishing;
+mod replies;
+mod vacuum;
+
+pub use claims::heartbeat;
+pub use handoff::Handoff;
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lapin::options::ConfirmSelectOptions;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    amqp::{CLOSE_TIMEOUT, OPERATION_TIMEOUT, bounded, connect},
+    db::outbox::{self, OutboxRow, Settled},
+    health::Health,
+    metrics::Metrics,
+    settings::Settings,
+};
+use confirms::Confirmer;
+use handoff::Queued;
+use replies::Replies;
+use vacuum::PendingVacuum;
+
+/// Published rounds whose confirms may be pending at once.
+pub(super) const IN_FLIGHT_ROUNDS: usize = 32;
+/// Committed rounds (a batch's rows, an admin write's) waiting for the relay. When it is full
+/// (the relay cannot publish: the broker is away), a committer waits for room after its commit,
+/// so writers slow to the relay's pace instead of growing memory. The login consumer pauses long
+/// before, at `outbox.max_backlog` rows; what can fill it is admin writes, commands and expiry
+/// during a long broker outage, and they then wait.
+pub(super) const HANDOFF_ROUNDS: usize = 1_024;
+/// Rounds of replies waiting for the reply task, and published rounds of replies waiting to be
+/// marked. When either is full the relay (or the reply task) waits: replies are then as late as
+/// their connection or the database make them, and memory stays bounded.
+pub(super) const REPLY_ROUNDS: usize = 256;
+/// Sessions in a row a row may end unconfirmed before it is set aside.
+const POISON_SESSIONS: u32 = 5;
+/// Rows removed from `outbox_pending` after which the relay vacuums it: autovacuum looks at a
+/// table once a minute at best (and may be off), and a minute at full speed leaves hundreds of
+/// thousands of dead rows in a table that holds a few hundred live ones.
+pub(super) const VACUUM_AFTER_REMOVED: u64 = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("no publisher confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("the settling task stopped")]
+    SettlerStopped,
+}
+
+pub struct Relay {
+    settings: Arc<Settings>,
+    pool: PgPool,
+    origin: Uuid,
+    handoffs: mpsc::Receiver<Queued>,
+    /// Handed-off rows whose publish a broker session could not confirm: the next session
+    /// publishes them first, in order.
+    unconfirmed: VecDeque<OutboxRow>,
+    /// The first unconfirmed row and how many sessions in a row ended without confirming it: a
+    /// row that keeps breaking sessions is set aside instead of blocking the rest.
+    head_failures: Option<(i64, u32)>,
+    metrics: Metrics,
+    health: Health,
+    /// Cancelled after the worker has stopped: the relay then publishes what is left and exits.
+    stop: CancellationToken,
+    vacuum: PendingVacuum,
+    /// The task publishing replies on a connection of its own (see `amqp::replies`).
+    replies: Replies,
+}
+
+impl Relay {
+    pub fn new(
+        settings: Arc<Settings>,
+        pool: PgPool,
+        origin: Uuid,
+        metrics: Metrics,
+        health: Health,
+        stop: CancellationToken,
+    ) -> (Self, Handoff) {
+        let (sender, handoffs) = mpsc::channel(HANDOFF_ROUNDS);
+        let handoff = Handoff::new(sender, health.clone(), settings.database.stall_timeout);
+        let vacuum = PendingVacuum::new(pool.clone(), metrics.clone());
+        let replies = Replies::start(
+            &settings,
+            Confirmer {
+                settings: settings.clone(),
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                stop: stop.clone(),
+                vacuum: vacuum.clone(),
+                connection: None,
+            },
+        );
+        (
+            Self {
+                settings,
+                pool,
+                origin,
+                handoffs,
+                unconfirmed: VecDeque::new(),
+                head_failures: None,
+                metrics,
+                health,
+                stop,
+                vacuum,
+                replies,
+            },
+            handoff,
+        )
+    }
+
+    pub async fn run(mut self) {
+        let max_delay = self.settings.worker.max_retry_delay;
+        let mut backoff = crate::retry::delays(max_delay);
+        loop {
+            let started = Instant::now();
+            let result = self.session().await;
+            self.health.set_publisher(false);
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    if self.stop.is_cancelled() {
+                        tracing::warn!(%error, "relay stopping with rows left to publish; another process or the next start publishes them");
+                        break;
+                    }
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = crate::retry::delays(max_delay);
+                    }
+                    self.metrics.transient("relay");
+                    self.set_aside_a_poison_row().await;
+                    let delay = backoff.next().unwrap_or(max_delay);
+                    tracing::warn!(
+                        %error,
+                        retry_in = ?delay,
+                        unconfirmed = self.unconfirmed.len(),
+                        "relay session ended; reconnecting"
+                    );
+                    tokio::select! {
+                        _ = self.stop.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("relay stopped");
+    }
+
+    /// After a failed session: a row that was the first unconfirmed one of
+    /// `POISON_SESSIONS` sessions in a row is set aside in the database (retried with a backoff,
+    /// like a nacked row), so that one row the broker keeps refusing cannot hold every other.
+    async fn set_aside_a_poison_row(&mut self) {
+        let Some(head) = self.unconfirmed.front().map(|row| row.id) else {
+            self.head_failures = None;
+            return;
+        };
+        let failures = match self.head_failures {
+            Some((id, n)) if id == head => n + 1,
+            _ => 1,
+        };
+        self.head_failures = Some((head, failures));
+        if failures < POISON_SESSIONS {
+            return;
+        }
+        let held = Settled {
+            held: vec![head],
+            ..Settled::default()
+        };
+        let set_aside = async {
+            let mut conn = self.pool.acquire().await?;
+            outbox::settle(&mut conn, &held).await
+        };
+        let stall = self.settings.database.stall_timeout;
+        let set_aside = tokio::time::timeout(stall, set_aside)
+            .await
+            .unwrap_or_else(|_| Err(crate::db::stalled("setting a row aside")));
+        match set_aside {
+            Ok(()) => {
+                tracing::error!(
+                    id = head,
+                    sessions = failures,
+                    "an outbox row broke every broker session that published it; set aside"
+                );
+                self.unconfirmed.pop_front();
+                self.head_failures = None;
+            }
+            Err(error) => tracing::warn!(%error, "setting a row aside failed"),
+        }
+    }
+
+    async fn session(&mut self) -> Result<(), RelayError> {
+        let connection = connect(&self.settings.amqp.url, "relay").await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            // Declared again at every connect: a deleted events exchange is not a dead relay.
+            crate::amqp::topology::declare_events_exchange(&channel, &self.settings.amqp).await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok(channel)
+        };
+        let channel = bounded(OPERATION_TIMEOUT, "opening a confirm channel", setup).await?;
+        self.health.set_publisher(true);
+        let result = self.publish_loop(&channel).await;
+        let close = connection.close(200, "identity-sync relay stopping".into());
+        let _ = bounded(CLOSE_TIMEOUT, "closing", close).await;
+        result
+    }
+
+    fn settler(&self) -> Confirmer {
+        Confirmer {
+            settings: self.settings.clone(),
+            pool: self.pool.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            stop: self.stop.clone(),
+            vacuum: self.vacuum.clone(),
+            connection: None,
+        }
+    }
+
+    /// Counts unpublished rows for the metric and the worker's throttle: at most once a second
+    /// unless `now`.
+    async fn count_backlog(&self, counted: &mut Instant, now: bool) {
+        if !now && counted.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        *counted = Instant::now();
+        let stall = self.settings.database.stall_timeout;
+        if let Ok(Ok(count)) = tokio::time::timeout(stall, outbox::backlog(&self.pool)).await {
+            self.metrics.outbox_backlog.set(count);
+            self.health.set_outbox_backlog(count);
+        }
+    }
+}
