@@ -130,6 +130,19 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// Makes rows of this process claimable at once, as if the broker had refused them: for rows
+/// committed while the relay's queue is full, which the relay then reads back from the database
+/// instead of from memory.
+pub async fn leave_to_claims(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query!(
+        "UPDATE outbox_pending SET next_attempt_at = now() WHERE id = ANY($1)",
+        ids
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Locks up to `limit` unpublished rows that are due, in id order: this process's rows the broker
 /// refused earlier (set aside until `next_attempt_at`; every other row of this process is in its
 /// relay's memory), and rows older than `orphan_after_secs` of processes not seen alive for as

@@ -51,17 +51,16 @@ use crate::{
     settings::Settings,
 };
 use confirms::Confirmer;
-use handoff::Queued;
+use handoff::{CommitOrder, Queued};
 use replies::Replies;
 use vacuum::PendingVacuum;
 
 /// Published rounds whose confirms may be pending at once.
 pub(super) const IN_FLIGHT_ROUNDS: usize = 32;
 /// Committed rounds (a batch's rows, an admin write's) waiting for the relay. When it is full
-/// (the relay cannot publish: the broker is away), a committer waits for room after its commit,
-/// so writers slow to the relay's pace instead of growing memory. The login consumer pauses long
-/// before, at `outbox.max_backlog` rows; what can fill it is admin writes, commands and expiry
-/// during a long broker outage, and they then wait.
+/// (the relay cannot publish: the broker is away), committers do not wait: they leave their rows
+/// in the database for the relay to claim once it publishes again, so memory stays bounded and
+/// no writer waits for the broker. The login consumer also pauses at `outbox.max_backlog` rows.
 pub(super) const HANDOFF_ROUNDS: usize = 1_024;
 /// Rounds of replies waiting for the reply task, and published rounds of replies waiting to be
 /// marked. When either is full the relay (or the reply task) waits: replies are then as late as
@@ -91,12 +90,17 @@ pub struct Relay {
     pool: PgPool,
     origin: Uuid,
     handoffs: mpsc::Receiver<Queued>,
+    /// Shared with the committers: whether rows were left to claims because the queue was full.
+    order: CommitOrder,
     /// Handed-off rows whose publish a broker session could not confirm: the next session
     /// publishes them first, in order.
     unconfirmed: VecDeque<OutboxRow>,
     /// The first unconfirmed row and how many sessions in a row ended without confirming it: a
     /// row that keeps breaking sessions is set aside instead of blocking the rest.
     head_failures: Option<(i64, u32)>,
+    /// Whether the last session got as far as publishing: one that could not connect did not
+    /// try the first unconfirmed row, and does not count against it.
+    published: bool,
     metrics: Metrics,
     health: Health,
     /// Cancelled after the worker has stopped: the relay then publishes what is left and exits.
@@ -136,8 +140,10 @@ impl Relay {
                 pool,
                 origin,
                 handoffs,
+                order: handoff.order(),
                 unconfirmed: VecDeque::new(),
                 head_failures: None,
+                published: false,
                 metrics,
                 health,
                 stop,
@@ -166,7 +172,9 @@ impl Relay {
                         backoff = crate::retry::delays(max_delay);
                     }
                     self.metrics.transient("relay");
-                    self.set_aside_a_poison_row().await;
+                    if self.published {
+                        self.set_aside_a_poison_row().await;
+                    }
                     let delay = backoff.next().unwrap_or(max_delay);
                     tracing::warn!(
                         %error,
@@ -227,6 +235,7 @@ impl Relay {
     }
 
     async fn session(&mut self) -> Result<(), RelayError> {
+        self.published = false;
         let connection = connect(&self.settings.amqp.url, "relay").await?;
         let setup = async {
             let channel = connection.create_channel().await?;
@@ -239,6 +248,7 @@ impl Relay {
         };
         let channel = bounded(OPERATION_TIMEOUT, "opening a confirm channel", setup).await?;
         self.health.set_publisher(true);
+        self.published = true;
         let result = self.publish_loop(&channel).await;
         let close = connection.close(200, "identity-sync relay stopping".into());
         let _ = bounded(CLOSE_TIMEOUT, "closing", close).await;

@@ -69,8 +69,9 @@ impl Relay {
             let rows: Vec<OutboxRow> = self.unconfirmed.drain(..take).collect();
             self.send_round(channel, in_flight, rows).await?;
         }
-        // Rows refused earlier or left by stopped processes.
-        self.claim_until_done(channel, counted).await?;
+        // Rows queued before this session, then rows refused earlier, left to claims or left by
+        // stopped processes.
+        self.catch_up(channel, in_flight, counted).await?;
         let poll = self.settings.outbox.poll_interval;
         let mut next_claim = Instant::now() + poll;
         loop {
@@ -108,12 +109,45 @@ impl Relay {
                     self.count_backlog(counted, false).await;
                 }
                 _ = tokio::time::sleep_until(next_claim.into()) => {
-                    self.claim_until_done(channel, counted).await?;
+                    self.catch_up(channel, in_flight, counted).await?;
                     next_claim = Instant::now() + poll;
                 }
                 _ = self.stop.cancelled() => {}
                 _ = broken.cancelled() => {}
             }
+        }
+    }
+
+    /// Publishes what is queued, then what is due in the database. Rows committed while the
+    /// queue was full were left there, after everything queued and before anything queued
+    /// later (no commit queues while they wait): once every queued round is out they are
+    /// claimed, and the last of them under the commit lock, so that none is left behind when
+    /// commits start queueing again.
+    async fn catch_up(
+        &mut self,
+        channel: &Channel,
+        in_flight: &mpsc::Sender<InFlight>,
+        counted: &mut Instant,
+    ) -> Result<(), RelayError> {
+        loop {
+            while let Ok(queued) = self.handoffs.try_recv() {
+                let rows = self.committed_rows(queued).await;
+                if !rows.is_empty() {
+                    self.send_round(channel, in_flight, rows).await?;
+                }
+            }
+            self.claim_until_done(channel, counted).await?;
+            if !self.order.overflowing() {
+                return Ok(());
+            }
+            let order = self.order.clone();
+            let _committing = order.lock().await;
+            if !self.handoffs.is_empty() {
+                continue;
+            }
+            self.claim_until_done(channel, counted).await?;
+            order.caught_up();
+            return Ok(());
         }
     }
 
