@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod bulk;
 pub mod cli;
 pub mod db;
+pub mod directory;
 pub mod domain;
 #[cfg(feature = "failpoints")]
 pub(crate) mod failpoint;

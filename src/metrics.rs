@@ -35,6 +35,24 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabel {
+    pub connection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectoryCallLabel {
+    pub connection: String,
+    pub api: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectoryStateLabel {
+    pub connection: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ComponentLabel {
     pub component: &'static str,
 }
@@ -127,6 +145,17 @@ metrics! {
     panics: Counter = Counter::default(), "panics",
         "Batches or messages whose processing panicked (a bug of the worker): handed back, and \
          dead-lettered processing_panicked at the delivery limit";
+    directory_calls: Family<DirectoryCallLabel, Counter> = Family::default(), "directory_calls",
+        "Calls to connections' directories (DingTalk, WeCom, Feishu), by connection, API and \
+         result (ok, not_found, token_refused, rate_limited, quota_exhausted, failed)";
+    directory_tokens: Family<ConnectionLabel, Counter> = Family::default(), "directory_tokens",
+        "Access tokens fetched from directories, by connection";
+    directory_cache_hits: Family<ConnectionLabel, Counter> = Family::default(),
+        "directory_cache_hits",
+        "Logins completed from a directory record kept in the database (no call), by connection";
+    directory_state: Family<DirectoryStateLabel, Gauge> = Family::default(), "directory_state",
+        "1 for the state each connection's directory was last seen in (ok, rate_limited, \
+         quota_exhausted, failing), 0 for the others";
     trusted_publishers: Gauge = Gauge::default(), "trusted_publishers",
         "Broker users listed in amqp.trusted_publishers (0: anyone who can publish is heard)";
 }
@@ -222,6 +251,18 @@ impl Metrics {
                 reason: fault.as_str(),
             })
             .inc();
+    }
+
+    /// Records the state a connection's directory was seen in.
+    pub fn directory_state(&self, connection: &str, state: crate::directory::State) {
+        for each in crate::directory::State::ALL {
+            self.directory_state
+                .get_or_create(&DirectoryStateLabel {
+                    connection: connection.to_owned(),
+                    state: each.as_str(),
+                })
+                .set(i64::from(each == state));
+        }
     }
 
     pub fn render(&self) -> String {

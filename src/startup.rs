@@ -157,6 +157,7 @@ impl Application {
             self.origin,
             handoff.clone(),
             self.settings.database.stall_timeout,
+            crate::directory::Directories::new(self.metrics.clone()),
         );
         let worker = Worker::new(
             self.settings.clone(),

@@ -335,13 +335,19 @@ pub struct DecisionView {
     /// How the match fields combined: `any` (one field identifies a candidate) or `all`.
     pub match_rule: String,
     /// Each field of the login: `field`, `value`, `usable`, `why_not` (`unverified`,
-    /// `malformed`, `suspicious`, `domain_not_allowed`, `held`, `not_matched_on` or null).
+    /// `malformed`, `suspicious`, `domain_not_allowed`, `held`, `not_matched_on` or null),
+    /// `origin` (`event`, or `directory` when the connection's directory gave it).
     #[schema(value_type = Vec<Object>)]
     pub fields: Value,
     /// Each candidate account: `user_id`, `matched_on`, `set_aside` (`protected_account`,
     /// `confusable_identifier`, `candidate_unverified`, `candidate_already_linked` or null).
     #[schema(value_type = Vec<Object>)]
     pub candidates: Value,
+    /// What the connection's directory said, when it was asked: `result` (`found`, `inactive`,
+    /// `not_found`, `unavailable`) and, for `unavailable`, `detail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub directory: Option<Value>,
 }
 
 impl DecisionView {
@@ -379,6 +385,7 @@ impl From<crate::db::processed::DecisionRow> for DecisionView {
                 .to_owned(),
             fields: list("fields"),
             candidates: list("candidates"),
+            directory: evidence.get("directory").filter(|d| d.is_object()).cloned(),
             event_id: row.event_id,
             source: row.source,
             decided_at: row.processed_at,

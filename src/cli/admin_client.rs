@@ -282,7 +282,7 @@ pub async fn connections(
 ) -> anyhow::Result<ExitCode> {
     let path = match command {
         // A configuration file's, checked without the API.
-        super::ConnectionsCommand::Check(check) => return super::check::run(check),
+        super::ConnectionsCommand::Check(check) => return super::check::run(check).await,
         super::ConnectionsCommand::List => "/v1/connections".to_owned(),
         super::ConnectionsCommand::Show { pool, connection } => {
             format!(

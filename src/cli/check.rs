@@ -9,11 +9,14 @@ use config::{Config, File, FileFormat};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::directory::Directories;
 use crate::domain::{
     ConnectionSettings, MatchKey,
     connection::ConnectionSpec,
+    directory::DirectorySettings,
     login::{Field, NormalizedFields, Profile},
 };
+use crate::metrics::Metrics;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -27,6 +30,10 @@ pub struct CheckArgs {
     /// Try the profile on this connection only (the others are still checked).
     #[arg(long, value_name = "IDENTIFIER", requires = "profile")]
     connection: Option<String>,
+    /// Also obtain a token from each connection's directory with its credentials (a call to
+    /// the source's API): whether they work.
+    #[arg(long)]
+    online: bool,
 }
 
 #[derive(Deserialize)]
@@ -35,7 +42,7 @@ struct OnlyConnections {
     connections: Vec<ConnectionSpec>,
 }
 
-pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let specs: OnlyConnections = Config::builder()
         .add_source(File::from(args.file.as_path()).format(FileFormat::Toml))
         .build()
@@ -60,6 +67,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         };
         println!("{name}: {}", summary(&settings));
+        if let Some(directory) = &settings.directory {
+            problems += check_directory(&name, &settings, directory, args.online).await;
+        }
         let tried = args
             .connection
             .as_deref()
@@ -77,6 +87,46 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("{problems} problem(s)");
         ExitCode::FAILURE
     })
+}
+
+/// Shows a connection's directory and, `online`, tries its credentials; returns the number of
+/// problems.
+async fn check_directory(
+    name: &str,
+    settings: &ConnectionSettings,
+    directory: &DirectorySettings,
+    online: bool,
+) -> usize {
+    println!(
+        "  directory: {} app {} at {} (id_field {}, fetch {}, on_unavailable {})",
+        directory.kind,
+        directory.app,
+        directory.api_base,
+        directory.id_field,
+        directory.fetch,
+        directory.on_unavailable
+    );
+    if let Err(error) = directory.secret.reveal() {
+        println!("{name}: directory secret: {error}");
+        return 1;
+    }
+    if !online {
+        return 0;
+    }
+    let directories = Directories::new(Metrics::new());
+    match directories
+        .check(settings.identifier.as_str(), directory)
+        .await
+    {
+        Ok(()) => {
+            println!("  directory: the credentials work (a token was obtained)");
+            0
+        }
+        Err(error) => {
+            println!("{name}: directory: no token: {error}");
+            1
+        }
+    }
 }
 
 fn read_profile(path: &PathBuf) -> anyhow::Result<Profile> {
@@ -147,7 +197,7 @@ fn standard_present(key: &MatchKey, raw: &Map<String, Value>) -> bool {
 }
 
 /// What the login carries in `key`, as the check prints it; `None` when it carries nothing.
-fn shown(fields: &NormalizedFields, key: &MatchKey) -> Option<String> {
+pub(super) fn shown(fields: &NormalizedFields, key: &MatchKey) -> Option<String> {
     fn of<T: std::fmt::Display>(field: &Field<T>, verified: Option<bool>) -> Option<String> {
         let flag = match verified {
             Some(true) => " (verified)",

@@ -3,6 +3,7 @@
 
 mod admin_client;
 mod check;
+mod directory;
 mod export;
 mod import;
 mod replay;
@@ -78,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_client::PolicyCommand,
     },
+    /// What a connection's directory (DingTalk, WeCom, Feishu) says about a person.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Pending bindings, through the admin API.
     Bindings {
         #[command(flatten)]
@@ -102,6 +108,13 @@ pub enum ConnectionsCommand {
         /// The connection's identifier.
         connection: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Ask a stored connection's directory about one person (a call to the source's API, not
+    /// cached): print the record and what the connection's mapping makes of it.
+    Fetch(directory::FetchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +192,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         Command::Events {
             command: EventsCommand::Replay(args),
         } => replay::run(args, &settings).await,
+        Command::Directory {
+            command: DirectoryCommand::Fetch(args),
+        } => directory::fetch(args, &settings).await,
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
         Command::Policy { api, command } => admin_client::policy(command, api, &settings).await,
         Command::Connections { api, command } => {

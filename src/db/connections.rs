@@ -2,7 +2,10 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::connection::{ConnectionSettings, ConnectionSpec};
+use crate::domain::{
+    connection::{ConnectionSettings, ConnectionSpec},
+    directory::DirectorySpec,
+};
 
 struct Row {
     user_pool_id: String,
@@ -22,6 +25,7 @@ struct Row {
     verified_fields: Vec<String>,
     match_rule: String,
     unique_attributes: Vec<String>,
+    directory: Option<sqlx::types::Json<serde_json::Value>>,
     settings_version: i64,
 }
 
@@ -55,6 +59,14 @@ impl Row {
     /// problem rather than half-used.
     fn into_stored(self) -> Stored {
         let version = self.settings_version;
+        let directory = self
+            .directory
+            .map(|json| serde_json::from_value::<DirectorySpec>(json.0))
+            .transpose();
+        let (directory, unreadable_directory) = match directory {
+            Ok(directory) => (directory, None),
+            Err(error) => (None, Some(format!("directory: {error}"))),
+        };
         let spec = ConnectionSpec {
             identifier: Some(self.identifier),
             user_pool_id: Some(self.user_pool_id),
@@ -73,7 +85,15 @@ impl Row {
             verified_fields: Some(self.verified_fields),
             match_rule: Some(self.match_rule),
             unique_attributes: Some(self.unique_attributes),
+            directory,
         };
+        if let Some(problem) = unreadable_directory {
+            return Err(Box::new(Unreadable {
+                spec,
+                version,
+                problem,
+            }));
+        }
         match ConnectionSettings::validate(&spec) {
             Ok(mut settings) => {
                 settings.version = version;
@@ -101,6 +121,24 @@ pub struct Upserted {
 /// settings again changes nothing.
 pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Result<Upserted> {
     let existing = get_for_update(conn, c.user_pool_id.as_str(), c.identifier.as_str()).await?;
+    // A directory secret written back as shown ("set") keeps the stored one.
+    let mut c = std::borrow::Cow::Borrowed(c);
+    if let Some(new) = &c.directory
+        && new.secret.is_shown_placeholder()
+        && let Some(Ok(old)) = &existing
+        && let Some(old) = &old.directory
+        && old.kind == new.kind
+    {
+        c.to_mut().directory.as_mut().expect("present").secret = old.secret.clone();
+    }
+    let c = c.as_ref();
+    let old_directory = match &existing {
+        Some(Ok(old)) => old.directory.clone(),
+        _ => None,
+    };
+    if old_directory != c.directory {
+        super::directory::forget(conn, c.user_pool_id.as_str(), c.identifier.as_str()).await?;
+    }
     let version = match &existing {
         Some(Ok(old)) if old.same_settings(c) => {
             return Ok(Upserted {
@@ -119,9 +157,9 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         r#"INSERT INTO connections (user_pool_id, identifier, display_name, provider, login_mode,
                association, match_fields, require_verified, default_country_code, binding_ttl_seconds,
                trust_unverified_accounts, allowed_email_domains, on_profile_change, mapping,
-               verified_fields, settings_version, match_rule, unique_attributes)
+               verified_fields, settings_version, match_rule, unique_attributes, directory)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                   $18)
+                   $18, $19)
            ON CONFLICT (user_pool_id, identifier) DO UPDATE SET
                display_name = EXCLUDED.display_name,
                provider = EXCLUDED.provider,
@@ -139,6 +177,7 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
                settings_version = EXCLUDED.settings_version,
                match_rule = EXCLUDED.match_rule,
                unique_attributes = EXCLUDED.unique_attributes,
+               directory = EXCLUDED.directory,
                updated_at = now()"#,
         c.user_pool_id.as_str(),
         c.identifier.as_str(),
@@ -158,6 +197,7 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         version,
         c.match_rule.as_str(),
         &spec.unique_attributes.clone().unwrap_or_default(),
+        c.directory.as_ref().map(|d| d.stored_json()),
     )
     .execute(&mut *conn)
     .await?;
@@ -286,6 +326,7 @@ async fn get_for_update(
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
                   mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
+                  directory AS "directory: sqlx::types::Json<serde_json::Value>",
                   settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2 FOR UPDATE"#,
         pool,
@@ -326,7 +367,9 @@ pub async fn find_many(
                   c.association, c.match_fields, c.require_verified, c.default_country_code,
                   c.binding_ttl_seconds, c.trust_unverified_accounts, c.allowed_email_domains,
                   c.on_profile_change, c.mapping AS "mapping: _", c.verified_fields,
-                  c.match_rule, c.unique_attributes, c.settings_version
+                  c.match_rule, c.unique_attributes,
+                  c.directory AS "directory: sqlx::types::Json<serde_json::Value>",
+                  c.settings_version
            FROM connections c
            JOIN unnest($1::text[], $2::text[]) AS k(pool, identifier)
              ON c.user_pool_id = k.pool AND c.identifier = k.identifier"#,
@@ -350,6 +393,7 @@ pub async fn get_stored(
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
                   mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
+                  directory AS "directory: sqlx::types::Json<serde_json::Value>",
                   settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2"#,
         pool,
@@ -368,6 +412,7 @@ pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<Stored>> {
                   match_fields, require_verified, default_country_code, binding_ttl_seconds,
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
                   mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
+                  directory AS "directory: sqlx::types::Json<serde_json::Value>",
                   settings_version
            FROM connections ORDER BY user_pool_id, identifier"#
     )

@@ -8,6 +8,7 @@ pub mod bindings;
 pub mod class;
 pub mod commands;
 pub mod connections;
+pub mod directory;
 pub mod identities;
 pub mod locks;
 pub mod outbox;

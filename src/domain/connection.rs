@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use super::attributes::AttributeName;
+use super::directory::{DirectorySettings, DirectorySpec};
 pub use super::field::{ATTRIBUTE_PREFIX, FieldError, MatchField, MatchKey};
 use super::mapping::Mapping;
 use super::phone::CountryCode;
@@ -180,6 +181,9 @@ pub struct ConnectionSpec {
     /// Mapped fields the source vouches for (a corporate directory): verified whatever the
     /// profile's flags say. Each must be mapped. Without it, the preset's.
     pub verified_fields: Option<Vec<String>>,
+    /// The source's open API, asked about the person (contract section 10); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectorySpec>,
 }
 
 /// A connection's validated settings, with the contract's defaults filled in: what the decision
@@ -223,6 +227,8 @@ pub struct ConnectionSettings {
     /// The account fields built from the profile by a template: the provider's preset with the
     /// connection's own keys over it.
     pub mapping: Mapping,
+    /// The source's directory, asked about people before their logins are decided.
+    pub directory: Option<DirectorySettings>,
     /// The `settings_version` decisions record: it changes whenever the stored settings change
     /// (0 for settings not stored yet).
     pub version: i64,
@@ -299,6 +305,11 @@ impl ConnectionSettings {
             on_profile_change: parse_opt("on_profile_change", spec.on_profile_change.as_deref())?
                 .unwrap_or(OnProfileChange::Notify),
             mapping,
+            directory: spec
+                .directory
+                .as_ref()
+                .map(DirectorySettings::validate)
+                .transpose()?,
             version: 0,
         })
     }
@@ -341,6 +352,7 @@ impl ConnectionSettings {
                     .map(|f| f.to_string())
                     .collect(),
             ),
+            directory: self.directory.as_ref().map(DirectorySettings::to_spec),
         }
     }
 }

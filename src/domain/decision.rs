@@ -12,6 +12,7 @@ use super::attributes::{self, AttributeName, Attributes};
 use super::connection::{
     Association, ConnectionSettings, LoginMode, MatchField, MatchKey, MatchRule,
 };
+use super::directory::Finding;
 use super::login::{Field, NormalizedFields};
 use super::{Email, Phone, Username};
 
@@ -137,6 +138,30 @@ impl From<SetAside> for BindingReason {
 
 /// The reason of a rejected login.
 pub const UNKNOWN_USER: &str = "unknown_user";
+/// The reason of a login rejected because the directory says the person left.
+pub const DIRECTORY_INACTIVE: &str = "directory_inactive";
+
+text_enum!(
+    /// Where a login's field came from: the event the platform published, or the connection's
+    /// directory (contract section 10).
+    FieldOrigin { Event => "event", Directory => "directory" }
+);
+
+/// Evidence recorded before fields had an origin came from events.
+fn from_event() -> FieldOrigin {
+    FieldOrigin::Event
+}
+
+/// What the connection's directory said about the person, when it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DirectoryEvidence {
+    /// `found`, `inactive`, `not_found` (decided on the event alone) or `unavailable` (decided
+    /// on the event alone, `on_unavailable = "event_profile"`).
+    pub result: String,
+    /// Why it could not be asked, for `unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
 
 /// A user of the pool that shares at least one normalised email, phone or username with the login.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -288,6 +313,9 @@ pub enum Action {
     },
     /// Step 5: `login_only` and nobody matches.
     Reject,
+    /// Before anything else: the connection's directory says the person is no longer active
+    /// (contract section 10): no account, no link, `login.rejected` with `directory_inactive`.
+    DirectoryInactive,
     /// Step 5: a new account with this identity.
     CreateUser(NewUserFields),
 }
@@ -299,7 +327,7 @@ impl Action {
             Action::ExistingUser { .. } => Outcome::ExistingUser,
             Action::StillPending { .. } | Action::OpenBinding { .. } => Outcome::BindingPending,
             Action::Link { .. } => Outcome::UserLinked,
-            Action::Reject => Outcome::Rejected,
+            Action::Reject | Action::DirectoryInactive => Outcome::Rejected,
             Action::CreateUser(_) => Outcome::UserCreated,
         }
     }
@@ -317,6 +345,9 @@ pub struct FieldEvidence {
     pub usable: bool,
     /// Why the field was not used; `None` when it was usable.
     pub why_not: Option<WhyNot>,
+    /// Where the value came from: `event` or `directory`.
+    #[serde(default = "from_event")]
+    pub origin: FieldOrigin,
 }
 
 /// A candidate account: the fields it matched on and why it was set aside, if it was.
@@ -342,6 +373,9 @@ pub struct Evidence {
     /// The candidate accounts, in id order; empty when none matched or no candidate search ran
     /// (an existing user, a still-pending binding, association disabled).
     pub candidates: Vec<CandidateEvidence>,
+    /// What the connection's directory said, when it was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryEvidence>,
 }
 
 fn any() -> MatchRule {
@@ -354,6 +388,7 @@ impl Default for Evidence {
             match_rule: MatchRule::Any,
             fields: Vec::new(),
             candidates: Vec::new(),
+            directory: None,
         }
     }
 }
@@ -377,6 +412,7 @@ impl Evidence {
             match_rule: self.match_rule,
             fields,
             candidates: self.candidates.clone(),
+            directory: self.directory.clone(),
         }
     }
 }
@@ -400,6 +436,13 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Decision {
     let judge = Judge { login, settings };
+    if matches!(login.directory, Some(Finding::Found { inactive: true })) {
+        return Decision {
+            expire_binding: None,
+            action: Action::DirectoryInactive,
+            evidence: judge.evidence(false, &[], None, situation),
+        };
+    }
     if let Some(user_id) = situation.linked_user {
         return Decision {
             expire_binding: None,
@@ -756,17 +799,34 @@ impl Judge<'_> {
             } else {
                 None
             });
+            let origin = if self.login.from_directory.contains(&key) {
+                FieldOrigin::Directory
+            } else {
+                FieldOrigin::Event
+            };
             fields.push(FieldEvidence {
                 field: key,
                 value,
                 usable: why_not.is_none(),
                 why_not,
+                origin,
             });
         }
         Evidence {
             match_rule: self.settings.match_rule,
             fields,
             candidates: candidates.to_vec(),
+            directory: self
+                .login
+                .directory
+                .as_ref()
+                .map(|finding| DirectoryEvidence {
+                    result: finding.result().to_owned(),
+                    detail: match finding {
+                        Finding::Unavailable(detail) => Some(detail.clone()),
+                        _ => None,
+                    },
+                }),
         }
     }
 }

@@ -10,7 +10,8 @@ use super::{
     account::UserRecord,
     connection::{ConnectionSettings, MatchKey},
     decision::{
-        Action, BindingReason, Decision, Evidence, NewUserFields, Outcome, UNKNOWN_USER,
+        Action, BindingReason, DIRECTORY_INACTIVE, Decision, Evidence, NewUserFields, Outcome,
+        UNKNOWN_USER,
         drift::{Drift, UserUpdate},
     },
     events::{
@@ -193,9 +194,14 @@ pub fn of_login(
             effects.extend([LoginEffect::OpenBinding(open), LoginEffect::Emit(pending)]);
         }
         Action::Reject => {
-            let rejected = login_rejected(identity, masked, cause, now);
+            let rejected = login_rejected(identity, masked, UNKNOWN_USER, cause, now);
             effects.push(LoginEffect::Emit(rejected));
             reply.reason = Some(UNKNOWN_USER.to_owned());
+        }
+        Action::DirectoryInactive => {
+            let rejected = login_rejected(identity, masked, DIRECTORY_INACTIVE, cause, now);
+            effects.push(LoginEffect::Emit(rejected));
+            reply.reason = Some(DIRECTORY_INACTIVE.to_owned());
         }
         Action::CreateUser(fields) => {
             let account = new_account(pool, fields, identity, cause, now);
@@ -234,17 +240,19 @@ fn binding_pending(
     OutboundEvent::new(data, now)
 }
 
-/// `login.rejected` of an unknown person in login-only mode, with the login's evidence (masked).
+/// `login.rejected` of an unknown person in login-only mode (`unknown_user`), or of a person the
+/// directory says left (`directory_inactive`), with the login's evidence (masked).
 fn login_rejected(
     identity: &Identity,
     evidence: Evidence,
+    reason: &'static str,
     cause: Option<&str>,
     now: DateTime<Utc>,
 ) -> OutboundEvent {
     let data = LoginRejected {
         user_pool_id: &identity.user_pool_id,
         identity: identity.reference(),
-        reason: UNKNOWN_USER,
+        reason,
         cause_event_id: cause,
         fields: evidence.fields,
         candidates: evidence.candidates,

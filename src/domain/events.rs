@@ -208,14 +208,16 @@ pub struct UserUpdated<'a> {
     pub actor: Option<&'a str>,
 }
 
-/// The `data` of `login.rejected`: a `login_only` connection refused a person with no account.
+/// The `data` of `login.rejected`: a `login_only` connection refused a person with no account, or
+/// the connection's directory says the person is no longer active.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LoginRejected<'a> {
     /// The pool the login happened in.
     pub user_pool_id: &'a str,
     /// The identity refused.
     pub identity: IdentityRef,
-    /// Always `unknown_user`.
+    /// `unknown_user` (a `login_only` connection, no account) or `directory_inactive` (the
+    /// directory says the person left).
     pub reason: &'a str,
     /// The `id` of the login refused.
     pub cause_event_id: Option<&'a str>,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::attributes::{self, AttributeName};
 use super::connection::{ConnectionId, ConnectionSettings, MatchField, MatchKey, UserPoolId};
+use super::directory::Finding;
 use super::mapping::Mapping;
 use super::strict_json::{self, StrictError};
 use super::{Email, Phone, Username};
@@ -132,15 +133,20 @@ pub enum WaitReason {
     /// `connection_unreadable`: the connection's stored settings no longer validate (written by
     /// a newer version, edited by hand); its logins wait until an admin mends it.
     ConnectionUnreadable,
+    /// `directory_unavailable`: the login needs its connection's directory (contract section
+    /// 10), which cannot be asked now (timeouts, errors, rate limits, an exhausted quota), and
+    /// the connection says to wait (`on_unavailable = "wait"`).
+    DirectoryUnavailable,
 }
 
 impl WaitReason {
-    pub const ALL: [WaitReason; 1] = [Self::ConnectionUnreadable];
+    pub const ALL: [WaitReason; 2] = [Self::ConnectionUnreadable, Self::DirectoryUnavailable];
 
     /// The stable name of the reason (metric label, the waiting copy's header).
     pub fn code(self) -> &'static str {
         match self {
             Self::ConnectionUnreadable => "connection_unreadable",
+            Self::DirectoryUnavailable => "directory_unavailable",
         }
     }
 }
@@ -162,8 +168,19 @@ pub struct LoginEvent {
     /// The person's id at the identity source (a DingTalk union id, an OIDC `sub`), 1 to 256
     /// characters, as received; with the pool and the connection it names the identity.
     pub external_id: String,
-    /// What the source says about the person; empty when the login carried no profile.
+    /// What the source says about the person; empty when the login carried no profile. With
+    /// a directory's record put in (see `directory`), the profile decided on.
     pub profile: Profile,
+    /// What the connection's directory said, when it was asked (never read from the message).
+    pub directory: Option<DirectoryNote>,
+}
+
+/// What a connection's directory said about a login's person, and the profile the event itself
+/// carried when the directory's record was put into it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryNote {
+    pub finding: Finding,
+    pub event_profile: Option<Profile>,
 }
 
 /// The login's `data.profile` as the source sent it: the typed fields are as received, not
@@ -234,6 +251,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<LoginEvent, Rejection> {
         connection,
         external_id,
         profile,
+        directory: None,
     })
 }
 
@@ -470,6 +488,10 @@ pub struct NormalizedFields {
     /// The mapped attributes the connection vouches for (`verified_fields`): only these count
     /// as verified, and only these are ever copied onto an account.
     pub verified_attributes: Vec<AttributeName>,
+    /// What the connection's directory said, when it was asked.
+    pub directory: Option<Finding>,
+    /// The fields whose value came from the directory's record rather than from the event.
+    pub from_directory: Vec<MatchKey>,
 }
 
 impl NormalizedFields {
@@ -518,6 +540,52 @@ impl NormalizedFields {
                 .map(|n| n.chars().take(MAX_NAME_CHARS).collect()),
             attributes,
             verified_attributes,
+            directory: None,
+            from_directory: Vec::new(),
+        }
+    }
+
+    /// The login's fields with what its connection's directory said: the fields normalised from
+    /// the profile the directory's record was put into, each marked as the directory's when the
+    /// event alone would not have given it that value.
+    pub fn with_directory(
+        profile: &Profile,
+        note: &DirectoryNote,
+        settings: &ConnectionSettings,
+    ) -> Self {
+        let mut fields = Self::of(profile, settings);
+        if let Some(before) = &note.event_profile {
+            let event = Self::of(before, settings);
+            let mut keys: Vec<MatchKey> = MatchField::ALL.iter().map(|f| (*f).into()).collect();
+            keys.extend(fields.attributes.keys().cloned().map(MatchKey::Attribute));
+            fields.from_directory = keys
+                .into_iter()
+                .filter(|key| fields.carries(key) && fields.text(key) != event.text(key))
+                .collect();
+        }
+        fields.directory = Some(note.finding.clone());
+        fields
+    }
+
+    /// Whether the login carries `key` at all (valid or not).
+    pub fn carries(&self, key: &MatchKey) -> bool {
+        self.text(key).is_some()
+    }
+
+    /// The field's value as the evidence shows it (canonical, or as received when unusable).
+    fn text(&self, key: &MatchKey) -> Option<String> {
+        fn shown<T: ToString>(field: &Field<T>) -> Option<String> {
+            match field {
+                Field::Absent => None,
+                Field::Malformed(raw) => Some(raw.clone()),
+                Field::Valid { value, .. } => Some(value.to_string()),
+            }
+        }
+        match key {
+            MatchKey::Field(MatchField::Email) => shown(&self.email),
+            MatchKey::Field(MatchField::Phone) => shown(&self.phone),
+            MatchKey::Field(MatchField::Username) => shown(&self.username),
+            MatchKey::Attribute(name) => self.attributes.get(name).and_then(shown),
         }
     }
 }

@@ -52,6 +52,7 @@ pub mod attributes;
 pub mod command;
 pub mod connection;
 pub mod decision;
+pub mod directory;
 pub mod effects;
 pub mod email;
 pub mod events;

@@ -261,6 +261,7 @@ impl Login {
             name: None,
             attributes: Default::default(),
             verified_attributes: Vec::new(),
+            ..NormalizedFields::default()
         }
     }
 
@@ -412,6 +413,7 @@ fn settings() -> impl Strategy<Value = ConnectionSettings> {
                     allowed_email_domains: domains.iter().map(|d| d.to_string()).collect(),
                     on_profile_change: crate::domain::connection::OnProfileChange::Notify,
                     mapping: Default::default(),
+                    directory: None,
                     version: 1,
                 }
             },

@@ -78,6 +78,11 @@ pub struct ConnectionBody {
     pub mapping: Option<std::collections::BTreeMap<String, String>>,
     /// Mapped fields the source vouches for: verified whatever the profile's flags say.
     pub verified_fields: Option<Vec<String>>,
+    /// The source's open API (`kind` dingtalk, wecom or feishu, its credentials, `api_base`,
+    /// `id_field`, `fetch`, `cache_ttl`, `on_unavailable`, `timeout`, `rate_limit`). Secrets
+    /// read back as `"set"`; writing `"set"` back keeps the stored secret.
+    #[schema(value_type = Option<Object>)]
+    pub directory: Option<crate::domain::directory::DirectorySpec>,
 }
 
 impl From<ConnectionBody> for ConnectionSpec {
@@ -100,6 +105,7 @@ impl From<ConnectionBody> for ConnectionSpec {
             on_profile_change: body.on_profile_change,
             mapping: body.mapping,
             verified_fields: body.verified_fields,
+            directory: body.directory,
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::db::{
     users::{self, FieldKeys},
     within,
 };
+use crate::directory::Directories;
+use crate::domain::directory::{Finding, OnUnavailable};
 use crate::domain::{
     ConnectionSettings, decision,
     effects::{self, Identity},
@@ -56,6 +58,8 @@ pub struct Pipeline {
     /// The longest a batch's transaction may go without the database answering
     /// (`database.stall_timeout`).
     stall: Duration,
+    /// The connections' directories, asked before a batch's transaction.
+    directories: Directories,
 }
 
 /// The settings a batch decides with: the usable ones, and what is wrong with the stored
@@ -80,7 +84,13 @@ type Kept = (PoolConnection<Postgres>, std::time::Instant);
 const KEPT_CONNECTIONS: usize = 8;
 
 impl Pipeline {
-    pub fn new(pool: PgPool, origin: Uuid, handoff: Handoff, stall: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        origin: Uuid,
+        handoff: Handoff,
+        stall: Duration,
+        directories: Directories,
+    ) -> Self {
         Self {
             pool,
             origin,
@@ -88,6 +98,7 @@ impl Pipeline {
             kept: Arc::default(),
             settings: Arc::default(),
             stall,
+            directories,
         }
     }
 
@@ -130,6 +141,8 @@ impl Pipeline {
     /// the settings read anew. What a batch decides with is thus what a batch reading them at its
     /// start would have, one round trip fewer.
     pub async fn process(&self, batch: &[Message]) -> sqlx::Result<Vec<Fate>> {
+        let enriched = self.ask_directories(batch).await?;
+        let batch = enriched.as_deref().unwrap_or(batch);
         let mut tries = 0;
         loop {
             tries += 1;
@@ -258,6 +271,46 @@ impl Pipeline {
         Ok(found)
     }
 
+    /// The batch completed from its connections' directories, before its transaction (so that
+    /// no lock waits on a source's API); `None` when no login of it needs a directory. A batch
+    /// whose connections have no directory costs a look at the remembered settings.
+    async fn ask_directories(&self, batch: &[Message]) -> sqlx::Result<Option<Vec<Message>>> {
+        let mut any = false;
+        let mut all_known = true;
+        {
+            let cache = self.settings.lock().expect("not poisoned");
+            for message in batch {
+                let key = (
+                    message.event.user_pool_id.as_str().to_owned(),
+                    message.event.connection.as_str().to_owned(),
+                );
+                match cache.get(&key) {
+                    Some(settings) => any |= settings.directory.is_some(),
+                    None => all_known = false,
+                }
+            }
+        }
+        if all_known && !any {
+            return Ok(None);
+        }
+        let deadline = tokio::time::Instant::now() + self.stall;
+        let mut connection = within(deadline, "taking a connection", self.connection()).await?;
+        let settings = within(
+            deadline,
+            "reading a batch's connections",
+            self.batch_settings(&mut connection, batch, true),
+        )
+        .await;
+        self.keep(connection);
+        let settings = settings?;
+        if !settings.usable.values().any(|s| s.directory.is_some()) {
+            return Ok(None);
+        }
+        self.directories
+            .enrich(&self.pool, batch, &settings.usable)
+            .await
+    }
+
     fn forget_settings<'a>(&self, keys: impl Iterator<Item = &'a (String, String)>) {
         let mut cache = self.settings.lock().expect("not poisoned");
         for key in keys {
@@ -360,7 +413,27 @@ impl<'a> Prepared<'a> {
                     ))));
                 continue;
             };
-            let fields = NormalizedFields::of(&event.profile, settings);
+            let fields = match &event.directory {
+                None => NormalizedFields::of(&event.profile, settings),
+                Some(note) => {
+                    if let Finding::Unavailable(detail) = &note.finding
+                        && settings
+                            .directory
+                            .as_ref()
+                            .is_some_and(|d| d.on_unavailable == OnUnavailable::Wait)
+                    {
+                        prepared.messages.push(Err(Fate::Waiting(Wait {
+                            reason: WaitReason::DirectoryUnavailable,
+                            detail: format!(
+                                "the directory of connection {connection:?} of user pool \
+                                 {pool:?} cannot be asked: {detail}"
+                            ),
+                        })));
+                        continue;
+                    }
+                    NormalizedFields::with_directory(&event.profile, note, settings)
+                }
+            };
             prepared
                 .locks
                 .identity(pool, connection, &event.external_id)

@@ -13,6 +13,7 @@ mod crash;
 mod dead_letters;
 mod dedupe;
 mod directory;
+mod directory_api;
 mod drift;
 mod guarantees;
 mod hostile;

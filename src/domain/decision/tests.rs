@@ -47,6 +47,7 @@ fn login() -> NormalizedFields {
         name: Some("张三".into()),
         attributes: Default::default(),
         verified_attributes: Vec::new(),
+        ..NormalizedFields::default()
     }
 }
 
@@ -828,6 +829,7 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
         name: None,
         attributes: Default::default(),
         verified_attributes: Vec::new(),
+        ..NormalizedFields::default()
     };
     let holder = PoolUser {
         username: username("zhangsan"),

@@ -1,0 +1,16 @@
+-- A connection may ask its source's directory about people (DingTalk, WeCom, Feishu open APIs).
+-- `directory` holds its settings as written, the secret as given (the text itself, or a
+-- `${VARIABLE}` reference read from the worker's environment when used).
+ALTER TABLE connections ADD COLUMN directory jsonb;
+
+-- What a directory said about a person, kept for the connection's cache_ttl so that a returning
+-- login, a restart or a second worker spends no call: the record, or none when the directory
+-- does not know them.
+CREATE TABLE directory_records (
+    user_pool_id text NOT NULL,
+    connection text NOT NULL,
+    external_id text NOT NULL,
+    record jsonb,
+    fetched_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_pool_id, connection, external_id)
+);

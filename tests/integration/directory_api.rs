@@ -1,0 +1,291 @@
+//! Asking the source's directory (contract section 10), through the broker and PostgreSQL,
+//! against stand-ins of DingTalk's, WeCom's and Feishu's open APIs: a login that carries only an
+//! id is matched on what the directory vouches for; one token serves every login; calls stay
+//! within the rate; a returning login costs no call; a person who left is rejected; an outage
+//! holds only that connection's logins, and loses none.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use identity_sync::domain::decision::Outcome;
+use idsync_test_support::*;
+
+const APP: &str = "dingapp";
+const SECRET: &str = "dingsecret";
+
+/// A DingTalk connection matching on the employee number, asking `base` for what the login
+/// lacks; `extra` adds keys to its directory.
+fn dingtalk_connection(identifier: &str, base: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[connections]]
+identifier = "{identifier}"
+user_pool_id = "pool-1"
+provider = "dingtalk"
+association = "field_matching"
+match_fields = ["attributes.employee_id"]
+
+[connections.directory]
+kind = "dingtalk"
+corp_id = "ding0123456789"
+app_key = "{APP}"
+app_secret = "{SECRET}"
+api_base = "{base}"
+{extra}
+"#
+    )
+}
+
+async fn dingtalk() -> DirectoryStandIn {
+    let source = DirectoryStandIn::start(DirectorySource::DingTalk).await;
+    source.add_app(APP, SECRET);
+    source
+}
+
+/// A DingTalk user record, as `topapi/v2/user/get` returns it.
+fn person(userid: &str, job_number: &str) -> Value {
+    json!({
+        "userid": userid, "unionid": format!("union-{userid}"), "name": format!("name {userid}"),
+        "state_code": "86", "mobile": "13800138000", "job_number": job_number,
+        "org_email": format!("{userid}@corp.example.com"), "active": true,
+    })
+}
+
+async fn account(app: &TestApp, employee_id: &str) -> Uuid {
+    let (status, created) = app
+        .api()
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": POOL, "username": employee_id.to_lowercase(),
+                   "attributes": {"employee_id": employee_id}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_login_carrying_only_an_id_is_matched_on_what_the_directory_vouches_for() {
+    let source = dingtalk().await;
+    source.add_fixture_person("dingtalk-profile.json");
+    let services =
+        Services::with_config(&dingtalk_connection("dingtalk-corp", source.base_url(), "")).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let zhang = account(&app, "E1024").await;
+
+    let first = login("dingtalk-corp", "manager4230", json!({}));
+    let reply = broker.login(&first).await;
+    assert_eq!(reply.outcome, Outcome::UserLinked, "{reply:?}");
+    assert_eq!(reply.user_id, Some(zhang));
+    let (status, decision) = app
+        .api()
+        .get(&format!("/v1/decisions/{}", first["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200, "{decision}");
+    assert_eq!(decision["directory"]["result"], "found", "{decision}");
+    let employee = decision["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "attributes.employee_id")
+        .unwrap_or_else(|| panic!("{decision}"));
+    assert_eq!(employee["value"], "E1024");
+    assert_eq!(employee["origin"], "directory");
+    assert_eq!(employee["usable"], true);
+
+    // Returning, still with an id only: the kept record answers, no call is made.
+    let again = broker
+        .login(&login("dingtalk-corp", "manager4230", json!({})))
+        .await;
+    assert_eq!(again.outcome, Outcome::ExistingUser);
+    assert_eq!(source.calls(APP, DirectoryHandle::USER_GET), 1);
+    assert_eq!(source.calls(APP, DirectoryHandle::GETTOKEN), 1);
+    assert!(
+        app.metric("idsync_directory_cache_hits_total{connection=\"dingtalk-corp\"}")
+            .await
+            >= 1.0
+    );
+
+    // A login that carries what the connection matches on needs no directory.
+    let carried = broker
+        .login(&login(
+            "dingtalk-corp",
+            "someone-else",
+            json!({"attributes": {"job_number": "E1024"}}),
+        ))
+        .await;
+    assert_eq!(carried.outcome, Outcome::BindingPending, "{carried:?}");
+    assert_eq!(source.calls(APP, DirectoryHandle::USER_GET), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn many_logins_share_one_token_and_keep_to_the_rate() {
+    let source = dingtalk().await;
+    source.set_rate_limit(Some(20));
+    let people = 50;
+    for i in 0..people {
+        source.add_person(&format!("u{i}"), person(&format!("u{i}"), &format!("N{i}")));
+    }
+    let services = Services::with_config(&dingtalk_connection(
+        "dingtalk-corp",
+        source.base_url(),
+        "rate_limit = 20",
+    ))
+    .await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let requests: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..people {
+            ids.push(
+                broker
+                    .request(&login("dingtalk-corp", &format!("u{i}"), json!({})))
+                    .await,
+            );
+        }
+        ids
+    };
+    for id in requests {
+        let reply = broker.reply(&id).await;
+        assert_eq!(reply.outcome, Outcome::UserCreated, "{reply:?}");
+    }
+    assert_eq!(source.calls(APP, DirectoryHandle::GETTOKEN), 1);
+    assert_eq!(source.calls(APP, DirectoryHandle::USER_GET), people);
+    let busiest = source.max_calls_in_any_second(APP, DirectoryHandle::USER_GET);
+    assert!(busiest <= 20, "{busiest} calls in one second");
+    // Every account holds what the directory vouched for.
+    let db = services.db().await;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_attributes WHERE name = 'employee_id' AND value LIKE 'N%'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(held, people as i64);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_person_the_directory_says_left_gets_no_account_and_no_link() {
+    let source = dingtalk().await;
+    let gone = source.add_fixture_person("dingtalk-profile.json");
+    source.set_inactive(&gone, true);
+    let services =
+        Services::with_config(&dingtalk_connection("dingtalk-corp", source.base_url(), "")).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    account(&app, "E1024").await;
+    let reply = broker
+        .login(&login("dingtalk-corp", &gone, json!({})))
+        .await;
+    assert_eq!(reply.outcome, Outcome::Rejected, "{reply:?}");
+    assert_eq!(reply.reason.as_deref(), Some("directory_inactive"));
+    let rejected = broker.next_event().await;
+    assert_eq!(rejected.body["type"], "login.rejected");
+    assert_eq!(rejected.body["data"]["reason"], "directory_inactive");
+    let db = services.db().await;
+    let identities: i64 = sqlx::query_scalar("SELECT count(*) FROM identities")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(identities, 0, "no link, no account");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_the_source_revokes_is_fetched_again_once() {
+    let source = dingtalk().await;
+    source.add_person("u1", person("u1", "N1"));
+    source.add_person("u2", person("u2", "N2"));
+    let services =
+        Services::with_config(&dingtalk_connection("dingtalk-corp", source.base_url(), "")).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let first = broker.login(&login("dingtalk-corp", "u1", json!({}))).await;
+    assert_eq!(first.outcome, Outcome::UserCreated);
+    source.revoke_tokens();
+    let second = broker.login(&login("dingtalk-corp", "u2", json!({}))).await;
+    assert_eq!(second.outcome, Outcome::UserCreated, "{second:?}");
+    assert_eq!(source.calls(APP, DirectoryHandle::GETTOKEN), 2);
+    assert_eq!(source.calls(APP, DirectoryHandle::USER_GET), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_outage_holds_only_that_connections_logins_and_loses_none() {
+    let source = dingtalk().await;
+    source.add_person("u1", person("u1", "N1"));
+    source.set_outage(Some(axum::http::StatusCode::SERVICE_UNAVAILABLE));
+    let services = Services::with_config(&dingtalk_connection(
+        "dingtalk-corp",
+        source.base_url(),
+        "timeout = \"2s\"",
+    ))
+    .await;
+    let mut settings = services.settings();
+    settings.worker.wait_delay = Duration::from_millis(300);
+    let app = TestApp::spawn_with(settings).await;
+    let mut broker = Broker::connect(&services).await;
+    let held = broker
+        .request(&login("dingtalk-corp", "u1", json!({})))
+        .await;
+    // Another connection's login (`plain`, of the test configuration) is decided meanwhile.
+    let other = broker
+        .login(&login("plain", "p1", json!({"email": "p1@corp.example"})))
+        .await;
+    assert_eq!(other.outcome, Outcome::UserCreated);
+    assert!(
+        !broker.replied(&held),
+        "decided on less than the connection asks for"
+    );
+    wait_until(WAIT, || async {
+        app.metric("idsync_waits_total{reason=\"directory_unavailable\"}")
+            .await
+            >= 1.0
+    })
+    .await
+    .expect("the login waits for the directory");
+    source.set_outage(None);
+    let reply = broker.reply(&held).await;
+    assert_eq!(reply.outcome, Outcome::UserCreated, "{reply:?}");
+    let dead = broker
+        .queue_depth(&services.settings().amqp.dead_letter_queue)
+        .await;
+    assert_eq!(dead, 0, "nothing dead-lettered for an outage");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_field_the_source_withholds_is_absent_not_guessed() {
+    let source = dingtalk().await;
+    let zhang = source.add_fixture_person("dingtalk-profile.json");
+    source.withhold_fields(&["mobile"]);
+    let services = Services::with_config(&dingtalk_connection(
+        "dingtalk-corp",
+        source.base_url(),
+        "fetch = \"always\"",
+    ))
+    .await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let event = login("dingtalk-corp", &zhang, json!({}));
+    let reply = broker.login(&event).await;
+    assert_eq!(reply.outcome, Outcome::UserCreated);
+    let (_, decision) = app
+        .api()
+        .get(&format!("/v1/decisions/{}", event["id"].as_str().unwrap()))
+        .await;
+    let fields: Vec<&str> = decision["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert!(!fields.contains(&"phone"), "{decision}");
+    assert!(fields.contains(&"email"), "{decision}");
+    app.stop().await;
+}
