@@ -152,12 +152,13 @@ impl Application {
             self.health.clone(),
             relay_stop.clone(),
         );
+        let directories = crate::directory::Directories::new(self.metrics.clone());
         let pipeline = Pipeline::new(
             self.pool.clone(),
             self.origin,
             handoff.clone(),
             self.settings.database.stall_timeout,
-            crate::directory::Directories::new(self.metrics.clone()),
+            directories.clone(),
         );
         let worker = Worker::new(
             self.settings.clone(),
@@ -181,7 +182,9 @@ impl Application {
         // The sweeper works with the worker's pool, the API with a pool of its own.
         let sweeper = Admin::new(self.pool.clone(), self.origin, handoff.clone());
         let background = self.spawn_background(sweeper, &relay_stop, failed);
-        let router = self.router(Admin::new(self.admin_pool.clone(), self.origin, handoff));
+        let router = self.router(
+            Admin::new(self.admin_pool.clone(), self.origin, handoff).with_directories(directories),
+        );
         let limits = ConnectionLimits {
             header_read_timeout: self.settings.admin.header_read_timeout,
             max_connections: self.settings.admin.max_connections,

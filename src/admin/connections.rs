@@ -11,8 +11,22 @@ impl Admin {
         Ok(connections::list(&mut conn)
             .await?
             .iter()
-            .map(ConnectionView::of_stored)
+            .map(|c| self.with_state(c))
             .collect())
+    }
+
+    /// The view of a stored connection, with its directory's state in this process.
+    fn with_state(&self, stored: &connections::Stored) -> ConnectionView {
+        let mut view = ConnectionView::of_stored(stored);
+        if let (Ok(settings), Some(directories)) = (stored, &self.directories)
+            && let Some(directory) = &settings.directory
+        {
+            view.directory_state = Some(match directories.status(directory) {
+                Some(status) => serde_json::to_value(status).expect("serialises"),
+                None => serde_json::json!({"state": "ok", "token": false, "calls": 0}),
+            });
+        }
+        view
     }
 
     pub async fn get_connection(
@@ -23,7 +37,7 @@ impl Admin {
         let mut conn = self.pool.acquire().await?;
         connections::get_stored(&mut conn, pool, identifier)
             .await?
-            .map(|c| ConnectionView::of_stored(&c))
+            .map(|c| self.with_state(&c))
             .ok_or_else(|| {
                 AdminError::NotFound(format!("no connection {identifier} in user pool {pool}"))
             })
@@ -43,9 +57,9 @@ impl Admin {
             .map_err(|e| AdminError::invalid("invalid_field", Some(e.field), e.to_string()))?;
 
         let mut tx = self.pool.begin().await?;
-        let before = connections::get_stored(&mut tx, pool, identifier)
-            .await?
-            .map(|c| ConnectionView::of_stored(&c));
+        let stored = connections::get_stored(&mut tx, pool, identifier).await?;
+        keeps_secret_where_it_was(&settings, stored.as_ref())?;
+        let before = stored.map(|c| ConnectionView::of_stored(&c));
         let upserted = connections::upsert(&mut tx, &settings).await?;
         if let Err(shared) =
             connections::sync_unique_attributes(&mut tx, &[pool.to_owned()]).await?
@@ -125,4 +139,41 @@ pub(super) fn fix_path_keys(
     spec.identifier = Some(identifier.to_owned());
     spec.user_pool_id = Some(pool.to_owned());
     Ok(())
+}
+
+/// A directory secret written back as shown (`"set"`) keeps the stored one, but only for the same
+/// source, base and app: a stored secret is never sent to a base it was not given for.
+fn keeps_secret_where_it_was(
+    settings: &ConnectionSettings,
+    stored: Option<&connections::Stored>,
+) -> Result<(), AdminError> {
+    let Some(new) = settings
+        .directory
+        .as_ref()
+        .filter(|d| d.secret.is_shown_placeholder())
+    else {
+        return Ok(());
+    };
+    let same_place = matches!(
+        stored,
+        Some(Ok(old)) if old.directory.as_ref().is_some_and(|old| {
+            old.kind == new.kind && old.api_base == new.api_base && old.app == new.app
+        })
+    );
+    if same_place {
+        Ok(())
+    } else {
+        let key = match new.kind {
+            crate::domain::directory::DirectoryKind::WeCom => "directory.corp_secret",
+            _ => "directory.app_secret",
+        };
+        Err(AdminError::invalid(
+            "invalid_field",
+            Some(key),
+            format!(
+                "{key}: \"set\" keeps the stored secret only for the same kind, api_base and app; \
+                 give the secret"
+            ),
+        ))
+    }
 }

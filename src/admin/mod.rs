@@ -121,6 +121,8 @@ pub struct Admin {
     pub(crate) pool: PgPool,
     origin: Uuid,
     relay: Handoff,
+    /// The process's directory clients, whose state the connection views show.
+    directories: Option<crate::directory::Directories>,
 }
 
 impl Admin {
@@ -129,7 +131,14 @@ impl Admin {
             pool,
             origin,
             relay,
+            directories: None,
         }
+    }
+
+    /// Shows the state of `directories` in the connection views.
+    pub fn with_directories(mut self, directories: crate::directory::Directories) -> Self {
+        self.directories = Some(directories);
+        self
     }
 
     /// The process's id, which its outbox rows carry.

@@ -211,6 +211,17 @@ pub struct ConnectionView {
     /// decided nor dead-lettered) until a PUT mends it; the fields above are as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The source's directory, when the connection asks one: its settings, secrets shown as
+    /// `"set"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub directory: Option<crate::domain::directory::DirectorySpec>,
+    /// How the directory is doing in this process (read, not written): `state` (`ok`,
+    /// `rate_limited`, `quota_exhausted`, `failing`), `token` (one is held), `calls` (since the
+    /// process started), `last_error`, `last_error_at`, `paused_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub directory_state: Option<Value>,
 }
 
 impl ConnectionView {
@@ -244,6 +255,8 @@ impl ConnectionView {
             verified_fields: spec.verified_fields.clone().unwrap_or_default(),
             settings_version: unreadable.version,
             problem: Some(unreadable.problem.clone()),
+            directory: spec.directory.clone(),
+            directory_state: None,
         }
     }
 }
@@ -275,6 +288,8 @@ impl From<&ConnectionSettings> for ConnectionView {
             verified_fields: c.mapping.verified.iter().map(|f| f.to_string()).collect(),
             settings_version: c.version,
             problem: None,
+            directory: c.directory.as_ref().map(|d| d.to_spec()),
+            directory_state: None,
         }
     }
 }

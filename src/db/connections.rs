@@ -121,13 +121,16 @@ pub struct Upserted {
 /// settings again changes nothing.
 pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Result<Upserted> {
     let existing = get_for_update(conn, c.user_pool_id.as_str(), c.identifier.as_str()).await?;
-    // A directory secret written back as shown ("set") keeps the stored one.
+    // A directory secret written back as shown ("set") keeps the stored one, for the same
+    // source, base and app only (the admin API refuses the others with a reason).
     let mut c = std::borrow::Cow::Borrowed(c);
     if let Some(new) = &c.directory
         && new.secret.is_shown_placeholder()
         && let Some(Ok(old)) = &existing
         && let Some(old) = &old.directory
         && old.kind == new.kind
+        && old.api_base == new.api_base
+        && old.app == new.app
     {
         c.to_mut().directory.as_mut().expect("present").secret = old.secret.clone();
     }

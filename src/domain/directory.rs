@@ -317,7 +317,7 @@ impl DirectorySettings {
                 if !kind.id_fields().contains(&field) {
                     let allowed: Vec<&str> = kind.id_fields().iter().map(|f| f.as_str()).collect();
                     return Err(err(
-                        "id_field",
+                        "directory.id_field",
                         format!("{kind} ids are {}", allowed.join(" or ")),
                     ));
                 }

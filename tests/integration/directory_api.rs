@@ -289,3 +289,188 @@ async fn a_field_the_source_withholds_is_absent_not_guessed() {
     assert!(fields.contains(&"email"), "{decision}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn feishu_and_wecom_are_asked_in_their_own_words() {
+    let feishu = DirectoryStandIn::start(DirectorySource::Feishu).await;
+    feishu.add_app("cli_app", "feishu-secret");
+    let open_id = feishu.add_fixture_person("feishu-profile.json");
+    let wecom = DirectoryStandIn::start(DirectorySource::WeCom).await;
+    wecom.add_app("ww-corp", "wecom-secret");
+    let lisi = wecom.add_fixture_person("wecom-profile.json");
+    wecom.set_inactive(&lisi, true);
+    let config = format!(
+        r#"
+[[connections]]
+identifier = "feishu-corp"
+user_pool_id = "pool-1"
+provider = "feishu"
+association = "field_matching"
+match_fields = ["attributes.employee_id"]
+
+[connections.directory]
+kind = "feishu"
+app_id = "cli_app"
+app_secret = "feishu-secret"
+api_base = "{}"
+
+[[connections]]
+identifier = "wecom-corp"
+user_pool_id = "pool-1"
+provider = "wecom"
+association = "field_matching"
+match_fields = ["attributes.employee_id"]
+
+[connections.directory]
+kind = "wecom"
+corp_id = "ww-corp"
+corp_secret = "wecom-secret"
+api_base = "{}"
+"#,
+        feishu.base_url(),
+        wecom.base_url()
+    );
+    let services = Services::with_config(&config).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let zhao = account(&app, "F3001").await;
+    let linked = broker
+        .login(&login("feishu-corp", &open_id, json!({})))
+        .await;
+    assert_eq!(linked.outcome, Outcome::UserLinked, "{linked:?}");
+    assert_eq!(linked.user_id, Some(zhao));
+    assert_eq!(feishu.calls("cli_app", DirectoryHandle::GETTOKEN), 1);
+    // WeCom's status 5: the person left.
+    let gone = broker.login(&login("wecom-corp", &lisi, json!({}))).await;
+    assert_eq!(gone.outcome, Outcome::Rejected, "{gone:?}");
+    assert_eq!(gone.reason.as_deref(), Some("directory_inactive"));
+    assert_eq!(wecom.calls("ww-corp", DirectoryHandle::USER_GET), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_used_up_quota_stops_the_calls_and_the_logins_wait() {
+    let source = dingtalk().await;
+    for i in 1..=3 {
+        source.add_person(&format!("u{i}"), person(&format!("u{i}"), &format!("N{i}")));
+    }
+    // The token and the first person's call, then DingTalk's 90020 for every call.
+    source.set_monthly_quota(Some(2));
+    let services =
+        Services::with_config(&dingtalk_connection("dingtalk-corp", source.base_url(), "")).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let first = broker.login(&login("dingtalk-corp", "u1", json!({}))).await;
+    assert_eq!(first.outcome, Outcome::UserCreated);
+    let second = broker
+        .request(&login("dingtalk-corp", "u2", json!({})))
+        .await;
+    wait_until(WAIT, || async {
+        app.metric("idsync_directory_state{connection=\"dingtalk-corp\",state=\"quota_exhausted\"}")
+            .await
+            == 1.0
+    })
+    .await
+    .expect("the quota is seen");
+    let third = broker
+        .request(&login("dingtalk-corp", "u3", json!({})))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !broker.replied(&second) && !broker.replied(&third),
+        "nobody decided on less"
+    );
+    assert_eq!(source.total_calls(), 3, "no call after the quota answer");
+    let (_, view) = app.api().get("/v1/connections/pool-1/dingtalk-corp").await;
+    assert_eq!(
+        view["directory_state"]["state"], "quota_exhausted",
+        "{view}"
+    );
+    assert!(
+        view["directory_state"]["paused_until"].is_string(),
+        "{view}"
+    );
+    let dead = broker
+        .queue_depth(&services.settings().amqp.dead_letter_queue)
+        .await;
+    assert_eq!(dead, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_worker_spends_no_call_on_a_person_it_asked_about() {
+    let source = dingtalk().await;
+    source.add_person("u1", person("u1", "N1"));
+    let services =
+        Services::with_config(&dingtalk_connection("dingtalk-corp", source.base_url(), "")).await;
+    let first = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let created = broker.login(&login("dingtalk-corp", "u1", json!({}))).await;
+    assert_eq!(created.outcome, Outcome::UserCreated);
+    first.stop().await;
+    let second = TestApp::spawn(&services).await;
+    let returning = broker.login(&login("dingtalk-corp", "u1", json!({}))).await;
+    assert_eq!(returning.outcome, Outcome::ExistingUser);
+    assert_eq!(source.calls(APP, DirectoryHandle::USER_GET), 1);
+    assert_eq!(
+        source.calls(APP, DirectoryHandle::GETTOKEN),
+        1,
+        "not even a token"
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_secret_is_shown_as_set_and_kept_only_where_it_was_given() {
+    let source = dingtalk().await;
+    source.add_person("u1", person("u1", "N1"));
+    source.add_person("u2", person("u2", "N2"));
+    let services =
+        Services::with_config(&dingtalk_connection("dingtalk-corp", source.base_url(), "")).await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let created = broker.login(&login("dingtalk-corp", "u1", json!({}))).await;
+    assert_eq!(created.outcome, Outcome::UserCreated);
+    let (status, view) = app.api().get("/v1/connections/pool-1/dingtalk-corp").await;
+    assert_eq!(status, 200);
+    assert_eq!(view["directory"]["app_secret"], "set", "{view}");
+    assert!(!view.to_string().contains(SECRET), "{view}");
+    assert_eq!(view["directory_state"]["state"], "ok");
+    assert_eq!(view["directory_state"]["token"], true);
+    let audit = app.api().get("/v1/audit").await.1.to_string();
+    assert!(!audit.contains(SECRET));
+
+    // Written back as shown, with another setting changed: the stored secret is kept.
+    let mut body = json!({
+        "association": "field_matching",
+        "provider": "dingtalk",
+        "match_fields": ["attributes.employee_id"],
+        "display_name": "DingTalk, renamed",
+        "directory": view["directory"].clone(),
+    });
+    let (status, saved) = app
+        .api()
+        .put("/v1/connections/pool-1/dingtalk-corp", body.clone())
+        .await;
+    assert_eq!(status, 200, "{saved}");
+    source.revoke_tokens();
+    let second = broker.login(&login("dingtalk-corp", "u2", json!({}))).await;
+    assert_eq!(
+        second.outcome,
+        Outcome::UserCreated,
+        "the kept secret works: {second:?}"
+    );
+
+    // Pointed elsewhere: "set" would send the stored secret to another host.
+    body["directory"]["api_base"] = json!("https://collector.example");
+    let (status, refused) = app
+        .api()
+        .put("/v1/connections/pool-1/dingtalk-corp", body)
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused.to_string().contains("directory.app_secret"),
+        "{refused}"
+    );
+    app.stop().await;
+}

@@ -242,7 +242,7 @@ async fn ask_binding_parks_the_identity_and_reports_the_same_binding_again() {
     // The evidence, values masked.
     assert_eq!(
         pending.body["data"]["fields"],
-        json!([{"field": "phone", "value": "+86*******9000", "usable": true, "why_not": null}])
+        json!([{"field": "phone", "value": "+86*******9000", "usable": true, "why_not": null, "origin": "event"}])
     );
     assert_eq!(
         pending.body["data"]["candidate_evidence"],
@@ -388,7 +388,7 @@ async fn login_only_rejects_unknown_people() {
     let data = &rejected.body["data"];
     assert_eq!(
         data["fields"],
-        json!([{"field": "email", "value": "n***@example.com", "usable": true, "why_not": null}])
+        json!([{"field": "email", "value": "n***@example.com", "usable": true, "why_not": null, "origin": "event"}])
     );
     assert_eq!(data["candidates"], json!([]));
     assert_eq!(data["user_pool_id"], POOL);

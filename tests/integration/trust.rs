@@ -50,7 +50,7 @@ async fn a_kelvin_sign_username_or_email_never_links_to_the_plain_account() {
     let evidence = decision(&app, &event).await;
     assert_eq!(
         evidence["fields"],
-        json!([{"field": "username", "value": "\u{212A}evin", "usable": false, "why_not": "suspicious"}]),
+        json!([{"field": "username", "value": "\u{212A}evin", "usable": false, "why_not": "suspicious", "origin": "event"}]),
         "the evidence shows the lookalike as it came"
     );
     assert_eq!(
@@ -333,8 +333,8 @@ async fn decisions_are_explained_to_admins_masked_to_viewers_and_on_the_command_
     assert_eq!(
         decision["fields"],
         json!([
-            {"field": "email", "value": "li@corp.example", "usable": true, "why_not": null},
-            {"field": "phone", "value": "12", "usable": false, "why_not": "malformed"},
+            {"field": "email", "value": "li@corp.example", "usable": true, "why_not": null, "origin": "event"},
+            {"field": "phone", "value": "12", "usable": false, "why_not": "malformed", "origin": "event"},
         ])
     );
     assert_eq!(
