@@ -45,6 +45,19 @@ struct Flags {
     failed: AtomicBool,
     /// Faults of the system the process is waiting out, at most one per part.
     faults: Mutex<Vec<Fault>>,
+    /// Connections whose directory is not answering as it should, by connection.
+    directories: Mutex<std::collections::BTreeMap<String, DirectoryTrouble>>,
+}
+
+/// A connection's directory that cannot be asked now (rate-limited, its quota used up, failing):
+/// its logins that need it wait; the process is still ready, since every other login flows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DirectoryTrouble {
+    pub connection: String,
+    /// `rate_limited`, `quota_exhausted` or `failing`.
+    pub state: &'static str,
+    /// When it was first seen in this state.
+    pub since: DateTime<Utc>,
 }
 
 /// A fault of the system (not of any message) that a part of the process is waiting out: it
@@ -78,6 +91,10 @@ pub struct Readiness {
     /// Faults of the system being waited out (empty when none): each names its part, its kind
     /// and what the database said.
     pub faults: Vec<Fault>,
+    /// Connections' directories that cannot be asked now (empty when none). They do not make
+    /// the process unready: only the logins that need them wait.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub directories: Vec<DirectoryTrouble>,
 }
 
 impl Health {
@@ -105,6 +122,27 @@ impl Health {
 
     pub fn outbox_backlog(&self) -> i64 {
         self.0.outbox_backlog.load(Ordering::Relaxed)
+    }
+
+    /// The state `connection`'s directory was last seen in (`ok` clears it).
+    pub fn set_directory(&self, connection: &str, state: &'static str) {
+        let mut directories = self.0.directories.lock().expect("not poisoned");
+        if state == "ok" {
+            directories.remove(connection);
+            return;
+        }
+        let since = match directories.get(connection) {
+            Some(old) if old.state == state => old.since,
+            _ => Utc::now(),
+        };
+        directories.insert(
+            connection.to_owned(),
+            DirectoryTrouble {
+                connection: connection.to_owned(),
+                state,
+                since,
+            },
+        );
     }
 
     /// `component` met `fault` (the database's SQLSTATE `sqlstate`), and is waiting it out.
@@ -153,6 +191,14 @@ impl Health {
         let publisher = self.0.publisher.load(Ordering::Relaxed);
         let tasks = !self.0.failed.load(Ordering::Relaxed);
         let faults = self.0.faults.lock().expect("not poisoned").clone();
+        let directories = self
+            .0
+            .directories
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
         Readiness {
             ready: database && consumer && publisher && tasks && faults.is_empty(),
             database,
@@ -160,6 +206,7 @@ impl Health {
             publisher,
             tasks,
             faults,
+            directories,
         }
     }
 }

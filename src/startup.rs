@@ -152,7 +152,8 @@ impl Application {
             self.health.clone(),
             relay_stop.clone(),
         );
-        let directories = crate::directory::Directories::new(self.metrics.clone());
+        let directories = crate::directory::Directories::new(self.metrics.clone())
+            .reporting_to(self.health.clone());
         let pipeline = Pipeline::new(
             self.pool.clone(),
             self.origin,

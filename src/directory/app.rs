@@ -20,18 +20,16 @@ use crate::{
 
 /// A token is fetched again this long before the source says it ends.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
-/// Failures in a row after which calls stop for [`OPEN_FOR`] (a circuit breaker).
+/// Failures in a row after which calls stop for a while (a circuit breaker): 5 s after the
+/// first five, twice as long after each five more, at most [`OPEN_AT_MOST`].
 const FAILURES_TO_OPEN: u32 = 5;
-const OPEN_FOR: Duration = Duration::from_secs(30);
+const OPEN_FIRST: Duration = Duration::from_secs(5);
+const OPEN_AT_MOST: Duration = Duration::from_secs(60);
 /// The window the rate is kept over: a little over a second, so that calls admitted a second
 /// apart here still arrive a second apart at the source when the network delays the first.
 const RATE_WINDOW: Duration = Duration::from_millis(1100);
 /// A rate-limit pause at most this long is waited out by the call instead of failing it.
 const WAIT_OUT: Duration = Duration::from_secs(2);
-
-/// How long calls stop after the source says the app's quota is used up, when it names no time
-/// (DingTalk's monthly quota does not).
-pub const QUOTA_PAUSE: Duration = Duration::from_secs(3600);
 
 /// How a directory is doing, as the admin API and metrics say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,6 +99,7 @@ pub struct App {
     app: String,
     secret: Secret,
     timeout: Duration,
+    quota_pause: Duration,
     rate: u32,
     token: tokio::sync::Mutex<Option<Token>>,
     windows: Mutex<HashMap<&'static str, VecDeque<Instant>>>,
@@ -115,6 +114,7 @@ impl App {
             app: settings.app.clone(),
             secret: settings.secret.clone(),
             timeout: settings.timeout,
+            quota_pause: settings.quota_pause,
             rate: settings.rate_limit,
             token: tokio::sync::Mutex::new(None),
             windows: Mutex::default(),
@@ -129,6 +129,7 @@ impl App {
             && self.app == settings.app
             && self.secret == settings.secret
             && self.timeout == settings.timeout
+            && self.quota_pause == settings.quota_pause
             && self.rate == settings.rate_limit
     }
 
@@ -281,11 +282,7 @@ impl App {
             tokio::time::sleep(wait).await;
         }
         if let Some(unavailable) = self.paused() {
-            return Err(match unavailable.state {
-                State::QuotaExhausted => Fault::Quota(unavailable.detail),
-                State::RateLimited => Fault::RateLimited(Duration::ZERO, unavailable.detail),
-                State::Ok | State::Failing => Fault::Failed(unavailable.detail),
-            });
+            return Err(Fault::Paused(unavailable.state, unavailable.detail));
         }
         self.admit(api).await;
         self.health.lock().expect("not poisoned").calls += 1;
@@ -311,6 +308,7 @@ impl App {
             Err(Fault::RateLimited(..)) => "rate_limited",
             Err(Fault::Quota(_)) => "quota_exhausted",
             Err(Fault::Failed(_)) => "failed",
+            Err(Fault::Paused(..)) => "paused",
         };
         metrics
             .directory_calls
@@ -327,6 +325,7 @@ impl App {
             let state = match fault {
                 Fault::RateLimited(..) => State::RateLimited,
                 Fault::Quota(_) => State::QuotaExhausted,
+                Fault::Paused(state, _) => *state,
                 _ => State::Failing,
             };
             metrics.directory_state(connection, state);
@@ -390,13 +389,20 @@ impl App {
         let now = Instant::now();
         let (state, detail, pause) = match fault {
             Fault::RateLimited(wait, said) => (State::RateLimited, said, Some(wait)),
-            Fault::Quota(said) => (State::QuotaExhausted, said, Some(QUOTA_PAUSE)),
+            Fault::Quota(said) => (State::QuotaExhausted, said, Some(self.quota_pause)),
             Fault::Failed(said) | Fault::Token(said) => {
                 health.failures += 1;
-                let open = health.failures >= FAILURES_TO_OPEN;
-                (State::Failing, said, open.then_some(OPEN_FOR))
+                let opens = health.failures / FAILURES_TO_OPEN;
+                let open = health.failures.is_multiple_of(FAILURES_TO_OPEN);
+                let pause = OPEN_FIRST
+                    .saturating_mul(1 << opens.saturating_sub(1).min(8))
+                    .min(OPEN_AT_MOST);
+                (State::Failing, said, open.then_some(pause))
             }
             Fault::NotFound => (State::Failing, "not found".into(), None),
+            // A call not made while paused changes nothing: the pause was decided by what the
+            // source answered before.
+            Fault::Paused(state, detail) => return Unavailable { state, detail },
         };
         if let Some(pause) = pause.filter(|p| !p.is_zero()) {
             let until = now + pause;

@@ -5,7 +5,7 @@
 //! A record fetched is kept in `directory_records` for the connection's `cache_ttl`, so that a
 //! returning login, a restart or a second worker spends no call. One token per app, fetched by one
 //! caller at a time; calls kept within the app's rate per API; a rate-limit or quota answer
-//! pauses the app, and five failures in a row stop calls for 30 s (see [`app`]).
+//! pauses the app, and five failures in a row stop calls for 5 s, doubling up to 60 s (see [`app`]).
 
 mod app;
 pub mod source;
@@ -33,6 +33,7 @@ use crate::{
         login::{DirectoryNote, NormalizedFields, Profile},
         message::Message,
     },
+    health::Health,
     metrics::{ConnectionLabel, Metrics},
 };
 
@@ -56,10 +57,18 @@ pub struct Directories {
     http: Client,
     apps: Arc<Mutex<HashMap<AppKey, Arc<App>>>>,
     metrics: Metrics,
+    /// Where `/readyz` reads which directories cannot be asked now.
+    health: Option<Health>,
     calls: Arc<Semaphore>,
 }
 
 impl Directories {
+    /// Reports each directory's state to `health` (`/readyz`) too.
+    pub fn reporting_to(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
     pub fn new(metrics: Metrics) -> Self {
         let http = Client::builder()
             // An API answers where it is asked: a redirect is not followed with a token.
@@ -72,6 +81,7 @@ impl Directories {
             http,
             apps: Arc::default(),
             metrics,
+            health: None,
             calls: Arc::new(Semaphore::new(CONCURRENT_CALLS)),
         }
     }

@@ -42,6 +42,8 @@ pub enum Fault {
     Quota(String),
     /// Anything else: a refused credential, an error, an answer that is not the API's.
     Failed(String),
+    /// Not called: the app is paused (rate-limited, out of quota, failing) for a while yet.
+    Paused(super::State, String),
 }
 
 /// A parsed successful answer.

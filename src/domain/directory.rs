@@ -13,6 +13,8 @@ use super::field::FieldError;
 
 /// Contract default for `cache_ttl`.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default for `quota_pause`.
+pub const DEFAULT_QUOTA_PAUSE: Duration = Duration::from_secs(3600);
 /// Default for `timeout`: one call to the source, the token call included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the API views show for a secret that is set.
@@ -61,6 +63,10 @@ pub struct DirectorySpec {
     /// The longest one call to the source may take (`5s` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// How long calls to the app stop after the source says its quota is used up and names no
+    /// time (DingTalk's monthly quota does not): `1h` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_pause: Option<String>,
     /// Calls per second by this app to one API (the source's limit for the plan: DingTalk 20,
     /// 40 or 60; WeCom and Feishu 50 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +227,7 @@ pub struct DirectorySettings {
     pub cache_ttl: Duration,
     pub on_unavailable: OnUnavailable,
     pub timeout: Duration,
+    pub quota_pause: Duration,
     pub rate_limit: u32,
 }
 
@@ -364,6 +371,12 @@ impl DirectorySettings {
             DEFAULT_TIMEOUT,
             Duration::from_secs(60),
         )?;
+        let quota_pause = duration(
+            "directory.quota_pause",
+            &spec.quota_pause,
+            DEFAULT_QUOTA_PAUSE,
+            Duration::from_secs(31 * 24 * 3600),
+        )?;
         let rate_limit = match spec.rate_limit {
             None => kind.default_rate_limit(),
             Some(n) if (1..=10_000).contains(&n) => n,
@@ -385,6 +398,7 @@ impl DirectorySettings {
             cache_ttl,
             on_unavailable,
             timeout,
+            quota_pause,
             rate_limit,
         })
     }
@@ -400,6 +414,7 @@ impl DirectorySettings {
             cache_ttl: Some(humantime::format_duration(self.cache_ttl).to_string()),
             on_unavailable: Some(self.on_unavailable.as_str().to_owned()),
             timeout: Some(humantime::format_duration(self.timeout).to_string()),
+            quota_pause: Some(humantime::format_duration(self.quota_pause).to_string()),
             rate_limit: Some(self.rate_limit),
             ..DirectorySpec::default()
         };

@@ -474,3 +474,67 @@ async fn a_secret_is_shown_as_set_and_kept_only_where_it_was_given() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_banned_address_and_a_rate_limit_answer_are_waited_out_not_blamed_on_the_login() {
+    // DingTalk's ban is an HTML page; Feishu's rate limit is HTTP 429 naming the wait.
+    let source = dingtalk().await;
+    source.add_person("u1", person("u1", "N1"));
+    source.set_ip_banned(true);
+    let feishu = DirectoryStandIn::start(DirectorySource::Feishu).await;
+    feishu.add_app("cli_app", "feishu-secret");
+    let open_id = feishu.add_fixture_person("feishu-profile.json");
+    let config = format!(
+        "{}{}",
+        dingtalk_connection("dingtalk-corp", source.base_url(), ""),
+        format_args!(
+            r#"
+[[connections]]
+identifier = "feishu-corp"
+user_pool_id = "pool-1"
+provider = "feishu"
+
+[connections.directory]
+kind = "feishu"
+app_id = "cli_app"
+app_secret = "feishu-secret"
+api_base = "{}"
+fetch = "always"
+rate_limit = 1
+"#,
+            feishu.base_url()
+        )
+    );
+    let services = Services::with_config(&config).await;
+    let mut settings = services.settings();
+    settings.worker.wait_delay = Duration::from_millis(300);
+    let app = TestApp::spawn_with(settings).await;
+    let mut broker = Broker::connect(&services).await;
+    let banned = broker
+        .request(&login("dingtalk-corp", "u1", json!({})))
+        .await;
+    // Feishu allows one call a second; the worker keeps to it, and a second person waits.
+    feishu.set_rate_limit(Some(1));
+    let first = broker
+        .request(&login("feishu-corp", &open_id, json!({})))
+        .await;
+    let other = feishu.add_fixture_person("feishu-profile-2.json");
+    let second = broker
+        .request(&login("feishu-corp", &other, json!({})))
+        .await;
+    for id in [&first, &second] {
+        let reply = broker.reply(id).await;
+        assert_eq!(reply.outcome, Outcome::UserCreated, "{reply:?}");
+    }
+    assert!(feishu.max_calls_in_any_second("cli_app", DirectoryHandle::USER_GET) <= 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!broker.replied(&banned), "an HTML page is not a record");
+    source.set_ip_banned(false);
+    let reply = broker.reply(&banned).await;
+    assert_eq!(reply.outcome, Outcome::UserCreated, "{reply:?}");
+    let dead = broker
+        .queue_depth(&services.settings().amqp.dead_letter_queue)
+        .await;
+    assert_eq!(dead, 0);
+    app.stop().await;
+}

@@ -229,7 +229,7 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
 /// Waits until the work queue is empty, every login decided and the outbox published; returns
 /// when consumption started, when the last login was decided, and the seconds until the outbox
 /// was drained.
-async fn wait_until_drained(
+pub(crate) async fn wait_until_drained(
     connection: &lapin::Connection,
     settings: &Settings,
     db: &PgPool,

@@ -11,6 +11,7 @@ mod latency;
 mod mix;
 mod pace;
 mod simulate;
+mod wave;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -80,6 +81,17 @@ pub enum Mode {
         /// Skip the raw broker round-trip baseline.
         #[arg(long)]
         no_baseline: bool,
+    },
+    /// A wave of first logins through a connection with a directory (a local stand-in of
+    /// DingTalk's API): logins carrying only an id (the directory asked for each) alternated
+    /// with the same wave carrying the record (the directory never asked).
+    Wave {
+        #[arg(long, default_value_t = 5_000)]
+        logins: usize,
+        /// The directory's limit of calls a second per API (DingTalk's plans: 20, 40, 60), kept
+        /// by the stand-in and the connection alike; none by default.
+        #[arg(long)]
+        rate: Option<u32>,
     },
     /// How long previewing a connection change takes over a stored history, and its memory.
     Simulate {
@@ -190,6 +202,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             latency_mode(&common, &options).await?
         }
         Mode::Simulate { logins } => simulate_mode(&common, logins).await?,
+        Mode::Wave { logins, rate } => wave_mode(&common, logins, rate).await?,
     };
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
@@ -322,6 +335,57 @@ fn print_drain_summary(c: &Common, events: usize, no_baseline: bool, runs: usize
 }
 
 /// `simulate`: the runs, their medians printed, and the report.
+async fn wave_mode(c: &Common, logins: usize, rate: Option<u32>) -> anyhow::Result<Value> {
+    if logins == 0 {
+        bail!("--logins must be at least 1");
+    }
+    let mut asked = Vec::new();
+    let mut carried = Vec::new();
+    for n in 1..=c.runs {
+        for ask in [true, false] {
+            let run = wave::run(logins, ask, rate, c.prefetch, c.batch_size, &c.worker_bin).await?;
+            println!(
+                "run {n} {}: {} logins in {:.2} s ({:.0}/s), {:.3} directory calls a login \
+                 ({} token), busiest second {} calls",
+                run.variant,
+                run.logins,
+                run.seconds,
+                run.logins_per_second,
+                run.calls_per_login,
+                run.token_calls,
+                run.busiest_second
+            );
+            if ask {
+                asked.push(run)
+            } else {
+                carried.push(run)
+            }
+        }
+    }
+    let per_second =
+        |runs: &[wave::WaveRun]| median(runs.iter().map(|r| r.logins_per_second).collect());
+    let (a, b) = (per_second(&asked), per_second(&carried));
+    let added_ms = (1.0 / a - 1.0 / b) * 1000.0;
+    println!(
+        "identity-sync directory wave: median of {} run(s) each",
+        c.runs
+    );
+    println!("  machine                {}", c.machine);
+    println!(
+        "  logins                 {logins}, rate limit {}",
+        rate.map_or("none".into(), |r| format!("{r}/s"))
+    );
+    println!("  asked (id only)        {a:.0} logins/s");
+    println!("  carried (no call)      {b:.0} logins/s");
+    println!("  directory adds         {added_ms:.3} ms of wave time a login");
+    Ok(
+        json!({"mode": "wave", "machine": c.machine, "logins": logins, "rate": rate,
+              "median": {"asked_logins_per_second": a, "carried_logins_per_second": b,
+                         "added_ms_per_login": added_ms},
+              "asked": asked, "carried": carried}),
+    )
+}
+
 async fn simulate_mode(c: &Common, logins: usize) -> anyhow::Result<Value> {
     if logins < 2 {
         bail!("--logins must be at least 2");
