@@ -538,3 +538,94 @@ rate_limit = 1
     assert_eq!(dead, 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_source_that_says_slow_down_is_waited_for_and_every_login_decided() {
+    // WeCom refuses a second call at once (45033); Feishu allows 2 calls a second and answers
+    // 429 with x-ogw-ratelimit-reset beyond: the connections are configured above both limits.
+    let wecom = DirectoryStandIn::start(DirectorySource::WeCom).await;
+    wecom.add_app("ww-corp", "wecom-secret");
+    wecom.set_concurrency_limit(Some(1));
+    wecom.set_delay(Duration::from_millis(50));
+    let feishu = DirectoryStandIn::start(DirectorySource::Feishu).await;
+    feishu.add_app("cli_app", "feishu-secret");
+    feishu.set_rate_limit(Some(2));
+    let people = 6;
+    for i in 0..people {
+        wecom.add_person(
+            &format!("w{i}"),
+            json!({"userid": format!("w{i}"), "name": format!("W {i}"), "status": 1,
+                   "mobile": format!("1390000000{i}")}),
+        );
+        feishu.add_person(
+            &format!("ou_{i}"),
+            json!({"open_id": format!("ou_{i}"), "name": format!("F {i}"),
+                   "employee_no": format!("F{i}"), "status": {"is_activated": true}}),
+        );
+    }
+    let config = format!(
+        r#"
+[[connections]]
+identifier = "wecom-corp"
+user_pool_id = "pool-1"
+provider = "wecom"
+match_fields = ["attributes.employee_id"]
+
+[connections.directory]
+kind = "wecom"
+corp_id = "ww-corp"
+corp_secret = "wecom-secret"
+api_base = "{}"
+fetch = "always"
+
+[[connections]]
+identifier = "feishu-corp"
+user_pool_id = "pool-1"
+provider = "feishu"
+match_fields = ["attributes.employee_id"]
+
+[connections.directory]
+kind = "feishu"
+app_id = "cli_app"
+app_secret = "feishu-secret"
+api_base = "{}"
+fetch = "always"
+"#,
+        wecom.base_url(),
+        feishu.base_url()
+    );
+    let services = Services::with_config(&config).await;
+    let mut settings = services.settings();
+    settings.worker.wait_delay = Duration::from_millis(300);
+    let app = TestApp::spawn_with(settings).await;
+    let mut broker = Broker::connect(&services).await;
+    let mut asked = Vec::new();
+    for i in 0..people {
+        asked.push(
+            broker
+                .request(&login("wecom-corp", &format!("w{i}"), json!({})))
+                .await,
+        );
+        asked.push(
+            broker
+                .request(&login("feishu-corp", &format!("ou_{i}"), json!({})))
+                .await,
+        );
+    }
+    for id in &asked {
+        let reply = broker.reply(id).await;
+        assert_eq!(reply.outcome, Outcome::UserCreated, "{reply:?}");
+    }
+    let refused = app
+        .metric("idsync_directory_calls_total{connection=\"wecom-corp\",api=\"user/get\",result=\"rate_limited\"}")
+        .await
+        + app
+            .metric("idsync_directory_calls_total{connection=\"feishu-corp\",api=\"user/get\",result=\"rate_limited\"}")
+            .await;
+    assert!(refused >= 1.0, "the sources did say slow down");
+    let dead = broker
+        .queue_depth(&services.settings().amqp.dead_letter_queue)
+        .await;
+    assert_eq!(dead, 0);
+    app.stop().await;
+}
