@@ -141,39 +141,49 @@ pub(super) fn fix_path_keys(
     Ok(())
 }
 
-/// A directory secret written back as shown (`"set"`) keeps the stored one, but only for the same
-/// source, base and app: a stored secret is never sent to a base it was not given for.
+/// What an admin may write as a directory's secret through the API: the secret itself; `"set"`
+/// (as shown) to keep the stored one, but only for the same kind, base and app, so that a stored
+/// secret is never sent to a base it was not given for; a `${NAME}` reference only as stored
+/// (written in the configuration file), since it would send the worker's environment variable
+/// `NAME` to whichever base the connection names.
 fn keeps_secret_where_it_was(
     settings: &ConnectionSettings,
     stored: Option<&connections::Stored>,
 ) -> Result<(), AdminError> {
-    let Some(new) = settings
-        .directory
-        .as_ref()
-        .filter(|d| d.secret.is_shown_placeholder())
-    else {
+    let Some(new) = settings.directory.as_ref() else {
         return Ok(());
     };
-    let same_place = matches!(
-        stored,
-        Some(Ok(old)) if old.directory.as_ref().is_some_and(|old| {
-            old.kind == new.kind && old.api_base == new.api_base && old.app == new.app
-        })
-    );
-    if same_place {
-        Ok(())
-    } else {
-        let key = match new.kind {
-            crate::domain::directory::DirectoryKind::WeCom => "directory.corp_secret",
-            _ => "directory.app_secret",
-        };
-        Err(AdminError::invalid(
+    let old = match stored {
+        Some(Ok(old)) => old.directory.as_ref(),
+        _ => None,
+    };
+    let same_place = old.is_some_and(|old| {
+        old.kind == new.kind && old.api_base == new.api_base && old.app == new.app
+    });
+    let key = match new.kind {
+        crate::domain::directory::DirectoryKind::WeCom => "directory.corp_secret",
+        _ => "directory.app_secret",
+    };
+    if new.secret.is_shown_placeholder() && !same_place {
+        return Err(AdminError::invalid(
             "invalid_field",
             Some(key),
             format!(
                 "{key}: \"set\" keeps the stored secret only for the same kind, api_base and app; \
                  give the secret"
             ),
-        ))
+        ));
     }
+    let unchanged = same_place && old.is_some_and(|old| old.secret == new.secret);
+    if new.secret.variable().is_some() && !unchanged {
+        return Err(AdminError::invalid(
+            "invalid_field",
+            Some(key),
+            format!(
+                "{key}: a ${{NAME}} reference to the worker's environment can be written only in \
+                 the configuration file; give the secret itself"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `identity-sync directory fetch --pool P --connection C --external-id X`: asks a stored
+//! `identity-sync directory fetch --connection C --external-id X [--pool P]`: asks a stored
 //! connection's directory about one person, as the worker would (one call, not cached), and
 //! prints the record and what the connection's mapping makes of it.
 
@@ -21,9 +21,9 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
-    /// The connection's user pool.
+    /// The connection's user pool; needed only when pools share the identifier.
     #[arg(long)]
-    pool: String,
+    pool: Option<String>,
     /// The connection's identifier.
     #[arg(long)]
     connection: String,
@@ -35,15 +35,29 @@ pub struct FetchArgs {
 pub async fn fetch(args: FetchArgs, settings: &Settings) -> anyhow::Result<ExitCode> {
     let pool = db::unbounded_side_pool(&settings.database, "directory", 1)?;
     let mut conn = pool.acquire().await.context("connecting to the database")?;
-    let stored = db::connections::get_stored(&mut conn, &args.pool, &args.connection)
+    let mut stored: Vec<_> = db::connections::list(&mut conn)
         .await
-        .context("reading the connection")?;
-    let connection = match stored {
-        None => anyhow::bail!(
-            "no connection {:?} in user pool {:?}",
-            args.connection,
-            args.pool
-        ),
+        .context("reading the connections")?
+        .into_iter()
+        .filter(|c| {
+            let (pool, identifier) = match c {
+                Ok(s) => (
+                    s.user_pool_id.as_str().to_owned(),
+                    s.identifier.as_str().to_owned(),
+                ),
+                Err(u) => u.key(),
+            };
+            identifier == args.connection && args.pool.as_ref().is_none_or(|p| *p == pool)
+        })
+        .collect();
+    if stored.len() > 1 {
+        anyhow::bail!(
+            "user pools share the connection {:?}: name one with --pool",
+            args.connection
+        );
+    }
+    let connection = match stored.pop() {
+        None => anyhow::bail!("no connection {:?} stored", args.connection),
         Some(Err(unreadable)) => anyhow::bail!(
             "connection {:?} cannot be read: {}",
             args.connection,

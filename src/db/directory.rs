@@ -10,7 +10,7 @@ use sqlx::{PgPool, types::Json};
 use crate::domain::login::LoginEvent;
 
 /// Whom a record is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub user_pool_id: String,
     pub connection: String,
@@ -30,6 +30,8 @@ impl Key {
 /// A kept answer: the record, or `None` when the directory did not know the person.
 #[derive(Debug, Clone)]
 pub struct Cached {
+    /// What it was asked of (the directory's kind, base, app and id field).
+    pub asked: String,
     pub record: Option<Map<String, Value>>,
     pub fetched_at: DateTime<Utc>,
 }
@@ -46,7 +48,7 @@ pub async fn cached(pool: &PgPool, keys: &[Key]) -> sqlx::Result<HashMap<Key, Ca
         })
         .unzip();
     let rows = sqlx::query!(
-        r#"SELECT d.user_pool_id, d.connection, d.external_id,
+        r#"SELECT d.user_pool_id, d.connection, d.external_id, d.asked,
                   d.record AS "record: Json<Map<String, Value>>", d.fetched_at
            FROM unnest($1::text[], $2::text[], $3::text[]) AS k(user_pool_id, connection, external_id)
            JOIN directory_records d USING (user_pool_id, connection, external_id)"#,
@@ -66,6 +68,7 @@ pub async fn cached(pool: &PgPool, keys: &[Key]) -> sqlx::Result<HashMap<Key, Ca
                     external_id: row.external_id,
                 },
                 Cached {
+                    asked: row.asked,
                     record: row.record.map(|r| r.0),
                     fetched_at: row.fetched_at,
                 },
@@ -74,35 +77,39 @@ pub async fn cached(pool: &PgPool, keys: &[Key]) -> sqlx::Result<HashMap<Key, Ca
         .collect())
 }
 
-/// Keeps fresh answers, replacing older ones.
+/// Keeps fresh answers (whom, what they were asked of, the record), replacing older ones; in
+/// key order, so that two workers storing the same people never wait for each other in turn.
 pub async fn store(
     pool: &PgPool,
-    answers: &[(Key, Option<Map<String, Value>>)],
+    answers: &[(Key, String, Option<Map<String, Value>>)],
 ) -> sqlx::Result<()> {
     if answers.is_empty() {
         return Ok(());
     }
     // One row per person: a statement cannot update a row twice.
-    let answers: HashMap<&Key, &Option<Map<String, Value>>> =
-        answers.iter().map(|(k, r)| (k, r)).collect();
+    let answers: std::collections::BTreeMap<&Key, (&String, &Option<Map<String, Value>>)> =
+        answers.iter().map(|(k, a, r)| (k, (a, r))).collect();
     let mut pools = Vec::with_capacity(answers.len());
     let mut connections = Vec::with_capacity(answers.len());
     let mut ids = Vec::with_capacity(answers.len());
+    let mut asked = Vec::with_capacity(answers.len());
     let mut records = Vec::with_capacity(answers.len());
-    for (key, record) in answers {
+    for (key, (what, record)) in answers {
         pools.push(key.user_pool_id.as_str());
         connections.push(key.connection.as_str());
         ids.push(key.external_id.as_str());
+        asked.push(what.as_str());
         records.push(record.as_ref().map(|r| Value::Object(r.clone())));
     }
     sqlx::query!(
-        r#"INSERT INTO directory_records (user_pool_id, connection, external_id, record)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+        r#"INSERT INTO directory_records (user_pool_id, connection, external_id, asked, record)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
            ON CONFLICT (user_pool_id, connection, external_id)
-           DO UPDATE SET record = EXCLUDED.record, fetched_at = now()"#,
+           DO UPDATE SET asked = EXCLUDED.asked, record = EXCLUDED.record, fetched_at = now()"#,
         &pools as &[&str],
         &connections as &[&str],
         &ids as &[&str],
+        &asked as &[&str],
         &records as &[Option<Value>],
     )
     .execute(pool)

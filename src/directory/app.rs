@@ -122,15 +122,14 @@ impl App {
         }
     }
 
-    /// Whether this app is the one `settings` name (credentials and limits included).
+    /// Whether this app is the one `settings` name, with the same secret. Several connections
+    /// may share an app: they share its token, rate window and pauses, with the limits
+    /// (`timeout`, `rate_limit`, `quota_pause`) of the connection that called it first.
     pub fn same(&self, settings: &DirectorySettings) -> bool {
         self.kind == settings.kind
             && self.base == settings.api_base
             && self.app == settings.app
             && self.secret == settings.secret
-            && self.timeout == settings.timeout
-            && self.quota_pause == settings.quota_pause
-            && self.rate == settings.rate_limit
     }
 
     pub fn status(&self) -> Status {
@@ -157,6 +156,10 @@ impl App {
         id_field: IdField,
         id: &str,
     ) -> Result<Option<Map<String, Value>>, Unavailable> {
+        // A path segment of `.` or `..` would name another path of Feishu's API: nobody.
+        if self.kind == DirectoryKind::Feishu && matches!(id, "." | "..") {
+            return Ok(None);
+        }
         let mut id = id.to_owned();
         let mut field = id_field;
         loop {
@@ -294,10 +297,9 @@ impl App {
                 .map_err(|e| Fault::Failed(format!("{api}: {}", without_url(e))))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response
-                .bytes()
+            let body = bounded_body(response)
                 .await
-                .map_err(|e| Fault::Failed(format!("{api}: {}", without_url(e))))?;
+                .map_err(|e| Fault::Failed(format!("{api}: {e}")))?;
             read(self.kind, status, &headers, &body)
         }
         .await;
@@ -418,6 +420,21 @@ impl App {
     fn failed(&self, detail: String) -> Unavailable {
         self.fault(Fault::Failed(detail))
     }
+}
+
+/// The most of an answer read: a user's record is a few KiB.
+const MAX_BODY: usize = 1 << 20;
+
+/// An answer's body, refused past [`MAX_BODY`].
+async fn bounded_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(without_url)? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(format!("an answer over {MAX_BODY} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A request error without its URL, which carries the token or the secret in its query.

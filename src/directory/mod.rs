@@ -39,6 +39,8 @@ use crate::{
 
 /// Calls to directories under way at once, across every app.
 const CONCURRENT_CALLS: usize = 16;
+/// A batch waits for its lookups at most this many times the longest `timeout` among them.
+const LOOKUP_TRIES: u32 = 3;
 
 /// What the directory says about one person.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,7 +112,7 @@ impl Directories {
     ) -> Lookup {
         let _call = self.calls.acquire().await.expect("never closed");
         let app = self.app(settings);
-        match app
+        let lookup = match app
             .person(
                 &self.http,
                 &self.metrics,
@@ -123,7 +125,15 @@ impl Directories {
             Ok(Some(record)) => Lookup::Found(record),
             Ok(None) => Lookup::NotFound,
             Err(unavailable) => Lookup::Unavailable(unavailable),
+        };
+        if let Some(health) = &self.health {
+            let state = match &lookup {
+                Lookup::Unavailable(unavailable) => unavailable.state,
+                Lookup::Found(_) | Lookup::NotFound => State::Ok,
+            };
+            health.set_directory(connection, state.as_str());
         }
+        lookup
     }
 
     /// Obtains a token with `settings`' credentials: whether they work.
@@ -184,9 +194,10 @@ impl Directories {
         let mut asked: HashMap<&db::directory::Key, Vec<usize>> = HashMap::new();
         for (slot, ((_, directory), key)) in wanted.iter().zip(&keys).enumerate() {
             let fresh = cached.get(key).filter(|c| {
-                Utc::now() - c.fetched_at
-                    < chrono::Duration::from_std(directory.cache_ttl)
-                        .unwrap_or(chrono::Duration::MAX)
+                c.asked == fingerprint(directory)
+                    && Utc::now() - c.fetched_at
+                        < chrono::Duration::from_std(directory.cache_ttl)
+                            .unwrap_or(chrono::Duration::MAX)
             });
             match fresh {
                 Some(cached) => {
@@ -221,15 +232,41 @@ impl Directories {
             }
         }
         let mut fetched = Vec::new();
-        while let Some(done) = fetches.join_next().await {
-            let (slot, lookup) = match done {
+        // The batch's other logins wait for its lookups: a source that takes longer than this
+        // (a token, the call, one more try) leaves its logins to wait in the broker instead.
+        let bound = wanted
+            .iter()
+            .map(|(_, d)| d.timeout)
+            .max()
+            .unwrap_or_default()
+            * LOOKUP_TRIES;
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let done = match tokio::time::timeout_at(deadline, fetches.join_next()).await {
+                Ok(Some(done)) => done,
+                Ok(None) => break,
+                Err(_) => {
+                    fetches.abort_all();
+                    break;
+                }
+            };
+            let (slot, mut lookup) = match done {
                 Ok(done) => done,
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 Err(_) => continue,
             };
+            if let Lookup::Found(record) = &mut lookup {
+                strip_nul(record);
+            }
             match &lookup {
-                Lookup::Found(record) => fetched.push((keys[slot].clone(), Some(record.clone()))),
-                Lookup::NotFound => fetched.push((keys[slot].clone(), None)),
+                Lookup::Found(record) => fetched.push((
+                    keys[slot].clone(),
+                    fingerprint(&wanted[slot].1),
+                    Some(record.clone()),
+                )),
+                Lookup::NotFound => {
+                    fetched.push((keys[slot].clone(), fingerprint(&wanted[slot].1), None))
+                }
                 Lookup::Unavailable(_) => {}
             }
             for same in &asked[&keys[slot]] {
@@ -264,7 +301,10 @@ impl Directories {
                 }
                 Some(Lookup::NotFound) => Finding::NotFound,
                 Some(Lookup::Unavailable(unavailable)) => Finding::Unavailable(unavailable.detail),
-                None => Finding::Unavailable("the lookup did not finish".into()),
+                None => Finding::Unavailable(format!(
+                    "the directory did not answer within {}",
+                    humantime::format_duration(bound)
+                )),
             };
             event.directory = Some(DirectoryNote {
                 finding,
@@ -273,6 +313,39 @@ impl Directories {
         }
         Ok(Some(enriched))
     }
+}
+
+/// What a kept answer was asked of: a record is used only by the same source, base, app and
+/// kind of id (a changed directory asks again).
+fn fingerprint(directory: &DirectorySettings) -> String {
+    format!(
+        "{} {} {} {}",
+        directory.kind, directory.api_base, directory.app, directory.id_field
+    )
+}
+
+/// Removes NUL characters from a record's text (which PostgreSQL cannot store, and a login's
+/// profile may not hold): a source's stray byte must not cost the login.
+fn strip_nul(record: &mut Map<String, Value>) {
+    fn value(v: &mut Value) {
+        match v {
+            Value::String(s) if s.contains('\0') => *s = s.replace('\0', ""),
+            Value::Array(items) => items.iter_mut().for_each(value),
+            Value::Object(map) => strip_nul(map),
+            _ => {}
+        }
+    }
+    let keys: Vec<String> = record
+        .keys()
+        .filter(|k| k.contains('\0'))
+        .cloned()
+        .collect();
+    for key in keys {
+        if let Some(v) = record.remove(&key) {
+            record.insert(key.replace('\0', ""), v);
+        }
+    }
+    record.values_mut().for_each(value);
 }
 
 /// Whether a login must be completed from its connection's directory: always with `fetch =

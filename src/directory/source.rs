@@ -5,14 +5,16 @@
 //! - DingTalk: `GET /gettoken?appkey=&appsecret=` (7200 s tokens), `POST
 //!   /topapi/v2/user/get?access_token=` `{"userid"}`, and first `POST
 //!   /topapi/user/getbyunionid?access_token=` `{"unionid"}` when the login's id is a unionid.
-//!   Bad token: `errcode` 40014 or 42001, or 88 with that `sub_code`; unknown person 60121; too
+//!   Bad token: `errcode` 40014 or 42001, or 88 with that `sub_code`; unknown person 60121 or an
+//!   invalid userid 33012; too
 //!   frequent 90018, 90006, 90005; monthly quota 90020; a banned address gets an HTML page.
 //! - WeCom: `GET /cgi-bin/gettoken?corpid=&corpsecret=`, `GET
 //!   /cgi-bin/user/get?access_token=&userid=`. Bad token 40001, 40014, 42001, 41001; unknown
-//!   person 60111; too frequent 45009, 45033.
+//!   person 60111 or an invalid userid 40003; too frequent 45009, 45033.
 //! - Feishu: `POST /auth/v3/tenant_access_token/internal` `{"app_id","app_secret"}`, `GET
 //!   /contact/v3/users/:id?user_id_type=` with `Authorization: Bearer`. Bad token 99991661,
-//!   99991663, 99991671; unknown person 99992351 (and HTTP 404); too frequent HTTP 429 or
+//!   99991663, 99991671; unknown person 99992351 (and HTTP 404), or outside the app's range
+//!   41050; too frequent HTTP 429 or
 //!   99991400, with `x-ogw-ratelimit-reset` seconds.
 
 use std::time::Duration;
@@ -209,16 +211,19 @@ fn read(
             _ => Fault::Failed(said),
         },
         (DirectoryKind::DingTalk, 40014 | 42001) => Fault::Token(said),
-        (DirectoryKind::DingTalk, 60121) => Fault::NotFound,
+        // Unknown, or an id the source calls invalid (33012): nobody it knows.
+        (DirectoryKind::DingTalk, 60121 | 33012) => Fault::NotFound,
         (DirectoryKind::DingTalk, 90018 | 90006 | 90005) => {
             Fault::RateLimited(Duration::from_secs(1), said)
         }
         (DirectoryKind::DingTalk, 90020) => Fault::Quota(said),
-        (DirectoryKind::WeCom, 40014 | 42001 | 41001) => Fault::Token(said),
-        (DirectoryKind::WeCom, 60111) => Fault::NotFound,
+        (DirectoryKind::WeCom, 40001 | 40014 | 42001 | 41001) => Fault::Token(said),
+        // Unknown (60111), or an invalid userid (40003).
+        (DirectoryKind::WeCom, 60111 | 40003) => Fault::NotFound,
         (DirectoryKind::WeCom, 45009 | 45033) => Fault::RateLimited(Duration::from_secs(1), said),
         (DirectoryKind::Feishu, 99991661 | 99991663 | 99991671) => Fault::Token(said),
-        (DirectoryKind::Feishu, 99992351) => Fault::NotFound,
+        // Not a valid id or nobody (99992351), or a person outside the app's range (41050).
+        (DirectoryKind::Feishu, 99992351 | 41050) => Fault::NotFound,
         (DirectoryKind::Feishu, 0) if status == StatusCode::NOT_FOUND => Fault::NotFound,
         _ => Fault::Failed(format!("HTTP {}, {said}", status.as_u16())),
     })

@@ -308,7 +308,23 @@ impl DirectorySettings {
                 let url = reqwest::Url::parse(&base).map_err(|e| {
                     err("directory.api_base", format!("{base:?} is not a URL ({e})"))
                 })?;
-                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                let host = url.host_str().unwrap_or_default();
+                let loopback = host == "localhost"
+                    || host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if url.scheme() == "http" && !loopback {
+                    return Err(err(
+                        "directory.api_base",
+                        format!(
+                            "{base:?} must be https (http only on the loopback, for a local \
+                             stand-in): the token and the secret travel in it"
+                        ),
+                    ));
+                }
+                if !matches!(url.scheme(), "http" | "https") || host.is_empty() {
                     return Err(err(
                         "directory.api_base",
                         format!("{base:?} is not an http(s) URL"),
@@ -547,6 +563,23 @@ mod tests {
             base.to_string().starts_with("directory.api_base:"),
             "{base}"
         );
+        // The token and the secret never travel in clear text, except to the loopback.
+        let clear = DirectorySettings::validate(&spec(json!({
+            "kind": "feishu", "app_id": "cli_1", "app_secret": "x",
+            "api_base": "http://open.feishu.example/open-apis",
+        })))
+        .unwrap_err();
+        assert!(clear.to_string().contains("must be https"), "{clear}");
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://localhost:1",
+        ] {
+            let spec = spec(json!({
+                "kind": "feishu", "app_id": "cli_1", "app_secret": "x", "api_base": local,
+            }));
+            assert!(DirectorySettings::validate(&spec).is_ok(), "{local}");
+        }
     }
 
     #[test]

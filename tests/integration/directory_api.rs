@@ -340,6 +340,11 @@ api_base = "{}"
     assert_eq!(linked.outcome, Outcome::UserLinked, "{linked:?}");
     assert_eq!(linked.user_id, Some(zhao));
     assert_eq!(feishu.calls("cli_app", DirectoryHandle::GETTOKEN), 1);
+    // An id Feishu would read as a path is nobody, without a call.
+    let calls = feishu.calls("cli_app", DirectoryHandle::USER_GET);
+    let dots = broker.login(&login("feishu-corp", "..", json!({}))).await;
+    assert_eq!(dots.outcome, Outcome::UserCreated, "{dots:?}");
+    assert_eq!(feishu.calls("cli_app", DirectoryHandle::USER_GET), calls);
     // WeCom's status 5: the person left.
     let gone = broker.login(&login("wecom-corp", &lisi, json!({}))).await;
     assert_eq!(gone.outcome, Outcome::Rejected, "{gone:?}");
@@ -385,6 +390,17 @@ async fn a_used_up_quota_stops_the_calls_and_the_logins_wait() {
     assert_eq!(
         view["directory_state"]["state"], "quota_exhausted",
         "{view}"
+    );
+    // Ready all the same (other connections flow), and /readyz says which directory is out.
+    let (status, ready) = app.api_as(None).get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        ready["directories"][0]["connection"], "dingtalk-corp",
+        "{ready}"
+    );
+    assert_eq!(
+        ready["directories"][0]["state"], "quota_exhausted",
+        "{ready}"
     );
     assert!(
         view["directory_state"]["paused_until"].is_string(),
@@ -470,6 +486,24 @@ async fn a_secret_is_shown_as_set_and_kept_only_where_it_was_given() {
     assert_eq!(status, 422, "{refused}");
     assert!(
         refused.to_string().contains("directory.app_secret"),
+        "{refused}"
+    );
+
+    // A reference to the worker's environment, written through the API: refused.
+    let mut leak = json!({
+        "association": "field_matching",
+        "provider": "dingtalk",
+        "match_fields": ["attributes.employee_id"],
+        "directory": view["directory"].clone(),
+    });
+    leak["directory"]["app_secret"] = json!("${IDSYNC__DATABASE__URL}");
+    let (status, refused) = app
+        .api()
+        .put("/v1/connections/pool-1/dingtalk-corp", leak)
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused.to_string().contains("configuration file"),
         "{refused}"
     );
     app.stop().await;
@@ -627,5 +661,32 @@ fetch = "always"
         .queue_depth(&services.settings().amqp.dead_letter_queue)
         .await;
     assert_eq!(dead, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_with_a_nul_character_costs_the_login_nothing() {
+    let source = dingtalk().await;
+    let mut record = person("u1", "N1");
+    record["title"] = json!("Head of\u{0}Ops");
+    source.add_person("u1", record);
+    let services = Services::with_config(&dingtalk_connection(
+        "dingtalk-corp",
+        source.base_url(),
+        "fetch = \"always\"",
+    ))
+    .await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let reply = broker.login(&login("dingtalk-corp", "u1", json!({}))).await;
+    assert_eq!(reply.outcome, Outcome::UserCreated, "{reply:?}");
+    let db = services.db().await;
+    let title: String = sqlx::query_scalar(
+        "SELECT record->>'title' FROM directory_records WHERE external_id = 'u1'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(title, "Head ofOps");
     app.stop().await;
 }
