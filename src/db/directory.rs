@@ -27,6 +27,17 @@ impl Key {
     }
 }
 
+/// A source's record of a person.
+pub type Record = Map<String, Value>;
+
+/// An answer to keep: whom it is about, what it was asked of, the record (`None`: nobody).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub key: Key,
+    pub asked: String,
+    pub record: Option<Record>,
+}
+
 /// A kept answer: the record, or `None` when the directory did not know the person.
 #[derive(Debug, Clone)]
 pub struct Cached {
@@ -79,27 +90,24 @@ pub async fn cached(pool: &PgPool, keys: &[Key]) -> sqlx::Result<HashMap<Key, Ca
 
 /// Keeps fresh answers (whom, what they were asked of, the record), replacing older ones; in
 /// key order, so that two workers storing the same people never wait for each other in turn.
-pub async fn store(
-    pool: &PgPool,
-    answers: &[(Key, String, Option<Map<String, Value>>)],
-) -> sqlx::Result<()> {
+pub async fn store(pool: &PgPool, answers: &[Answer]) -> sqlx::Result<()> {
     if answers.is_empty() {
         return Ok(());
     }
     // One row per person: a statement cannot update a row twice.
-    let answers: std::collections::BTreeMap<&Key, (&String, &Option<Map<String, Value>>)> =
-        answers.iter().map(|(k, a, r)| (k, (a, r))).collect();
+    let answers: std::collections::BTreeMap<&Key, &Answer> =
+        answers.iter().map(|a| (&a.key, a)).collect();
     let mut pools = Vec::with_capacity(answers.len());
     let mut connections = Vec::with_capacity(answers.len());
     let mut ids = Vec::with_capacity(answers.len());
     let mut asked = Vec::with_capacity(answers.len());
     let mut records = Vec::with_capacity(answers.len());
-    for (key, (what, record)) in answers {
+    for (key, answer) in answers {
         pools.push(key.user_pool_id.as_str());
         connections.push(key.connection.as_str());
         ids.push(key.external_id.as_str());
-        asked.push(what.as_str());
-        records.push(record.as_ref().map(|r| Value::Object(r.clone())));
+        asked.push(answer.asked.as_str());
+        records.push(answer.record.as_ref().map(|r| Value::Object(r.clone())));
     }
     sqlx::query!(
         r#"INSERT INTO directory_records (user_pool_id, connection, external_id, asked, record)

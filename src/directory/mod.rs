@@ -258,16 +258,17 @@ impl Directories {
             if let Lookup::Found(record) = &mut lookup {
                 strip_nul(record);
             }
-            match &lookup {
-                Lookup::Found(record) => fetched.push((
-                    keys[slot].clone(),
-                    fingerprint(&wanted[slot].1),
-                    Some(record.clone()),
-                )),
-                Lookup::NotFound => {
-                    fetched.push((keys[slot].clone(), fingerprint(&wanted[slot].1), None))
-                }
-                Lookup::Unavailable(_) => {}
+            let record = match &lookup {
+                Lookup::Found(record) => Some(Some(record.clone())),
+                Lookup::NotFound => Some(None),
+                Lookup::Unavailable(_) => None,
+            };
+            if let Some(record) = record {
+                fetched.push(db::directory::Answer {
+                    key: keys[slot].clone(),
+                    asked: fingerprint(&wanted[slot].1),
+                    record,
+                });
             }
             for same in &asked[&keys[slot]] {
                 found[*same] = Some(lookup.clone());
