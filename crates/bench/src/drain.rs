@@ -147,14 +147,13 @@ pub async fn prepare_broker(env: &Env) -> anyhow::Result<(lapin::Connection, Set
     Ok((connection, settings))
 }
 
-pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
-    let env = Env::create(options.prefetch, options.batch_size).await?;
-    let mix = Mix::new(options.mix, options.events);
-    let db = env
-        .prepare(options.worker_bin, &mix, options.accounts)
-        .await?;
-    let bodies = mix.events("d-");
-    let (connection, settings) = prepare_broker(&env).await?;
+/// Declares the topology (with the subscriber queue) and queues `bodies` as logins with
+/// confirms, before any worker runs; returns the connection and the broker settings.
+pub(crate) async fn queue_backlog(
+    env: &Env,
+    bodies: &[Vec<u8>],
+) -> anyhow::Result<(lapin::Connection, Settings)> {
+    let (connection, settings) = prepare_broker(env).await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -163,9 +162,20 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         &channel,
         &settings.amqp.inbound_exchange,
         &settings.amqp.routing_key,
-        &bodies,
+        bodies,
     )
     .await?;
+    Ok((connection, settings))
+}
+
+pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
+    let env = Env::create(options.prefetch, options.batch_size).await?;
+    let mix = Mix::new(options.mix, options.events);
+    let db = env
+        .prepare(options.worker_bin, &mix, options.accounts)
+        .await?;
+    let bodies = mix.events("d-");
+    let (connection, settings) = queue_backlog(&env, &bodies).await?;
     eprintln!(
         "bench {}: {} logins queued; starting {} worker(s)",
         env.id,

@@ -6,15 +6,13 @@
 
 use std::{path::Path, time::Duration};
 
-use lapin::options::ConfirmSelectOptions;
 use serde::Serialize;
 use serde_json::json;
 
 use idsync_test_support::{DirectoryHandle, DirectorySource, DirectoryStandIn};
 
 use super::{
-    baseline,
-    drain::{prepare_broker, wait_until_drained},
+    drain::{queue_backlog, wait_until_drained},
     env::Env,
     mix::{POOL, SOURCE},
 };
@@ -98,18 +96,7 @@ rate_limit = {limit}
             .expect("JSON")
         })
         .collect();
-    let (connection, settings) = prepare_broker(&env).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    baseline::publish_all(
-        &channel,
-        &settings.amqp.inbound_exchange,
-        &settings.amqp.routing_key,
-        &bodies,
-    )
-    .await?;
+    let (connection, settings) = queue_backlog(&env, &bodies).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let workers = env.start_workers(worker_bin, 1)?;
     let (started, finished, _) =
