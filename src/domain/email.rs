@@ -83,11 +83,14 @@ impl Email {
         let mut parts = trimmed.split('@');
         match (parts.next(), parts.next(), parts.next()) {
             (Some(local), Some(domain), None) if !local.is_empty() && !domain.is_empty() => {
-                Ok(Self(format!(
-                    "{}@{}",
-                    identifier::canonical(local),
-                    identifier::canonical_domain(domain)
-                )))
+                // IDNA mapping can make what it reads into something no address holds: U+00A8
+                // becomes a space and a combining mark, U+FF20 an `@`. The canonical form must
+                // itself be an address, or the same text would not parse to the same value twice.
+                let domain = identifier::canonical_domain(domain);
+                if domain.contains(|c: char| c == '@' || c.is_whitespace() || c.is_control()) {
+                    return Err(EmailError::Characters);
+                }
+                Ok(Self(format!("{}@{domain}", identifier::canonical(local))))
             }
             _ => Err(EmailError::Shape),
         }
@@ -156,6 +159,16 @@ mod tests {
         ] {
             assert!(Email::parse(raw).is_err(), "{raw:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn refuses_a_domain_whose_mapping_is_no_domain() {
+        // U+00A8 maps to a space and U+0308; U+FF20 to `@`.
+        assert_eq!(Email::parse("0@\u{a8}"), Err(EmailError::Characters));
+        assert_eq!(
+            Email::parse("a@b\u{ff20}c.example"),
+            Err(EmailError::Characters)
+        );
     }
 
     #[test]
