@@ -101,7 +101,8 @@ metrics! {
     duplicates: Counter = Counter::default(), "duplicates",
         "Login events already processed, answered with their first decision";
     commands: Family<CommandLabel, Counter> = Family::default(), "commands",
-        "Commands processed, by type and outcome (re-sent ones included; a dead-lettered \
+        "Commands and directory events processed, by type and outcome (re-sent ones included; \
+         outcome held: a removal the guard held; a dead-lettered \
          command counts as type unknown, outcome error)";
     dead_letters: Family<ReasonLabel, Counter> = Family::default(), "dead_letters",
         "Messages dead-lettered, by reason";
@@ -176,11 +177,23 @@ impl Metrics {
             }));
         }
         for command in crate::domain::command::ROUTING_KEYS {
-            for outcome in crate::domain::command::CommandOutcome::ALL {
-                drop(self.commands.get_or_create(&CommandLabel {
-                    command,
-                    outcome: outcome.as_str(),
-                }));
+            let directory = crate::domain::leavers::TYPES.contains(&command);
+            let outcomes: Vec<&'static str> = if directory {
+                crate::domain::leavers::DirectoryOutcome::ALL
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect()
+            } else {
+                crate::domain::command::CommandOutcome::ALL
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect()
+            };
+            for outcome in outcomes {
+                drop(
+                    self.commands
+                        .get_or_create(&CommandLabel { command, outcome }),
+                );
             }
         }
         drop(self.commands.get_or_create(&CommandLabel {

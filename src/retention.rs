@@ -48,6 +48,10 @@ pub async fn prune(
             break;
         }
     }
+    // Applied removals count toward a guard's window only (7 days at most).
+    let mut conn = pool.acquire().await?;
+    crate::db::leavers::prune_removals(&mut conn, cutoff(REMOVALS_KEPT)).await?;
+    drop(conn);
     metrics
         .pruned
         .get_or_create(&KindLabel { kind: "event" })
@@ -58,6 +62,9 @@ pub async fn prune(
         .inc_by(records);
     Ok((events, records))
 }
+
+/// How long an applied removal is kept: the longest `removal_guard.window`.
+const REMOVALS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub async fn run(
     pool: PgPool,

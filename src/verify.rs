@@ -85,6 +85,12 @@ struct Check {
 
 const CHECKS: &[Check] = &[
     Check {
+        invariant: "a suspended account holds a link made after its suspension",
+        sql: "SELECT 'user ' || u.id || ' ' || i.connection
+              FROM users u JOIN identities i ON i.user_id = u.id
+              WHERE u.suspended_at IS NOT NULL AND i.created_at > u.suspended_at",
+    },
+    Check {
         invariant: "a user holds two identities of one connection",
         sql: "SELECT user_id::text || ' ' || connection FROM identities
               GROUP BY user_id, connection HAVING count(*) > 1",

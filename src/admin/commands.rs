@@ -1,6 +1,7 @@
 //! Commands over the queue (contract section 6): the same operations as the admin API, run for
-//! the platform's `binding.resolve` and `user.unlink`, with the command's claim, its effects and
-//! its reply committed in one transaction.
+//! the platform's `binding.resolve` and `user.unlink`, and the source's directory events
+//! (section 11), with the message's claim, its effects and its reply committed in one
+//! transaction.
 
 use serde_json::Value;
 use sqlx::{Acquire, PgConnection};
@@ -12,7 +13,8 @@ use crate::db::{
 };
 use crate::domain::message::{Fate, Message};
 use crate::domain::{
-    command::{Command, CommandEvent, CommandOutcome, CommandReply},
+    command::{Command, CommandEvent, CommandOutcome, CommandReply, QueueReply},
+    leavers::{DirectoryOutcome, DirectoryReply},
     resolution::Resolver,
 };
 
@@ -23,7 +25,7 @@ impl Admin {
     pub(crate) async fn command(
         &self,
         message: &Message<CommandEvent>,
-    ) -> sqlx::Result<Fate<CommandReply>> {
+    ) -> sqlx::Result<Fate<QueueReply>> {
         // Every wait before the commit is bounded here (the commit by the relay's hand-off); a
         // connection that got no answer is closed.
         let deadline = tokio::time::Instant::now() + self.relay.stall();
@@ -42,16 +44,28 @@ impl Admin {
         conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
         message: &Message<CommandEvent>,
         deadline: tokio::time::Instant,
-    ) -> sqlx::Result<Fate<CommandReply>> {
+    ) -> sqlx::Result<Fate<QueueReply>> {
         let event = &message.event;
         let mut tx = db::within(deadline, "beginning a command", conn.begin()).await?;
-        let (reply, published, duplicate) = db::within(deadline, "deciding a command", async {
+        let decided = db::within(deadline, "deciding a command", async {
             let claimed =
                 commands::claim(&mut tx, &event.source, &event.id, event.command.kind()).await?;
             let (reply, mut published, duplicate) = match claimed {
-                Some(stored) => (replayed(&event.id, stored), Vec::new(), true),
+                Some(stored) => (replayed(event, stored), Vec::new(), true),
                 None => {
-                    let (reply, published) = self.execute(&mut tx, event).await?;
+                    let (reply, published) = match &event.command {
+                        Command::Directory(change) => {
+                            match self.directory_change_in(&mut tx, event, change).await? {
+                                Ok((reply, published)) => (QueueReply::Directory(reply), published),
+                                // Nothing is committed: the claim goes with the transaction.
+                                Err(rejection) => return Ok(Err(rejection)),
+                            }
+                        }
+                        _ => {
+                            let (reply, published) = self.execute(&mut tx, event).await?;
+                            (QueueReply::Command(reply), published)
+                        }
+                    };
                     let stored = serde_json::to_value(&reply).expect("replies serialise");
                     commands::record_reply(&mut tx, &event.source, &event.id, &stored).await?;
                     (reply, published, false)
@@ -66,9 +80,13 @@ impl Admin {
                 );
                 published.extend(outbox::insert_many(&mut tx, self.origin, outbox).await?);
             }
-            Ok((reply, published, duplicate))
+            Ok(Ok((reply, published, duplicate)))
         })
         .await?;
+        let (reply, published, duplicate) = match decided {
+            Ok(decided) => decided,
+            Err(rejection) => return Ok(Fate::DeadLettered(rejection)),
+        };
         self.commit(tx, published).await?;
         Ok(Fate::Decided { reply, duplicate })
     }
@@ -119,6 +137,9 @@ impl Admin {
                 let applied = self.unlink_in(tx, &target, actor).await;
                 (applied.map(|applied| applied.map(|_| None)), None)
             }
+            Command::Directory(_) => {
+                unreachable!("directory events are run by directory_change_in")
+            }
         };
         // A refusal before any write leaves nothing to publish.
         let (result, published) = match applied {
@@ -163,21 +184,36 @@ async fn binding_value(tx: &mut PgConnection, id: uuid::Uuid) -> sqlx::Result<Op
 /// read (written by another version, edited by hand): said as an error rather than guessed.
 pub const STORED_REPLY_UNREADABLE: &str = "stored_reply_unreadable";
 
-/// The reply stored for a command processed before (stored with the claim, in one transaction).
-/// One that does not read back is answered as an explicit error: what was decided is not known
-/// here, and `done` could tell a platform that a refused command happened.
-fn replayed(command_id: &str, stored: Value) -> CommandReply {
-    serde_json::from_value(stored).unwrap_or_else(|error| {
+/// The reply stored for a command processed before (stored with the claim, in one transaction),
+/// read in the shape of the command's type. One that does not read back is answered as an
+/// explicit error: what was decided is not known here, and `done` could tell a platform that a
+/// refused command happened.
+fn replayed(event: &CommandEvent, stored: Value) -> QueueReply {
+    let command_id = event.id.as_str();
+    let unreadable = |error: serde_json::Error| {
         tracing::warn!(
             %error,
             command_id,
             "the stored reply of a command processed before cannot be read; answering an error"
         );
+    };
+    if let Command::Directory(_) = event.command {
+        return QueueReply::Directory(serde_json::from_value(stored).unwrap_or_else(|error| {
+            unreadable(error);
+            DirectoryReply::new(
+                command_id,
+                DirectoryOutcome::Error,
+                Some(STORED_REPLY_UNREADABLE),
+            )
+        }));
+    }
+    QueueReply::Command(serde_json::from_value(stored).unwrap_or_else(|error| {
+        unreadable(error);
         CommandReply {
             command_id: Some(command_id.to_owned()),
             outcome: CommandOutcome::Error,
             code: Some(STORED_REPLY_UNREADABLE.to_owned()),
             binding: None,
         }
-    })
+    }))
 }

@@ -8,6 +8,7 @@ mod commands;
 pub mod connections;
 pub mod decisions;
 pub mod expiry;
+pub mod leavers;
 pub mod simulation;
 pub mod user_update;
 pub mod users;

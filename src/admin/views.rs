@@ -140,6 +140,8 @@ pub struct UserView {
     pub attributes: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the account was suspended (contract section 11); `null` when it is active.
+    pub suspended_at: Option<DateTime<Utc>>,
     pub identities: Vec<IdentityView>,
 }
 
@@ -169,6 +171,7 @@ impl UserView {
             attributes: crate::domain::attributes::to_json(&user.attributes.0),
             created_at: user.created_at,
             updated_at: user.updated_at,
+            suspended_at: user.suspended_at,
         }
     }
 }
@@ -222,6 +225,11 @@ pub struct ConnectionView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub directory_state: Option<Value>,
+    /// `notify`, `unlink` or `suspend`: what the source's `directory.user_removed` does.
+    pub on_source_removal: String,
+    /// `max_fraction`, `min_count` and `window`: removals beyond it within the window are held.
+    #[schema(value_type = Object)]
+    pub removal_guard: crate::domain::leavers::RemovalGuardSpec,
 }
 
 impl ConnectionView {
@@ -257,6 +265,8 @@ impl ConnectionView {
             problem: Some(unreadable.problem.clone()),
             directory: spec.directory.clone(),
             directory_state: None,
+            on_source_removal: text(&spec.on_source_removal),
+            removal_guard: spec.removal_guard.clone().unwrap_or_default(),
         }
     }
 }
@@ -290,6 +300,8 @@ impl From<&ConnectionSettings> for ConnectionView {
             problem: None,
             directory: c.directory.as_ref().map(|d| d.to_spec()),
             directory_state: None,
+            on_source_removal: c.on_source_removal.as_str().to_owned(),
+            removal_guard: c.removal_guard.to_spec(),
         }
     }
 }

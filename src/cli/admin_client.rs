@@ -594,5 +594,122 @@ pub async fn find_users(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which of a connection's held removals (`directory held`, `release`, `discard`).
+#[derive(Debug, Args)]
+pub struct HeldArgs {
+    #[arg(long)]
+    pub pool: String,
+    #[arg(long)]
+    pub connection: String,
+    /// Only these identities (repeatable); every held removal of the connection when absent.
+    #[arg(long = "external-id", value_name = "ID")]
+    pub external_ids: Vec<String>,
+}
+
+/// What to do with held removals.
+#[derive(Debug, Clone, Copy)]
+pub enum HeldAction {
+    List,
+    Release,
+    Discard,
+}
+
+/// `directory held|release|discard`: the removals a connection's guard holds.
+pub async fn held_removals(
+    action: HeldAction,
+    held: HeldArgs,
+    args: ApiArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args, settings)?;
+    let base = format!(
+        "/v1/connections/{}/{}/held-removals",
+        segment(&held.pool),
+        segment(&held.connection)
+    );
+    let ids = (!held.external_ids.is_empty()).then_some(&held.external_ids);
+    let page = match action {
+        HeldAction::List => client.call(Method::GET, &base, &[], None).await?,
+        HeldAction::Release => {
+            let path = format!("{base}/release");
+            let body = json!({ "external_ids": ids });
+            client.call(Method::POST, &path, &[], Some(body)).await?
+        }
+        HeldAction::Discard => {
+            let path = format!("{base}/discard");
+            let body = json!({ "external_ids": ids });
+            client.call(Method::POST, &path, &[], Some(body)).await?
+        }
+    };
+    if args.json {
+        println!("{page}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    match action {
+        HeldAction::Release => {
+            let rows = items
+                .iter()
+                .map(|r| {
+                    vec![
+                        text(&r["external_id"]),
+                        text(&r["outcome"]),
+                        text(&r["code"]),
+                    ]
+                })
+                .collect();
+            print_table(&["EXTERNAL_ID", "OUTCOME", "CODE"], rows);
+            println!("{} released", items.len());
+        }
+        HeldAction::List | HeldAction::Discard => {
+            let rows = items
+                .iter()
+                .map(|r| {
+                    vec![
+                        text(&r["external_id"]),
+                        text(&r["held_at"]),
+                        text(&r["source_event"]),
+                        text(&r["event_id"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["EXTERNAL_ID", "HELD_AT", "SOURCE_EVENT", "EVENT_ID"],
+                rows,
+            );
+            let verb = match action {
+                HeldAction::Discard => "discarded",
+                _ => "held",
+            };
+            println!("{} {verb}", items.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `users reactivate`: a suspended account may be linked to and logged into again.
+pub async fn reactivate(
+    id: uuid::Uuid,
+    reason: Option<String>,
+    args: ApiArgs,
+    settings: &Settings,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args, settings)?;
+    let user = client
+        .call(
+            Method::POST,
+            &format!("/v1/users/{id}/reactivate"),
+            &[],
+            Some(json!({ "reason": reason })),
+        )
+        .await?;
+    if args.json {
+        println!("{user}");
+    } else {
+        println!("user {} is active again", text(&user["id"]));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests;

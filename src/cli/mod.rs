@@ -79,7 +79,8 @@ pub enum Command {
         #[command(subcommand)]
         command: admin_client::PolicyCommand,
     },
-    /// What a connection's directory (DingTalk, WeCom, Feishu) says about a person.
+    /// What a connection's directory (DingTalk, WeCom, Feishu) says about a person; the
+    /// removals its guard holds.
     Directory {
         #[command(subcommand)]
         command: DirectoryCommand,
@@ -115,6 +116,27 @@ pub enum DirectoryCommand {
     /// Ask a stored connection's directory about one person (a call to the source's API, not
     /// cached): print the record and what the connection's mapping makes of it.
     Fetch(directory::FetchArgs),
+    /// The removals a connection's guard holds, through the admin API.
+    Held {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(flatten)]
+        held: admin_client::HeldArgs,
+    },
+    /// Apply held removals (all, or --external-id ...) as the connection says now.
+    Release {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(flatten)]
+        held: admin_client::HeldArgs,
+    },
+    /// Drop held removals (all, or --external-id ...) without applying them.
+    Discard {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(flatten)]
+        held: admin_client::HeldArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +157,16 @@ pub enum UsersCommand {
         api: admin_client::ApiArgs,
         #[command(flatten)]
         find: admin_client::FindArgs,
+    },
+    /// Reactivate a suspended account, through the admin API.
+    Reactivate {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        /// The account's id.
+        id: uuid::Uuid,
+        /// Why, for user.reactivated and the audit log.
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -187,14 +219,29 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         Command::Users {
             command: UsersCommand::Find { api, find },
         } => admin_client::find_users(find, api, &settings).await,
+        Command::Users {
+            command: UsersCommand::Reactivate { api, id, reason },
+        } => admin_client::reactivate(id, reason, api, &settings).await,
         Command::SendLogin(args) => send_login::run(args, &settings).await,
         Command::SendCommand(args) => send_command::run(args, &settings).await,
         Command::Events {
             command: EventsCommand::Replay(args),
         } => replay::run(args, &settings).await,
-        Command::Directory {
-            command: DirectoryCommand::Fetch(args),
-        } => directory::fetch(args, &settings).await,
+        Command::Directory { command } => {
+            use admin_client::{HeldAction, held_removals};
+            match command {
+                DirectoryCommand::Fetch(args) => directory::fetch(args, &settings).await,
+                DirectoryCommand::Held { api, held } => {
+                    held_removals(HeldAction::List, held, api, &settings).await
+                }
+                DirectoryCommand::Release { api, held } => {
+                    held_removals(HeldAction::Release, held, api, &settings).await
+                }
+                DirectoryCommand::Discard { api, held } => {
+                    held_removals(HeldAction::Discard, held, api, &settings).await
+                }
+            }
+        }
         Command::Bindings { api, command } => admin_client::bindings(command, api, &settings).await,
         Command::Policy { api, command } => admin_client::policy(command, api, &settings).await,
         Command::Connections { api, command } => {

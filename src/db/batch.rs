@@ -61,6 +61,7 @@ pub async fn load(
              (SELECT coalesce(jsonb_agg(u), '[]') FROM (
                 SELECT u.id, u.user_pool_id, u.email, u.email_verified, u.phone, u.phone_verified,
                        u.username, u.name, u.protected, u.attributes,
+                       u.suspended_at IS NOT NULL AS suspended,
                        ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id)
                          AS linked_connections
                 FROM users u

@@ -26,6 +26,8 @@ struct Row {
     match_rule: String,
     unique_attributes: Vec<String>,
     directory: Option<sqlx::types::Json<serde_json::Value>>,
+    on_source_removal: String,
+    removal_guard: Option<sqlx::types::Json<serde_json::Value>>,
     settings_version: i64,
 }
 
@@ -63,9 +65,20 @@ impl Row {
             .directory
             .map(|json| serde_json::from_value::<DirectorySpec>(json.0))
             .transpose();
-        let (directory, unreadable_directory) = match directory {
+        let (directory, mut unreadable) = match directory {
             Ok(directory) => (directory, None),
             Err(error) => (None, Some(format!("directory: {error}"))),
+        };
+        let removal_guard = match self
+            .removal_guard
+            .map(|json| serde_json::from_value(json.0))
+        {
+            None => None,
+            Some(Ok(guard)) => Some(guard),
+            Some(Err(error)) => {
+                unreadable.get_or_insert(format!("removal_guard: {error}"));
+                None
+            }
         };
         let spec = ConnectionSpec {
             identifier: Some(self.identifier),
@@ -86,8 +99,10 @@ impl Row {
             match_rule: Some(self.match_rule),
             unique_attributes: Some(self.unique_attributes),
             directory,
+            on_source_removal: Some(self.on_source_removal),
+            removal_guard,
         };
-        if let Some(problem) = unreadable_directory {
+        if let Some(problem) = unreadable {
             return Err(Box::new(Unreadable {
                 spec,
                 version,
@@ -160,9 +175,10 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         r#"INSERT INTO connections (user_pool_id, identifier, display_name, provider, login_mode,
                association, match_fields, require_verified, default_country_code, binding_ttl_seconds,
                trust_unverified_accounts, allowed_email_domains, on_profile_change, mapping,
-               verified_fields, settings_version, match_rule, unique_attributes, directory)
+               verified_fields, settings_version, match_rule, unique_attributes, directory,
+               on_source_removal, removal_guard)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                   $18, $19)
+                   $18, $19, $20, $21)
            ON CONFLICT (user_pool_id, identifier) DO UPDATE SET
                display_name = EXCLUDED.display_name,
                provider = EXCLUDED.provider,
@@ -181,6 +197,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
                match_rule = EXCLUDED.match_rule,
                unique_attributes = EXCLUDED.unique_attributes,
                directory = EXCLUDED.directory,
+               on_source_removal = EXCLUDED.on_source_removal,
+               removal_guard = EXCLUDED.removal_guard,
                updated_at = now()"#,
         c.user_pool_id.as_str(),
         c.identifier.as_str(),
@@ -201,6 +219,8 @@ pub async fn upsert(conn: &mut PgConnection, c: &ConnectionSettings) -> sqlx::Re
         c.match_rule.as_str(),
         &spec.unique_attributes.clone().unwrap_or_default(),
         c.directory.as_ref().map(|d| d.stored_json()),
+        c.on_source_removal.as_str(),
+        serde_json::to_value(c.removal_guard.to_spec()).expect("settings serialise"),
     )
     .execute(&mut *conn)
     .await?;
@@ -330,6 +350,8 @@ async fn get_for_update(
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
                   mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
                   directory AS "directory: sqlx::types::Json<serde_json::Value>",
+                  on_source_removal,
+                  removal_guard AS "removal_guard: sqlx::types::Json<serde_json::Value>",
                   settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2 FOR UPDATE"#,
         pool,
@@ -372,6 +394,8 @@ pub async fn find_many(
                   c.on_profile_change, c.mapping AS "mapping: _", c.verified_fields,
                   c.match_rule, c.unique_attributes,
                   c.directory AS "directory: sqlx::types::Json<serde_json::Value>",
+                  c.on_source_removal,
+                  c.removal_guard AS "removal_guard: sqlx::types::Json<serde_json::Value>",
                   c.settings_version
            FROM connections c
            JOIN unnest($1::text[], $2::text[]) AS k(pool, identifier)
@@ -397,6 +421,8 @@ pub async fn get_stored(
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
                   mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
                   directory AS "directory: sqlx::types::Json<serde_json::Value>",
+                  on_source_removal,
+                  removal_guard AS "removal_guard: sqlx::types::Json<serde_json::Value>",
                   settings_version
            FROM connections WHERE user_pool_id = $1 AND identifier = $2"#,
         pool,
@@ -416,6 +442,8 @@ pub async fn list(conn: &mut PgConnection) -> sqlx::Result<Vec<Stored>> {
                   trust_unverified_accounts, allowed_email_domains, on_profile_change,
                   mapping AS "mapping: _", verified_fields, match_rule, unique_attributes,
                   directory AS "directory: sqlx::types::Json<serde_json::Value>",
+                  on_source_removal,
+                  removal_guard AS "removal_guard: sqlx::types::Json<serde_json::Value>",
                   settings_version
            FROM connections ORDER BY user_pool_id, identifier"#
     )

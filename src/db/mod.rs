@@ -10,6 +10,7 @@ pub mod commands;
 pub mod connections;
 pub mod directory;
 pub mod identities;
+pub mod leavers;
 pub mod locks;
 pub mod outbox;
 pub mod processed;

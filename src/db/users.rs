@@ -31,6 +31,9 @@ pub struct MatchRow {
     pub attributes: Attributes,
     pub protected: bool,
     pub linked_connections: Vec<String>,
+    /// Never linked to, never logged into.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 impl MatchRow {
@@ -46,6 +49,7 @@ impl MatchRow {
             attributes: self.attributes.clone(),
             protected: self.protected,
             linked_on_connection: self.linked_connections.iter().any(|c| c == connection),
+            suspended: self.suspended,
         }
     }
 }
@@ -121,7 +125,7 @@ pub async fn find_by_fields_up_to(
     let rows = sqlx::query!(
         r#"SELECT u.id, u.user_pool_id, u.email AS "email: Email", u.email_verified,
                   u.phone AS "phone: Phone", u.phone_verified, u.username AS "username: Username",
-                  u.name, u.protected, u.attributes,
+                  u.name, u.protected, u.attributes, u.suspended_at IS NOT NULL AS "suspended!",
                   ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = u.id) AS "linked_connections!"
            FROM users u
            WHERE (u.email = ANY($1) OR u.phone = ANY($2) OR u.username = ANY($3)
@@ -163,6 +167,7 @@ pub async fn find_by_fields_up_to(
             attributes: attributes::from_stored(&r.attributes),
             protected: r.protected,
             linked_connections: r.linked_connections,
+            suspended: r.suspended,
         })
         .collect())
 }
@@ -220,6 +225,8 @@ pub struct UserRow {
     pub attributes: Json<Attributes>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the account was suspended; `None` when it is active.
+    pub suspended_at: Option<DateTime<Utc>>,
 }
 
 /// Writes every changeable field of a user.
@@ -246,7 +253,10 @@ pub async fn update(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Result<
 impl UserRow {
     /// The user as the decision sees a candidate (without its identities).
     pub fn pool_user(&self) -> PoolUser {
-        self.record().pool_user()
+        PoolUser {
+            suspended: self.suspended_at.is_some(),
+            ..self.record().pool_user()
+        }
     }
 
     pub fn record(&self) -> UserRecord {
@@ -270,7 +280,8 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<UserR
         UserRow,
         r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
                   phone_verified, username AS "username: Username", name, protected,
-                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at,
+                  suspended_at
            FROM users WHERE id = $1"#,
         id
     )
@@ -291,7 +302,8 @@ pub async fn holders_of(conn: &mut PgConnection, user: &UserRecord) -> sqlx::Res
         UserRow,
         r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
                   phone_verified, username AS "username: Username", name, protected,
-                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at,
+                  suspended_at
            FROM users
            WHERE user_pool_id = $1
              AND (email = $2 OR phone = $3 OR username = $4
@@ -324,7 +336,8 @@ pub async fn find_holders(
         UserRow,
         r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
                   phone_verified, username AS "username: Username", name, protected,
-                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at,
+                  suspended_at
            FROM users
            WHERE user_pool_id = $1 AND (email = $2 OR phone = $3 OR username = $4)
            ORDER BY id"#,
@@ -350,7 +363,7 @@ pub async fn find_by_attribute(
         r#"SELECT u.id, u.user_pool_id, u.email AS "email: Email", u.email_verified,
                   u.phone AS "phone: Phone", u.phone_verified, u.username AS "username: Username",
                   u.name, u.protected, u.attributes AS "attributes: Json<Attributes>",
-                  u.created_at, u.updated_at
+                  u.created_at, u.updated_at, u.suspended_at
            FROM user_attributes a JOIN users u ON u.id = a.user_id
            WHERE a.user_pool_id = $1 AND a.name = $2 AND a.value = $3
            ORDER BY u.id LIMIT $4"#,
@@ -369,7 +382,8 @@ pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec
         UserRow,
         r#"SELECT id, user_pool_id, email AS "email: Email", email_verified, phone AS "phone: Phone",
                   phone_verified, username AS "username: Username", name, protected,
-                  attributes AS "attributes: Json<Attributes>", created_at, updated_at
+                  attributes AS "attributes: Json<Attributes>", created_at, updated_at,
+                  suspended_at
            FROM users WHERE id = ANY($1)"#,
         ids
     )

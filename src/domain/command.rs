@@ -2,12 +2,17 @@
 //! person decided at login (`binding.resolve`), or unlinks an identity (`user.unlink`), with no
 //! admin token. A command that cannot be read as one is dead-lettered like a bad login; a command
 //! that reads well but that the rules refuse is answered `refused` with the admin API's code.
+//!
+//! The source's directory events (`directory.user_removed`, `user_renamed`, `user_restored`,
+//! contract section 11) share the queue: they too are heard only from trusted publishers,
+//! deduplicated by (`source`, `id`) and answered, and are few next to logins.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::connection::{ConnectionId, UserPoolId};
+use super::leavers::{self, DirectoryChange, DirectoryReply};
 use super::login::{Envelope, Rejection, RejectionKind, brief, invalid, required_string};
 use super::resolution::{Proof, Request};
 
@@ -16,7 +21,13 @@ pub const RESOLVE_TYPE: &str = "binding.resolve";
 /// The CloudEvents `type` of an unlink; also its routing key on the inbound exchange.
 pub const UNLINK_TYPE: &str = "user.unlink";
 /// The routing keys the commands queue is bound with.
-pub const ROUTING_KEYS: [&str; 2] = [RESOLVE_TYPE, UNLINK_TYPE];
+pub const ROUTING_KEYS: [&str; 5] = [
+    RESOLVE_TYPE,
+    UNLINK_TYPE,
+    leavers::REMOVED_TYPE,
+    leavers::RENAMED_TYPE,
+    leavers::RESTORED_TYPE,
+];
 
 const MAX_ACTOR_CHARS: usize = 256;
 const MAX_REASON_CHARS: usize = 1024;
@@ -64,6 +75,8 @@ pub enum Command {
         /// Why, for `user.unlinked`; optional.
         reason: Option<String>,
     },
+    /// `directory.*`: the source says a person left, was renamed or re-joined.
+    Directory(DirectoryChange),
 }
 
 impl Command {
@@ -72,11 +85,12 @@ impl Command {
         match self {
             Self::Resolve { .. } => RESOLVE_TYPE,
             Self::Unlink { .. } => UNLINK_TYPE,
+            Self::Directory(change) => change.kind(),
         }
     }
 }
 
-/// Reads a command: a CloudEvents envelope of type `binding.resolve` or `user.unlink` whose
+/// Reads a command: a CloudEvents envelope of one of [`ROUTING_KEYS`]' types whose
 /// `data` has every field the type needs, well typed. Anything else is a [`Rejection`]: the
 /// message is dead-lettered.
 pub fn decode(body: &[u8], max_bytes: usize) -> Result<CommandEvent, Rejection> {
@@ -87,7 +101,8 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<CommandEvent, Rejection> 
             return Err(Rejection::new(
                 RejectionKind::WrongType,
                 format!(
-                    "type must be \"{RESOLVE_TYPE}\" or \"{UNLINK_TYPE}\", got {}",
+                    "type must be one of {}, got {}",
+                    ROUTING_KEYS.join(", "),
                     brief(other)
                 ),
             ));
@@ -99,10 +114,10 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<CommandEvent, Rejection> 
         Some(_) => return Err(invalid("data must be an object")),
         None => return Err(invalid("data is missing")),
     };
-    let command = if kind == RESOLVE_TYPE {
-        resolve(data)?
-    } else {
-        unlink(data)?
+    let command = match kind.as_str() {
+        RESOLVE_TYPE => resolve(data)?,
+        UNLINK_TYPE => unlink(data)?,
+        directory => Command::Directory(leavers::decode(directory, data)?),
     };
     Ok(CommandEvent {
         id: envelope.id,
@@ -183,6 +198,43 @@ text_enum!(
     /// dead-lettered; `code` is the dead letter's reason code).
     CommandOutcome { Done => "done", Refused => "refused", Error => "error" }
 );
+
+/// The reply to a message of the commands queue: a command's (section 6) or a directory
+/// event's (section 11), each in its own shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum QueueReply {
+    Command(CommandReply),
+    Directory(DirectoryReply),
+}
+
+impl QueueReply {
+    /// The reply's `outcome`, as its text.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Command(reply) => reply.outcome.as_str(),
+            Self::Directory(reply) => reply.outcome.as_str(),
+        }
+    }
+
+    /// The reply's `code`.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Command(reply) => reply.code.as_deref(),
+            Self::Directory(reply) => reply.code.as_deref(),
+        }
+    }
+
+    /// The answer to a dead-lettered message of the queue, in the shape of its routing key's
+    /// type (a routing key is its type on the inbound exchange).
+    pub fn error(id: Option<String>, routing_key: &str, rejection: &Rejection) -> Self {
+        if leavers::TYPES.contains(&routing_key) {
+            Self::Directory(DirectoryReply::error(id, rejection))
+        } else {
+            Self::Command(CommandReply::error(id, rejection))
+        }
+    }
+}
 
 /// The reply to a command (contract section 6), sent when the command has a usable `reply_to`.
 /// A re-sent or redelivered command gets the reply of its first processing.
@@ -346,10 +398,43 @@ mod tests {
     fn another_type_is_the_wrong_type() {
         let rejection = read("login.completed", json!({})).unwrap_err();
         assert_eq!(rejection.kind, RejectionKind::WrongType);
+        assert!(
+            rejection.detail.contains("directory.user_removed"),
+            "{rejection}"
+        );
         let rejection = decode(b"{\"specversion\":\"1.0\"}", 100).unwrap_err();
         assert_eq!(rejection.kind, RejectionKind::InvalidEvent);
         let rejection = decode(&body(RESOLVE_TYPE, json!({})), 10).unwrap_err();
         assert_eq!(rejection.kind, RejectionKind::TooLarge);
+    }
+
+    #[test]
+    fn reads_a_directory_event() {
+        let removed = read(
+            leavers::REMOVED_TYPE,
+            json!({"user_pool_id": "pool-1", "connection": "dingtalk-corp", "external_id": "u-1"}),
+        )
+        .unwrap();
+        assert!(matches!(removed, Command::Directory(ref c) if c.external_id == "u-1"));
+        assert_eq!(removed.kind(), leavers::REMOVED_TYPE);
+    }
+
+    #[test]
+    fn a_dead_lettered_directory_event_is_answered_in_its_own_shape() {
+        let rejection = Rejection::new(RejectionKind::InvalidEvent, "x");
+        assert_eq!(
+            serde_json::to_value(QueueReply::error(
+                Some("d-1".into()),
+                leavers::REMOVED_TYPE,
+                &rejection
+            ))
+            .unwrap(),
+            json!({"event_id": "d-1", "outcome": "error", "code": "invalid_event"})
+        );
+        assert_eq!(
+            serde_json::to_value(QueueReply::error(None, UNLINK_TYPE, &rejection)).unwrap()["command_id"],
+            Value::Null
+        );
     }
 
     #[test]

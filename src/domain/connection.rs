@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::attributes::AttributeName;
 use super::directory::{DirectorySettings, DirectorySpec};
 pub use super::field::{ATTRIBUTE_PREFIX, FieldError, MatchField, MatchKey};
+use super::leavers::{OnSourceRemoval, RemovalGuard, RemovalGuardSpec};
 use super::mapping::Mapping;
 use super::phone::CountryCode;
 
@@ -184,6 +185,13 @@ pub struct ConnectionSpec {
     /// The source's open API, asked about the person (contract section 10); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirectorySpec>,
+    /// `notify` (the default), `unlink` or `suspend`: what the source's
+    /// `directory.user_removed` does (contract section 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_source_removal: Option<String>,
+    /// The guard against mass removal; the defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal_guard: Option<RemovalGuardSpec>,
 }
 
 /// A connection's validated settings, with the contract's defaults filled in: what the decision
@@ -229,6 +237,10 @@ pub struct ConnectionSettings {
     pub mapping: Mapping,
     /// The source's directory, asked about people before their logins are decided.
     pub directory: Option<DirectorySettings>,
+    /// What the source's removal of a person does.
+    pub on_source_removal: OnSourceRemoval,
+    /// Removals beyond it are held for an admin.
+    pub removal_guard: RemovalGuard,
     /// The `settings_version` decisions record: it changes whenever the stored settings change
     /// (0 for settings not stored yet).
     pub version: i64,
@@ -310,6 +322,14 @@ impl ConnectionSettings {
                 .as_ref()
                 .map(DirectorySettings::validate)
                 .transpose()?,
+            on_source_removal: parse_opt("on_source_removal", spec.on_source_removal.as_deref())?
+                .unwrap_or(OnSourceRemoval::Notify),
+            removal_guard: spec
+                .removal_guard
+                .as_ref()
+                .map(RemovalGuard::validate)
+                .transpose()?
+                .unwrap_or_default(),
             version: 0,
         })
     }
@@ -353,6 +373,8 @@ impl ConnectionSettings {
                     .collect(),
             ),
             directory: self.directory.as_ref().map(DirectorySettings::to_spec),
+            on_source_removal: Some(self.on_source_removal.as_str().to_owned()),
+            removal_guard: Some(self.removal_guard.to_spec()),
         }
     }
 }

@@ -185,6 +185,8 @@ pub struct PoolUser {
     pub protected: bool,
     /// The user already holds an identity of the login's connection.
     pub linked_on_connection: bool,
+    /// Suspended (contract section 11): never linked to, never logged into.
+    pub suspended: bool,
 }
 
 impl PoolUser {
@@ -318,6 +320,12 @@ pub enum Action {
     DirectoryInactive,
     /// Step 5: a new account with this identity.
     CreateUser(NewUserFields),
+    /// The account the login would reach (linked, or a candidate) is suspended (contract
+    /// section 11): no link, no login, `login.rejected` with `account_suspended`.
+    AccountSuspended {
+        /// The suspended account.
+        user_id: Uuid,
+    },
 }
 
 impl Action {
@@ -327,7 +335,9 @@ impl Action {
             Action::ExistingUser { .. } => Outcome::ExistingUser,
             Action::StillPending { .. } | Action::OpenBinding { .. } => Outcome::BindingPending,
             Action::Link { .. } => Outcome::UserLinked,
-            Action::Reject | Action::DirectoryInactive => Outcome::Rejected,
+            Action::Reject | Action::DirectoryInactive | Action::AccountSuspended { .. } => {
+                Outcome::Rejected
+            }
             Action::CreateUser(_) => Outcome::UserCreated,
         }
     }
@@ -359,6 +369,10 @@ pub struct CandidateEvidence {
     pub matched_on: Vec<MatchKey>,
     /// The first safety rule that kept it from being linked automatically; `None` when none did.
     pub set_aside: Option<SetAside>,
+    /// The account is suspended (contract section 11): the login is rejected with
+    /// `account_suspended` rather than reaching it. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 /// Why the decision is what it is.
@@ -444,6 +458,17 @@ pub fn decide(
         };
     }
     if let Some(user_id) = situation.linked_user {
+        if situation
+            .linked_account
+            .as_ref()
+            .is_some_and(|a| a.suspended)
+        {
+            return Decision {
+                expire_binding: None,
+                action: Action::AccountSuspended { user_id },
+                evidence: judge.evidence(false, &[], None, situation),
+            };
+        }
         return Decision {
             expire_binding: None,
             action: Action::ExistingUser {
@@ -637,6 +662,7 @@ impl Judge<'_> {
                     user_id: user.id,
                     set_aside: self.set_aside(user, &matched_on),
                     matched_on,
+                    suspended: user.suspended,
                 })
             })
             .collect();
@@ -671,6 +697,13 @@ impl Judge<'_> {
 
     /// What to do given the candidates found (none: [`Judge::no_candidate`]).
     fn action(&self, candidates: &[CandidateEvidence], situation: &Situation) -> Action {
+        // A suspended account is never linked to, nor offered in a binding: whoever reaches it
+        // is turned away (a person who left must not come back through a second source).
+        if let Some(suspended) = candidates.iter().find(|c| c.suspended) {
+            return Action::AccountSuspended {
+                user_id: suspended.user_id,
+            };
+        }
         match (self.settings.association, candidates) {
             (_, []) => self.no_candidate(situation),
             (Association::FieldMatching, [only]) => match only.set_aside {
@@ -922,6 +955,7 @@ impl UserRecord {
             attributes: self.attributes.clone(),
             protected: self.protected,
             linked_on_connection: false,
+            suspended: false,
         }
     }
 }

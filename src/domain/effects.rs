@@ -19,6 +19,7 @@ use super::{
         LoginRejected, OutboundEvent, Reply, Resolution, UserCreated, UserLinked, UserSummary,
         UserUpdated,
     },
+    leavers::ACCOUNT_SUSPENDED,
     login::LoginEvent,
 };
 
@@ -203,6 +204,11 @@ pub fn of_login(
             effects.push(LoginEffect::Emit(rejected));
             reply.reason = Some(DIRECTORY_INACTIVE.to_owned());
         }
+        Action::AccountSuspended { .. } => {
+            let rejected = login_rejected(identity, masked, ACCOUNT_SUSPENDED, cause, now);
+            effects.push(LoginEffect::Emit(rejected));
+            reply.reason = Some(ACCOUNT_SUSPENDED.to_owned());
+        }
         Action::CreateUser(fields) => {
             let account = new_account(pool, fields, identity, cause, now);
             reply.user_id = Some(account.user_id);
@@ -240,8 +246,9 @@ fn binding_pending(
     OutboundEvent::new(data, now)
 }
 
-/// `login.rejected` of an unknown person in login-only mode (`unknown_user`), or of a person the
-/// directory says left (`directory_inactive`), with the login's evidence (masked).
+/// `login.rejected` of an unknown person in login-only mode (`unknown_user`), of a person the
+/// directory says left (`directory_inactive`), or of a login reaching a suspended account
+/// (`account_suspended`), with the login's evidence (masked).
 fn login_rejected(
     identity: &Identity,
     evidence: Evidence,

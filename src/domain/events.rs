@@ -88,6 +88,24 @@ pub enum EventType {
     /// A linked identity's source now sends another email, phone or username.
     #[serde(rename = "identity.changed")]
     IdentityChanged,
+    /// The source said a linked identity's person left (contract section 11).
+    #[serde(rename = "identity.source_removed")]
+    IdentitySourceRemoved,
+    /// An account was suspended: never linked to, never logged into.
+    #[serde(rename = "user.suspended")]
+    UserSuspended,
+    /// A suspended account was reactivated.
+    #[serde(rename = "user.reactivated")]
+    UserReactivated,
+    /// An identity moved to its new external id at the source.
+    #[serde(rename = "identity.renamed")]
+    IdentityRenamed,
+    /// A rename did not happen (the new id is another account's).
+    #[serde(rename = "identity.rename_refused")]
+    IdentityRenameRefused,
+    /// A connection's removal guard held removals for an admin.
+    #[serde(rename = "connection.removals_held")]
+    ConnectionRemovalsHeld,
 }
 
 impl EventType {
@@ -102,6 +120,12 @@ impl EventType {
         Self::BindingResolved,
         Self::BindingExpired,
         Self::IdentityChanged,
+        Self::IdentitySourceRemoved,
+        Self::UserSuspended,
+        Self::UserReactivated,
+        Self::IdentityRenamed,
+        Self::IdentityRenameRefused,
+        Self::ConnectionRemovalsHeld,
     ];
 
     /// Also the routing key on the events exchange.
@@ -116,6 +140,12 @@ impl EventType {
             Self::BindingResolved => "binding.resolved",
             Self::BindingExpired => "binding.expired",
             Self::IdentityChanged => "identity.changed",
+            Self::IdentitySourceRemoved => "identity.source_removed",
+            Self::UserSuspended => "user.suspended",
+            Self::UserReactivated => "user.reactivated",
+            Self::IdentityRenamed => "identity.renamed",
+            Self::IdentityRenameRefused => "identity.rename_refused",
+            Self::ConnectionRemovalsHeld => "connection.removals_held",
         }
     }
 
@@ -332,6 +362,100 @@ pub struct IdentityChanged<'a> {
     pub cause_event_id: &'a str,
 }
 
+text_enum!(
+    /// What a source's removal did (`identity.source_removed`'s `action`): `notified` (nothing
+    /// else changed), `unlinked` (the identity was removed from the account), `suspended`
+    /// (removed, and the account suspended: none of its other identities remained).
+    RemovalAction { Notified => "notified", Unlinked => "unlinked", Suspended => "suspended" }
+);
+
+/// The `data` of `identity.source_removed`: the source said the person of a linked identity
+/// left; what the connection's `on_source_removal` did about it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct IdentitySourceRemoved<'a> {
+    /// The pool of the account.
+    pub user_pool_id: &'a str,
+    /// The account the identity was linked to.
+    pub user_id: Uuid,
+    /// The identity the source removed.
+    pub identity: IdentityRef,
+    /// `notified`, `unlinked` or `suspended`.
+    pub action: RemovalAction,
+    /// The `id` of the `directory.user_removed` event.
+    pub cause_event_id: &'a str,
+}
+
+/// The `data` of `user.suspended` and `user.reactivated`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct UserSuspension<'a> {
+    /// The pool of the account.
+    pub user_pool_id: &'a str,
+    /// The account.
+    pub user_id: Uuid,
+    /// `source_removed` (suspended by a source's removal), `source_restored` (reactivated by
+    /// the same source's restore), or the admin's reason (`admin` when none was given).
+    pub reason: &'a str,
+    /// The `id` of the directory event that caused it; `None` for an admin's reactivation.
+    pub cause_event_id: Option<&'a str>,
+    /// The admin token's name; `None` when a directory event caused it.
+    pub actor: Option<&'a str>,
+}
+
+/// `user.suspended`: an account was suspended.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct UserSuspended<'a>(pub UserSuspension<'a>);
+
+/// `user.reactivated`: a suspended account was reactivated.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct UserReactivated<'a>(pub UserSuspension<'a>);
+
+/// The `data` of `identity.renamed`: an identity moved to the id its source now gives the
+/// person, on the same account; a login under the new id is `existing_user`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct IdentityRenamed<'a> {
+    /// The pool of the account.
+    pub user_pool_id: &'a str,
+    /// The account holding the identity.
+    pub user_id: Uuid,
+    /// The identity's connection.
+    pub connection: &'a str,
+    /// The id it had.
+    pub old_external_id: &'a str,
+    /// The id it has now.
+    pub new_external_id: &'a str,
+}
+
+/// The `data` of `identity.rename_refused`: a rename that did not happen.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct IdentityRenameRefused<'a> {
+    /// The pool.
+    pub user_pool_id: &'a str,
+    /// The account holding the old id; `None` when it is not linked.
+    pub user_id: Option<Uuid>,
+    /// The identity's connection.
+    pub connection: &'a str,
+    /// The id the source renamed.
+    pub old_external_id: &'a str,
+    /// The id it asked for.
+    pub new_external_id: &'a str,
+    /// Why: `identity_taken` (the new id is linked to another account).
+    pub reason: &'a str,
+}
+
+/// The `data` of `connection.removals_held`: the connection's removal guard held a removal; how
+/// many it holds now.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ConnectionRemovalsHeld<'a> {
+    /// The connection's pool.
+    pub user_pool_id: &'a str,
+    /// The connection.
+    pub connection: &'a str,
+    /// Removals held, waiting for an admin to release or discard them.
+    pub held: i64,
+}
+
 /// What an event is about: its CloudEvents `subject`. Events about a user or a binding carry a
 /// `sequence` per subject (contract 3.4); the others do not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,6 +466,8 @@ pub enum Subject {
     Binding(Uuid),
     /// An external identity that has no account (`connection/external_id`).
     Identity(String),
+    /// A connection, by identifier.
+    Connection(String),
 }
 
 impl Subject {
@@ -349,14 +475,14 @@ impl Subject {
     pub fn sequenced(&self) -> Option<Uuid> {
         match self {
             Self::User(id) | Self::Binding(id) => Some(*id),
-            Self::Identity(_) => None,
+            Self::Identity(_) | Self::Connection(_) => None,
         }
     }
 
     fn text(&self) -> String {
         match self {
             Self::User(id) | Self::Binding(id) => id.to_string(),
-            Self::Identity(text) => text.clone(),
+            Self::Identity(text) | Self::Connection(text) => text.clone(),
         }
     }
 }
@@ -393,6 +519,15 @@ event_data! {
     BindingResolved => BindingResolved, |d| Subject::Binding(d.binding_id);
     BindingExpired => BindingExpired, |d| Subject::Binding(d.binding_id);
     IdentityChanged => IdentityChanged, |d| Subject::User(d.user_id);
+    IdentitySourceRemoved => IdentitySourceRemoved, |d| Subject::User(d.user_id);
+    UserSuspended => UserSuspended, |d| Subject::User(d.0.user_id);
+    UserReactivated => UserReactivated, |d| Subject::User(d.0.user_id);
+    IdentityRenamed => IdentityRenamed, |d| Subject::User(d.user_id);
+    IdentityRenameRefused => IdentityRenameRefused, |d| match d.user_id {
+        Some(user_id) => Subject::User(user_id),
+        None => Subject::Identity(format!("{}/{}", d.connection, d.old_external_id)),
+    };
+    ConnectionRemovalsHeld => ConnectionRemovalsHeld, |d| Subject::Connection(d.connection.to_owned());
 }
 
 /// One outbound event, ready to be stored in the outbox and published as is. Its `sequence` is

@@ -3,7 +3,7 @@
 //! command service decides it), here so that none of them reaches into another for them.
 
 use super::{
-    command::{self, CommandEvent, CommandReply},
+    command::{self, CommandEvent, QueueReply},
     events::Reply,
     login::{self, LoginEvent, Rejection, Wait},
 };
@@ -17,8 +17,9 @@ pub trait Inbound: Sized + Send + Sync {
     fn decode(body: &[u8], max_bytes: usize) -> Result<Self, Rejection>;
     /// The message's id, for logs and for its reply.
     fn id(&self) -> &str;
-    /// The answer to a dead-lettered message (`id` when its body had one).
-    fn error_reply(id: Option<String>, rejection: &Rejection) -> Self::Reply;
+    /// The answer to a dead-lettered message (`id` when its body had one), delivered with
+    /// `routing_key`.
+    fn error_reply(id: Option<String>, routing_key: &str, rejection: &Rejection) -> Self::Reply;
 }
 
 impl Inbound for LoginEvent {
@@ -31,13 +32,13 @@ impl Inbound for LoginEvent {
         &self.id
     }
 
-    fn error_reply(id: Option<String>, rejection: &Rejection) -> Reply {
+    fn error_reply(id: Option<String>, _routing_key: &str, rejection: &Rejection) -> Reply {
         Reply::error(id, rejection)
     }
 }
 
 impl Inbound for CommandEvent {
-    type Reply = CommandReply;
+    type Reply = QueueReply;
     fn decode(body: &[u8], max_bytes: usize) -> Result<Self, Rejection> {
         command::decode(body, max_bytes)
     }
@@ -46,8 +47,8 @@ impl Inbound for CommandEvent {
         &self.id
     }
 
-    fn error_reply(id: Option<String>, rejection: &Rejection) -> CommandReply {
-        CommandReply::error(id, rejection)
+    fn error_reply(id: Option<String>, routing_key: &str, rejection: &Rejection) -> QueueReply {
+        QueueReply::error(id, routing_key, rejection)
     }
 }
 

@@ -59,6 +59,7 @@ pub mod events;
 pub mod field;
 pub mod identifier;
 pub mod import;
+pub mod leavers;
 pub mod login;
 pub mod mapping;
 pub mod mask;

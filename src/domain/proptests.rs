@@ -312,6 +312,7 @@ struct User {
     username: Option<&'static str>,
     protected: bool,
     linked: bool,
+    suspended: bool,
 }
 
 impl User {
@@ -342,6 +343,7 @@ impl User {
             attributes: Default::default(),
             protected: self.protected,
             linked_on_connection: self.linked,
+            suspended: self.suspended,
         }
     }
 }
@@ -359,6 +361,7 @@ fn users() -> impl Strategy<Value = Vec<User>> {
         pick(&USERNAMES),
         prop::bool::weighted(0.15),
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.1),
     );
     prop::collection::vec(user, 0..5).prop_map(|users| {
         users
@@ -367,7 +370,16 @@ fn users() -> impl Strategy<Value = Vec<User>> {
             .map(
                 |(
                     i,
-                    (email, email_verified, phone, phone_verified, username, protected, linked),
+                    (
+                        email,
+                        email_verified,
+                        phone,
+                        phone_verified,
+                        username,
+                        protected,
+                        linked,
+                        suspended,
+                    ),
                 )| {
                     User {
                         id: i as u128 + 1,
@@ -378,6 +390,7 @@ fn users() -> impl Strategy<Value = Vec<User>> {
                         username,
                         protected,
                         linked,
+                        suspended,
                     }
                 },
             )
@@ -414,6 +427,8 @@ fn settings() -> impl Strategy<Value = ConnectionSettings> {
                     on_profile_change: crate::domain::connection::OnProfileChange::Notify,
                     mapping: Default::default(),
                     directory: None,
+                    on_source_removal: crate::domain::leavers::OnSourceRemoval::Notify,
+                    removal_guard: Default::default(),
                     version: 1,
                 }
             },
@@ -472,6 +487,12 @@ fn expected(
                 candidates.push((u, matched));
             }
         }
+    }
+    // "A suspended account is never linked to": reaching one (by id order, the first) rejects.
+    if let Some((u, _)) = candidates.iter().find(|(u, _)| u.suspended) {
+        return Action::AccountSuspended {
+            user_id: Uuid::from_u128(u.id),
+        };
     }
     let ids = |c: &[(&User, Vec<MatchField>)]| -> Vec<Uuid> {
         c.iter().map(|(u, _)| Uuid::from_u128(u.id)).collect()

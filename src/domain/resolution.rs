@@ -119,6 +119,9 @@ pub enum Refusal {
     /// `connection_missing`: the binding's connection no longer exists, so no account can be
     /// created under its settings.
     ConnectionMissing,
+    /// `account_suspended`: the account is suspended (contract section 11); it is linked to
+    /// again only once reactivated.
+    AccountSuspended,
 }
 
 /// How a refusal maps onto HTTP: 409 or 422.
@@ -141,6 +144,7 @@ impl Refusal {
             Self::UserAlreadyLinked => "user_already_linked",
             Self::LoginOnly => "login_only_connection",
             Self::ConnectionMissing => "connection_missing",
+            Self::AccountSuspended => crate::domain::leavers::ACCOUNT_SUSPENDED,
         }
     }
 
@@ -180,6 +184,9 @@ impl Refusal {
             }
             Self::ConnectionMissing => {
                 format!("connection {connection} no longer exists in user pool {pool}")
+            }
+            Self::AccountSuspended => {
+                format!("user {user} is suspended: reactivate it before linking to it")
             }
         }
     }
@@ -330,6 +337,9 @@ fn consequences(
         (Request::Link { .. }, Some(LinkTarget::User(user))) => {
             if resolver.proof != Proof::Admin && !binding.candidates.contains(&user.id) {
                 return Err(Refusal::NotACandidate);
+            }
+            if user.suspended {
+                return Err(Refusal::AccountSuspended);
             }
             if user.linked_on_connection {
                 return Err(Refusal::UserAlreadyLinked);

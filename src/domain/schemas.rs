@@ -6,8 +6,9 @@
 use serde_json::{Map, Value, json};
 
 use super::events::{
-    BindingExpired, BindingPending, BindingResolved, EventType, IdentityChanged, LoginRejected,
-    UserCreated, UserLinked, UserUnlinked, UserUpdated,
+    BindingExpired, BindingPending, BindingResolved, ConnectionRemovalsHeld, EventType,
+    IdentityChanged, IdentityRenameRefused, IdentityRenamed, IdentitySourceRemoved, LoginRejected,
+    UserCreated, UserLinked, UserReactivated, UserSuspended, UserUnlinked, UserUpdated,
 };
 
 /// The major version of every event type's schema; it changes only with an incompatible change.
@@ -38,6 +39,14 @@ pub fn of(kind: EventType) -> Value {
         EventType::BindingResolved => schemars::schema_for!(BindingResolved<'static>),
         EventType::BindingExpired => schemars::schema_for!(BindingExpired<'static>),
         EventType::IdentityChanged => schemars::schema_for!(IdentityChanged<'static>),
+        EventType::IdentitySourceRemoved => schemars::schema_for!(IdentitySourceRemoved<'static>),
+        EventType::UserSuspended => schemars::schema_for!(UserSuspended<'static>),
+        EventType::UserReactivated => schemars::schema_for!(UserReactivated<'static>),
+        EventType::IdentityRenamed => schemars::schema_for!(IdentityRenamed<'static>),
+        EventType::IdentityRenameRefused => schemars::schema_for!(IdentityRenameRefused<'static>),
+        EventType::ConnectionRemovalsHeld => {
+            schemars::schema_for!(ConnectionRemovalsHeld<'static>)
+        }
     };
     let mut data = match data.to_value() {
         Value::Object(map) => map,
@@ -47,7 +56,14 @@ pub fn of(kind: EventType) -> Value {
     let defs = data.remove("$defs").unwrap_or_else(|| json!({}));
     data.remove("$schema");
     data.remove("title");
-    let sequenced = !matches!(kind, EventType::LoginRejected);
+    // A rename refused for an identity without an account is about the identity, like a
+    // rejected login: it carries no sequence then.
+    let sequenced = !matches!(
+        kind,
+        EventType::LoginRejected
+            | EventType::ConnectionRemovalsHeld
+            | EventType::IdentityRenameRefused
+    );
     let mut required = vec![
         "specversion",
         "id",

@@ -83,6 +83,13 @@ pub struct ConnectionBody {
     /// read back as `"set"`; writing `"set"` back keeps the stored secret.
     #[schema(value_type = Option<Object>)]
     pub directory: Option<crate::domain::directory::DirectorySpec>,
+    /// `notify` (default), `unlink` or `suspend`: what the source's `directory.user_removed`
+    /// does.
+    pub on_source_removal: Option<String>,
+    /// `{"max_fraction": 0.1, "min_count": 20, "window": "1h"}` (the defaults): removals beyond
+    /// it within the window are held for an admin.
+    #[schema(value_type = Option<Object>)]
+    pub removal_guard: Option<crate::domain::leavers::RemovalGuardSpec>,
 }
 
 impl From<ConnectionBody> for ConnectionSpec {
@@ -106,6 +113,8 @@ impl From<ConnectionBody> for ConnectionSpec {
             mapping: body.mapping,
             verified_fields: body.verified_fields,
             directory: body.directory,
+            on_source_removal: body.on_source_removal,
+            removal_guard: body.removal_guard,
         }
     }
 }
@@ -225,4 +234,93 @@ pub async fn simulate(
     };
     // External ids are often emails (OIDC subjects, SAML name ids): viewers see them masked.
     Ok(super::as_seen_by(&actor, view, &[]).into_response())
+}
+
+/// Which held removals to release or discard: those of `external_ids`, or all when absent.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeldBody {
+    /// The identities whose removals to take; all the connection holds when absent.
+    pub external_ids: Option<Vec<String>>,
+}
+
+/// Most identities one release or discard names.
+const MAX_HELD_IDS: usize = 10_000;
+
+impl HeldBody {
+    fn ids(&self) -> Result<Option<&[String]>, ApiError> {
+        match &self.external_ids {
+            Some(ids) if ids.len() > MAX_HELD_IDS => Err(ApiError::unprocessable(
+                "invalid_field",
+                Some("external_ids"),
+                format!("external_ids: at most {MAX_HELD_IDS} per request"),
+            )),
+            ids => Ok(ids.as_deref()),
+        }
+    }
+}
+
+/// The removals the connection's guard holds (`removal_guard`), oldest first.
+#[utoipa::path(get, path = "/v1/connections/{user_pool_id}/{identifier}/held-removals",
+    tag = "connections", params(("user_pool_id" = String, Path), ("identifier" = String, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = Page<crate::db::leavers::HeldRemoval>),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn held_removals(
+    State(state): State<AppState>,
+    ApiPath((pool, identifier)): ApiPath<(String, String)>,
+) -> Result<Json<Page<crate::db::leavers::HeldRemoval>>, ApiError> {
+    Ok(Json(Page {
+        items: state.admin.held_removals(&pool, &identifier).await?,
+        next_cursor: None,
+    }))
+}
+
+/// Apply held removals (all, or those of `external_ids`) as the connection's
+/// `on_source_removal` says now, past the guard. Audited.
+#[utoipa::path(post, path = "/v1/connections/{user_pool_id}/{identifier}/held-removals/release",
+    tag = "connections", params(("user_pool_id" = String, Path), ("identifier" = String, Path)),
+    request_body = HeldBody, security(("bearer" = [])),
+    responses((status = 200, body = Page<crate::admin::leavers::Released>),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn release_removals(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiPath((pool, identifier)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<HeldBody>,
+) -> Result<Json<Page<crate::admin::leavers::Released>>, ApiError> {
+    let items = state
+        .admin
+        .release_removals(&pool, &identifier, body.ids()?, &actor)
+        .await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
+}
+
+/// Drop held removals (all, or those of `external_ids`) without applying them. Audited.
+#[utoipa::path(post, path = "/v1/connections/{user_pool_id}/{identifier}/held-removals/discard",
+    tag = "connections", params(("user_pool_id" = String, Path), ("identifier" = String, Path)),
+    request_body = HeldBody, security(("bearer" = [])),
+    responses((status = 200, body = Page<crate::db::leavers::HeldRemoval>),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn discard_removals(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiPath((pool, identifier)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<HeldBody>,
+) -> Result<Json<Page<crate::db::leavers::HeldRemoval>>, ApiError> {
+    let items = state
+        .admin
+        .discard_removals(&pool, &identifier, body.ids()?, &actor)
+        .await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }

@@ -198,3 +198,38 @@ pub async fn update(
 ) -> Result<Json<UserView>, ApiError> {
     Ok(Json(state.admin.update_user(id, &patch, &actor).await?))
 }
+
+/// Why an account is reactivated, for `user.reactivated` and the audit log.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReactivateBody {
+    /// Up to 1,024 characters; `admin` when absent.
+    pub reason: Option<String>,
+}
+
+/// Reactivate a suspended account (contract section 11): it may be linked to and logged into
+/// again. Publishes `user.reactivated`; 409 `not_suspended` for an active account.
+#[utoipa::path(post, path = "/v1/users/{id}/reactivate", tag = "users", params(("id" = Uuid, Path)),
+    request_body = ReactivateBody, security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn reactivate(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<ReactivateBody>,
+) -> Result<Json<UserView>, ApiError> {
+    let reason = body.reason.as_deref().filter(|r| !r.trim().is_empty());
+    if let Some(reason) = reason
+        && (reason.chars().count() > 1024 || reason.chars().any(char::is_control))
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            Some("reason"),
+            "reason: up to 1024 characters, no control characters",
+        ));
+    }
+    Ok(Json(state.admin.reactivate(id, reason, &actor).await?))
+}

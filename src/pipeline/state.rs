@@ -313,6 +313,7 @@ impl BatchState {
                 attributes: user.attributes.clone(),
             },
             protected: user.protected,
+            suspended: user.suspended,
             snapshot,
         })
     }
@@ -386,6 +387,7 @@ impl BatchState {
             attributes: new.attributes.clone(),
             protected: false,
             linked_connections: Vec::new(),
+            suspended: false,
         });
     }
 }

@@ -1,10 +1,10 @@
-//! The commands worker's processor: the admin service runs each `binding.resolve` and
-//! `user.unlink` from the platform, one per transaction.
+//! The commands worker's processor: the admin service runs each `binding.resolve`,
+//! `user.unlink` and directory event from the platform, one per transaction.
 
 use crate::{
     admin::Admin,
     domain::{
-        command::{CommandEvent, CommandReply},
+        command::{CommandEvent, QueueReply},
         message::{Fate, Message},
     },
     metrics::{CommandLabel, Metrics},
@@ -30,7 +30,7 @@ impl Processor for Commands {
         &self,
         batch: &[Message<CommandEvent>],
         metrics: &Metrics,
-    ) -> sqlx::Result<Vec<Fate<CommandReply>>> {
+    ) -> sqlx::Result<Vec<Fate<QueueReply>>> {
         let mut fates = Vec::with_capacity(batch.len());
         for message in batch {
             let fate = self.admin.command(message).await?;
@@ -44,19 +44,19 @@ impl Processor for Commands {
 }
 
 /// Counts and logs a processed command.
-fn record(metrics: &Metrics, event: &CommandEvent, reply: &CommandReply, duplicate: bool) {
+fn record(metrics: &Metrics, event: &CommandEvent, reply: &QueueReply, duplicate: bool) {
     metrics
         .commands
         .get_or_create(&CommandLabel {
             command: event.command.kind(),
-            outcome: reply.outcome.as_str(),
+            outcome: reply.outcome(),
         })
         .inc();
     tracing::info!(
         command_id = event.id.as_str(),
         command = event.command.kind(),
-        outcome = reply.outcome.as_str(),
-        code = ?reply.code,
+        outcome = reply.outcome(),
+        code = ?reply.code(),
         duplicate,
         "command processed"
     );

@@ -161,7 +161,11 @@ impl<P: Processor> Worker<P> {
         reply_to: Option<String>,
     ) -> Settling {
         self.metrics.dead_lettered_message(self.lane.consumer);
-        let reply = <P::Message as Inbound>::error_reply(id.clone(), &rejection);
+        let reply = <P::Message as Inbound>::error_reply(
+            id.clone(),
+            delivery.routing_key.as_str(),
+            &rejection,
+        );
         let error_reply = reply_to
             .filter(|_| rejection.kind != RejectionKind::UntrustedPublisher)
             .map(|to| ErrorReply {

@@ -18,6 +18,7 @@ mod drift;
 mod guarantees;
 mod hostile;
 mod http;
+mod leavers;
 mod mapping;
 mod ordering;
 mod outcomes;

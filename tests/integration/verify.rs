@@ -23,6 +23,13 @@ const B: &str = "(SELECT id FROM users WHERE user_pool_id = 'pool-1'
 
 const CORRUPTIONS: &[Corruption] = &[
     Corruption {
+        invariant: "a suspended account holds a link made after its suspension",
+        break_it: "UPDATE users SET suspended_at = now() - interval '1 hour',
+                       suspension = '{\"reason\": \"source_removed\"}'
+                   WHERE id = $A",
+        mend_it: "UPDATE users SET suspended_at = NULL, suspension = NULL WHERE id = $A",
+    },
+    Corruption {
         invariant: "a user holds two identities of one connection",
         break_it: "ALTER TABLE identities DROP CONSTRAINT identities_one_per_connection;
                    INSERT INTO identities (user_pool_id, connection, external_id, user_id)

@@ -47,6 +47,8 @@ pub struct LinkedAccount {
     pub user: UserSummary,
     /// A protected account: changes are reported, never applied.
     pub protected: bool,
+    /// A suspended account: its logins are rejected (`account_suspended`).
+    pub suspended: bool,
     /// The identity's last profile, normalised with the connection's current settings.
     pub snapshot: NormalizedFields,
 }
@@ -221,6 +223,7 @@ mod tests {
                 attributes: Default::default(),
             },
             protected: false,
+            suspended: false,
             snapshot,
         }
     }

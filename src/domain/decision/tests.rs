@@ -889,6 +889,7 @@ fn the_evidence_says_why_each_field_was_or_was_not_used() {
             user_id: Uuid::from_u128(1),
             matched_on: vec![MatchField::Email.into()],
             set_aside: None,
+            suspended: false,
         }]
     );
     let masked = decision.evidence.masked();
