@@ -8,10 +8,18 @@ use crate::domain::connection::{ConnectionSettings, ConnectionSpec};
 impl Admin {
     pub async fn list_connections(&self) -> Result<Vec<ConnectionView>, AdminError> {
         let mut conn = self.pool.acquire().await?;
+        let held = crate::db::leavers::held_counts(&mut conn).await?;
         Ok(connections::list(&mut conn)
             .await?
             .iter()
-            .map(|c| self.with_state(c))
+            .map(|c| {
+                let mut view = self.with_state(c);
+                view.held_removals = held
+                    .iter()
+                    .find(|(pool, id, _)| *pool == view.user_pool_id && *id == view.identifier)
+                    .map_or(0, |(_, _, n)| *n);
+                view
+            })
             .collect())
     }
 
@@ -35,12 +43,19 @@ impl Admin {
         identifier: &str,
     ) -> Result<ConnectionView, AdminError> {
         let mut conn = self.pool.acquire().await?;
-        connections::get_stored(&mut conn, pool, identifier)
+        let mut view = connections::get_stored(&mut conn, pool, identifier)
             .await?
             .map(|c| self.with_state(&c))
             .ok_or_else(|| {
                 AdminError::NotFound(format!("no connection {identifier} in user pool {pool}"))
-            })
+            })?;
+        view.held_removals = i64::try_from(
+            crate::db::leavers::held(&mut conn, pool, identifier)
+                .await?
+                .len(),
+        )
+        .unwrap_or(i64::MAX);
+        Ok(view)
     }
 
     /// Creates or replaces a connection; returns it and whether it was created. The identifier and

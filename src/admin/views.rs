@@ -230,6 +230,9 @@ pub struct ConnectionView {
     /// `max_fraction`, `min_count` and `window`: removals beyond it within the window are held.
     #[schema(value_type = Object)]
     pub removal_guard: crate::domain::leavers::RemovalGuardSpec,
+    /// Removals the guard holds for an admin (read, not written).
+    #[serde(default)]
+    pub held_removals: i64,
 }
 
 impl ConnectionView {
@@ -267,6 +270,7 @@ impl ConnectionView {
             directory_state: None,
             on_source_removal: text(&spec.on_source_removal),
             removal_guard: spec.removal_guard.clone().unwrap_or_default(),
+            held_removals: 0,
         }
     }
 }
@@ -302,6 +306,7 @@ impl From<&ConnectionSettings> for ConnectionView {
             directory_state: None,
             on_source_removal: c.on_source_removal.as_str().to_owned(),
             removal_guard: c.removal_guard.to_spec(),
+            held_removals: 0,
         }
     }
 }

@@ -470,8 +470,15 @@ pub async fn policy(
 /// A connection's view as a `PUT` body: without what the API computes.
 fn proposed_from_view(mut view: Value) -> Value {
     if let Some(map) = view.as_object_mut() {
-        map.remove("effective_mapping");
-        map.remove("settings_version");
+        for computed in [
+            "effective_mapping",
+            "settings_version",
+            "problem",
+            "directory_state",
+            "held_removals",
+        ] {
+            map.remove(computed);
+        }
     }
     view
 }
@@ -486,6 +493,7 @@ const TEXT_SETTINGS: &[&str] = &[
     "default_country_code",
     "binding_ttl",
     "on_profile_change",
+    "on_source_removal",
 ];
 const BOOL_SETTINGS: &[&str] = &["require_verified", "trust_unverified_accounts"];
 const LIST_SETTINGS: &[&str] = &[

@@ -658,6 +658,9 @@ async fn connections_are_read_created_and_updated_live() {
                "match_rule": "any", "unique_attributes": [],
                "effective_mapping": {"phone": "{attributes.mobile}", "email": "{attributes.biz_mail}",
                                      "attributes.employee_id": "{attributes.userid}"},
+               "on_source_removal": "notify",
+               "removal_guard": {"max_fraction": 0.1, "min_count": 20, "window": "1h"},
+               "held_removals": 0,
                "settings_version": 1})
     );
     assert_eq!(api.get("/v1/connections/pool-1/nope").await.0, 404);

@@ -617,7 +617,18 @@ async fn commands_go_to_their_own_quorum_queue() {
         .map(|b| b["routing_key"].as_str().unwrap())
         .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["binding.resolve", "user.unlink"], "{bindings}");
+    // The source's directory events share the queue (contract section 11).
+    assert_eq!(
+        keys,
+        [
+            "binding.resolve",
+            "directory.user_removed",
+            "directory.user_renamed",
+            "directory.user_restored",
+            "user.unlink"
+        ],
+        "{bindings}"
+    );
     // The work queue does not take commands, nor the commands queue logins.
     let work = management_get(&format!(
         "/queues/{}/idsync.login-completed/bindings",

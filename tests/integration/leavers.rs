@@ -620,3 +620,104 @@ async fn a_removal_and_a_login_of_one_identity_are_decided_in_one_order() {
     a.stop().await;
     b.stop().await;
 }
+
+// The binary runs while the application answers it: a runtime with threads to spare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_follows_a_leaver_from_the_command_line() {
+    // `hr-guard` comes last: the table below is its guard, one that holds every removal.
+    let services = Services::with_config(&format!(
+        "{LEAVERS}[connections.removal_guard]\nmin_count = 0\nmax_fraction = 0.0\n"
+    ))
+    .await;
+    let app = TestApp::spawn_with(services.trusting_guest()).await;
+    let mut broker = Broker::connect_as_platform(&services).await;
+    let ivy = joined(&mut broker, "hr-suspend", "ivy", "ivy@corp.example").await;
+    joined(&mut broker, "hr-guard", "jo", "jo@corp.example").await;
+    let json =
+        |stdout: &str| -> Value { serde_json::from_str(stdout.trim()).expect("one JSON object") };
+
+    // The source's removal, sent as the platform would: the reply and the events it caused.
+    let (code, stdout, stderr) = run(services.command().args([
+        "send-command",
+        "directory.user_removed",
+        "--connection",
+        "hr-suspend",
+        "--external-id",
+        "ivy",
+        "--source-event",
+        "user_leave_org",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let sent = json(&stdout);
+    assert_eq!(sent["reply"]["outcome"], "done", "{sent}");
+    let kinds: Vec<&str> = sent["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["identity.source_removed", "user.unlinked", "user.suspended"],
+        "{sent}"
+    );
+
+    // An admin reactivates the account.
+    let (code, stdout, stderr) = run(app.admin_command(&services).args([
+        "users",
+        "reactivate",
+        &ivy.to_string(),
+        "--reason",
+        "rehired",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("active again"), "{stdout}");
+    let (code, _, stderr) =
+        run(app
+            .admin_command(&services)
+            .args(["users", "reactivate", &ivy.to_string()]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("409 not_suspended"), "{stderr}");
+
+    // A guard of zero holds every removal: listed, then released.
+    let (code, stdout, stderr) = run(services.command().args([
+        "send-command",
+        "directory.user_removed",
+        "--connection",
+        "hr-guard",
+        "--external-id",
+        "jo",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json(&stdout)["reply"]["outcome"], "held", "{stdout}");
+    let held = ["--pool", POOL, "--connection", "hr-guard"];
+    let (code, stdout, stderr) = run(app
+        .admin_command(&services)
+        .args(["directory", "held"])
+        .args(held));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("jo") && stdout.contains("1 held"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = run(app
+        .admin_command(&services)
+        .args(["directory", "release", "--external-id", "jo"])
+        .args(held));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 released"), "{stdout}");
+    let (_, listed) = app
+        .api()
+        .get("/v1/connections/pool-1/hr-guard/held-removals")
+        .await;
+    assert_eq!(listed["items"], json!([]));
+    let (_, shown) = app.api().get("/v1/connections/pool-1/hr-guard").await;
+    assert_eq!(shown["on_source_removal"], "unlink");
+    assert_eq!(
+        shown["removal_guard"],
+        json!({"max_fraction": 0.0, "min_count": 0, "window": "1h"})
+    );
+    app.stop().await;
+}
