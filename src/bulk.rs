@@ -86,6 +86,7 @@ async fn load(conn: &mut PgConnection, lines: &[Line]) -> sqlx::Result<ImportVie
                  (SELECT coalesce(jsonb_agg(u), '[]') FROM (
                     SELECT id, user_pool_id, email, email_verified, phone, phone_verified,
                            username, name, protected, attributes,
+                           suspended_at IS NOT NULL AS suspended,
                            ARRAY(SELECT i.connection FROM identities i WHERE i.user_id = users.id)
                              AS connections
                     FROM users WHERE id IN (
@@ -147,6 +148,9 @@ async fn load(conn: &mut PgConnection, lines: &[Line]) -> sqlx::Result<ImportVie
         view.add_connection(c.identifier, c.user_pool_id);
     }
     for stored in row.users.0 {
+        if stored.suspended {
+            view.add_suspended(stored.id);
+        }
         let (record, connections) = stored.into_record();
         view.add_stored_user(record, connections);
     }
@@ -256,6 +260,8 @@ struct StoredUser {
     protected: bool,
     attributes: Value,
     connections: Vec<String>,
+    #[serde(default)]
+    suspended: bool,
 }
 
 impl StoredUser {

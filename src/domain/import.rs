@@ -47,7 +47,8 @@ pub enum Imported {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Refused {
-    /// `id_taken`, `id_required`, `field_taken`, `identity_taken`, `identity_pending` or
+    /// `id_taken`, `id_required`, `field_taken`, `identity_taken`, `identity_pending`,
+    /// `account_suspended` or
     /// `invalid_field`.
     pub code: &'static str,
     pub message: String,
@@ -91,6 +92,8 @@ pub struct ImportView {
     connection_pools: HashMap<String, Vec<String>>,
     /// Accounts this chunk added (an earlier line of the chunk may link more identities to one).
     created: HashSet<Uuid>,
+    /// Suspended accounts (contract section 11): no identity is linked to them.
+    suspended: HashSet<Uuid>,
 }
 
 /// A value an account holds, as lines are compared on it.
@@ -188,6 +191,11 @@ impl ImportView {
         self.add_user(record);
     }
 
+    /// A stored account that is suspended.
+    pub fn add_suspended(&mut self, user_id: Uuid) {
+        self.suspended.insert(user_id);
+    }
+
     /// An identity as stored: linked to `user_id`.
     pub fn add_identity(&mut self, identity: Identity, user_id: Uuid) {
         self.identities.insert(key_of(identity), user_id);
@@ -229,6 +237,14 @@ impl ImportView {
             Ok(identities) => identities,
             Err(reason) => return Imported::Failed(reason),
         };
+        if !identities.is_empty() && self.suspended.contains(&target) {
+            return Imported::Failed(refused(
+                crate::domain::leavers::ACCOUNT_SUSPENDED,
+                format!(
+                    "user {target} is suspended: reactivate it before linking identities to it"
+                ),
+            ));
+        }
         // An account found by its values alone (no id on the line) gets no new identity: equal
         // values are not proof enough that the identity is that account's.
         if !added && !line.explicit_id && !identities.is_empty() && !self.created.contains(&target)
@@ -525,6 +541,25 @@ mod tests {
             let accepted = matches!(expected, "added" | "unchanged");
             assert!(wrote <= accepted, "case {n}: a refused line writes nothing");
         }
+    }
+
+    #[test]
+    fn a_suspended_account_gets_no_identity_ahead() {
+        let stored = account(1, "zs@corp.example");
+        let mut view = ImportView::default();
+        view.add_stored_user(stored.clone(), HashSet::new());
+        view.add_suspended(stored.id);
+        let mut writes = ImportWrites::default();
+        assert_eq!(
+            code(view.decide(&line(stored.clone(), true, &["new"]), &mut writes)),
+            "account_suspended"
+        );
+        assert!(writes.identities.is_empty());
+        // Named without an identity, it is the same account, unchanged.
+        assert_eq!(
+            code(view.decide(&line(stored, true, &[]), &mut writes)),
+            "unchanged"
+        );
     }
 
     #[test]
