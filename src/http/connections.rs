@@ -282,7 +282,7 @@ pub async fn held_removals(
     tag = "connections", params(("user_pool_id" = String, Path), ("identifier" = String, Path)),
     request_body = HeldBody, security(("bearer" = [])),
     responses((status = 200, body = Page<crate::admin::leavers::Released>),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn release_removals(
@@ -306,7 +306,7 @@ pub async fn release_removals(
     tag = "connections", params(("user_pool_id" = String, Path), ("identifier" = String, Path)),
     request_body = HeldBody, security(("bearer" = [])),
     responses((status = 200, body = Page<crate::db::leavers::HeldRemoval>),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody)))]
 pub async fn discard_removals(

@@ -211,7 +211,8 @@ pub struct ReactivateBody {
 /// again. Publishes `user.reactivated`; 409 `not_suspended` for an active account.
 #[utoipa::path(post, path = "/v1/users/{id}/reactivate", tag = "users", params(("id" = Uuid, Path)),
     request_body = ReactivateBody, security(("bearer" = [])),
-    responses((status = 200, body = UserView), (status = 401, body = ErrorBody),
+    responses((status = 200, body = UserView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody)))]

@@ -565,6 +565,17 @@ async fn a_refused_reply_is_sent_once_its_queue_has_room() {
     })
     .await
     .expect("the refused reply is set aside");
+    // Tried again while the queue is still full: refused again, and still kept.
+    wait_until(WAIT, || async {
+        count(
+            &db,
+            "SELECT count(*) FROM outbox_pending WHERE attempts > 1",
+        )
+        .await
+            == 1
+    })
+    .await
+    .expect("a reply refused on its retry is kept for the next one");
     assert_eq!(app.metric("idsync_replies_dropped_total").await, 0.0);
 
     // Room again: the reply arrives.
