@@ -65,6 +65,15 @@ struct Done {
 }
 
 impl Done {
+    /// Its effects, committed with these outbox rows.
+    fn applied(published: Vec<OutboxRow>) -> Self {
+        Self {
+            outcome: DirectoryOutcome::Done,
+            code: None,
+            published,
+        }
+    }
+
     fn nothing(outcome: DirectoryOutcome, code: &'static str) -> Self {
         Self {
             outcome,
@@ -307,11 +316,7 @@ impl Admin {
         )
         .await?;
         let published = outbox::insert_many(tx, self.origin, outbox).await?;
-        Ok(Done {
-            outcome: DirectoryOutcome::Done,
-            code: None,
-            published,
-        })
+        Ok(Done::applied(published))
     }
 
     /// A rename: the identity (or its pending binding) moves to the new id, unless another
@@ -399,11 +404,7 @@ impl Admin {
         )
         .await?;
         let published = outbox::insert_many(tx, self.origin, outbox).await?;
-        Ok(Done {
-            outcome: DirectoryOutcome::Done,
-            code: None,
-            published,
-        })
+        Ok(Done::applied(published))
     }
 
     /// A restore: the account this source's removal suspended is reactivated, and a removal
@@ -433,11 +434,7 @@ impl Admin {
                 return Ok(Done::nothing(DirectoryOutcome::Ignored, NOT_SUSPENDED));
             }
             audit_dropped(tx, origin, pool, connection, external_id).await?;
-            return Ok(Done {
-                outcome: DirectoryOutcome::Done,
-                code: None,
-                published: Vec::new(),
-            });
+            return Ok(Done::applied(Vec::new()));
         };
         let reactivated = self
             .reactivate_in(tx, user_id, SOURCE_RESTORED, Some(origin.event_id), None)
@@ -454,11 +451,7 @@ impl Admin {
             Some(json!({"reason": SOURCE_RESTORED, "event_id": origin.event_id})),
         )
         .await?;
-        Ok(Done {
-            outcome: DirectoryOutcome::Done,
-            code: None,
-            published,
-        })
+        Ok(Done::applied(published))
     }
 
     /// Reactivates `user_id` under its locks, publishing `user.reactivated`: the outbox rows, or
@@ -547,9 +540,7 @@ impl Admin {
             .await?
             .is_none()
         {
-            return Err(AdminError::NotFound(format!(
-                "user pool {pool:?} has no connection {connection:?}"
-            )));
+            return Err(no_connection(pool, connection));
         }
         Ok(store::held(&mut conn, pool, connection).await?)
     }
@@ -566,9 +557,7 @@ impl Admin {
         let mut tx = self.pool.begin().await?;
         let settings = match connections::get_stored(&mut tx, pool, connection).await? {
             None => {
-                return Err(AdminError::NotFound(format!(
-                    "user pool {pool:?} has no connection {connection:?}"
-                )));
+                return Err(no_connection(pool, connection));
             }
             Some(Err(unreadable)) => {
                 return Err(AdminError::conflict(
@@ -626,9 +615,7 @@ impl Admin {
             .await?
             .is_none()
         {
-            return Err(AdminError::NotFound(format!(
-                "user pool {pool:?} has no connection {connection:?}"
-            )));
+            return Err(no_connection(pool, connection));
         }
         let taken = store::take_held(&mut tx, pool, connection, external_ids).await?;
         audit::record(
@@ -645,6 +632,13 @@ impl Admin {
         tx.commit().await?;
         Ok(taken)
     }
+}
+
+/// The admin API's 404 for a connection that is not stored.
+fn no_connection(pool: &str, connection: &str) -> AdminError {
+    AdminError::NotFound(format!(
+        "user pool {pool:?} has no connection {connection:?}"
+    ))
 }
 
 /// Audits a held removal dropped by the person's restore.
