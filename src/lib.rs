@@ -24,4 +24,5 @@ pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod verify;
+pub mod webhooks;
 pub(crate) mod worker;

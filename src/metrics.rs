@@ -53,6 +53,17 @@ pub struct DirectoryStateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    pub webhook: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookIdLabel {
+    pub webhook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ComponentLabel {
     pub component: &'static str,
 }
@@ -67,7 +78,7 @@ pub struct FaultLabel {
 pub const FAULT_COMPONENTS: [&str; 3] = ["logins", "commands", "relay"];
 
 /// The parts whose transient failures are counted.
-pub const COMPONENTS: [&str; 3] = ["consumer", "database", "relay"];
+pub const COMPONENTS: [&str; 4] = ["consumer", "database", "relay", "webhooks"];
 
 /// Declares the metrics once: each becomes a public field of [`Metrics`] and is registered under
 /// `idsync_<name>` with its help text.
@@ -157,6 +168,17 @@ metrics! {
     directory_state: Family<DirectoryStateLabel, Gauge> = Family::default(), "directory_state",
         "1 for the state each connection's directory was last seen in (ok, rate_limited, \
          quota_exhausted, failing), 0 for the others";
+    webhook_deliveries: Family<WebhookLabel, Counter> = Family::default(), "webhook_deliveries",
+        "Webhook delivery attempts by this process, by endpoint and result (delivered, retrying: \
+         failed and tried again later, failed: given up after the last attempt)";
+    /// 5 ms to ~20 s.
+    webhook_latency_seconds: Histogram = Histogram::new(exponential_buckets(0.005, 2.0, 13)),
+        "webhook_latency_seconds", "Time from sending a webhook delivery to its answer";
+    webhook_undelivered: Family<WebhookIdLabel, Gauge> = Family::default(),
+        "webhook_undelivered", "Deliveries not yet delivered nor given up, by endpoint";
+    webhook_oldest_undelivered_seconds: Family<WebhookIdLabel, Gauge> = Family::default(),
+        "webhook_oldest_undelivered_seconds",
+        "Age of each endpoint's oldest delivery not yet delivered nor given up (0: none)";
     trusted_publishers: Gauge = Gauge::default(), "trusted_publishers",
         "Broker users listed in amqp.trusted_publishers (0: anyone who can publish is heard)";
 }

@@ -51,6 +51,8 @@ pub async fn prune(
     // Applied removals count toward a guard's window only (7 days at most).
     let mut conn = pool.acquire().await?;
     crate::db::leavers::prune_removals(&mut conn, cutoff(REMOVALS_KEPT)).await?;
+    let deliveries_before = cutoff(settings.webhooks.delivery_retention);
+    while crate::db::webhooks::prune(&mut conn, deliveries_before, CHUNK).await? == CHUNK as u64 {}
     drop(conn);
     metrics
         .pruned

@@ -183,8 +183,29 @@ impl Application {
         // The sweeper works with the worker's pool, the API with a pool of its own.
         let sweeper = Admin::new(self.pool.clone(), self.origin, handoff.clone());
         let background = self.spawn_background(sweeper, &relay_stop, failed);
+        let sender = crate::webhooks::Sender::new(&self.settings.webhooks);
+        let deliverer = crate::webhooks::Deliverer::new(
+            self.pool.clone(),
+            self.origin,
+            handoff.clone(),
+            self.metrics.clone(),
+            self.settings.clone(),
+            sender.clone(),
+        );
+        let mut background = background;
+        background.push(supervise(
+            "webhook deliveries",
+            deliverer.run(relay_stop.clone()),
+            &relay_stop,
+            failed,
+        ));
         let router = self.router(
-            Admin::new(self.admin_pool.clone(), self.origin, handoff).with_directories(directories),
+            Admin::new(self.admin_pool.clone(), self.origin, handoff)
+                .with_directories(directories)
+                .with_webhooks(crate::admin::webhooks::WebhookTools {
+                    sender,
+                    rotation_overlap: self.settings.webhooks.rotation_overlap,
+                }),
         );
         let limits = ConnectionLimits {
             header_read_timeout: self.settings.admin.header_read_timeout,

@@ -13,6 +13,7 @@ pub mod simulation;
 pub mod user_update;
 pub mod users;
 pub mod views;
+pub mod webhooks;
 
 use crate::{db::outbox::OutboxRow, relay::Handoff};
 use sqlx::PgPool;
@@ -124,6 +125,8 @@ pub struct Admin {
     relay: Handoff,
     /// The process's directory clients, whose state the connection views show.
     directories: Option<crate::directory::Directories>,
+    /// The webhook client and settings, for the API's endpoint calls.
+    webhooks: Option<webhooks::WebhookTools>,
 }
 
 impl Admin {
@@ -133,7 +136,14 @@ impl Admin {
             origin,
             relay,
             directories: None,
+            webhooks: None,
         }
+    }
+
+    /// Serves the webhook endpoints' calls with `tools`.
+    pub fn with_webhooks(mut self, tools: webhooks::WebhookTools) -> Self {
+        self.webhooks = Some(tools);
+        self
     }
 
     /// Shows the state of `directories` in the connection views.

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod processed;
 pub mod types;
 pub mod users;
+pub mod webhooks;
 
 pub use class::{
     ErrorClass, SystemFault, classify, is_transient, sqlstate, stalled, unusable_connection, within,

@@ -324,6 +324,8 @@ pub async fn prune_events(pool: &PgPool, before: DateTime<Utc>, limit: i64) -> s
                SELECT id FROM outbox o
                WHERE kind = 'event' AND created_at < $1
                  AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.id = o.id)
+                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries w
+                                 WHERE w.outbox_id = o.id AND w.state = 'pending')
                ORDER BY id LIMIT $2)"#,
         before,
         limit

@@ -106,6 +106,13 @@ pub enum EventType {
     /// A connection's removal guard held removals for an admin.
     #[serde(rename = "connection.removals_held")]
     ConnectionRemovalsHeld,
+    /// A webhook delivery failed at every attempt of its schedule and was given up.
+    #[serde(rename = "webhook.delivery_failed")]
+    WebhookDeliveryFailed,
+    /// A webhook endpoint was disabled: it answered 410, or failed every attempt for
+    /// `webhooks.disable_after`.
+    #[serde(rename = "webhook.endpoint_disabled")]
+    WebhookEndpointDisabled,
 }
 
 impl EventType {
@@ -126,6 +133,8 @@ impl EventType {
         Self::IdentityRenamed,
         Self::IdentityRenameRefused,
         Self::ConnectionRemovalsHeld,
+        Self::WebhookDeliveryFailed,
+        Self::WebhookEndpointDisabled,
     ];
 
     /// Also the routing key on the events exchange.
@@ -146,6 +155,8 @@ impl EventType {
             Self::IdentityRenamed => "identity.renamed",
             Self::IdentityRenameRefused => "identity.rename_refused",
             Self::ConnectionRemovalsHeld => "connection.removals_held",
+            Self::WebhookDeliveryFailed => "webhook.delivery_failed",
+            Self::WebhookEndpointDisabled => "webhook.endpoint_disabled",
         }
     }
 
@@ -456,6 +467,32 @@ pub struct ConnectionRemovalsHeld<'a> {
     pub held: i64,
 }
 
+/// The `data` of `webhook.delivery_failed`: a delivery given up after the last attempt of its
+/// schedule.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct WebhookDeliveryFailed<'a> {
+    /// The endpoint's pool.
+    pub user_pool_id: &'a str,
+    /// The endpoint.
+    pub webhook_id: Uuid,
+    /// The event that was not delivered.
+    pub event_id: Uuid,
+    /// The HTTP status of the last attempt; null when no answer came.
+    pub last_status: Option<u16>,
+}
+
+/// The `data` of `webhook.endpoint_disabled`: an endpoint that answered 410, or failed every
+/// attempt for `webhooks.disable_after`, no longer receives events.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct WebhookEndpointDisabled<'a> {
+    /// The endpoint's pool.
+    pub user_pool_id: &'a str,
+    /// The endpoint.
+    pub webhook_id: Uuid,
+    /// The HTTP status of the last attempt; null when no answer came.
+    pub last_status: Option<u16>,
+}
+
 /// What an event is about: its CloudEvents `subject`. Events about a user or a binding carry a
 /// `sequence` per subject (contract 3.4); the others do not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -468,6 +505,8 @@ pub enum Subject {
     Identity(String),
     /// A connection, by identifier.
     Connection(String),
+    /// A webhook endpoint, by id.
+    Webhook(Uuid),
 }
 
 impl Subject {
@@ -475,13 +514,13 @@ impl Subject {
     pub fn sequenced(&self) -> Option<Uuid> {
         match self {
             Self::User(id) | Self::Binding(id) => Some(*id),
-            Self::Identity(_) | Self::Connection(_) => None,
+            Self::Identity(_) | Self::Connection(_) | Self::Webhook(_) => None,
         }
     }
 
     fn text(&self) -> String {
         match self {
-            Self::User(id) | Self::Binding(id) => id.to_string(),
+            Self::User(id) | Self::Binding(id) | Self::Webhook(id) => id.to_string(),
             Self::Identity(text) | Self::Connection(text) => text.clone(),
         }
     }
@@ -528,6 +567,8 @@ event_data! {
         None => Subject::Identity(format!("{}/{}", d.connection, d.old_external_id)),
     };
     ConnectionRemovalsHeld => ConnectionRemovalsHeld, |d| Subject::Connection(d.connection.to_owned());
+    WebhookDeliveryFailed => WebhookDeliveryFailed, |d| Subject::Webhook(d.webhook_id);
+    WebhookEndpointDisabled => WebhookEndpointDisabled, |d| Subject::Webhook(d.webhook_id);
 }
 
 /// One outbound event, ready to be stored in the outbox and published as is. Its `sequence` is

@@ -73,6 +73,7 @@ pub mod schemas;
 pub mod simulation;
 pub mod strict_json;
 pub mod username;
+pub mod webhooks;
 
 pub use connection::{
     Association, ConnectionId, ConnectionSettings, LoginMode, MatchField, MatchKey, MatchRule,

@@ -9,6 +9,7 @@ use super::events::{
     BindingExpired, BindingPending, BindingResolved, ConnectionRemovalsHeld, EventType,
     IdentityChanged, IdentityRenameRefused, IdentityRenamed, IdentitySourceRemoved, LoginRejected,
     UserCreated, UserLinked, UserReactivated, UserSuspended, UserUnlinked, UserUpdated,
+    WebhookDeliveryFailed, WebhookEndpointDisabled,
 };
 
 /// The major version of every event type's schema; it changes only with an incompatible change.
@@ -47,6 +48,10 @@ pub fn of(kind: EventType) -> Value {
         EventType::ConnectionRemovalsHeld => {
             schemars::schema_for!(ConnectionRemovalsHeld<'static>)
         }
+        EventType::WebhookDeliveryFailed => schemars::schema_for!(WebhookDeliveryFailed<'static>),
+        EventType::WebhookEndpointDisabled => {
+            schemars::schema_for!(WebhookEndpointDisabled<'static>)
+        }
     };
     let mut data = match data.to_value() {
         Value::Object(map) => map,
@@ -63,6 +68,8 @@ pub fn of(kind: EventType) -> Value {
         EventType::LoginRejected
             | EventType::ConnectionRemovalsHeld
             | EventType::IdentityRenameRefused
+            | EventType::WebhookDeliveryFailed
+            | EventType::WebhookEndpointDisabled
     );
     let mut required = vec![
         "specversion",

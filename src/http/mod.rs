@@ -13,6 +13,7 @@ pub mod openapi;
 mod ops;
 pub mod serve;
 pub mod users;
+pub mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 

@@ -8,7 +8,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, audit, bindings, connections, decisions, users};
+use super::{AppState, audit, bindings, connections, decisions, users, webhooks};
 
 struct BearerAuth;
 
@@ -25,9 +25,9 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "identity-sync admin API", description = "Resolve pending bindings, look up and manage accounts and connections, read the audit log."),
+    info(title = "identity-sync admin API", description = "Resolve pending bindings, look up and manage accounts and connections, read the audit log, manage webhook endpoints."),
     modifiers(&BearerAuth),
-    tags((name = "bindings"), (name = "users"), (name = "connections"), (name = "audit"), (name = "decisions")),
+    tags((name = "bindings"), (name = "users"), (name = "connections"), (name = "audit"), (name = "decisions"), (name = "webhooks")),
 )]
 pub struct ApiDoc;
 
@@ -51,4 +51,11 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list))
         .routes(routes!(decisions::show))
         .routes(routes!(decisions::stats))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::show, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::retry))
+        .routes(routes!(webhooks::replay))
+        .routes(routes!(webhooks::ping))
 }

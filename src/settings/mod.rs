@@ -21,6 +21,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub outbox: OutboxSettings,
     pub log: LogSettings,
+    pub webhooks: WebhooksSettings,
     pub connections: Vec<ConnectionSpec>,
 }
 
@@ -292,6 +293,55 @@ impl Default for OutboxSettings {
     }
 }
 
+/// Webhook deliveries (contract section 12).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksSettings {
+    /// A delivery answered 2xx within this delivers; otherwise it is retried.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    #[serde(deserialize_with = "duration")]
+    pub rotation_overlap: Duration,
+    /// An endpoint failing every attempt for this long is disabled.
+    #[serde(deserialize_with = "duration")]
+    pub disable_after: Duration,
+    /// Loopback and private (RFC 1918, unique-local) addresses may be reached; link-local ones
+    /// never.
+    pub allow_private_addresses: bool,
+    /// The waits before the second, third... attempt (jittered by a tenth); once used up the
+    /// delivery has failed.
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Deliveries in flight at once, in this process.
+    pub max_in_flight: usize,
+    /// Deliveries in flight at once to one endpoint, in this process: a slow endpoint holds
+    /// only these.
+    pub max_in_flight_per_endpoint: usize,
+    /// How often due deliveries are looked for when none were found.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Delivered and failed deliveries (with their attempts) are kept this long.
+    #[serde(deserialize_with = "duration")]
+    pub delivery_retention: Duration,
+}
+
+impl Default for WebhooksSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(15),
+            rotation_overlap: Duration::from_secs(24 * 3600),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            allow_private_addresses: false,
+            retry_schedule: crate::domain::webhooks::default_schedule(),
+            max_in_flight: 64,
+            max_in_flight_per_endpoint: 8,
+            poll_interval: Duration::from_millis(500),
+            delivery_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -388,6 +438,16 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|raw| {
+            humantime::parse_duration(&raw)
+                .map_err(|e| serde::de::Error::custom(format!("{raw:?} is not a duration: {e}")))
+        })
+        .collect()
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

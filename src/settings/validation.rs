@@ -62,6 +62,7 @@ impl Settings {
         self.validate_queues()?;
         validate_listen(&self.admin.listen).map_err(SettingsError::Invalid)?;
         self.validate_durations()?;
+        self.validate_webhooks()?;
         self.validate_tokens()?;
         self.connection_settings().map(|_| ())
     }
@@ -168,6 +169,22 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_webhooks(&self) -> Result<(), SettingsError> {
+        let w = &self.webhooks;
+        if w.max_in_flight == 0 || w.max_in_flight_per_endpoint == 0 {
+            return Err(SettingsError::Invalid(
+                "webhooks.max_in_flight and webhooks.max_in_flight_per_endpoint must be at least 1"
+                    .into(),
+            ));
+        }
+        if w.retry_schedule.len() > 32 || w.retry_schedule.iter().any(|d| *d > MAX_DURATION) {
+            return Err(SettingsError::Invalid(
+                "webhooks.retry_schedule lists at most 32 waits, each at most 100 years".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every duration must be within a century (a longer one is a typo, and would overflow the
     /// clock arithmetic it feeds); intervals and timeouts must not be zero (a busy loop, or a
     /// publish that can never be confirmed).
@@ -196,6 +213,14 @@ impl Settings {
             ("outbox.confirm_timeout", self.outbox.confirm_timeout),
             ("outbox.prune_interval", self.outbox.prune_interval),
             ("outbox.retention", self.outbox.retention),
+            ("webhooks.timeout", self.webhooks.timeout),
+            ("webhooks.disable_after", self.webhooks.disable_after),
+            ("webhooks.poll_interval", self.webhooks.poll_interval),
+            (
+                "webhooks.delivery_retention",
+                self.webhooks.delivery_retention,
+            ),
+            ("webhooks.rotation_overlap", self.webhooks.rotation_overlap),
         ];
         let optional = [("worker.dedupe_retention", self.worker.dedupe_retention)];
         let given = optional.iter().filter_map(|(k, v)| v.map(|v| (*k, v)));

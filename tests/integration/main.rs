@@ -29,3 +29,4 @@ mod sources;
 mod system_faults;
 mod trust;
 mod verify;
+mod webhooks;

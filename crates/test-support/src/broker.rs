@@ -60,6 +60,8 @@ pub struct Broker {
 
 pub struct Captured {
     pub body: Value,
+    /// The body's bytes as the broker delivered them.
+    pub raw: Vec<u8>,
     pub routing_key: String,
     pub properties: BasicProperties,
 }
@@ -313,6 +315,7 @@ impl Broker {
         conforms(&body);
         Some(Captured {
             body,
+            raw: delivery.data.clone(),
             routing_key: delivery.routing_key.to_string(),
             properties: delivery.properties,
         })

@@ -1,6 +1,6 @@
 //! What the integration tests, the fault tests and the benchmark share: an isolated database and
 //! vhost per run on this machine's PostgreSQL and RabbitMQ, the application under test, the
-//! platform's side of the broker, stand-ins of the corporate directories identities come from,
+//! platform's side of the broker, a webhook receiver, stand-ins of the corporate directories identities come from,
 //! and the data every test environment holds. Each concern is a module; everything is
 //! re-exported at the root for `use idsync_test_support::*`.
 
@@ -12,6 +12,7 @@ pub mod faults;
 pub mod figures;
 pub mod isolated;
 pub mod proxy;
+pub mod receiver;
 pub mod services;
 
 pub use app::*;
@@ -22,4 +23,5 @@ pub use faults::*;
 pub use figures::*;
 pub use isolated::{Isolated, binary, management_get, run};
 pub use proxy::FreezingProxy;
+pub use receiver::{Answer, Received, Receiver};
 pub use services::*;

@@ -1,0 +1,568 @@
+//! Webhook delivery (contract section 12): each committed event that an endpoint takes is a
+//! delivery row (written with the event, see the `outbox_enqueue` migration); this task takes due
+//! deliveries under a lease, POSTs each event signed (Standard Webhooks 1.0), logs the attempt
+//! and moves the delivery on: delivered, tried again later, or given up.
+//!
+//! Nothing is delivered from memory alone: a crash leaves the delivery's lease to run out and
+//! the delivery is sent again, with the same `webhook-id`. One subject's deliveries to an
+//! endpoint go one at a time, in `sequence` order; an endpoint takes at most
+//! `webhooks.max_in_flight_per_endpoint` of the process's `webhooks.max_in_flight` at once, so a
+//! slow one holds up no other.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use reqwest::{
+    StatusCode,
+    dns::{Addrs, Name, Resolve, Resolving},
+    header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER},
+};
+use sqlx::PgPool;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    db::{
+        outbox::{self, NewOutbox},
+        webhooks::{self as db, After, Attempt, Claimed, EndpointRow},
+    },
+    domain::{
+        events::{OutboundEvent, WebhookDeliveryFailed, WebhookEndpointDisabled},
+        webhooks::{check_address, parse_retry_after, retry_delay, signature},
+    },
+    metrics::{Metrics, WebhookLabel},
+    relay::Handoff,
+    settings::WebhooksSettings,
+};
+
+/// The most of a receiver's answer that is read (and the first bytes of it that are logged).
+pub const MAX_ANSWER: usize = 1024;
+/// Bytes of the answer kept in the delivery log.
+const LOGGED_ANSWER: usize = 256;
+
+/// Sends one signed request: the HTTP client (no redirects, no proxy, addresses checked after
+/// resolution) and the settings that bound it. Cheap to clone.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+/// What a receiver answered, or why it could not.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: Option<u16>,
+    pub latency: Duration,
+    /// The first bytes of the body (lossy UTF-8), or why no answer came.
+    pub response: String,
+    pub error: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Answer {
+    pub fn delivered(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+impl Sender {
+    pub fn new(settings: &WebhooksSettings) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .dns_resolver(Arc::new(CheckedResolver {
+                allow_private: settings.allow_private_addresses,
+            }))
+            .user_agent(concat!("identity-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the webhook HTTP client builds");
+        Self {
+            client,
+            allow_private: settings.allow_private_addresses,
+        }
+    }
+
+    /// Whether `url` may be an endpoint: its host, an address or every address its name
+    /// resolves to now, must be one deliveries may reach. A name that does not resolve is
+    /// accepted (deliveries check again).
+    pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addresses: Vec<IpAddr> = match url.host() {
+            Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
+            Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
+            Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
+                Ok(found) => found.map(|a| a.ip()).collect(),
+                Err(_) => Vec::new(),
+            },
+            None => return Err("url has no host".into()),
+        };
+        for ip in addresses {
+            check_address(ip, self.allow_private).map_err(|refused| refused.describe(ip))?;
+        }
+        Ok(())
+    }
+
+    /// POSTs `body` (a CloudEvent as published) to `url`, signed with `secrets`.
+    pub async fn send(&self, url: &str, event_id: &str, body: Vec<u8>, secrets: &[&str]) -> Answer {
+        let started = Instant::now();
+        let failed = |error: String| Answer {
+            status: None,
+            latency: started.elapsed(),
+            response: String::new(),
+            error: Some(error),
+            retry_after: None,
+        };
+        let parsed = match crate::domain::webhooks::parse_url(url) {
+            Ok(parsed) => parsed,
+            Err(error) => return failed(error),
+        };
+        // An address in the URL is not resolved, so not seen by the resolver: checked here.
+        let literal = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal
+            && let Err(refused) = check_address(ip, self.allow_private)
+        {
+            return failed(refused.describe(ip));
+        }
+        let timestamp = Utc::now().timestamp();
+        let signed = signature(secrets, event_id, timestamp, &body);
+        let request = self
+            .client
+            .post(parsed)
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/cloudevents+json"),
+            )
+            .header("webhook-id", event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signed)
+            .body(body);
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return failed(error_chain(&error)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        // Only the first bytes of the answer are read; the rest is dropped with the connection.
+        let mut head = Vec::new();
+        let mut error = None;
+        while head.len() < MAX_ANSWER {
+            match response.chunk().await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(format!("reading the answer: {}", error_chain(&e)));
+                    break;
+                }
+            }
+        }
+        head.truncate(LOGGED_ANSWER);
+        Answer {
+            status: Some(status.as_u16()),
+            latency: started.elapsed(),
+            response: String::from_utf8_lossy(&head).into_owned(),
+            error,
+            retry_after,
+        }
+    }
+}
+
+/// Resolves names as the system does, then drops every address a delivery may not reach: the
+/// connection can only go to an address that passed, whatever the name resolved to at creation.
+struct CheckedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for CheckedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refusal = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| match check_address(a.ip(), allow_private) {
+                    Ok(()) => true,
+                    Err(refused) => {
+                        refusal = Some(refused.describe(a.ip()));
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let why = refusal.unwrap_or_else(|| "no address".into());
+                return Err(format!("{host}: {why}").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The delivery task of a process.
+pub struct Deliverer {
+    pool: PgPool,
+    origin: Uuid,
+    relay: Handoff,
+    metrics: Metrics,
+    settings: Arc<crate::settings::Settings>,
+    sender: Sender,
+}
+
+/// Deliveries in flight, per endpoint.
+type InFlight = Arc<Mutex<HashMap<Uuid, usize>>>;
+
+impl Deliverer {
+    pub fn new(
+        pool: PgPool,
+        origin: Uuid,
+        relay: Handoff,
+        metrics: Metrics,
+        settings: Arc<crate::settings::Settings>,
+        sender: Sender,
+    ) -> Self {
+        Self {
+            pool,
+            origin,
+            relay,
+            metrics,
+            settings,
+            sender,
+        }
+    }
+
+    /// How long a taken delivery is this process's: the request's bound and a margin.
+    fn lease(&self) -> Duration {
+        self.settings.webhooks.timeout * 2 + Duration::from_secs(5)
+    }
+
+    /// Takes and sends due deliveries until `stop`, then lets the ones in flight finish.
+    pub async fn run(self, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let w = &this.settings.webhooks;
+        let slots = Arc::new(Semaphore::new(w.max_in_flight));
+        let in_flight: InFlight = Arc::default();
+        let mut tasks = JoinSet::new();
+        let mut backlog_at = Instant::now();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            if stop.is_cancelled() {
+                break;
+            }
+            if backlog_at.elapsed() >= Duration::from_secs(5) {
+                backlog_at = Instant::now();
+                this.report_backlog().await;
+            }
+            let free = slots.available_permits();
+            let took = if free == 0 {
+                0
+            } else {
+                match this.take(free, &slots, &in_flight, &mut tasks).await {
+                    Ok(n) => n,
+                    Err(error) => {
+                        this.metrics.transient("webhooks");
+                        tracing::warn!(%error, "taking webhook deliveries failed; retrying");
+                        0
+                    }
+                }
+            };
+            if took == 0 || took < free {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(w.poll_interval) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() && free == 0 => {}
+                }
+            }
+        }
+        // What is in flight finishes (each request is bounded by webhooks.timeout); what is not
+        // done by then is sent again once its lease runs out.
+        let _ = tokio::time::timeout(w.timeout + Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// Takes up to `free` due deliveries and starts sending them; returns how many started.
+    async fn take(
+        self: &Arc<Self>,
+        free: usize,
+        slots: &Arc<Semaphore>,
+        in_flight: &InFlight,
+        tasks: &mut JoinSet<()>,
+    ) -> sqlx::Result<usize> {
+        let per_endpoint = self.settings.webhooks.max_in_flight_per_endpoint;
+        let busy: Vec<Uuid> = {
+            let counts = in_flight.lock().expect("not poisoned");
+            counts
+                .iter()
+                .filter(|(_, n)| **n >= per_endpoint)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut conn = self.pool.acquire().await?;
+        let claimed = db::claim(&mut conn, free as i64, self.lease(), &busy).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let endpoints: HashMap<Uuid, EndpointRow> = {
+            let mut ids: Vec<Uuid> = claimed.iter().map(|c| c.endpoint_id).collect();
+            ids.sort();
+            ids.dedup();
+            let mut found = HashMap::new();
+            for id in ids {
+                if let Some(row) = db::get(&mut conn, id, false).await? {
+                    found.insert(id, row);
+                }
+            }
+            found
+        };
+        let mut extra = Vec::new();
+        let mut started = 0;
+        for delivery in claimed {
+            let Some(endpoint) = endpoints.get(&delivery.endpoint_id).cloned() else {
+                continue;
+            };
+            let room = {
+                let mut counts = in_flight.lock().expect("not poisoned");
+                let n = counts.entry(endpoint.id).or_default();
+                if *n < per_endpoint {
+                    *n += 1;
+                    true
+                } else {
+                    false
+                }
+            };
+            let Some(slot) = room
+                .then(|| slots.clone().try_acquire_owned().ok())
+                .flatten()
+            else {
+                if room {
+                    release_count(in_flight, endpoint.id);
+                }
+                extra.push(delivery.id);
+                continue;
+            };
+            started += 1;
+            let this = self.clone();
+            let in_flight = in_flight.clone();
+            tasks.spawn(async move {
+                let endpoint_id = endpoint.id;
+                this.deliver(endpoint, delivery).await;
+                release_count(&in_flight, endpoint_id);
+                drop(slot);
+            });
+        }
+        if !extra.is_empty() {
+            db::release(&mut conn, &extra).await?;
+        }
+        Ok(started)
+    }
+
+    /// Sends one delivery and records what came of it; a database failure leaves it to its
+    /// lease (it is sent again).
+    async fn deliver(&self, endpoint: EndpointRow, delivery: Claimed) {
+        let answer = match &delivery.payload {
+            Some(payload) => {
+                let body = serde_json::to_vec(payload).expect("json value serialises");
+                let secrets = endpoint.signing_secrets(Utc::now());
+                self.sender
+                    .send(
+                        &endpoint.url,
+                        &delivery.event_id.to_string(),
+                        body,
+                        &secrets,
+                    )
+                    .await
+            }
+            None => Answer {
+                status: None,
+                latency: Duration::ZERO,
+                response: String::new(),
+                error: Some("the event is no longer stored (outbox.retention)".into()),
+                retry_after: None,
+            },
+        };
+        if let Err(error) = self.record(&endpoint, &delivery, &answer).await {
+            self.metrics.transient("webhooks");
+            tracing::warn!(%error, delivery = delivery.id, "recording a webhook attempt failed; \
+                the delivery is sent again after its lease");
+        }
+    }
+
+    async fn record(
+        &self,
+        endpoint: &EndpointRow,
+        delivery: &Claimed,
+        answer: &Answer,
+    ) -> sqlx::Result<()> {
+        let w = &self.settings.webhooks;
+        let now = Utc::now();
+        let attempts = (delivery.attempts + 1) as u32;
+        let after = if answer.delivered() {
+            After::Delivered
+        } else if delivery.payload.is_none() {
+            After::Failed
+        } else {
+            let jitter = rand_unit() * 2.0 - 1.0;
+            match retry_delay(&w.retry_schedule, attempts, answer.retry_after, jitter) {
+                Some(delay) => {
+                    After::RetryAt(now + chrono::Duration::from_std(delay).unwrap_or_default())
+                }
+                None => After::Failed,
+            }
+        };
+        let attempt = Attempt {
+            status: answer.status,
+            latency_ms: answer.latency.as_millis().min(i32::MAX as u128) as i32,
+            response: answer.response.clone(),
+            error: answer.error.clone(),
+        };
+        let mut tx = self.pool.begin().await?;
+        let moved = db::settle(&mut tx, delivery.id, delivery.attempts, &attempt, after).await?;
+        let mut events = NewOutbox::default();
+        if moved {
+            if answer.delivered() {
+                db::endpoint_answered(&mut tx, endpoint.id).await?;
+            } else {
+                let gone = answer.status == Some(StatusCode::GONE.as_u16());
+                let failing_since = db::endpoint_failed(&mut tx, endpoint.id).await?;
+                let too_long =
+                    failing_since.is_some_and(|since| failing_for(since, now) >= w.disable_after);
+                if gone || too_long {
+                    let reason = if gone { "gone" } else { "failing" };
+                    if let Some(disabled) = db::disable(&mut tx, endpoint.id, reason).await? {
+                        tracing::warn!(webhook = %endpoint.id, reason, "webhook endpoint disabled");
+                        events.event(OutboundEvent::new(
+                            WebhookEndpointDisabled {
+                                user_pool_id: &disabled.user_pool_id,
+                                webhook_id: disabled.id,
+                                last_status: answer.status,
+                            },
+                            now,
+                        ));
+                    }
+                }
+                if after == After::Failed {
+                    events.event(OutboundEvent::new(
+                        WebhookDeliveryFailed {
+                            user_pool_id: &endpoint.user_pool_id,
+                            webhook_id: endpoint.id,
+                            event_id: delivery.event_id,
+                            last_status: answer.status,
+                        },
+                        now,
+                    ));
+                }
+            }
+        }
+        let rows = outbox::insert_many(&mut tx, self.origin, events).await?;
+        self.relay.commit(tx, rows).await?;
+        if moved {
+            let result = match after {
+                After::Delivered => "delivered",
+                After::RetryAt(_) => "retrying",
+                After::Failed => "failed",
+            };
+            self.metrics
+                .webhook_deliveries
+                .get_or_create(&WebhookLabel {
+                    webhook: endpoint.id.to_string(),
+                    result,
+                })
+                .inc();
+            self.metrics
+                .webhook_latency_seconds
+                .observe(answer.latency.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn report_backlog(&self) {
+        let Ok(mut conn) = self.pool.acquire().await else {
+            return;
+        };
+        if let Ok(rows) = db::backlog(&mut conn).await {
+            let gauges = &self.metrics;
+            gauges.webhook_undelivered.clear();
+            gauges.webhook_oldest_undelivered_seconds.clear();
+            for (id, undelivered, oldest) in rows {
+                let label = crate::metrics::WebhookIdLabel {
+                    webhook: id.to_string(),
+                };
+                gauges
+                    .webhook_undelivered
+                    .get_or_create(&label)
+                    .set(undelivered);
+                gauges
+                    .webhook_oldest_undelivered_seconds
+                    .get_or_create(&label)
+                    .set(oldest as i64);
+            }
+        }
+    }
+}
+
+fn release_count(in_flight: &InFlight, endpoint: Uuid) {
+    let mut counts = in_flight.lock().expect("not poisoned");
+    if let Some(n) = counts.get_mut(&endpoint) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&endpoint);
+        }
+    }
+}
+
+fn failing_for(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (now - since).to_std().unwrap_or_default()
+}
+
+/// A number in [0, 1) for the retries' jitter.
+fn rand_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the system's random source works");
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The body of a test ping: a CloudEvent of type `webhook.ping`, published nowhere else.
+pub fn ping_body(endpoint: &EndpointRow) -> (Uuid, Vec<u8>) {
+    let id = Uuid::now_v7();
+    let body = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": crate::domain::events::SOURCE,
+        "type": "webhook.ping",
+        "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "subject": endpoint.id,
+        "datacontenttype": "application/json",
+        "data": {"user_pool_id": endpoint.user_pool_id, "webhook_id": endpoint.id},
+    });
+    (id, serde_json::to_vec(&body).expect("serialises"))
+}
