@@ -13,6 +13,9 @@ use crate::settings::{Role, Settings};
 use print::{identities, print_binding, print_bindings, print_table, text};
 
 mod print;
+mod webhooks;
+
+pub use webhooks::{WebhooksCommand, webhooks};
 
 #[derive(Debug, Args)]
 pub struct ApiArgs {

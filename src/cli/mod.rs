@@ -1,5 +1,5 @@
 //! The command line: `run`, `migrate`, `verify`, `users`, `send-login`, `send-command`,
-//! `events`, `decisions`, `connections`, `policy` and `bindings`.
+//! `events`, `decisions`, `connections`, `policy`, `bindings` and `webhooks`.
 
 mod admin_client;
 mod check;
@@ -91,6 +91,13 @@ pub enum Command {
         api: admin_client::ApiArgs,
         #[command(subcommand)]
         command: admin_client::BindingsCommand,
+    },
+    /// Webhook endpoints and their deliveries, through the admin API.
+    Webhooks {
+        #[command(flatten)]
+        api: admin_client::ApiArgs,
+        #[command(subcommand)]
+        command: admin_client::WebhooksCommand,
     },
 }
 
@@ -213,6 +220,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<Exi
         Command::Users {
             command: UsersCommand::Import(args),
         } => import::run(args, &settings).await,
+        Command::Webhooks { api, command } => admin_client::webhooks(command, api, &settings).await,
         Command::Users {
             command: UsersCommand::Export(args),
         } => export::run(args, &settings).await,

@@ -799,3 +799,77 @@ timeout = "2s"
     assert_eq!((state.as_str(), attempts), ("delivered", 1));
     assert_eq!(receiver.received().len(), 2, "sent again once, not more");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_manages_endpoints_and_reads_their_deliveries() {
+    let services = services().await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let receiver = Receiver::start().await;
+    let cli = |args: &[&str]| {
+        let mut command = app.admin_command(&services);
+        command.arg("webhooks").args(args);
+        run(&mut command)
+    };
+    let (code, out, err) = cli(&[
+        "create",
+        "--pool",
+        POOL,
+        "--url",
+        &receiver.url,
+        "--types",
+        "user.*,binding.#",
+        "--description",
+        "CRM",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("the secret is printed")
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+    receiver.knows(&[&secret]);
+    let (code, out, _) = cli(&["list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        listed["items"][0]["event_types"],
+        json!(["user.*", "binding.#"])
+    );
+    assert!(!out.contains("whsec_"));
+
+    let (code, out, err) = cli(&["ping", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("delivered: 204"), "{out}");
+    broker.login(&login("plain", "cli-1", person(50))).await;
+    receiver.until(WAIT, "the event", |r| r.len() == 2).await;
+    let db = services.db().await;
+    settled(&db).await;
+    let (code, out, _) = cli(&["deliveries", &id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("user.created") && out.contains("delivered"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["replay", &id, "--since", "1h"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("1 events since"), "{out}");
+    receiver.until(WAIT, "the replay", |r| r.len() == 3).await;
+    let (code, _, err) = cli(&["replay", &id, "--since", "tomorrow"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("422 invalid_field"), "{err}");
+    let (code, out, _) = cli(&["update", &id, "--disable"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("disabled (admin)"), "{out}");
+    receiver.answer(|_, _| Answer::status(500));
+    let (code, out, _) = cli(&["ping", &id]);
+    assert_eq!(code, 1, "a failed ping fails: {out}");
+    let (code, _, _) = cli(&["delete", &id]);
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(&["show", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+    app.stop().await;
+}
