@@ -91,17 +91,20 @@ impl Sender {
     }
 
     /// Whether `url` may be an endpoint: its host, an address or every address its name
-    /// resolves to now, must be one deliveries may reach. A name that does not resolve is
-    /// accepted (deliveries check again).
+    /// resolves to now, must be one deliveries may reach. A name that does not resolve (within
+    /// 3 s) is accepted: deliveries check again.
     pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
         let port = url.port_or_known_default().unwrap_or(443);
         let addresses: Vec<IpAddr> = match url.host() {
             Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
             Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
-            Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
-                Ok(found) => found.map(|a| a.ip()).collect(),
-                Err(_) => Vec::new(),
-            },
+            Some(url::Host::Domain(name)) => {
+                let lookup = tokio::net::lookup_host((name, port));
+                match tokio::time::timeout(Duration::from_secs(3), lookup).await {
+                    Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                    _ => Vec::new(),
+                }
+            }
             None => return Err("url has no host".into()),
         };
         for ip in addresses {

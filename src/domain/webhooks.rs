@@ -155,8 +155,8 @@ impl Refused {
 /// Whether a delivery may connect to `ip`.
 pub fn check_address(ip: IpAddr, allow_private: bool) -> Result<(), Refused> {
     let ip = match ip {
-        // An IPv4 address written as IPv6 is judged as the IPv4 address it is.
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        // An IPv4 address carried in IPv6 is judged as the IPv4 address it reaches.
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(v6),
         },
@@ -170,6 +170,25 @@ pub fn check_address(ip: IpAddr, allow_private: bool) -> Result<(), Refused> {
         Some(Refused::Private) if allow_private => Ok(()),
         Some(refused) => Err(refused),
         None => Ok(()),
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4 (`2002:aabb:ccdd::`).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, ..] => Some(tail),
+        [0, 0, 0, 0, 0, 0, ..] if !ip.is_loopback() && !ip.is_unspecified() => Some(tail),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(tail),
+        [0x2002, a, b, ..] => Some(Ipv4Addr::new(
+            (a >> 8) as u8,
+            a as u8,
+            (b >> 8) as u8,
+            b as u8,
+        )),
+        _ => None,
     }
 }
 
@@ -325,6 +344,9 @@ mod tests {
     fn addresses_are_judged_as_the_contract_says() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         for always in [
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::169.254.169.254",
             "169.254.169.254",
             "fe80::1",
             "0.0.0.0",
@@ -339,6 +361,8 @@ mod tests {
             );
         }
         for private in [
+            "64:ff9b::7f00:1",
+            "2002:c0a8:0101::",
             "127.0.0.1",
             "10.1.2.3",
             "172.16.0.1",

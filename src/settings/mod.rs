@@ -404,7 +404,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("amqp.trusted_publishers"),
+                    .with_list_parse_key("amqp.trusted_publishers")
+                    .with_list_parse_key("webhooks.retry_schedule"),
             );
         }
         let settings: Settings = builder.build()?.try_deserialize()?;

@@ -384,6 +384,54 @@ async fn a_failed_delivery_is_retried_with_the_same_id_and_delivered_once() {
 }
 
 #[tokio::test]
+async fn an_endpoint_failing_for_too_long_is_disabled_and_hostile_answers_are_contained() {
+    let services = Services::with_config(
+        r#"
+[webhooks]
+allow_private_addresses = true
+retry_schedule = ["200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms", "200ms"]
+poll_interval = "100ms"
+disable_after = "1s"
+"#,
+    )
+    .await;
+    let app = TestApp::spawn(&services).await;
+    let mut broker = Broker::connect(&services).await;
+    let elsewhere = Receiver::start().await;
+    let hostile = Receiver::start().await;
+    // A redirect to another address, with a body of a megabyte.
+    let target = elsewhere.url.clone();
+    hostile.answer(move |_, _| Answer {
+        location: Some(target.clone()),
+        body_bytes: 1 << 20,
+        ..Answer::status(307)
+    });
+    let (id, _) = endpoint(&app, &hostile.url, json!(["user.created"])).await;
+    broker.login(&login("plain", "failing-1", person(60))).await;
+    let disabled = loop {
+        let event = broker.next_event().await;
+        if event.routing_key == "webhook.endpoint_disabled" {
+            break event;
+        }
+    };
+    assert_eq!(disabled.body["data"]["webhook_id"], id.as_str());
+    assert_eq!(disabled.body["data"]["last_status"], 307);
+    let (_, shown) = app.api().get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(shown["disabled_reason"], "failing");
+    assert!(hostile.received().len() >= 2, "it failed for a while first");
+    assert!(elsewhere.received().is_empty(), "no redirect is followed");
+    let log = deliveries(&app, &id).await;
+    let attempt = &log[0]["log"][0];
+    assert_eq!(attempt["status"], 307);
+    let kept = attempt["response"].as_str().unwrap().len();
+    assert!(
+        (1..=256).contains(&kept),
+        "only the first bytes are kept: {kept}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn gone_disables_the_endpoint_and_says_so() {
     let services = services().await;
     let app = TestApp::spawn(&services).await;
@@ -746,6 +794,10 @@ async fn the_api_is_audited_checked_and_read_only_for_viewers() {
     assert!(
         !audit.to_string().contains(&secret),
         "the audit log holds no secret"
+    );
+    assert!(
+        !audit.to_string().contains("abc123"),
+        "nor the URL's query values"
     );
     app.stop().await;
 }

@@ -43,6 +43,20 @@ pub struct DrainRun {
     pub wal_bytes_per_event: f64,
     /// Rows inserted, updated (of which HOT) and deleted per login, by table.
     pub writes_per_event: BTreeMap<String, TableWrites>,
+    /// With `--webhook`: the deliveries to the endpoint subscribed to every event.
+    pub webhook: Option<WebhookRun>,
+}
+
+/// The deliveries of a drain to one local receiver subscribed to every event.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookRun {
+    pub deliveries: usize,
+    /// From the first delivery received to the last.
+    pub deliveries_per_second: f64,
+    /// From the drain's start until every delivery was delivered.
+    pub delivered_seconds: f64,
+    /// Every event was received, and none twice.
+    pub each_once: bool,
 }
 
 /// Row writes of one table, per login.
@@ -108,6 +122,8 @@ pub struct DrainOptions<'a> {
     /// More accounts in the pool, imported before the seed.
     pub accounts: usize,
     pub mix: super::mix::MixKind,
+    /// Subscribe a local webhook receiver to every event.
+    pub webhook: bool,
 }
 
 async fn decided(db: &PgPool) -> i64 {
@@ -175,6 +191,11 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         .prepare(options.worker_bin, &mix, options.accounts)
         .await?;
     let bodies = mix.events("d-");
+    let receiver = if options.webhook {
+        Some(subscribe_receiver(&db).await?)
+    } else {
+        None
+    };
     let (connection, settings) = queue_backlog(&env, &bodies).await?;
     eprintln!(
         "bench {}: {} logins queued; starting {} worker(s)",
@@ -190,6 +211,10 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
     let total = bodies.len() as i64;
     let (started, finished, outbox_drained) =
         wait_until_drained(&connection, &settings, &db, total).await?;
+    let webhook = match &receiver {
+        Some(receiver) => Some(webhook_delivered(receiver, &db, started).await?),
+        None => None,
+    };
     let (peak_rss_mib, cpu_seconds) = workers.stats();
     workers.stop();
     // Backends report their counters within a second or so of going idle.
@@ -233,6 +258,68 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         one_decision_per_event: exact,
         wal_bytes_per_event: (wal_after - wal_before) as f64 / total as f64,
         writes_per_event,
+        webhook,
+    })
+}
+
+/// A local receiver, and an endpoint of the pool subscribed to every event pointing at it.
+async fn subscribe_receiver(db: &PgPool) -> anyhow::Result<idsync_test_support::Receiver> {
+    use identity_sync::domain::webhooks::{TypeFilter, new_secret};
+    let receiver = idsync_test_support::Receiver::start().await;
+    let filter = TypeFilter::everything();
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (id, user_pool_id, url, event_types, type_regex, secret)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(super::mix::POOL)
+    .bind(&receiver.url)
+    .bind(filter.patterns())
+    .bind(filter.regex())
+    .bind(new_secret())
+    .execute(db)
+    .await?;
+    Ok(receiver)
+}
+
+/// Waits until every delivery is delivered; the figures of the receiver.
+async fn webhook_delivered(
+    receiver: &idsync_test_support::Receiver,
+    db: &PgPool,
+    started: Instant,
+) -> anyhow::Result<WebhookRun> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE state <> 'delivered'",
+        )
+        .fetch_one(db)
+        .await?;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{left} webhook deliveries not delivered within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered_seconds = started.elapsed().as_secs_f64();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE kind = 'event'")
+        .fetch_one(db)
+        .await?;
+    let received = receiver.received();
+    let mut ids: Vec<&str> = received.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let span = match (received.first(), received.last()) {
+        (Some(first), Some(last)) => (last.at - first.at).as_secs_f64(),
+        _ => 0.0,
+    };
+    Ok(WebhookRun {
+        deliveries: received.len(),
+        deliveries_per_second: received.len() as f64 / span.max(1e-9),
+        delivered_seconds,
+        each_once: ids.len() == received.len() && ids.len() as i64 == events,
     })
 }
 

@@ -50,6 +50,9 @@ batch_size = {batch_size}
 listen = "127.0.0.1:0"
 [log]
 level = "warn"
+# The webhook receiver of `drain --webhook` listens on loopback.
+[webhooks]
+allow_private_addresses = true
 
 [[connections]]
 identifier = "returning"

@@ -67,6 +67,10 @@ pub enum Mode {
         /// Skip the raw broker baseline.
         #[arg(long)]
         no_baseline: bool,
+        /// Also deliver every event to a webhook endpoint (a local receiver) and report the
+        /// deliveries per second.
+        #[arg(long)]
+        webhook: bool,
     },
     /// Publish-to-reply and publish-to-event latency at a fixed offered rate.
     Latency {
@@ -181,7 +185,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             events,
             mix,
             no_baseline,
-        } => drain_mode(&common, events, mix, no_baseline).await?,
+            webhook,
+        } => drain_mode(&common, events, mix, no_baseline, webhook).await?,
         Mode::Latency {
             rate,
             duration,
@@ -217,8 +222,10 @@ async fn drain_mode(
     events: usize,
     mix: mix::MixKind,
     no_baseline: bool,
+    webhook: bool,
 ) -> anyhow::Result<Value> {
     let options = drain::DrainOptions {
+        webhook,
         mix,
         events,
         workers: c.workers,
@@ -248,6 +255,16 @@ async fn drain_mode(
                 "NO"
             },
         );
+        if let Some(w) = &run.webhook {
+            println!(
+                "        webhook: {} deliveries, {:.0}/s (first to last), all delivered {:.2} s \
+                 after the drain started, each event once: {}",
+                w.deliveries,
+                w.deliveries_per_second,
+                w.delivered_seconds,
+                if w.each_once { "yes" } else { "NO" }
+            );
+        }
         println!(
             "        WAL {:.0} bytes/event; rows per event: {}",
             run.wal_bytes_per_event,
@@ -273,6 +290,8 @@ async fn drain_mode(
         "cpu_us_per_event": pick(&|r| Some(r.cpu_us_per_event)),
         "wal_bytes_per_event": pick(&|r| Some(r.wal_bytes_per_event)),
         "outbox_drained_seconds": pick(&|r| Some(r.outbox_drained_seconds)),
+        "webhook_deliveries_per_second": pick(&|r| r.webhook.as_ref().map(|w| w.deliveries_per_second)),
+        "webhook_delivered_seconds": pick(&|r| r.webhook.as_ref().map(|w| w.delivered_seconds)),
         "mix": mix,
     });
     print_drain_summary(c, events, no_baseline, runs.len(), &summary);

@@ -48,11 +48,15 @@ impl Received {
 }
 
 /// What to answer a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     pub delay: Duration,
     pub retry_after: Option<u64>,
+    /// A `Location` header (a redirect).
+    pub location: Option<String>,
+    /// A body of this many bytes.
+    pub body_bytes: usize,
 }
 
 impl Answer {
@@ -61,6 +65,8 @@ impl Answer {
             status,
             delay: Duration::ZERO,
             retry_after: None,
+            location: None,
+            body_bytes: 0,
         }
     }
 }
@@ -206,7 +212,13 @@ async fn receive(
     });
     tokio::time::sleep(answer.delay).await;
     *shared.in_flight.lock().unwrap() -= 1;
-    let mut response = StatusCode::from_u16(answer.status).unwrap().into_response();
+    let status = StatusCode::from_u16(answer.status).unwrap();
+    let mut response = (status, "x".repeat(answer.body_bytes)).into_response();
+    if let Some(location) = &answer.location {
+        response
+            .headers_mut()
+            .insert("location", location.parse().unwrap());
+    }
     if let Some(seconds) = answer.retry_after {
         response
             .headers_mut()
