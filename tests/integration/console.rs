@@ -951,3 +951,309 @@ async fn the_console_dashboard_counts_decisions() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_creates_pings_pauses_and_deletes_a_webhook() {
+    let services = Services::with_config(
+        "[webhooks]\nallow_private_addresses = true\npoll_interval = \"100ms\"\n",
+    )
+    .await;
+    let app = TestApp::spawn(&services).await;
+    let api = app.api();
+    let receiver = Receiver::start().await;
+    // An event of the pool from before the endpoint (an account renamed): only a replay sends it
+    // there.
+    let (status, user) = api
+        .post(
+            "/v1/users",
+            json!({"user_pool_id": POOL, "email": "hooked@example.com", "email_verified": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    let (status, body) = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/users/{}", user["id"].as_str().unwrap()),
+            Some(json!({"name": "Hooked"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // What the API says of an address that is not http(s).
+    let (status, refusal) = api
+        .post(
+            "/v1/webhooks",
+            json!({"user_pool_id": POOL, "url": "ftp://nowhere.example/in"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refusal}");
+    assert_eq!(refusal["error"]["field"], "url");
+    let refusal = refusal["error"]["message"].as_str().unwrap().to_owned();
+    let hostile = "<img src=x onerror=alert(1)>";
+
+    let result = browse(
+        &services,
+        &app,
+        "webhooks.mjs",
+        "console-webhooks.png",
+        &[
+            ("TOKEN", ADMIN_TOKEN),
+            ("VIEWER_TOKEN", VIEWER_TOKEN),
+            ("RECEIVER_URL", &receiver.url),
+            ("POOL", POOL),
+            ("HOSTILE_DESCRIPTION", hostile),
+        ],
+    )
+    .await;
+    let text = |key: &str| {
+        result[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {result}"))
+            .to_owned()
+    };
+    // Refused with the API's message, the field marked.
+    assert_eq!(text("refused"), format!("Not created: {refusal}"));
+    assert_eq!(text("refused_form"), refusal);
+    assert_eq!(result["url_invalid"], "true");
+    assert_eq!(result["create_error_after"], "");
+
+    // The secret, once, until dismissed; nowhere after that.
+    let secret = text("secret");
+    assert!(
+        secret.starts_with("whsec_") && secret.len() > 20,
+        "{secret}"
+    );
+    assert!(
+        text("secret_text").contains("copy it now, it is not shown again"),
+        "{result}"
+    );
+    assert_eq!(result["secret_focused"], "webhook-secret-value");
+    assert_eq!(result["secret_left"], false);
+    assert_eq!(result["secret_again"], false);
+
+    // The list and the endpoint, the hostile description as the text it is.
+    let id = text("id");
+    let url = receiver.url.clone();
+    assert_eq!(
+        table(&result["list"]),
+        vec![vec![
+            format!("{url}{hostile}"),
+            POOL.into(),
+            "user.*, binding.#".into(),
+            "enabled".into(),
+            "—".into()
+        ]]
+    );
+    assert_eq!(result["description"], hostile);
+    assert_eq!(result["title"], url.as_str());
+    assert_eq!(
+        result["injected"], 0,
+        "markup from the data made it into the page"
+    );
+    assert_eq!(
+        result["dialogs"],
+        json!([]),
+        "the description ran as script"
+    );
+    assert_eq!(result["no_deliveries"], true);
+
+    // The ping reached the receiver, and the console said what it answered.
+    assert!(
+        text("pinged").starts_with("Ping delivered: HTTP 204 after "),
+        "{}",
+        result["pinged"]
+    );
+    assert_eq!(result["ping_shown"], result["pinged"]);
+    let got = receiver
+        .until(WAIT, "the ping", |r| {
+            r.iter().any(|r| r.event_type() == "webhook.ping")
+        })
+        .await;
+    let ping = got
+        .iter()
+        .find(|r| r.event_type() == "webhook.ping")
+        .unwrap();
+    assert_eq!(ping.id, text("ping_id"));
+    assert_eq!(ping.event["data"]["webhook_id"], id.as_str());
+    assert_eq!(ping.answered, 204);
+
+    // Disabled, then enabled again.
+    assert!(text("disabled").starts_with("Disabled"), "{result}");
+    assert_eq!(result["disabled_state"], "disabled by an admin");
+    assert_eq!(result["disabled_row"][3], "disabled by an admin");
+    assert_eq!(result["enable_button"], "Enable");
+    assert!(text("enabled").starts_with("Enabled"), "{result}");
+    assert_eq!(result["enabled_state"], "enabled");
+    assert_eq!(result["disable_button"], "Disable");
+
+    // Patterns: the API's refusal, then the change.
+    let pattern_error = text("pattern_error");
+    assert!(
+        pattern_error.contains("is not a routing-key pattern"),
+        "{pattern_error}"
+    );
+    assert_eq!(
+        text("pattern_refused"),
+        format!("Not saved: {pattern_error}")
+    );
+    assert_eq!(result["pattern_invalid"], "true");
+    assert_eq!(result["saved"], "Endpoint saved: event types changed.");
+    assert_eq!(result["types"], "user.#");
+    assert_eq!(result["types_row"], "user.#");
+
+    // The replay sent the account's change; the retry sent it again, with the same id.
+    assert!(
+        text("replay_refused").starts_with("Not replayed: since must be"),
+        "{result}"
+    );
+    assert_eq!(result["since_invalid"], "true");
+    assert!(
+        text("replayed").starts_with("Replay: 1 event since "),
+        "{}",
+        result["replayed"]
+    );
+    let got = receiver
+        .until(WAIT, "the replay and the retry", |r| {
+            r.iter()
+                .filter(|r| r.event_type() == "user.updated")
+                .count()
+                == 2
+        })
+        .await;
+    let updated: Vec<_> = got
+        .iter()
+        .filter(|r| r.event_type() == "user.updated")
+        .collect();
+    assert_eq!(updated[0].id, updated[1].id, "a retry keeps the event's id");
+    assert_eq!(updated[0].event["data"]["user"]["id"], user["id"]);
+    let first = &result["first_log"][0];
+    assert_eq!(first["event"], "user.updated");
+    assert_eq!(first["state"], "delivered");
+    assert_eq!(first["attempts"], 1);
+    let attempt = |row: &Value| -> (String, String, String, String) {
+        let cells = strings(row);
+        assert_eq!(cells.len(), 6, "{cells:?}");
+        assert!(cells[3].ends_with(" ms"), "{cells:?}");
+        (
+            cells[0].clone(),
+            cells[2].clone(),
+            cells[4].clone(),
+            cells[5].clone(),
+        )
+    };
+    let delivered = |n: &str| (n.to_owned(), "204".into(), "—".into(), "—".into());
+    assert_eq!(attempt(&first["log"][0]), delivered("1"));
+    assert!(text("retried").contains("queued again"), "{result}");
+    let second = &result["second_log"][0];
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["state"], "delivered");
+    let log = second["log"].as_array().unwrap();
+    assert_eq!(
+        log.iter().map(attempt).collect::<Vec<_>>(),
+        vec![delivered("1"), delivered("1")],
+        "the first schedule's attempt, then the retry's"
+    );
+    assert_eq!(result["failed_shown"], json!({"rows": 0, "empty": true}));
+    assert_eq!(result["delivered_shown"], 1);
+    assert_eq!(result["log_open"], true);
+
+    // Rotated: a new secret, once, and the old one signing for a while.
+    let new_secret = text("new_secret");
+    assert!(
+        new_secret.starts_with("whsec_") && new_secret != secret,
+        "{new_secret}"
+    );
+    assert!(
+        text("rotated_text").contains("copy it now, it is not shown again")
+            && text("rotated_text").contains("The old secret keeps signing beside it until"),
+        "{result}"
+    );
+    assert_ne!(result["previous_until"], "—");
+    assert_eq!(result["new_secret_left"], false);
+
+    // An admin has every control; a viewer reads the same endpoint and log, without one that
+    // writes.
+    let admin = strings(&result["admin_controls"]);
+    for control in [
+        "wc-url",
+        "Create endpoint",
+        "wh-toggle",
+        "wh-ping",
+        "wh-rotate",
+        "wh-delete",
+        "wr-since",
+        "Replay",
+        "we-event_types",
+        "Save changes",
+        "Retry",
+    ] {
+        assert!(admin.iter().any(|c| c == control), "{control}: {admin:?}");
+    }
+    assert_eq!(
+        strings(&result["viewer_controls"]),
+        vec!["w-pool", "Filter", url.as_str(), "dl-state", "Refresh"]
+    );
+    assert_eq!(result["viewer_writable"], false);
+    assert_eq!(result["viewer_log"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        table(&result["viewer_list"]),
+        vec![vec![
+            format!("{url}{hostile}"),
+            POOL.into(),
+            "user.#".into(),
+            "enabled".into(),
+            "—".into()
+        ]]
+    );
+
+    // Deleted after a cancelled first try.
+    assert_eq!(result["after_cancel"], 1);
+    assert!(
+        text("deleted").starts_with("Deleted the endpoint"),
+        "{result}"
+    );
+    assert_eq!(result["empty_after"], true);
+    assert_eq!(result["detail_after"], false);
+    let (_, list) = api.get("/v1/webhooks").await;
+    assert_eq!(list["items"], json!([]), "{list}");
+
+    // Every write in the audit log, by the admin; none of the console's reads or probes, no secret.
+    let (_, audit) = api.get("/v1/audit?limit=50").await;
+    let target = format!("webhook/{id}");
+    let entries: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["target"].as_str().unwrap().starts_with(&target))
+        .map(|a| (a["actor"].as_str().unwrap(), a["action"].as_str().unwrap()))
+        .collect();
+    let by_alice = |action| ("ops-alice", action);
+    assert_eq!(
+        entries,
+        vec![
+            by_alice("webhook.delete"),
+            by_alice("webhook.rotate_secret"),
+            by_alice("webhook.retry"),
+            by_alice("webhook.replay"),
+            by_alice("webhook.update"),
+            by_alice("webhook.update"),
+            by_alice("webhook.update"),
+            by_alice("webhook.create"),
+        ]
+    );
+    assert_eq!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["target"].as_str().unwrap().starts_with("webhook/"))
+            .count(),
+        entries.len(),
+        "{audit}"
+    );
+    let audit = audit.to_string();
+    assert!(
+        !audit.contains(&secret) && !audit.contains(&new_secret),
+        "the audit log holds no secret"
+    );
+    app.stop().await;
+}
