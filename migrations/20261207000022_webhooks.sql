@@ -45,7 +45,8 @@ CREATE TABLE webhook_deliveries (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (endpoint_id, event_id)
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+-- Claims read an endpoint's due deliveries in this order and stop at their limit.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at, id)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_heads ON webhook_deliveries (endpoint_id, order_key, outbox_id)
     WHERE state = 'pending';

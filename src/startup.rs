@@ -35,6 +35,8 @@ pub struct Application {
     admin_pool: PgPool,
     /// One connection for `/readyz`.
     probe_pool: PgPool,
+    /// Webhook deliveries record their attempts here, apart from the logins' connections.
+    webhook_pool: PgPool,
     listener: TcpListener,
     address: SocketAddr,
     origin: Uuid,
@@ -42,6 +44,9 @@ pub struct Application {
     health: Health,
     tokens: Tokens,
 }
+
+/// Connections of the webhook deliveries: each delivery holds one only to record its attempt.
+const WEBHOOK_CONNECTIONS: u32 = 4;
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -65,6 +70,7 @@ impl Application {
             settings.admin.database_connections,
         )?;
         let probe_pool = db::side_pool(&settings.database, "readiness", 1)?;
+        let webhook_pool = db::side_pool(&settings.database, "webhooks", WEBHOOK_CONNECTIONS)?;
         pipeline::upsert_connections(&pool, &connections)
             .await
             .context("applying [[connections]] from the configuration")?;
@@ -76,6 +82,7 @@ impl Application {
             relay_pool,
             admin_pool,
             probe_pool,
+            webhook_pool,
             listener,
             address,
             origin: Uuid::now_v7(),
@@ -185,7 +192,7 @@ impl Application {
         let background = self.spawn_background(sweeper, &relay_stop, failed);
         let sender = crate::webhooks::Sender::new(&self.settings.webhooks);
         let deliverer = crate::webhooks::Deliverer::new(
-            self.pool.clone(),
+            self.webhook_pool.clone(),
             self.origin,
             handoff.clone(),
             self.metrics.clone(),
@@ -220,7 +227,13 @@ impl Application {
             relay_stop,
             http_stop,
             health: self.health,
-            pools: [self.pool, self.relay_pool, self.admin_pool, self.probe_pool],
+            pools: [
+                self.pool,
+                self.relay_pool,
+                self.admin_pool,
+                self.probe_pool,
+                self.webhook_pool,
+            ],
         }
     }
 
@@ -277,7 +290,7 @@ struct Running {
     server: JoinHandle<()>,
     relay_stop: CancellationToken,
     http_stop: CancellationToken,
-    pools: [PgPool; 4],
+    pools: [PgPool; 5],
 }
 
 impl Running {

@@ -239,8 +239,14 @@ pub struct Deliverer {
     sender: Sender,
 }
 
-/// Deliveries in flight, per endpoint.
-type InFlight = Arc<Mutex<HashMap<Uuid, usize>>>;
+/// What one endpoint has in this process: its deliveries taken (sending or waiting to), and the
+/// permits of the ones sending.
+struct Held {
+    taken: usize,
+    sending: Arc<Semaphore>,
+}
+
+type Taken = Arc<Mutex<HashMap<Uuid, Held>>>;
 
 impl Deliverer {
     pub fn new(
@@ -261,18 +267,25 @@ impl Deliverer {
         }
     }
 
-    /// How long a taken delivery is this process's: the request's bound and a margin.
+    /// How long a taken delivery is this process's: a round of waiting for its endpoint's room,
+    /// its own request, and a margin.
     fn lease(&self) -> Duration {
-        self.settings.webhooks.timeout * 2 + Duration::from_secs(5)
+        self.settings.webhooks.timeout * 3 + Duration::from_secs(5)
     }
 
     /// Takes and sends due deliveries until `stop`, then lets the ones in flight finish.
+    ///
+    /// Per endpoint, up to twice `max_in_flight_per_endpoint` deliveries are taken (half sending,
+    /// half waiting for room), and more are taken only once half of them are done: each claim
+    /// reads one endpoint's due deliveries from its index and brings a useful number.
     pub async fn run(self, stop: CancellationToken) {
         let this = Arc::new(self);
         let w = &this.settings.webhooks;
-        let slots = Arc::new(Semaphore::new(w.max_in_flight));
-        let in_flight: InFlight = Arc::default();
+        let sending = Arc::new(Semaphore::new(w.max_in_flight));
+        let taken: Taken = Arc::default();
         let mut tasks = JoinSet::new();
+        let mut endpoints: Vec<EndpointRow> = Vec::new();
+        let mut endpoints_at: Option<Instant> = None;
         let mut backlog_at = Instant::now();
         loop {
             while tasks.try_join_next().is_some() {}
@@ -283,25 +296,29 @@ impl Deliverer {
                 backlog_at = Instant::now();
                 this.report_backlog().await;
             }
-            let free = slots.available_permits();
-            let took = if free == 0 {
-                0
-            } else {
-                match this.take(free, &slots, &in_flight, &mut tasks).await {
-                    Ok(n) => n,
+            if endpoints_at.is_none_or(|at| at.elapsed() >= w.poll_interval) {
+                match this.enabled_endpoints().await {
+                    Ok(found) => {
+                        endpoints = found;
+                        endpoints_at = Some(Instant::now());
+                    }
                     Err(error) => {
                         this.metrics.transient("webhooks");
-                        tracing::warn!(%error, "taking webhook deliveries failed; retrying");
-                        0
+                        tracing::warn!(%error, "reading webhook endpoints failed; retrying");
                     }
                 }
-            };
-            if took == 0 || took < free {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(w.poll_interval) => {}
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() && free == 0 => {}
+            }
+            for endpoint in &endpoints {
+                if let Err(error) = this.take(endpoint, &taken, &sending, &mut tasks).await {
+                    this.metrics.transient("webhooks");
+                    tracing::warn!(%error, "taking webhook deliveries failed; retrying");
+                    break;
                 }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(w.poll_interval) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
         // What is in flight finishes (each request is bounded by webhooks.timeout); what is not
@@ -312,80 +329,71 @@ impl Deliverer {
         .await;
     }
 
-    /// Takes up to `free` due deliveries and starts sending them; returns how many started.
+    async fn enabled_endpoints(&self) -> sqlx::Result<Vec<EndpointRow>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(db::list(&mut conn, None)
+            .await?
+            .into_iter()
+            .filter(|e| e.enabled)
+            .collect())
+    }
+
+    /// Takes due deliveries of `endpoint` when half of what it may hold is free, and starts
+    /// them: each waits for one of the endpoint's sending permits, then for one of the process's.
     async fn take(
         self: &Arc<Self>,
-        free: usize,
-        slots: &Arc<Semaphore>,
-        in_flight: &InFlight,
+        endpoint: &EndpointRow,
+        taken: &Taken,
+        sending: &Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
-    ) -> sqlx::Result<usize> {
+    ) -> sqlx::Result<()> {
         let per_endpoint = self.settings.webhooks.max_in_flight_per_endpoint;
-        let busy: Vec<Uuid> = {
-            let counts = in_flight.lock().expect("not poisoned");
-            counts
-                .iter()
-                .filter(|(_, n)| **n >= per_endpoint)
-                .map(|(id, _)| *id)
-                .collect()
+        let hold = per_endpoint * 2;
+        let room = {
+            let taken = taken.lock().expect("not poisoned");
+            hold - taken.get(&endpoint.id).map_or(0, |h| h.taken)
         };
-        let mut conn = self.pool.acquire().await?;
-        let claimed = db::claim(&mut conn, free as i64, self.lease(), &busy).await?;
-        if claimed.is_empty() {
-            return Ok(0);
+        // The process holds at most twice what it may send at once.
+        let total_room = (self.settings.webhooks.max_in_flight * 2).saturating_sub(tasks.len());
+        let limit = room.min(total_room);
+        if limit == 0 || room < per_endpoint {
+            return Ok(());
         }
-        let endpoints: HashMap<Uuid, EndpointRow> = {
-            let mut ids: Vec<Uuid> = claimed.iter().map(|c| c.endpoint_id).collect();
-            ids.sort();
-            ids.dedup();
-            let mut found = HashMap::new();
-            for id in ids {
-                if let Some(row) = db::get(&mut conn, id, false).await? {
-                    found.insert(id, row);
-                }
-            }
-            found
+        let claimed = {
+            let mut conn = self.pool.acquire().await?;
+            db::claim(&mut conn, endpoint.id, limit as i64, self.lease()).await?
         };
-        let mut extra = Vec::new();
-        let mut started = 0;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let endpoint_permits = {
+            let mut taken = taken.lock().expect("not poisoned");
+            let held = taken.entry(endpoint.id).or_insert_with(|| Held {
+                taken: 0,
+                sending: Arc::new(Semaphore::new(per_endpoint)),
+            });
+            held.taken += claimed.len();
+            held.sending.clone()
+        };
         for delivery in claimed {
-            let Some(endpoint) = endpoints.get(&delivery.endpoint_id).cloned() else {
-                continue;
-            };
-            let room = {
-                let mut counts = in_flight.lock().expect("not poisoned");
-                let n = counts.entry(endpoint.id).or_default();
-                if *n < per_endpoint {
-                    *n += 1;
-                    true
-                } else {
-                    false
-                }
-            };
-            let Some(slot) = room
-                .then(|| slots.clone().try_acquire_owned().ok())
-                .flatten()
-            else {
-                if room {
-                    release_count(in_flight, endpoint.id);
-                }
-                extra.push(delivery.id);
-                continue;
-            };
-            started += 1;
             let this = self.clone();
-            let in_flight = in_flight.clone();
+            let endpoint = endpoint.clone();
+            let (endpoint_permits, sending, taken) =
+                (endpoint_permits.clone(), sending.clone(), taken.clone());
             tasks.spawn(async move {
-                let endpoint_id = endpoint.id;
-                this.deliver(endpoint, delivery).await;
-                release_count(&in_flight, endpoint_id);
-                drop(slot);
+                let id = endpoint.id;
+                if let Ok(_endpoint_permit) = endpoint_permits.acquire_owned().await
+                    && let Ok(_permit) = sending.acquire_owned().await
+                {
+                    this.deliver(endpoint, delivery).await;
+                }
+                let mut taken = taken.lock().expect("not poisoned");
+                if let Some(held) = taken.get_mut(&id) {
+                    held.taken = held.taken.saturating_sub(1);
+                }
             });
         }
-        if !extra.is_empty() {
-            db::release(&mut conn, &extra).await?;
-        }
-        Ok(started)
+        Ok(())
     }
 
     /// Sends one delivery and records what came of it; a database failure leaves it to its
@@ -485,8 +493,13 @@ impl Deliverer {
                 }
             }
         }
-        let rows = outbox::insert_many(&mut tx, self.origin, events).await?;
-        self.relay.commit(tx, rows).await?;
+        if events.is_empty() {
+            // Nothing for the relay: no need to wait for its commit order.
+            tx.commit().await?;
+        } else {
+            let rows = outbox::insert_many(&mut tx, self.origin, events).await?;
+            self.relay.commit(tx, rows).await?;
+        }
         if moved {
             let result = match after {
                 After::Delivered => "delivered",
@@ -528,16 +541,6 @@ impl Deliverer {
                     .get_or_create(&label)
                     .set(oldest as i64);
             }
-        }
-    }
-}
-
-fn release_count(in_flight: &InFlight, endpoint: Uuid) {
-    let mut counts = in_flight.lock().expect("not poisoned");
-    if let Some(n) = counts.get_mut(&endpoint) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            counts.remove(&endpoint);
         }
     }
 }

@@ -188,35 +188,39 @@ pub struct Claimed {
     pub payload: Option<Value>,
 }
 
-/// Takes up to `limit` due deliveries for `lease` (another process skips them until then; a
-/// crashed process's lease runs out and the delivery is taken again), none for the endpoints in
-/// `busy`. Only the first undelivered delivery of a subject to an endpoint is due: the next one
-/// waits until it is delivered or given up, so that one subject's events arrive in order.
+/// Takes up to `limit` due deliveries of `endpoint` (if enabled) for `lease`: another process
+/// skips them until then; a crashed process's lease runs out and the delivery is taken again.
+/// Only the first undelivered delivery of a subject is due: the next one waits until it is
+/// delivered or given up, so that one subject's events arrive in order.
+///
+/// Candidates are read in `(next_attempt_at, id)` order from the endpoint's partial index, and
+/// whether each is its subject's first is a subquery per candidate (the minimum `outbox_id` of
+/// the subject's pending deliveries, from another partial index), until `limit` are found: a
+/// plan that does not grow with the endpoint's backlog.
 pub async fn claim(
     conn: &mut PgConnection,
+    endpoint: Uuid,
     limit: i64,
     lease: std::time::Duration,
-    busy: &[Uuid],
 ) -> sqlx::Result<Vec<Claimed>> {
     let lease_ms = lease.as_millis() as i64;
     sqlx::query_as!(
         Claimed,
         r#"WITH picked AS (
                SELECT c.id FROM webhook_deliveries c
-               JOIN webhook_endpoints e ON e.id = c.endpoint_id AND e.enabled
-               WHERE c.state = 'pending' AND c.next_attempt_at <= now()
+               WHERE c.endpoint_id = $1 AND c.state = 'pending' AND c.next_attempt_at <= now()
                  AND (c.lease_until IS NULL OR c.lease_until < now())
-                 AND c.endpoint_id <> ALL($3::uuid[])
-                 AND NOT EXISTS (
-                     SELECT 1 FROM webhook_deliveries p
-                     WHERE p.endpoint_id = c.endpoint_id AND p.order_key = c.order_key
-                       AND p.state = 'pending' AND p.outbox_id < c.outbox_id)
+                 AND c.outbox_id = (
+                     SELECT min(p.outbox_id) FROM webhook_deliveries p
+                     WHERE p.endpoint_id = $1 AND p.order_key = c.order_key
+                       AND p.state = 'pending')
+                 AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = $1 AND e.enabled)
                ORDER BY c.next_attempt_at, c.id
-               LIMIT $1
+               LIMIT $2
                FOR UPDATE OF c SKIP LOCKED),
            leased AS (
                UPDATE webhook_deliveries d
-               SET lease_until = now() + make_interval(secs => $2::bigint / 1000.0)
+               SET lease_until = now() + make_interval(secs => $3::bigint / 1000.0)
                FROM picked WHERE d.id = picked.id
                RETURNING d.id, d.endpoint_id, d.event_id, d.event_type, d.attempts, d.outbox_id)
            SELECT l.id AS "id!", l.endpoint_id AS "endpoint_id!", l.event_id AS "event_id!",
@@ -224,23 +228,12 @@ pub async fn claim(
                   o.payload AS "payload?"
            FROM leased l LEFT JOIN outbox o ON o.id = l.outbox_id
            ORDER BY l.id"#,
+        endpoint,
         limit,
         lease_ms,
-        busy,
     )
     .fetch_all(conn)
     .await
-}
-
-/// Gives back deliveries taken but not sent (their endpoint had no room left).
-pub async fn release(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
-    sqlx::query!(
-        "UPDATE webhook_deliveries SET lease_until = NULL WHERE id = ANY($1)",
-        ids
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// What one attempt got.
