@@ -23,7 +23,10 @@ use reqwest::{
     header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER},
 };
 use sqlx::PgPool;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -239,6 +242,16 @@ pub struct Deliverer {
     sender: Sender,
 }
 
+/// Attempts recorded in one transaction at most.
+const RECORD_BATCH: usize = 256;
+
+/// A delivery sent, with what came of it, for the recorder.
+struct Sent {
+    endpoint: EndpointRow,
+    delivery: Claimed,
+    answer: Answer,
+}
+
 /// What one endpoint has in this process: its deliveries taken (sending or waiting to), and the
 /// permits of the ones sending.
 struct Held {
@@ -284,6 +297,8 @@ impl Deliverer {
         let sending = Arc::new(Semaphore::new(w.max_in_flight));
         let taken: Taken = Arc::default();
         let mut tasks = JoinSet::new();
+        let (record, recorded) = mpsc::channel(RECORD_BATCH * 4);
+        let recorder = tokio::spawn(this.clone().record_all(recorded));
         let mut endpoints: Vec<EndpointRow> = Vec::new();
         let mut endpoints_at: Option<Instant> = None;
         let mut backlog_at = Instant::now();
@@ -309,7 +324,8 @@ impl Deliverer {
                 }
             }
             for endpoint in &endpoints {
-                if let Err(error) = this.take(endpoint, &taken, &sending, &mut tasks).await {
+                let started = this.take(endpoint, &taken, &sending, &record, &mut tasks);
+                if let Err(error) = started.await {
                     this.metrics.transient("webhooks");
                     tracing::warn!(%error, "taking webhook deliveries failed; retrying");
                     break;
@@ -327,6 +343,10 @@ impl Deliverer {
             while tasks.join_next().await.is_some() {}
         })
         .await;
+        // The recorder ends once the last sender is gone, having recorded what it was given.
+        drop(tasks);
+        drop(record);
+        let _ = tokio::time::timeout(Duration::from_secs(5), recorder).await;
     }
 
     async fn enabled_endpoints(&self) -> sqlx::Result<Vec<EndpointRow>> {
@@ -345,6 +365,7 @@ impl Deliverer {
         endpoint: &EndpointRow,
         taken: &Taken,
         sending: &Arc<Semaphore>,
+        record: &mpsc::Sender<Sent>,
         tasks: &mut JoinSet<()>,
     ) -> sqlx::Result<()> {
         let per_endpoint = self.settings.webhooks.max_in_flight_per_endpoint;
@@ -378,14 +399,20 @@ impl Deliverer {
         for delivery in claimed {
             let this = self.clone();
             let endpoint = endpoint.clone();
-            let (endpoint_permits, sending, taken) =
-                (endpoint_permits.clone(), sending.clone(), taken.clone());
+            let (endpoint_permits, sending, taken, record) = (
+                endpoint_permits.clone(),
+                sending.clone(),
+                taken.clone(),
+                record.clone(),
+            );
             tasks.spawn(async move {
                 let id = endpoint.id;
                 if let Ok(_endpoint_permit) = endpoint_permits.acquire_owned().await
                     && let Ok(_permit) = sending.acquire_owned().await
                 {
-                    this.deliver(endpoint, delivery).await;
+                    let sent = this.deliver(endpoint, delivery).await;
+                    // Waits while the recorder is behind: what is sent stays bounded.
+                    let _ = record.send(sent).await;
                 }
                 let mut taken = taken.lock().expect("not poisoned");
                 if let Some(held) = taken.get_mut(&id) {
@@ -396,9 +423,8 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Sends one delivery and records what came of it; a database failure leaves it to its
-    /// lease (it is sent again).
-    async fn deliver(&self, endpoint: EndpointRow, delivery: Claimed) {
+    /// Sends one delivery; what came of it goes to the recorder.
+    async fn deliver(&self, endpoint: EndpointRow, delivery: Claimed) -> Sent {
         let answer = match &delivery.payload {
             Some(payload) => {
                 let body = serde_json::to_vec(payload).expect("json value serialises");
@@ -420,78 +446,117 @@ impl Deliverer {
                 retry_after: None,
             },
         };
-        if let Err(error) = self.record(&endpoint, &delivery, &answer).await {
-            self.metrics.transient("webhooks");
-            tracing::warn!(%error, delivery = delivery.id, "recording a webhook attempt failed; \
-                the delivery is sent again after its lease");
+        Sent {
+            endpoint,
+            delivery,
+            answer,
         }
     }
 
-    async fn record(
-        &self,
-        endpoint: &EndpointRow,
-        delivery: &Claimed,
-        answer: &Answer,
-    ) -> sqlx::Result<()> {
+    /// Records sent deliveries in batches (one transaction for up to [`RECORD_BATCH`]) until
+    /// every sender is gone. A batch that cannot be recorded leaves its deliveries to their
+    /// leases: they are sent again.
+    async fn record_all(self: Arc<Self>, mut sent: mpsc::Receiver<Sent>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while sent.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            if let Err(error) = self.record(&batch).await {
+                self.metrics.transient("webhooks");
+                tracing::warn!(%error, deliveries = batch.len(), "recording webhook attempts \
+                    failed; the deliveries are sent again after their lease");
+            }
+            batch.clear();
+        }
+    }
+
+    /// Logs each attempt, moves each delivery on, and for the failed ones updates their
+    /// endpoint (disabled after a 410 or after failing for too long) and publishes what is due.
+    async fn record(&self, batch: &[Sent]) -> sqlx::Result<()> {
         let w = &self.settings.webhooks;
         let now = Utc::now();
-        let attempts = (delivery.attempts + 1) as u32;
-        let after = if answer.delivered() {
-            After::Delivered
-        } else if delivery.payload.is_none() {
-            After::Failed
-        } else {
-            let jitter = rand_unit() * 2.0 - 1.0;
-            match retry_delay(&w.retry_schedule, attempts, answer.retry_after, jitter) {
-                Some(delay) => {
-                    After::RetryAt(now + chrono::Duration::from_std(delay).unwrap_or_default())
-                }
-                None => After::Failed,
-            }
-        };
-        let attempt = Attempt {
-            status: answer.status,
-            latency_ms: answer.latency.as_millis().min(i32::MAX as u128) as i32,
-            response: answer.response.clone(),
-            error: answer.error.clone(),
-        };
-        let mut tx = self.pool.begin().await?;
-        let moved = db::settle(&mut tx, delivery.id, delivery.attempts, &attempt, after).await?;
-        let mut events = NewOutbox::default();
-        if moved {
-            if answer.delivered() {
-                db::endpoint_answered(&mut tx, endpoint.id).await?;
-            } else {
-                let gone = answer.status == Some(StatusCode::GONE.as_u16());
-                let failing_since = db::endpoint_failed(&mut tx, endpoint.id).await?;
-                let too_long =
-                    failing_since.is_some_and(|since| failing_for(since, now) >= w.disable_after);
-                if gone || too_long {
-                    let reason = if gone { "gone" } else { "failing" };
-                    if let Some(disabled) = db::disable(&mut tx, endpoint.id, reason).await? {
-                        tracing::warn!(webhook = %endpoint.id, reason, "webhook endpoint disabled");
-                        events.event(OutboundEvent::new(
-                            WebhookEndpointDisabled {
-                                user_pool_id: &disabled.user_pool_id,
-                                webhook_id: disabled.id,
-                                last_status: answer.status,
-                            },
-                            now,
-                        ));
+        let afters: Vec<After> = batch
+            .iter()
+            .map(|sent| {
+                let attempts = (sent.delivery.attempts + 1) as u32;
+                if sent.answer.delivered() {
+                    After::Delivered
+                } else if sent.delivery.payload.is_none() {
+                    After::Failed
+                } else {
+                    let jitter = rand_unit() * 2.0 - 1.0;
+                    match retry_delay(&w.retry_schedule, attempts, sent.answer.retry_after, jitter)
+                    {
+                        Some(delay) => After::RetryAt(
+                            now + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        ),
+                        None => After::Failed,
                     }
                 }
-                if after == After::Failed {
+            })
+            .collect();
+        let settled: Vec<db::Settled> = batch
+            .iter()
+            .zip(&afters)
+            .map(|(sent, after)| db::Settled {
+                id: sent.delivery.id,
+                attempts_before: sent.delivery.attempts,
+                after: *after,
+                attempt: Attempt {
+                    status: sent.answer.status,
+                    latency_ms: sent.answer.latency.as_millis().min(i32::MAX as u128) as i32,
+                    response: sent.answer.response.clone(),
+                    error: sent.answer.error.clone(),
+                },
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let moved = db::settle_many(&mut tx, &settled).await?;
+        let mut answered: Vec<Uuid> = Vec::new();
+        let mut events = NewOutbox::default();
+        let mut disabled_now: Vec<Uuid> = Vec::new();
+        for (sent, after) in batch.iter().zip(&afters) {
+            if !moved.contains(&sent.delivery.id) {
+                continue;
+            }
+            let endpoint = &sent.endpoint;
+            if *after == After::Delivered {
+                answered.push(endpoint.id);
+                continue;
+            }
+            let gone = sent.answer.status == Some(StatusCode::GONE.as_u16());
+            let failing_since = db::endpoint_failed(&mut tx, endpoint.id).await?;
+            let too_long =
+                failing_since.is_some_and(|since| failing_for(since, now) >= w.disable_after);
+            if (gone || too_long) && !disabled_now.contains(&endpoint.id) {
+                let reason = if gone { "gone" } else { "failing" };
+                if let Some(disabled) = db::disable(&mut tx, endpoint.id, reason).await? {
+                    disabled_now.push(endpoint.id);
+                    tracing::warn!(webhook = %endpoint.id, reason, "webhook endpoint disabled");
                     events.event(OutboundEvent::new(
-                        WebhookDeliveryFailed {
-                            user_pool_id: &endpoint.user_pool_id,
-                            webhook_id: endpoint.id,
-                            event_id: delivery.event_id,
-                            last_status: answer.status,
+                        WebhookEndpointDisabled {
+                            user_pool_id: &disabled.user_pool_id,
+                            webhook_id: disabled.id,
+                            last_status: sent.answer.status,
                         },
                         now,
                     ));
                 }
             }
+            if *after == After::Failed {
+                events.event(OutboundEvent::new(
+                    WebhookDeliveryFailed {
+                        user_pool_id: &endpoint.user_pool_id,
+                        webhook_id: endpoint.id,
+                        event_id: sent.delivery.event_id,
+                        last_status: sent.answer.status,
+                    },
+                    now,
+                ));
+            }
+        }
+        answered.sort();
+        answered.dedup();
+        if !answered.is_empty() {
+            db::endpoints_answered(&mut tx, &answered).await?;
         }
         if events.is_empty() {
             // Nothing for the relay: no need to wait for its commit order.
@@ -500,7 +565,10 @@ impl Deliverer {
             let rows = outbox::insert_many(&mut tx, self.origin, events).await?;
             self.relay.commit(tx, rows).await?;
         }
-        if moved {
+        for (sent, after) in batch.iter().zip(&afters) {
+            if !moved.contains(&sent.delivery.id) {
+                continue;
+            }
             let result = match after {
                 After::Delivered => "delivered",
                 After::RetryAt(_) => "retrying",
@@ -509,13 +577,13 @@ impl Deliverer {
             self.metrics
                 .webhook_deliveries
                 .get_or_create(&WebhookLabel {
-                    webhook: endpoint.id.to_string(),
+                    webhook: sent.endpoint.id.to_string(),
                     result,
                 })
                 .inc();
             self.metrics
                 .webhook_latency_seconds
-                .observe(answer.latency.as_secs_f64());
+                .observe(sent.answer.latency.as_secs_f64());
         }
         Ok(())
     }

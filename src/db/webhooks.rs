@@ -253,57 +253,82 @@ pub enum After {
     Failed,
 }
 
-/// Logs the attempt and moves the delivery on, unless the delivery was changed meanwhile (an
-/// admin's retry or replay, or another process that took it after the lease ran out): then
-/// only the attempt is logged. Returns whether the delivery moved.
-pub async fn settle(
-    conn: &mut PgConnection,
-    id: i64,
-    attempts_before: i32,
-    attempt: &Attempt,
-    after: After,
-) -> sqlx::Result<bool> {
-    let number = attempts_before + 1;
-    sqlx::query!(
-        "INSERT INTO webhook_attempts (delivery_id, attempt, status, latency_ms, response, error)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        id,
-        number,
-        attempt.status.map(i32::from),
-        attempt.latency_ms,
-        attempt.response,
-        attempt.error,
-    )
-    .execute(&mut *conn)
-    .await?;
-    let (state, next) = match after {
-        After::Delivered => ("delivered", None),
-        After::RetryAt(at) => ("pending", Some(at)),
-        After::Failed => ("failed", None),
-    };
-    let moved = sqlx::query!(
-        "UPDATE webhook_deliveries
-         SET state = $3, attempts = $2, next_attempt_at = coalesce($4, next_attempt_at),
-             lease_until = NULL, last_status = $5, updated_at = now()
-         WHERE id = $1 AND attempts = $6 AND state = 'pending'",
-        id,
-        number,
-        state,
-        next,
-        attempt.status.map(i32::from),
-        attempts_before,
-    )
-    .execute(conn)
-    .await?;
-    Ok(moved.rows_affected() == 1)
+/// One attempt to record, and where its delivery goes.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub id: i64,
+    pub attempts_before: i32,
+    pub attempt: Attempt,
+    pub after: After,
 }
 
-/// After a delivered attempt: the endpoint is no longer failing.
-pub async fn endpoint_answered(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
+/// Logs the attempts and moves each delivery on, unless it was changed meanwhile (an admin's
+/// retry or replay, or another process that took it after the lease ran out): then only its
+/// attempt is logged. Returns the deliveries that moved.
+pub async fn settle_many(conn: &mut PgConnection, settled: &[Settled]) -> sqlx::Result<Vec<i64>> {
+    let ids: Vec<i64> = settled.iter().map(|s| s.id).collect();
+    let numbers: Vec<i32> = settled.iter().map(|s| s.attempts_before + 1).collect();
+    let befores: Vec<i32> = settled.iter().map(|s| s.attempts_before).collect();
+    let statuses: Vec<Option<i32>> = settled
+        .iter()
+        .map(|s| s.attempt.status.map(i32::from))
+        .collect();
+    let latencies: Vec<i32> = settled.iter().map(|s| s.attempt.latency_ms).collect();
+    let responses: Vec<String> = settled.iter().map(|s| s.attempt.response.clone()).collect();
+    let errors: Vec<Option<String>> = settled.iter().map(|s| s.attempt.error.clone()).collect();
+    let states: Vec<&str> = settled
+        .iter()
+        .map(|s| match s.after {
+            After::Delivered => "delivered",
+            After::RetryAt(_) => "pending",
+            After::Failed => "failed",
+        })
+        .collect();
+    let nexts: Vec<Option<DateTime<Utc>>> = settled
+        .iter()
+        .map(|s| match s.after {
+            After::RetryAt(at) => Some(at),
+            _ => None,
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, status, latency_ms, response, error)
+         SELECT * FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[],
+                              $6::text[])",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .bind(&statuses)
+    .bind(&latencies)
+    .bind(&responses)
+    .bind(&errors)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_scalar(
+        "UPDATE webhook_deliveries d
+         SET state = u.state, attempts = u.before + 1,
+             next_attempt_at = coalesce(u.next_at, d.next_attempt_at), lease_until = NULL,
+             last_status = u.status, updated_at = now()
+         FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::int[])
+              AS u(id, before, state, next_at, status)
+         WHERE d.id = u.id AND d.attempts = u.before AND d.state = 'pending'
+         RETURNING d.id",
+    )
+    .bind(&ids)
+    .bind(&befores)
+    .bind(&states)
+    .bind(&nexts)
+    .bind(&statuses)
+    .fetch_all(conn)
+    .await
+}
+
+/// After delivered attempts: these endpoints are no longer failing.
+pub async fn endpoints_answered(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query!(
         "UPDATE webhook_endpoints SET failing_since = NULL
-         WHERE id = $1 AND failing_since IS NOT NULL",
-        id
+         WHERE id = ANY($1) AND failing_since IS NOT NULL",
+        ids
     )
     .execute(conn)
     .await?;
