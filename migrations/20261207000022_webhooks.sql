@@ -24,14 +24,18 @@ CREATE TABLE webhook_endpoints (
 );
 CREATE INDEX webhook_endpoints_by_pool ON webhook_endpoints (user_pool_id) WHERE enabled;
 
--- One event to one endpoint. `outbox_id` orders the deliveries of one subject (`order_key`, the
--- event's CloudEvents subject): ids follow the subject's sequence (see `outbox_enqueue`).
+-- One event to one endpoint. `outbox_id` orders the deliveries of one subject to one endpoint
+-- (`order_key`: the endpoint's id, a space and the event's CloudEvents `subject`): ids follow
+-- the subject's sequence (see `outbox_enqueue`). The endpoint is part of the key so that the
+-- head test of a claim reads the heads index by the key alone: no other index can answer it, so
+-- no stale statistics can send it through an endpoint's every pending delivery.
 CREATE TABLE webhook_deliveries (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     endpoint_id     uuid        NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
     outbox_id       bigint      NOT NULL,
     event_id        uuid        NOT NULL,
     event_type      text        NOT NULL,
+    subject         text        NOT NULL,
     order_key       text        NOT NULL,
     -- `pending` (to send, or being sent while `lease_until` is ahead), `delivered`, `failed`
     -- (every attempt of the schedule failed).
@@ -48,13 +52,20 @@ CREATE TABLE webhook_deliveries (
 -- Claims read an endpoint's due deliveries in this order and stop at their limit.
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at, id)
     WHERE state = 'pending';
-CREATE INDEX webhook_deliveries_heads ON webhook_deliveries (endpoint_id, order_key, outbox_id)
+CREATE INDEX webhook_deliveries_heads ON webhook_deliveries (order_key, outbox_id)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_log ON webhook_deliveries (endpoint_id, id);
 CREATE INDEX webhook_deliveries_of_outbox ON webhook_deliveries (outbox_id)
     WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_settled ON webhook_deliveries (updated_at)
     WHERE state <> 'pending';
+-- Every delivery is inserted, updated once or a few times and pruned: vacuumed and analysed
+-- early, as outbox_pending is, so that its partial indexes do not fill with dead entries.
+ALTER TABLE webhook_deliveries SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_analyze_scale_factor = 0.02
+);
 
 -- The delivery log: every attempt, with what the receiver answered.
 CREATE TABLE webhook_attempts (
@@ -109,8 +120,10 @@ BEGIN
     INSERT INTO outbox_pending (id, origin, created_at)
     SELECT qd.id, p_origin, qd.created_at FROM queued qd),
   deliveries AS (
-    INSERT INTO webhook_deliveries (endpoint_id, outbox_id, event_id, event_type, order_key)
-    SELECT e.id, qd.id, qd.message_id, qd.routing_key, coalesce(qd.subject, qd.message_id::text)
+    INSERT INTO webhook_deliveries (endpoint_id, outbox_id, event_id, event_type, subject,
+                                    order_key)
+    SELECT e.id, qd.id, qd.message_id, qd.routing_key, coalesce(qd.subject, ''),
+           e.id::text || ' ' || coalesce(qd.subject, qd.message_id::text)
     FROM queued qd
     JOIN webhook_endpoints e ON e.user_pool_id = qd.user_pool_id AND e.enabled
     WHERE qd.kind = 'event'

@@ -11,6 +11,9 @@ use serde::Serialize;
 
 use crate::db::SystemFault;
 
+/// A batch of logins at least this big means more were waiting than one batch takes at once.
+pub const QUEUED_BATCH: usize = 64;
+
 #[derive(Clone, Default)]
 pub struct Health(Arc<Flags>);
 
@@ -47,6 +50,8 @@ struct Flags {
     faults: Mutex<Vec<Fault>>,
     /// Connections whose directory is not answering as it should, by connection.
     directories: Mutex<std::collections::BTreeMap<String, DirectoryTrouble>>,
+    /// When a batch of logins last found more waiting than it could take.
+    logins_queued_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// A connection's directory that cannot be asked now (rate-limited, its quota used up, failing):
@@ -107,6 +112,21 @@ impl Health {
     }
 
     /// A task ended unexpectedly: not ready from now on.
+    /// A batch of logins found at least [`QUEUED_BATCH`] waiting: logins are queueing up.
+    pub fn logins_queued(&self) {
+        *self.0.logins_queued_at.lock().expect("not poisoned") = Some(std::time::Instant::now());
+    }
+
+    /// Whether logins queued up within `window`: work that can wait (webhook deliveries) then
+    /// leaves the machine to them.
+    pub fn logins_queued_within(&self, window: std::time::Duration) -> bool {
+        self.0
+            .logins_queued_at
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
     pub fn set_failed(&self) {
         self.0.failed.store(true, Ordering::Relaxed);
     }

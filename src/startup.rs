@@ -198,6 +198,7 @@ impl Application {
             self.metrics.clone(),
             self.settings.clone(),
             sender.clone(),
+            self.health.clone(),
         );
         let mut background = background;
         background.push(supervise(

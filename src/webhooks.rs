@@ -240,6 +240,7 @@ pub struct Deliverer {
     metrics: Metrics,
     settings: Arc<crate::settings::Settings>,
     sender: Sender,
+    health: crate::health::Health,
 }
 
 /// Attempts recorded in one transaction at most.
@@ -257,7 +258,14 @@ struct Sent {
 struct Held {
     taken: usize,
     sending: Arc<Semaphore>,
+    /// When its deliveries were last claimed.
+    claimed_at: Instant,
 }
+
+/// While logins queue up, an endpoint is claimed for at most once in this long.
+const TRICKLE: Duration = Duration::from_secs(2);
+/// Logins queued within this long ago still count as queueing.
+const QUEUED_WITHIN: Duration = Duration::from_secs(1);
 
 type Taken = Arc<Mutex<HashMap<Uuid, Held>>>;
 
@@ -269,6 +277,7 @@ impl Deliverer {
         metrics: Metrics,
         settings: Arc<crate::settings::Settings>,
         sender: Sender,
+        health: crate::health::Health,
     ) -> Self {
         Self {
             pool,
@@ -277,6 +286,7 @@ impl Deliverer {
             metrics,
             settings,
             sender,
+            health,
         }
     }
 
@@ -370,9 +380,15 @@ impl Deliverer {
     ) -> sqlx::Result<()> {
         let per_endpoint = self.settings.webhooks.max_in_flight_per_endpoint;
         let hold = per_endpoint * 2;
+        let yielding = self.settings.webhooks.yield_to_logins
+            && self.health.logins_queued_within(QUEUED_WITHIN);
         let room = {
             let taken = taken.lock().expect("not poisoned");
-            hold - taken.get(&endpoint.id).map_or(0, |h| h.taken)
+            let held = taken.get(&endpoint.id);
+            if yielding && held.is_some_and(|h| h.claimed_at.elapsed() < TRICKLE) {
+                return Ok(());
+            }
+            hold - held.map_or(0, |h| h.taken)
         };
         // The process holds at most twice what it may send at once.
         let total_room = (self.settings.webhooks.max_in_flight * 2).saturating_sub(tasks.len());
@@ -392,8 +408,10 @@ impl Deliverer {
             let held = taken.entry(endpoint.id).or_insert_with(|| Held {
                 taken: 0,
                 sending: Arc::new(Semaphore::new(per_endpoint)),
+                claimed_at: Instant::now(),
             });
             held.taken += claimed.len();
+            held.claimed_at = Instant::now();
             held.sending.clone()
         };
         for delivery in claimed {

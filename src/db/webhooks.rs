@@ -212,8 +212,7 @@ pub async fn claim(
                  AND (c.lease_until IS NULL OR c.lease_until < now())
                  AND c.outbox_id = (
                      SELECT min(p.outbox_id) FROM webhook_deliveries p
-                     WHERE p.endpoint_id = $1 AND p.order_key = c.order_key
-                       AND p.state = 'pending')
+                     WHERE p.order_key = c.order_key AND p.state = 'pending')
                  AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = $1 AND e.enabled)
                ORDER BY c.next_attempt_at, c.id
                LIMIT $2
@@ -395,7 +394,7 @@ pub async fn deliveries(
 ) -> sqlx::Result<Vec<DeliveryRow>> {
     sqlx::query_as!(
         DeliveryRow,
-        r#"SELECT id, event_id, event_type, order_key AS subject, state, attempts,
+        r#"SELECT id, event_id, event_type, subject, state, attempts,
                   next_attempt_at, last_status, created_at, updated_at
            FROM webhook_deliveries
            WHERE endpoint_id = $1 AND ($2::text IS NULL OR state = $2)
@@ -462,9 +461,9 @@ pub async fn replay(
 ) -> sqlx::Result<u64> {
     let done = sqlx::query!(
         r#"INSERT INTO webhook_deliveries AS d (endpoint_id, outbox_id, event_id, event_type,
-                                                order_key)
-           SELECT e.id, o.id, o.message_id, o.routing_key,
-                  coalesce(o.payload->>'subject', o.message_id::text)
+                                                subject, order_key)
+           SELECT e.id, o.id, o.message_id, o.routing_key, coalesce(o.payload->>'subject', ''),
+                  e.id::text || ' ' || coalesce(o.payload->>'subject', o.message_id::text)
            FROM webhook_endpoints e
            JOIN outbox o ON o.kind = 'event' AND o.created_at >= $2
                         AND o.payload->'data'->>'user_pool_id' = e.user_pool_id

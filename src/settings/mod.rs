@@ -324,6 +324,9 @@ pub struct WebhooksSettings {
     /// Delivered and failed deliveries (with their attempts) are kept this long.
     #[serde(deserialize_with = "duration")]
     pub delivery_retention: Duration,
+    /// While logins queue up (a batch found more waiting than it takes), deliveries go at a
+    /// trickle (one claim per endpoint every 2 s) and catch up once the logins have.
+    pub yield_to_logins: bool,
 }
 
 impl Default for WebhooksSettings {
@@ -338,6 +341,7 @@ impl Default for WebhooksSettings {
             max_in_flight_per_endpoint: 8,
             poll_interval: Duration::from_millis(500),
             delivery_retention: Duration::from_secs(7 * 24 * 3600),
+            yield_to_logins: true,
         }
     }
 }

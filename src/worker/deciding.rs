@@ -75,6 +75,9 @@ impl<P: Processor> Worker<P> {
             };
             if self.lane.consumer == Consumer::Logins {
                 self.metrics.batch_size.observe(batch.len() as f64);
+                if deliveries.len() >= crate::health::QUEUED_BATCH.min(self.lane.batch_size) {
+                    self.health.logins_queued();
+                }
             }
             let mut decided = batch.iter().zip(fates);
             let settlings = deliveries

@@ -925,3 +925,30 @@ async fn the_command_line_manages_endpoints_and_reads_their_deliveries() {
     assert!(err.contains("404"), "{err}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_yield_to_a_login_backlog_and_then_catch_up() {
+    let services = services().await;
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(&services).await;
+    endpoint(&app, &receiver.url, json!(["user.created"])).await;
+    app.stop().await;
+    // A backlog the worker takes in batches of 64 and more: logins queue up.
+    let broker = Broker::connect(&services).await;
+    for n in 0..400 {
+        broker
+            .send(&login("plain", &format!("wave-{n}"), person(1000 + n)))
+            .await;
+    }
+    let app = TestApp::spawn(&services).await;
+    let got = receiver
+        .until(WAIT, "every event once the logins are decided", |r| {
+            r.len() >= 400
+        })
+        .await;
+    let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 400, "each event delivered, none twice");
+    app.stop().await;
+}
