@@ -98,17 +98,16 @@ impl Sender {
     /// 3 s) is accepted: deliveries check again.
     pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
         let port = url.port_or_known_default().unwrap_or(443);
-        let addresses: Vec<IpAddr> = match url.host() {
-            Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
-            Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
-            Some(url::Host::Domain(name)) => {
+        let addresses: Vec<IpAddr> = match (literal_address(url), url.host_str()) {
+            (Some(ip), _) => vec![ip],
+            (None, Some(name)) => {
                 let lookup = tokio::net::lookup_host((name, port));
                 match tokio::time::timeout(Duration::from_secs(3), lookup).await {
                     Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
                     _ => Vec::new(),
                 }
             }
-            None => return Err("url has no host".into()),
+            (None, None) => return Err("url has no host".into()),
         };
         for ip in addresses {
             check_address(ip, self.allow_private).map_err(|refused| refused.describe(ip))?;
@@ -131,12 +130,7 @@ impl Sender {
             Err(error) => return failed(error),
         };
         // An address in the URL is not resolved, so not seen by the resolver: checked here.
-        let literal = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
+        if let Some(ip) = literal_address(&parsed)
             && let Err(refused) = check_address(ip, self.allow_private)
         {
             return failed(refused.describe(ip));
@@ -218,6 +212,15 @@ impl Resolve for CheckedResolver {
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
+    }
+}
+
+/// The address a URL names as its host, when it names one rather than a name.
+fn literal_address(url: &reqwest::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
     }
 }
 

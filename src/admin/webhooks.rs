@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{Actor, Admin, AdminError, views::Page};
 use crate::db::{audit, webhooks as db, webhooks::EndpointRow};
 use crate::domain::webhooks::{MAX_DESCRIPTION, TypeFilter, new_secret, parse_url};
+use crate::domain::{TimeError, time_or_age};
 use crate::webhooks::{Sender, ping_body};
 
 /// What the admin API needs to manage endpoints: the delivering client (for creation's address
@@ -191,20 +192,13 @@ fn check_description(description: &str) -> Result<(), AdminError> {
 
 /// `since` as the API takes it: an RFC 3339 time, or a duration back from now (`1h`).
 pub fn parse_since(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, AdminError> {
-    let since = if let Ok(at) = DateTime::parse_from_rfc3339(raw) {
-        at.with_timezone(&Utc)
-    } else {
-        let back = humantime::parse_duration(raw).map_err(|_| {
-            invalid(
-                "since",
-                format!("since must be an RFC 3339 time or a duration such as \"1h\", got {raw:?}"),
-            )
-        })?;
-        chrono::Duration::from_std(back)
-            .ok()
-            .and_then(|back| now.checked_sub_signed(back))
-            .ok_or_else(|| invalid("since", "since is too far back"))?
-    };
+    let since = time_or_age(raw, now).map_err(|e| match e {
+        TimeError::NotATime => invalid(
+            "since",
+            format!("since must be an RFC 3339 time or a duration such as \"1h\", got {raw:?}"),
+        ),
+        TimeError::TooFarBack => invalid("since", "since is too far back"),
+    })?;
     if since > now {
         return Err(invalid("since", "since is in the future"));
     }

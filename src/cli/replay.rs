@@ -15,7 +15,7 @@ use lapin::{
 use crate::{
     amqp::{connect, json_properties},
     db::{self, outbox},
-    domain::events::EventType,
+    domain::{TimeError, events::EventType, time_or_age},
     settings::Settings,
 };
 
@@ -36,15 +36,10 @@ pub struct ReplayArgs {
 }
 
 fn parse_time(raw: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(time) = DateTime::parse_from_rfc3339(raw) {
-        return Ok(time.with_timezone(&Utc));
-    }
-    let age = humantime::parse_duration(raw)
-        .map_err(|_| format!("{raw:?} is neither an RFC 3339 time nor an age such as 2h"))?;
-    chrono::Duration::from_std(age)
-        .ok()
-        .and_then(|age| Utc::now().checked_sub_signed(age))
-        .ok_or_else(|| format!("{raw:?} reaches before the clock's range"))
+    time_or_age(raw, Utc::now()).map_err(|e| match e {
+        TimeError::NotATime => format!("{raw:?} is neither an RFC 3339 time nor an age such as 2h"),
+        TimeError::TooFarBack => format!("{raw:?} reaches before the clock's range"),
+    })
 }
 
 const PAGE: i64 = 500;

@@ -81,3 +81,28 @@ pub use connection::{
 pub use email::Email;
 pub use phone::{CountryCode, Phone};
 pub use username::Username;
+
+/// Why a text is not a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeError {
+    /// Neither an RFC 3339 time nor a duration.
+    NotATime,
+    /// A duration back from now that reaches before the clock's range.
+    TooFarBack,
+}
+
+/// A point in time as operators write one: an RFC 3339 time, or a duration back from `now`
+/// (`2h`, `7d`).
+pub fn time_or_age(
+    raw: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, TimeError> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    let age = humantime::parse_duration(raw).map_err(|_| TimeError::NotATime)?;
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .ok_or(TimeError::TooFarBack)
+}
