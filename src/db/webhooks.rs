@@ -384,7 +384,8 @@ pub struct DeliveryRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// An endpoint's deliveries, newest first, before the delivery `before` (the cursor).
+/// An endpoint's deliveries, newest first (by event id: UUIDv7, so the order they were made in),
+/// after the delivery `before` (the cursor) in that order.
 pub async fn deliveries(
     conn: &mut PgConnection,
     endpoint: Uuid,
@@ -398,8 +399,10 @@ pub async fn deliveries(
                   next_attempt_at, last_status, created_at, updated_at
            FROM webhook_deliveries
            WHERE endpoint_id = $1 AND ($2::text IS NULL OR state = $2)
-             AND ($3::bigint IS NULL OR id < $3)
-           ORDER BY id DESC LIMIT $4"#,
+             AND ($3::bigint IS NULL
+                  OR event_id < (SELECT c.event_id FROM webhook_deliveries c
+                                 WHERE c.id = $3 AND c.endpoint_id = $1))
+           ORDER BY event_id DESC LIMIT $4"#,
         endpoint,
         state,
         before,

@@ -639,9 +639,36 @@ async fn a_replay_sends_again_what_was_published_since_a_time() {
             .await;
         assert_eq!(status, 422, "{since}: {body}");
     }
-    // One delivery again, by its id.
+    // The log, a page of one at a time: each delivery once, newest event first (a replay keeps
+    // each delivery's place), and a cursor of another endpoint's delivery finds nothing.
     settled(&db).await;
-    let delivery = deliveries(&app, &id).await[0]["id"].as_i64().unwrap();
+    let mut paged: Vec<Value> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, body) = app
+            .api()
+            .get(&format!("/v1/webhooks/{id}/deliveries?limit=1{cursor}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        paged.extend(body["items"].as_array().unwrap().iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+        assert!(paged.len() <= 3, "{paged:?}");
+    }
+    let whole = deliveries(&app, &id).await;
+    assert_eq!(paged, whole, "pages of one add up to the whole log");
+    let mut events: Vec<&str> = whole
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(events.len(), 3);
+    let newest_first = events.clone();
+    events.sort_by(|a, b| b.cmp(a));
+    assert_eq!(newest_first, events, "newest event first");
+    // One delivery again, by its id.
+    let delivery = whole[0]["id"].as_i64().unwrap();
     let (status, _) = app
         .api()
         .post(
