@@ -101,6 +101,10 @@ impl Relay {
         outbox::settle(&mut tx, &settled).await?;
         tx.commit().await?;
         settler.account(&settled);
+        let refused = fates.iter().filter(|f| **f == RowFate::Refused).count();
+        if refused > 0 {
+            return Err(RelayError::Refused(refused));
+        }
         Ok(Round {
             rows: rows.len(),
             held: settled.held.len(),

@@ -60,6 +60,7 @@ pub(super) async fn settle_in_order(
                 let gone = failure.is_err();
                 let fates = settler.confirmations(&rows, confirms, gone).await;
                 let settled = settled(&rows, &fates);
+                let refused = fates.iter().filter(|f| **f == RowFate::Refused).count();
                 let mut some_unconfirmed = false;
                 for (row, fate) in rows.into_iter().zip(fates) {
                     if fate == RowFate::Unconfirmed {
@@ -71,6 +72,12 @@ pub(super) async fn settle_in_order(
                     failure = Err(RelayError::ConfirmTimeout(
                         settler.settings.outbox.confirm_timeout,
                     ));
+                    broken.cancel();
+                }
+                // The rounds after this one are published again by the next session, on a
+                // fresh channel: the refused rows are set aside.
+                if refused > 0 && failure.is_ok() {
+                    failure = Err(RelayError::Refused(refused));
                     broken.cancel();
                 }
                 settler.mark(&settled).await;
@@ -92,9 +99,11 @@ pub(super) enum RowFate {
     Published { unrouted: bool },
     /// A reply delivered, or given up after it broke a connection on its own: it goes.
     Replied,
-    /// Refused (a nack; an unroutable event with `outbox.retry_unroutable`; a reply with no
+    /// Not taken (an unroutable event with `outbox.retry_unroutable`; a reply with no
     /// connection to go out on): set aside, tried again after a growing delay.
     Held,
+    /// Refused by the broker (a nack): set aside like a held row, and the session ends.
+    Refused,
     /// No confirm: published again, first, by the next session.
     Unconfirmed,
     /// A reply of a handed-off round: the reply task publishes and settles it.
@@ -110,7 +119,7 @@ pub(super) fn settled(rows: &[OutboxRow], fates: &[RowFate]) -> Settled {
             RowFate::Published { unrouted: false } => settled.published.push(row.id),
             RowFate::Published { unrouted: true } => settled.unrouted.push(row.id),
             RowFate::Replied => settled.replies.push(row.id),
-            RowFate::Held => settled.held.push(row.id),
+            RowFate::Held | RowFate::Refused => settled.held.push(row.id),
             RowFate::Unconfirmed | RowFate::LeftToReplies => {}
         }
     }
@@ -194,8 +203,8 @@ impl Confirmer {
                 RowFate::Published { unrouted: true }
             }
             Confirmation::Nack(_) => {
-                tracing::warn!(id = row.id, "broker refused a publish; it will be retried");
-                RowFate::Held
+                tracing::debug!(id = row.id, "broker refused a publish; it will be retried");
+                RowFate::Refused
             }
         }
     }

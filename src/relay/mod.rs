@@ -81,6 +81,12 @@ enum RelayError {
     Database(#[from] sqlx::Error),
     #[error("no publisher confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    /// Nacks. The refused rows are set aside with a backoff; the session ends, so that the next
+    /// one publishes on a fresh connection and channel (a channel can keep refusing after a
+    /// cluster node is lost, when a new one through a surviving node is taken at once), after
+    /// the reconnect's own growing delay rather than at once. Replies go on meanwhile.
+    #[error("the broker refused {0} publishes")]
+    Refused(usize),
     #[error("the settling task stopped")]
     SettlerStopped,
 }
@@ -95,6 +101,9 @@ pub struct Relay {
     /// Handed-off rows whose publish a broker session could not confirm: the next session
     /// publishes them first, in order.
     unconfirmed: VecDeque<OutboxRow>,
+    /// Events handed off while the relay waited to reconnect after a refusal (their replies
+    /// went on): the next session publishes them after `unconfirmed`, in order.
+    deferred: VecDeque<OutboxRow>,
     /// The first unconfirmed row and how many sessions in a row ended without confirming it: a
     /// row that keeps breaking sessions is set aside instead of blocking the rest.
     head_failures: Option<(i64, u32)>,
@@ -142,6 +151,7 @@ impl Relay {
                 handoffs,
                 order: handoff.order(),
                 unconfirmed: VecDeque::new(),
+                deferred: VecDeque::new(),
                 head_failures: None,
                 published: false,
                 metrics,
@@ -159,6 +169,7 @@ impl Relay {
         let mut backoff = crate::retry::delays(max_delay);
         loop {
             let started = Instant::now();
+            let published_before = self.events_published();
             let result = self.session().await;
             self.health.set_publisher(false);
             match result {
@@ -168,11 +179,18 @@ impl Relay {
                         tracing::warn!(%error, "relay stopping with rows left to publish; another process or the next start publishes them");
                         break;
                     }
-                    if started.elapsed() > Duration::from_secs(10) {
+                    // A long session, or one that ended on a refusal after the broker took
+                    // other events (one subscriber's full queue, say), starts the delays again;
+                    // sessions refused outright wait longer and longer.
+                    let took_some = matches!(error, RelayError::Refused(_))
+                        && self.events_published() > published_before;
+                    if started.elapsed() > Duration::from_secs(10) || took_some {
                         backoff = crate::retry::delays(max_delay);
                     }
                     self.metrics.transient("relay");
-                    if self.published {
+                    let refused = matches!(error, RelayError::Refused(_));
+                    // Refused rows are set aside already; the rows after them did nothing.
+                    if self.published && !refused {
                         self.set_aside_a_poison_row().await;
                     }
                     let delay = backoff.next().unwrap_or(max_delay);
@@ -182,14 +200,38 @@ impl Relay {
                         unconfirmed = self.unconfirmed.len(),
                         "relay session ended; reconnecting"
                     );
-                    tokio::select! {
-                        _ = self.stop.cancelled() => {}
-                        _ = tokio::time::sleep(delay) => {}
+                    if refused {
+                        self.replies_only(delay).await;
+                    } else {
+                        tokio::select! {
+                            _ = self.stop.cancelled() => {}
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                     }
                 }
             }
         }
         tracing::info!("relay stopped");
+    }
+
+    /// Waits `delay` before the next session after a refusal, passing on the replies handed
+    /// off meanwhile (the broker is up, and a person waits for each) and keeping their events
+    /// for the next session, in order.
+    async fn replies_only(&mut self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => return,
+                handed = self.handoffs.recv() => {
+                    let Some(queued) = handed else { return };
+                    let rows = self.committed_rows(queued).await;
+                    self.replies.hand_off(&rows).await;
+                    self.deferred
+                        .extend(rows.into_iter().filter(|row| row.kind == outbox::OutboxKind::Event));
+                }
+            }
+        }
     }
 
     /// After a failed session: a row that was the first unconfirmed one of
@@ -265,6 +307,14 @@ impl Relay {
             vacuum: self.vacuum.clone(),
             connection: None,
         }
+    }
+
+    /// Events the broker has taken since the process started.
+    fn events_published(&self) -> u64 {
+        self.metrics
+            .outbox_published
+            .get_or_create(&crate::metrics::KindLabel { kind: "event" })
+            .get()
     }
 
     /// Counts unpublished rows for the metric and the worker's throttle: at most once a second

@@ -43,7 +43,8 @@ impl Relay {
         for row in unconfirmed.into_iter().rev() {
             self.unconfirmed.push_front(row);
         }
-        result.and(settled)
+        // The settling task's failure (a refusal, a missing confirm) is why the rounds stopped.
+        settled.and(result)
     }
 
     pub(super) async fn rounds(
@@ -67,6 +68,15 @@ impl Relay {
             }
             let take = self.unconfirmed.len().min(batch);
             let rows: Vec<OutboxRow> = self.unconfirmed.drain(..take).collect();
+            self.send_round(channel, in_flight, rows).await?;
+        }
+        // Then the events kept while the relay waited after a refusal.
+        while !self.deferred.is_empty() {
+            if broken.is_cancelled() {
+                return Err(RelayError::ConfirmTimeout(timeout));
+            }
+            let take = self.deferred.len().min(batch);
+            let rows: Vec<OutboxRow> = self.deferred.drain(..take).collect();
             self.send_round(channel, in_flight, rows).await?;
         }
         // Rows queued before this session, then rows refused earlier, left to claims or left by

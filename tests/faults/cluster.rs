@@ -1,10 +1,13 @@
 //! A three-node RabbitMQ cluster (`scripts/cluster-up`, beside the system broker) that loses a
 //! node twice while logins stream in: first the node a worker is connected to, then the node
-//! leading the work queue, each killed with `kill -9` and started again. Two workers, listing the
-//! nodes in different orders, decide throughout; nothing may be lost or decided twice, and neither
-//! worker is restarted.
+//! leading the work queue (and the subscriber's quorum queue), each killed with `kill -9` and
+//! started again. Two workers, listing the nodes in different orders, decide throughout, and
+//! their events reach the subscriber while the node is down; nothing may be lost or decided
+//! twice, and neither worker is restarted.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Mutex};
+
+use futures_lite::StreamExt;
 
 use tokio_util::sync::CancellationToken;
 
@@ -184,6 +187,93 @@ impl Drop for Cluster {
     }
 }
 
+/// The subscriber: consumes its quorum queue through the first node that answers, and again
+/// through the next when that node is lost, until `stop`. Each event is acknowledged once
+/// recorded: one cut short by a node's loss is delivered again (a copy, which the set of ids
+/// absorbs).
+fn subscribe(
+    urls: Vec<String>,
+    stop: CancellationToken,
+) -> (Arc<Mutex<Captured>>, tokio::task::JoinHandle<()>) {
+    let captured = Arc::new(Mutex::new(Captured::default()));
+    let task = tokio::spawn({
+        let captured = captured.clone();
+        async move {
+            for url in urls.iter().cycle() {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let consumed = async {
+                    let connection =
+                        Connection::connect(url, ConnectionProperties::default()).await?;
+                    let channel = connection.create_channel().await?;
+                    channel.basic_qos(500, BasicQosOptions::default()).await?;
+                    let mut deliveries = channel
+                        .basic_consume(
+                            "captured-events".into(),
+                            "subscriber".into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    while let Some(delivery) = deliveries.next().await {
+                        let delivery = delivery?;
+                        let event: Value = serde_json::from_slice(&delivery.data).unwrap();
+                        captured.lock().unwrap().add(event);
+                        delivery.ack(BasicAckOptions::default()).await?;
+                    }
+                    Ok::<_, lapin::Error>(())
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = consumed => {}
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    (captured, task)
+}
+
+/// The events the subscriber received.
+#[derive(Default)]
+struct Captured {
+    ids: HashSet<String>,
+    copies: usize,
+    /// Each event's id and CloudEvents `time` (when a worker decided it).
+    times: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)>,
+}
+
+impl Captured {
+    fn add(&mut self, event: Value) {
+        let id = event["id"].as_str().unwrap().to_owned();
+        let time = chrono::DateTime::parse_from_rfc3339(event["time"].as_str().unwrap())
+            .unwrap()
+            .to_utc();
+        self.times.push((id.parse().unwrap(), time));
+        self.ids.insert(id);
+        self.copies += 1;
+    }
+
+    /// The events decided after `at` that arrived.
+    fn since(&self, at: chrono::DateTime<chrono::Utc>) -> Vec<uuid::Uuid> {
+        self.times
+            .iter()
+            .filter(|(_, time)| *time > at)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// How many processes published `ids`.
+async fn publishers_of(db: &sqlx::PgPool, ids: Vec<uuid::Uuid>) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT origin) FROM outbox WHERE message_id = ANY($1)")
+        .bind(&ids)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
 /// What one fault did.
 #[derive(Debug, serde::Serialize)]
 struct Fault {
@@ -196,10 +286,17 @@ struct Fault {
     seconds_to_next_decision: f64,
     /// From the kill until every worker consumes again, each on a node that runs.
     seconds_to_both_consuming: f64,
+    /// From the kill until the subscriber received events decided after it from every worker,
+    /// the node still down.
+    seconds_to_events_flowing: f64,
     /// Where each worker's consumer was before and after.
     consumers_before: Vec<(u32, String)>,
     consumers_after: Vec<(u32, String)>,
 }
+
+/// How soon after a node's loss every worker's new events must reach the subscriber: a quorum
+/// queue that lost its leader elects another within seconds.
+const EVENTS_FLOWING_WITHIN: Duration = Duration::from_secs(15);
 
 async fn decided(db: &sqlx::PgPool) -> i64 {
     count(db, "SELECT count(*) FROM processed_events").await
@@ -214,11 +311,15 @@ async fn fault(
     vhost: &str,
     db: &sqlx::PgPool,
     workers: &[u32],
+    captured: &Mutex<Captured>,
 ) -> Fault {
     let killed = cluster.nodes[index].name.clone();
     let consumers_before = cluster.consumer_nodes(vhost).await;
     let decided_before = decided(db).await;
     let at = Instant::now();
+    // A second later than the kill: an event with a later `time` was decided after it, by a
+    // clock of this machine.
+    let after_kill = chrono::Utc::now() + chrono::Duration::seconds(1);
     cluster.kill(index);
     // More than the two workers could have had delivered before the kill (their prefetch):
     // these decisions were taken after it.
@@ -241,6 +342,20 @@ async fn fault(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let seconds_to_both_consuming = at.elapsed().as_secs_f64();
+    // Every worker's events keep reaching the subscriber while the node is down.
+    loop {
+        let since = captured.lock().unwrap().since(after_kill);
+        if publishers_of(db, since).await == workers.len() as i64 {
+            break;
+        }
+        assert!(
+            at.elapsed() < EVENTS_FLOWING_WITHIN,
+            "events decided after the loss of {killed} did not reach the subscriber from every \
+             worker within {EVENTS_FLOWING_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds_to_events_flowing = at.elapsed().as_secs_f64();
     cluster.restart(index);
     wait_until(WAIT * 4, || async {
         cluster.work_queue(vhost).await.1 == 3
@@ -253,6 +368,7 @@ async fn fault(
         decided_before,
         seconds_to_next_decision,
         seconds_to_both_consuming,
+        seconds_to_events_flowing,
         consumers_before,
         consumers_after,
     }
@@ -319,6 +435,11 @@ async fn a_cluster_loses_the_workers_node_and_then_the_queue_leader() {
         .map(|(_, node)| node)
         .expect("worker A's consumer");
     let a_index = cluster.index_of(&a_node);
+    let subscriber_stop = CancellationToken::new();
+    let (captured, subscriber) = subscribe(
+        vec![urls[2].clone(), urls[1].clone(), urls[0].clone()],
+        subscriber_stop.clone(),
+    );
     let first = fault(
         &mut cluster,
         a_index,
@@ -326,6 +447,7 @@ async fn a_cluster_loses_the_workers_node_and_then_the_queue_leader() {
         &vhost,
         &db,
         &workers,
+        &captured,
     )
     .await;
 
@@ -342,6 +464,7 @@ async fn a_cluster_loses_the_workers_node_and_then_the_queue_leader() {
         &vhost,
         &db,
         &workers,
+        &captured,
     )
     .await;
 
@@ -356,19 +479,20 @@ async fn a_cluster_loses_the_workers_node_and_then_the_queue_leader() {
         .await
         .expect("every login decided");
     outbox_drained(&db, WAIT * 2, "the outbox caught up").await;
-    let mut ids = HashSet::new();
-    let mut delivered = 0;
     let reading = Instant::now();
-    while ids.len() < total {
+    while captured.lock().unwrap().ids.len() < total {
         assert!(
             reading.elapsed() < WAIT * 2,
             "every event reached the subscriber"
         );
-        let (more, n) = captured_ids_at(&urls[0]).await;
-        delivered += n;
-        ids.extend(more);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    subscriber_stop.cancel();
+    subscriber.await.unwrap();
+    let (ids, delivered) = {
+        let captured = captured.lock().unwrap();
+        (captured.ids.clone(), captured.copies)
+    };
     let users = count(&db, "SELECT count(*) FROM users").await;
     // Which worker decided what: each decision's user.created carries its process's origin.
     let by_worker: Vec<i64> = sqlx::query_scalar(

@@ -19,8 +19,8 @@ use idsync_test_support::*;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{
-        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-        QueueDeclareOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, LongString},
 };

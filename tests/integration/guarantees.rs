@@ -254,6 +254,88 @@ async fn an_event_the_broker_refuses_does_not_hold_back_the_events_behind_it() {
     app.stop().await;
 }
 
+/// A broker that refuses every publish (a subscriber's queue that takes nothing, bound to every
+/// event) is not hammered: each refusal ends the relay's session, and sessions refused outright
+/// come at growing intervals (100 ms doubling), not once per event. Once the queue is gone, every
+/// event is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_refusing_every_publish_is_backed_off_from_and_nothing_is_lost() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let mut broker = Broker::connect(&services).await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    broker
+        .channel
+        .queue_declare("full.everything".into(), durable, args)
+        .await
+        .unwrap();
+    broker
+        .channel
+        .queue_bind(
+            "full.everything".into(),
+            "idsync.events".into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let app = TestApp::spawn(&services).await;
+    let sessions = |metrics: &str| {
+        metric_value(
+            metrics,
+            "idsync_transient_errors_total{component=\"relay\"}",
+        )
+    };
+    let before = sessions(&app.metrics().await);
+    // 60 logins over about 6 s, each with an event the broker refuses.
+    let started = std::time::Instant::now();
+    for n in 0..60 {
+        broker
+            .login(&login("plain", &format!("refused-{n}"), json!({})))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    let metrics = app.metrics().await;
+    let ended = sessions(&metrics) - before;
+    // Refused outright, the delays grow: 100 ms, 200 ms, 400 ms... (with jitter, at least half
+    // of each), so a few seconds hold about a dozen sessions, not one per event.
+    assert!(
+        (1.0..=16.0).contains(&ended),
+        "{ended} relay sessions ended in {elapsed:?}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "idsync_outbox_published_total{kind=\"event\"}"),
+        0.0,
+        "the broker took no event"
+    );
+    // The queue goes: every refused event is published on a later attempt.
+    broker
+        .channel
+        .queue_delete("full.everything".into(), Default::default())
+        .await
+        .unwrap();
+    outbox_drained(&db, WAIT * 3, "every refused event published").await;
+    assert_eq!(
+        metric_value(
+            &app.metrics().await,
+            "idsync_outbox_published_total{kind=\"event\"}"
+        ),
+        60.0
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_finishes_the_batch_in_flight() {
     let services = Services::new().await;
