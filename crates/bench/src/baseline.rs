@@ -213,7 +213,11 @@ pub async fn round_trips(
 }
 
 /// A consumer on `queue` with `prefetch`, on a connection of its own as the worker has.
-async fn consume(env: &Env, queue: &str, prefetch: u16) -> anyhow::Result<(Connection, Consumer)> {
+pub(crate) async fn consume(
+    env: &Env,
+    queue: &str,
+    prefetch: u16,
+) -> anyhow::Result<(Connection, Consumer)> {
     let connection = env.broker().await?;
     let channel = connection.create_channel().await?;
     channel

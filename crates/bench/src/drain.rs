@@ -33,6 +33,12 @@ pub struct DrainRun {
     pub drained_events_per_second: f64,
     pub baseline_events_per_second: Option<f64>,
     pub ratio: Option<f64>,
+    /// The same-work baseline (`same_work`): the same logins' database and broker work with no
+    /// decision logic, on a database seeded the same way; and the drain as a ratio to it.
+    pub same_work_per_second: Option<f64>,
+    pub same_work_ratio: Option<f64>,
+    /// WAL per login of the same-work baseline (the worker's is `wal_bytes_per_event`).
+    pub same_work_wal_bytes_per_event: Option<f64>,
     pub outbox_drained_seconds: f64,
     pub peak_rss_mib: f64,
     pub cpu_us_per_event: f64,
@@ -124,6 +130,9 @@ pub struct DrainOptions<'a> {
     pub mix: super::mix::MixKind,
     /// Subscribe a local webhook receiver to every event.
     pub webhook: bool,
+    /// The same-work baseline's batch size and batches side by side.
+    pub same_work_batch: usize,
+    pub same_work_parallel: usize,
 }
 
 async fn decided(db: &PgPool) -> i64 {
@@ -244,6 +253,12 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
     } else {
         None
     };
+    let same_work = if options.baseline {
+        eprintln!("bench {}: same-work baseline", env.id);
+        Some(same_work(options, &mix, &bodies).await?)
+    } else {
+        None
+    };
     Ok(DrainRun {
         events: bodies.len(),
         seconds,
@@ -251,6 +266,9 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         drained_events_per_second,
         baseline_events_per_second: baseline_eps,
         ratio: baseline_eps.map(|b| drained_events_per_second / b),
+        same_work_per_second: same_work.map(|(rate, _)| rate),
+        same_work_ratio: same_work.map(|(rate, _)| drained_events_per_second / rate),
+        same_work_wal_bytes_per_event: same_work.map(|(_, wal)| wal),
         outbox_drained_seconds: outbox_drained,
         peak_rss_mib,
         cpu_us_per_event: cpu_seconds * 1e6 / total as f64,
@@ -260,6 +278,35 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         writes_per_event,
         webhook,
     })
+}
+
+/// The same-work baseline on an environment of its own, seeded as the worker's was, with the
+/// same logins queued: logins per second, and WAL bytes per login.
+async fn same_work(
+    options: &DrainOptions<'_>,
+    mix: &Mix,
+    bodies: &[Vec<u8>],
+) -> anyhow::Result<(f64, f64)> {
+    let env = Env::create(options.prefetch, options.batch_size).await?;
+    let db = env
+        .prepare(options.worker_bin, mix, options.accounts)
+        .await?;
+    let (connection, settings) = queue_backlog(&env, bodies).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (wal_before, _) = write_counters(&db).await?;
+    let rate = super::same_work::run(
+        &env,
+        &db,
+        &settings,
+        bodies.len(),
+        options.same_work_batch,
+        options.same_work_parallel,
+    )
+    .await?;
+    let (wal_after, _) = write_counters(&db).await?;
+    db.close().await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok((rate, (wal_after - wal_before) as f64 / bodies.len() as f64))
 }
 
 /// A local receiver, and an endpoint of the pool subscribed to every event pointing at it.

@@ -10,6 +10,7 @@ mod env;
 mod latency;
 mod mix;
 mod pace;
+mod same_work;
 mod simulate;
 mod wave;
 
@@ -64,9 +65,15 @@ pub enum Mode {
         /// The logins: `steady` (60% returning) or `onboarding` (83% create or link).
         #[arg(long, value_enum, default_value = "steady")]
         mix: mix::MixKind,
-        /// Skip the raw broker baseline.
+        /// Skip the baselines (the raw broker's and the same work's).
         #[arg(long)]
         no_baseline: bool,
+        /// The same-work baseline's batch size.
+        #[arg(long, default_value_t = 256)]
+        same_work_batch: usize,
+        /// The same-work baseline's batches side by side.
+        #[arg(long, default_value_t = 2)]
+        same_work_parallel: usize,
         /// Also deliver every event to a webhook endpoint (a local receiver) and report the
         /// deliveries per second.
         #[arg(long)]
@@ -186,7 +193,24 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             mix,
             no_baseline,
             webhook,
-        } => drain_mode(&common, events, mix, no_baseline, webhook).await?,
+            same_work_batch,
+            same_work_parallel,
+        } => {
+            let options = drain::DrainOptions {
+                webhook,
+                mix,
+                events,
+                workers: common.workers,
+                prefetch: common.prefetch,
+                batch_size: common.batch_size,
+                baseline: !no_baseline,
+                worker_bin: &common.worker_bin,
+                accounts: common.accounts,
+                same_work_batch,
+                same_work_parallel,
+            };
+            drain_mode(&common, &options).await?
+        }
         Mode::Latency {
             rate,
             duration,
@@ -217,27 +241,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `drain`: the runs, their medians printed, and the report.
-async fn drain_mode(
-    c: &Common,
-    events: usize,
-    mix: mix::MixKind,
-    no_baseline: bool,
-    webhook: bool,
-) -> anyhow::Result<Value> {
-    let options = drain::DrainOptions {
-        webhook,
-        mix,
-        events,
-        workers: c.workers,
-        prefetch: c.prefetch,
-        batch_size: c.batch_size,
-        baseline: !no_baseline,
-        worker_bin: &c.worker_bin,
-        accounts: c.accounts,
-    };
+async fn drain_mode(c: &Common, options: &drain::DrainOptions<'_>) -> anyhow::Result<Value> {
+    let (events, mix, no_baseline) = (options.events, options.mix, !options.baseline);
     let mut runs = Vec::new();
     for n in 1..=c.runs {
-        let run = drain::run(&options).await?;
+        let run = drain::run(options).await?;
         println!(
             "run {n}: {:>7.0} events/s decided, {:>7.0}/s to the outbox drained{}  outbox drained {:.2} s  peak RSS {:.1} MiB  CPU {:.0} us/event  exact: {}",
             run.events_per_second,
@@ -255,6 +263,15 @@ async fn drain_mode(
                 "NO"
             },
         );
+        if let (Some(rate), Some(ratio), Some(wal)) = (
+            run.same_work_per_second,
+            run.same_work_ratio,
+            run.same_work_wal_bytes_per_event,
+        ) {
+            println!(
+                "        same-work baseline {rate:>7.0}/s  ratio {ratio:.2}  its WAL {wal:.0} bytes/event"
+            );
+        }
         if let Some(w) = &run.webhook {
             println!(
                 "        webhook: {} deliveries, {:.0}/s (first to last), all delivered {:.2} s \
@@ -286,6 +303,9 @@ async fn drain_mode(
         "drained_events_per_second": pick(&|r| Some(r.drained_events_per_second)),
         "baseline_events_per_second": pick(&|r| r.baseline_events_per_second),
         "ratio": pick(&|r| r.ratio),
+        "same_work_per_second": pick(&|r| r.same_work_per_second),
+        "same_work_ratio": pick(&|r| r.same_work_ratio),
+        "same_work_wal_bytes_per_event": pick(&|r| r.same_work_wal_bytes_per_event),
         "peak_rss_mib": pick(&|r| Some(r.peak_rss_mib)),
         "cpu_us_per_event": pick(&|r| Some(r.cpu_us_per_event)),
         "wal_bytes_per_event": pick(&|r| Some(r.wal_bytes_per_event)),
@@ -293,6 +313,8 @@ async fn drain_mode(
         "webhook_deliveries_per_second": pick(&|r| r.webhook.as_ref().map(|w| w.deliveries_per_second)),
         "webhook_delivered_seconds": pick(&|r| r.webhook.as_ref().map(|w| w.delivered_seconds)),
         "mix": mix,
+        "same_work_batch": options.same_work_batch,
+        "same_work_parallel": options.same_work_parallel,
     });
     print_drain_summary(c, events, no_baseline, runs.len(), &summary);
     let exact = runs.iter().all(|r| r.one_decision_per_event);
@@ -341,6 +363,16 @@ fn print_drain_summary(c: &Common, events: usize, no_baseline: bool, runs: usize
         println!(
             "  ratio                  {:.2}",
             summary["ratio"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "  same-work baseline     {:.0} events/s (batch {}, {} side by side)",
+            summary["same_work_per_second"].as_f64().unwrap_or(f64::NAN),
+            summary["same_work_batch"],
+            summary["same_work_parallel"],
+        );
+        println!(
+            "  ratio to the same work {:.2}",
+            summary["same_work_ratio"].as_f64().unwrap_or(f64::NAN)
         );
     }
     println!(

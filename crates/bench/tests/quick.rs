@@ -54,6 +54,9 @@ async fn the_benchmark_runs_in_quick_mode() {
     assert_eq!(drain["outcomes"]["user_linked"], 150);
     assert_eq!(drain["outcomes"]["binding_pending"], 50);
     assert!(drain["baseline_events_per_second"].as_f64().unwrap() > 0.0);
+    // The same-work baseline decided the same logins on a database of its own.
+    assert!(drain["same_work_per_second"].as_f64().unwrap() > 0.0);
+    assert!(drain["same_work_ratio"].as_f64().unwrap() > 0.0);
 
     let latency_json = dir.join("latency.json");
     let (_, report) = tokio::task::spawn_blocking({
