@@ -127,15 +127,11 @@ async fn database_errors_are_retried_or_dead_lettered_by_their_class() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn an_event_the_broker_refuses_does_not_hold_back_the_events_behind_it() {
-    let services = Services::new().await;
-    let db = services.migrate().await;
-    let mut broker = Broker::connect(&services).await;
-    // A subscriber of binding events whose queue takes one message and refuses the next
-    // (reject-publish: the broker nacks the publish).
+/// A subscriber's queue bound to the events matching `pattern` that holds at most `max_length`
+/// messages and refuses the rest (`reject-publish`: the broker nacks the publish).
+async fn full_subscriber(broker: &Broker, queue: &str, max_length: i32, pattern: &str) {
     let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert("x-max-length".into(), AMQPValue::LongInt(max_length));
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString(LongString::from("reject-publish")),
@@ -146,20 +142,29 @@ async fn an_event_the_broker_refuses_does_not_hold_back_the_events_behind_it() {
     };
     broker
         .channel
-        .queue_declare("small.bindings".into(), durable, args)
+        .queue_declare(queue.into(), durable, args)
         .await
         .unwrap();
     broker
         .channel
         .queue_bind(
-            "small.bindings".into(),
+            queue.into(),
             "idsync.events".into(),
-            "binding.*".into(),
+            pattern.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_event_the_broker_refuses_does_not_hold_back_the_events_behind_it() {
+    let services = Services::new().await;
+    let db = services.migrate().await;
+    let mut broker = Broker::connect(&services).await;
+    // A subscriber of binding events whose queue takes one message and refuses the next.
+    full_subscriber(&broker, "small.bindings", 1, "binding.*").await;
     create_user(&db, Some("held@corp.example"), None, None).await;
     let app = TestApp::spawn(&services).await;
 
@@ -263,32 +268,7 @@ async fn a_broker_refusing_every_publish_is_backed_off_from_and_nothing_is_lost(
     let services = Services::new().await;
     let db = services.migrate().await;
     let mut broker = Broker::connect(&services).await;
-    let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(0));
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString(LongString::from("reject-publish")),
-    );
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    broker
-        .channel
-        .queue_declare("full.everything".into(), durable, args)
-        .await
-        .unwrap();
-    broker
-        .channel
-        .queue_bind(
-            "full.everything".into(),
-            "idsync.events".into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    full_subscriber(&broker, "full.everything", 0, "#").await;
     let app = TestApp::spawn(&services).await;
     let sessions = |metrics: &str| {
         metric_value(

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use futures_lite::{StreamExt, future::poll_once};
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
+    message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, QueueDeclareOptions,
@@ -88,13 +89,7 @@ pub async fn run(
             .await
             .context("the baseline consumer ended")??;
         started.get_or_insert_with(Instant::now);
-        let mut batch = vec![first];
-        while batch.len() < batch_size {
-            match poll_once(consumer.next()).await {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
-                _ => break,
-            }
-        }
+        let batch = with_waiting(&mut consumer, first, batch_size).await;
         let mut confirms = Vec::with_capacity(batch.len());
         for delivery in &batch {
             confirms.push(
@@ -210,6 +205,22 @@ pub async fn round_trips(
     let _ = responder_connection.close(200, "done".into()).await;
     let _ = connection.close(200, "done".into()).await;
     Ok(pace::take(&latencies))
+}
+
+/// `first` and the deliveries already waiting behind it, up to `batch_size` in all.
+pub(crate) async fn with_waiting(
+    consumer: &mut Consumer,
+    first: Delivery,
+    batch_size: usize,
+) -> Vec<Delivery> {
+    let mut batch = vec![first];
+    while batch.len() < batch_size {
+        match poll_once(consumer.next()).await {
+            Some(Some(Ok(delivery))) => batch.push(delivery),
+            _ => break,
+        }
+    }
+    batch
 }
 
 /// A consumer on `queue` with `prefetch`, on a connection of its own as the worker has.

@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use futures_lite::{StreamExt, future::poll_once};
+use futures_lite::StreamExt;
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -113,13 +113,7 @@ pub async fn run(
             }
         };
         started.get_or_insert_with(Instant::now);
-        let mut batch = vec![first];
-        while batch.len() < batch_size {
-            match poll_once(consumer.next()).await {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
-                _ => break,
-            }
-        }
+        let mut batch = baseline::with_waiting(&mut consumer, first, batch_size).await;
         taken += batch.len();
         let channel = freed.recv().await.context("a publishing channel")?;
         let (db, free, exchange, done, n) = (
