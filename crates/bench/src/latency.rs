@@ -52,6 +52,10 @@ impl Percentiles {
 pub struct LatencyRun {
     /// The broker alone: a bare consumer answering at once.
     pub baseline_reply: Option<Percentiles>,
+    /// The same-work pipeline (`same_work`) at the same rate: publish to its reply, and to the
+    /// event it published.
+    pub same_work_reply: Option<Percentiles>,
+    pub same_work_event: Option<Percentiles>,
     pub offered_rate: u32,
     pub achieved_rate: f64,
     pub events: usize,
@@ -79,6 +83,9 @@ pub struct LatencyOptions<'a> {
     pub worker_bin: &'a Path,
     /// More accounts in the pool, imported before the seed.
     pub accounts: usize,
+    /// The same-work pipeline's largest batch and batches side by side.
+    pub same_work_batch: usize,
+    pub same_work_parallel: usize,
 }
 
 const PREFIX: &str = "l-";
@@ -160,10 +167,18 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
     } else {
         None
     };
+    let (same_work_reply, same_work_event) = if options.baseline {
+        let (reply, event) = same_work(options, &mix, &bodies, warmup).await?;
+        (Some(reply), Some(event))
+    } else {
+        (None, None)
+    };
     let reply = Percentiles::of(pace::take(reply_latencies));
     let downstream_event = Percentiles::of(pace::take(event_latencies));
     Ok(LatencyRun {
         baseline_reply,
+        same_work_reply,
+        same_work_event,
         offered_rate: options.rate,
         achieved_rate: bodies.len() as f64 / publishing,
         events: measured,
@@ -301,4 +316,69 @@ async fn baseline(
     )
     .await?;
     Ok(Percentiles::of(samples))
+}
+
+/// The same-work pipeline (`same_work`) on an environment of its own, seeded as the worker's
+/// was, answering the same logins published at the same rate: publish to reply and publish to
+/// event, measured the same way. Its batches are what is waiting when one starts, as the
+/// worker's are.
+async fn same_work(
+    options: &LatencyOptions<'_>,
+    mix: &Mix,
+    bodies: &[Vec<u8>],
+    warmup: usize,
+) -> anyhow::Result<(Percentiles, Percentiles)> {
+    let env = Env::create(options.prefetch, options.batch_size).await?;
+    eprintln!("bench {}: the same-work pipeline at the same rate", env.id);
+    let db = env
+        .prepare(options.worker_bin, mix, options.accounts)
+        .await?;
+    let (connection, settings) = prepare_broker(&env).await?;
+    let clock = Clock::new(bodies.len(), warmup);
+    let listening = listen(&connection, &clock).await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let probe = super::same_work::run(
+        &env,
+        &db,
+        &settings,
+        bodies.len(),
+        options.same_work_batch,
+        options.same_work_parallel,
+    );
+    let publishing = async {
+        pace::publish(
+            &publisher,
+            &settings.amqp.inbound_exchange,
+            &settings.amqp.routing_key,
+            bodies,
+            options.rate,
+            &listening.reply_queue,
+            &clock,
+        )
+        .await?;
+        anyhow::Ok(())
+    };
+    tokio::try_join!(probe, publishing)?;
+    pace::wait_for(
+        &listening.replies,
+        clock.measured(),
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    listening.stop();
+    let _ = connection.close(200, "done".into()).await;
+    db.close().await;
+    let reply = Percentiles::of(pace::take(&listening.replies));
+    if reply.count < clock.measured() {
+        bail!(
+            "the same-work pipeline answered {} of {} logins",
+            reply.count,
+            clock.measured()
+        );
+    }
+    Ok((reply, Percentiles::of(pace::take(&listening.events))))
 }

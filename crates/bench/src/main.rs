@@ -89,9 +89,15 @@ pub enum Mode {
         /// Sent first at the same rate, left out of the figures.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         warmup: Duration,
-        /// Skip the raw broker round-trip baseline.
+        /// Skip the baselines (the raw broker round trip and the same-work pipeline).
         #[arg(long)]
         no_baseline: bool,
+        /// The same-work pipeline's largest batch.
+        #[arg(long, default_value_t = 256)]
+        same_work_batch: usize,
+        /// The same-work pipeline's batches side by side.
+        #[arg(long, default_value_t = 2)]
+        same_work_parallel: usize,
     },
     /// A wave of first logins through a connection with a directory (a local stand-in of
     /// DingTalk's API): logins carrying only an id (the directory asked for each) alternated
@@ -216,8 +222,12 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             duration,
             warmup,
             no_baseline,
+            same_work_batch,
+            same_work_parallel,
         } => {
             let options = latency::LatencyOptions {
+                same_work_batch,
+                same_work_parallel,
                 rate,
                 duration,
                 warmup,
@@ -506,6 +516,12 @@ async fn latency_mode(c: &Common, options: &latency::LatencyOptions<'_>) -> anyh
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        if let (Some(reply), Some(event)) = (&run.same_work_reply, &run.same_work_event) {
+            println!(
+                "        same work at the same rate: reply p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms  event p99 {:.1} ms",
+                reply.p50_ms, reply.p95_ms, reply.p99_ms, reply.max_ms, event.p99_ms
+            );
+        }
         println!("        database: {}", run.database);
         runs.push(run);
     }
@@ -519,6 +535,9 @@ async fn latency_mode(c: &Common, options: &latency::LatencyOptions<'_>) -> anyh
         "event_p99_ms": pick(&|r| r.downstream_event.p99_ms),
         "baseline_reply_p50_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p50_ms)),
         "baseline_reply_p99_ms": pick(&|r| r.baseline_reply.as_ref().map_or(f64::NAN, |b| b.p99_ms)),
+        "same_work_reply_p50_ms": pick(&|r| r.same_work_reply.as_ref().map_or(f64::NAN, |b| b.p50_ms)),
+        "same_work_reply_p99_ms": pick(&|r| r.same_work_reply.as_ref().map_or(f64::NAN, |b| b.p99_ms)),
+        "same_work_event_p99_ms": pick(&|r| r.same_work_event.as_ref().map_or(f64::NAN, |b| b.p99_ms)),
         "peak_rss_mib": pick(&|r| r.peak_rss_mib),
         "cpu_us_per_event": pick(&|r| r.cpu_us_per_event),
     });
@@ -568,6 +587,12 @@ fn print_latency_summary(
             "  raw broker round trip  p50 {:.1} ms  p99 {:.1} ms",
             f("baseline_reply_p50_ms"),
             f("baseline_reply_p99_ms")
+        );
+        println!(
+            "  same work, same rate   reply p50 {:.1} ms  p99 {:.1} ms  event p99 {:.1} ms",
+            f("same_work_reply_p50_ms"),
+            f("same_work_reply_p99_ms"),
+            f("same_work_event_p99_ms")
         );
     }
     println!("  worker peak RSS        {:.1} MiB", f("peak_rss_mib"));

@@ -15,7 +15,9 @@
 //!    last login);
 //! 3. commit (`synchronous_commit` as the server has it: on by default);
 //! 4. publish one persistent event per new account, linked identity and binding to the events
-//!    exchange on the batch's own confirm channel, and await the confirms;
+//!    exchange, and a reply to each login that asks for one (`reply_to`, with its correlation
+//!    id: the latency mode's logins do), on the batch's own confirm channel, and await the
+//!    confirms;
 //! 5. acknowledge, in delivery order, every delivery up to the last of the batches done
 //!    (`multiple`).
 
@@ -48,10 +50,14 @@ struct Login {
     external_id: String,
     email: String,
     profile: Value,
+    /// Where the decision is answered, and with which correlation id.
+    reply_to: Option<String>,
+    correlation_id: Option<String>,
 }
 
-fn parse(body: &[u8]) -> anyhow::Result<Login> {
-    let event: Value = serde_json::from_slice(body)?;
+fn parse(delivery: &Delivery) -> anyhow::Result<Login> {
+    let event: Value = serde_json::from_slice(&delivery.data)?;
+    let property = |p: &Option<lapin::types::ShortString>| p.as_ref().map(|v| v.to_string());
     let data = &event["data"];
     let text = |v: &Value| v.as_str().map(str::to_owned).context("a string field");
     Ok(Login {
@@ -61,6 +67,8 @@ fn parse(body: &[u8]) -> anyhow::Result<Login> {
         external_id: text(&data["external_id"])?,
         email: text(&data["profile"]["email"])?.to_lowercase(),
         profile: data["profile"].clone(),
+        reply_to: property(delivery.properties.reply_to()),
+        correlation_id: property(delivery.properties.correlation_id()),
     })
 }
 
@@ -125,8 +133,7 @@ pub async fn run(
         );
         number += 1;
         tasks.spawn(async move {
-            let bodies: Vec<&[u8]> = batch.iter().map(|d| d.data.as_slice()).collect();
-            let worked = work(&db, &channel, &exchange, &bodies).await;
+            let worked = work(&db, &channel, &exchange, &batch).await;
             let _ = free.send(channel).await;
             let last = batch.pop().expect("not empty");
             let _ = done.send((n, worked.map(|()| last)));
@@ -175,16 +182,16 @@ impl InOrder {
     }
 }
 
-/// One batch: one transaction, then its events with confirms.
+/// One batch: one transaction, then its events and replies with confirms.
 async fn work(
     db: &PgPool,
     channel: &Channel,
     exchange: &str,
-    bodies: &[&[u8]],
+    deliveries: &[Delivery],
 ) -> anyhow::Result<()> {
-    let logins: Vec<Login> = bodies
+    let logins: Vec<Login> = deliveries
         .iter()
-        .map(|b| parse(b))
+        .map(parse)
         .collect::<anyhow::Result<_>>()?;
     let source = logins[0].source.clone();
     let mut tx = db.begin().await?;
@@ -254,18 +261,27 @@ async fn work(
             if l.connection == "ask" {
                 let binding = Uuid::now_v7();
                 asks.push((l, binding, *user));
-                let event = event("binding.pending", json!({"binding_id": binding}));
+                let event = event(
+                    "binding.pending",
+                    json!({"binding_id": binding, "cause_event_id": l.event_id}),
+                );
                 records.push((l.event_id.clone(), "binding_pending", None, Some(event)));
             } else {
                 new_identities.push((l, *user));
-                let event = event("user.linked", json!({"user_id": user}));
+                let event = event(
+                    "user.linked",
+                    json!({"user_id": user, "cause_event_id": l.event_id}),
+                );
                 records.push((l.event_id.clone(), "user_linked", Some(*user), Some(event)));
             }
         } else {
             let user = Uuid::now_v7();
             new_users.push((l, user));
             new_identities.push((l, user));
-            let event = event("user.created", json!({"user_id": user}));
+            let event = event(
+                "user.created",
+                json!({"user_id": user, "cause_event_id": l.event_id}),
+            );
             records.push((l.event_id.clone(), "user_created", Some(user), Some(event)));
         }
     }
@@ -414,6 +430,29 @@ async fn work(
                     BasicPublishOptions::default(),
                     &serde_json::to_vec(event)?,
                     properties.clone(),
+                )
+                .await?,
+        );
+    }
+    // Each fresh login's record is in `records` in the logins' order.
+    let reply_properties = BasicProperties::default().with_content_type("application/json".into());
+    for (login, (event_id, outcome, user, _)) in logins.iter().zip(&records) {
+        let Some(reply_to) = &login.reply_to else {
+            continue;
+        };
+        let mut properties = reply_properties.clone();
+        if let Some(correlation_id) = &login.correlation_id {
+            properties = properties.with_correlation_id(correlation_id.as_str().into());
+        }
+        let reply = json!({"event_id": event_id, "outcome": outcome, "user_id": user});
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(&reply)?,
+                    properties,
                 )
                 .await?,
         );

@@ -83,5 +83,9 @@ async fn the_benchmark_runs_in_quick_mode() {
     assert_eq!(latency["reply"]["count"], 400);
     assert!(latency["downstream_event"]["count"].as_u64().unwrap() > 0);
     assert!(latency["baseline_reply"]["count"].as_u64().unwrap() > 0);
+    // The same-work pipeline answered every measured login at the same rate, and its events
+    // name the logins that caused them.
+    assert_eq!(latency["same_work_reply"]["count"], 400);
+    assert!(latency["same_work_event"]["count"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_dir_all(dir);
 }
