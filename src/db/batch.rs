@@ -41,7 +41,11 @@ pub async fn load(
     fields: &FieldKeys,
 ) -> sqlx::Result<BatchRead> {
     let row = sqlx::query!(
-        r#"SELECT
+        r#"WITH ids AS MATERIALIZED (
+             -- The batch's identities, read once: their snapshots, and their accounts below.
+             SELECT user_pool_id, connection, external_id, user_id, profile
+             FROM identities WHERE external_id = ANY($2))
+           SELECT
              (SELECT coalesce(jsonb_agg(p), '[]') FROM (
                 SELECT source, event_id, outcome, user_id, binding_id, reason
                 FROM processed_events WHERE event_id = ANY($1)) p)
@@ -52,7 +56,7 @@ pub async fn load(
                          'email', profile->'email', 'email_verified', profile->'email_verified',
                          'phone', profile->'phone', 'phone_verified', profile->'phone_verified',
                          'username', profile->'username') AS snapshot
-                FROM identities WHERE external_id = ANY($2)) i)
+                FROM ids) i)
                AS "links!: Json<Vec<LinkRow>>",
              (SELECT coalesce(jsonb_agg(b), '[]') FROM (
                 SELECT id, user_pool_id, connection, external_id, reason, expires_at
@@ -67,8 +71,7 @@ pub async fn load(
                 FROM users u
                 WHERE u.email = ANY($3) OR u.phone = ANY($4) OR u.username = ANY($5)
                    -- An array computed once, so that this too is an index lookup.
-                   OR u.id = ANY(ARRAY(
-                        SELECT user_id FROM identities WHERE external_id = ANY($2)))
+                   OR u.id = ANY(ARRAY(SELECT user_id FROM ids))
                    -- Attribute values: of unique attributes, or of those the login matches on.
                    OR u.id = ANY(ARRAY(
                         SELECT a.user_id FROM user_attributes a

@@ -39,6 +39,12 @@ pub struct DrainRun {
     pub same_work_ratio: Option<f64>,
     /// WAL per login of the same-work baseline (the worker's is `wal_bytes_per_event`).
     pub same_work_wal_bytes_per_event: Option<f64>,
+    /// CPU per login (microseconds) of PostgreSQL and RabbitMQ while the worker drained (from
+    /// its start to the outbox drained; the worker's own is `cpu_us_per_event`).
+    pub services_cpu_us_per_event: super::services::Spent,
+    /// CPU per login of PostgreSQL, RabbitMQ and the probe itself (`own`) during the same-work
+    /// baseline.
+    pub same_work_cpu_us_per_event: Option<super::services::Spent>,
     pub outbox_drained_seconds: f64,
     pub peak_rss_mib: f64,
     pub cpu_us_per_event: f64,
@@ -216,10 +222,14 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
     // Statistics of the seed reach the counters first.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (wal_before, tables_before) = write_counters(&db).await?;
+    let services_before = super::services::Snapshot::now();
     let workers = env.start_workers(options.worker_bin, options.workers)?;
     let total = bodies.len() as i64;
     let (started, finished, outbox_drained) =
         wait_until_drained(&connection, &settings, &db, total).await?;
+    let services = super::services::Snapshot::now()
+        .since(&services_before)
+        .per(bodies.len());
     let webhook = match &receiver {
         Some(receiver) => Some(webhook_delivered(receiver, &db, started).await?),
         None => None,
@@ -266,9 +276,11 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
         drained_events_per_second,
         baseline_events_per_second: baseline_eps,
         ratio: baseline_eps.map(|b| drained_events_per_second / b),
-        same_work_per_second: same_work.map(|(rate, _)| rate),
-        same_work_ratio: same_work.map(|(rate, _)| drained_events_per_second / rate),
-        same_work_wal_bytes_per_event: same_work.map(|(_, wal)| wal),
+        same_work_per_second: same_work.map(|(rate, ..)| rate),
+        same_work_ratio: same_work.map(|(rate, ..)| drained_events_per_second / rate),
+        same_work_wal_bytes_per_event: same_work.map(|(_, wal, _)| wal),
+        services_cpu_us_per_event: services,
+        same_work_cpu_us_per_event: same_work.map(|(.., cpu)| cpu),
         outbox_drained_seconds: outbox_drained,
         peak_rss_mib,
         cpu_us_per_event: cpu_seconds * 1e6 / total as f64,
@@ -281,12 +293,13 @@ pub async fn run(options: &DrainOptions<'_>) -> anyhow::Result<DrainRun> {
 }
 
 /// The same-work baseline on an environment of its own, seeded as the worker's was, with the
-/// same logins queued: logins per second, and WAL bytes per login.
+/// same logins queued: logins per second, WAL bytes per login, and the CPU per login of the
+/// database, the broker and the probe.
 async fn same_work(
     options: &DrainOptions<'_>,
     mix: &Mix,
     bodies: &[Vec<u8>],
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, super::services::Spent)> {
     let env = Env::create(options.prefetch, options.batch_size).await?;
     let db = env
         .prepare(options.worker_bin, mix, options.accounts)
@@ -294,6 +307,7 @@ async fn same_work(
     let (connection, settings) = queue_backlog(&env, bodies).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (wal_before, _) = write_counters(&db).await?;
+    let services_before = super::services::Snapshot::now();
     let rate = super::same_work::run(
         &env,
         &db,
@@ -303,10 +317,17 @@ async fn same_work(
         options.same_work_parallel,
     )
     .await?;
+    let cpu = super::services::Snapshot::now()
+        .since(&services_before)
+        .per(bodies.len());
     let (wal_after, _) = write_counters(&db).await?;
     db.close().await;
     let _ = connection.close(200, "done".into()).await;
-    Ok((rate, (wal_after - wal_before) as f64 / bodies.len() as f64))
+    Ok((
+        rate,
+        (wal_after - wal_before) as f64 / bodies.len() as f64,
+        cpu,
+    ))
 }
 
 /// A local receiver, and an endpoint of the pool subscribed to every event pointing at it.

@@ -11,6 +11,7 @@ mod latency;
 mod mix;
 mod pace;
 mod same_work;
+mod services;
 mod simulate;
 mod wave;
 
@@ -281,6 +282,18 @@ async fn drain_mode(c: &Common, options: &drain::DrainOptions<'_>) -> anyhow::Re
             println!(
                 "        same-work baseline {rate:>7.0}/s  ratio {ratio:.2}  its WAL {wal:.0} bytes/event"
             );
+        }
+        let cpu = &run.services_cpu_us_per_event;
+        print!(
+            "        CPU per login: worker {:.0} us, PostgreSQL {:.0} us, RabbitMQ {:.0} us",
+            run.cpu_us_per_event, cpu.database, cpu.broker
+        );
+        match &run.same_work_cpu_us_per_event {
+            Some(same) => println!(
+                "; same work: probe {:.0} us, PostgreSQL {:.0} us, RabbitMQ {:.0} us",
+                same.own, same.database, same.broker
+            ),
+            None => println!(),
         }
         if let Some(w) = &run.webhook {
             println!(

@@ -57,6 +57,19 @@ async fn the_benchmark_runs_in_quick_mode() {
     // The same-work baseline decided the same logins on a database of its own.
     assert!(drain["same_work_per_second"].as_f64().unwrap() > 0.0);
     assert!(drain["same_work_ratio"].as_f64().unwrap() > 0.0);
+    // The database's and the broker's CPU were read from /proc for both pipelines.
+    for (pipeline, part) in [
+        ("services_cpu_us_per_event", "database"),
+        ("services_cpu_us_per_event", "broker"),
+        ("same_work_cpu_us_per_event", "database"),
+        ("same_work_cpu_us_per_event", "broker"),
+        ("same_work_cpu_us_per_event", "own"),
+    ] {
+        assert!(
+            drain[pipeline][part].as_f64().unwrap() > 0.0,
+            "{pipeline}.{part}"
+        );
+    }
 
     let latency_json = dir.join("latency.json");
     let (_, report) = tokio::task::spawn_blocking({
