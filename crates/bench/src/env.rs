@@ -268,6 +268,11 @@ impl Workers {
         (peak, cpu)
     }
 
+    /// The workers' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Child::id).collect()
+    }
+
     pub fn stop(mut self) {
         for child in &mut self.0 {
             let _ = Command::new("kill")
@@ -306,6 +311,16 @@ fn proc_stats(pid: u32) -> (f64, f64) {
         .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
         .sum();
     (hwm_kib / 1024.0, ticks / clock_ticks())
+}
+
+/// Resident memory of a process now (MiB), 0 once it is gone.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// `/proc` reports CPU time in USER_HZ ticks, 100 per second on Linux.

@@ -66,6 +66,9 @@ pub struct LatencyRun {
     pub cpu_us_per_event: f64,
     /// The reply p99 of each 30 s of the measured run, in order: where the tail grows.
     pub reply_p99_by_30s: Vec<f64>,
+    /// The largest worker's resident memory, the most of each 30 s of the measured run (sampled
+    /// every second): whether memory stays flat.
+    pub rss_mib_by_30s: Vec<f64>,
     /// What the database did meanwhile: checkpoints, autovacuum runs and dead rows by table.
     pub database: Value,
 }
@@ -127,6 +130,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         .await?;
     let (_, cpu_before) = workers.stats();
     let database_before = database_state(&db).await?;
+    let memory = sample_memory(workers.pids(), options.warmup);
     let publishing = pace::publish(
         &publisher,
         &settings.amqp.inbound_exchange,
@@ -141,6 +145,8 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
     pace::wait_for(reply_latencies, measured, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (peak_rss_mib, cpu_after) = workers.stats();
+    memory.abort();
+    let rss_mib_by_30s = memory.await_windows().await;
     let database_after = database_state(&db).await?;
     workers.stop();
     listening.stop();
@@ -188,6 +194,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
         peak_rss_mib,
         cpu_us_per_event: (cpu_after - cpu_before) * 1e6 / bodies.len() as f64,
         reply_p99_by_30s,
+        rss_mib_by_30s,
         database,
     })
 }
@@ -381,4 +388,48 @@ async fn same_work(
         );
     }
     Ok((reply, Percentiles::of(pace::take(&listening.events))))
+}
+
+/// Samples the largest worker's resident memory every second from now, after `warmup`; the
+/// task, once aborted, yields the most of each 30 s.
+fn sample_memory(pids: Vec<u32>, warmup: Duration) -> SampledMemory {
+    let windows = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let task = tokio::spawn({
+        let windows = windows.clone();
+        async move {
+            let start = tokio::time::Instant::now() + warmup;
+            tokio::time::sleep_until(start).await;
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticker.tick().await;
+                let rss = pids
+                    .iter()
+                    .map(|pid| super::env::rss_mib(*pid))
+                    .fold(0.0, f64::max);
+                let window = (start.elapsed().as_secs_f64() / 30.0) as usize;
+                let mut windows = windows.lock().expect("not poisoned");
+                if windows.len() <= window {
+                    windows.resize(window + 1, 0.0);
+                }
+                windows[window] = windows[window].max(rss);
+            }
+        }
+    });
+    SampledMemory { windows, task }
+}
+
+struct SampledMemory {
+    windows: Arc<std::sync::Mutex<Vec<f64>>>,
+    task: JoinHandle<()>,
+}
+
+impl SampledMemory {
+    fn abort(&self) {
+        self.task.abort();
+    }
+
+    async fn await_windows(self) -> Vec<f64> {
+        let _ = self.task.await;
+        std::mem::take(&mut *self.windows.lock().expect("not poisoned"))
+    }
 }

@@ -529,6 +529,14 @@ async fn latency_mode(c: &Common, options: &latency::LatencyOptions<'_>) -> anyh
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        println!(
+            "        worker RSS per 30 s (MiB): {}",
+            run.rss_mib_by_30s
+                .iter()
+                .map(|m| format!("{m:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         if let (Some(reply), Some(event)) = (&run.same_work_reply, &run.same_work_event) {
             println!(
                 "        same work at the same rate: reply p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms  event p99 {:.1} ms",

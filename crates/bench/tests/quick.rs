@@ -98,6 +98,8 @@ async fn the_benchmark_runs_in_quick_mode() {
     assert!(latency["baseline_reply"]["count"].as_u64().unwrap() > 0);
     // The same-work pipeline answered every measured login at the same rate, and its events
     // name the logins that caused them.
+    // The worker's memory was sampled over the measured two seconds.
+    assert!(latency["rss_mib_by_30s"][0].as_f64().unwrap() > 0.0);
     assert_eq!(latency["same_work_reply"]["count"], 400);
     assert!(latency["same_work_event"]["count"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_dir_all(dir);
