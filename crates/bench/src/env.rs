@@ -296,29 +296,34 @@ impl Drop for Workers {
 }
 
 fn proc_stats(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name (which may hold spaces): utime and stime are fields 14 and 15.
+    // After the command name (which may hold spaces).
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
+    (status_mib(pid, "VmHWM:"), cpu_seconds(after))
+}
+
+/// CPU seconds (user and system) of a `/proc/PID/stat` line, from what follows the command
+/// name's closing parenthesis: utime and stime are the line's fields 14 and 15.
+pub(crate) fn cpu_seconds(after_name: &str) -> f64 {
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks: f64 = [11, 12]
         .iter()
         .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
         .sum();
-    (hwm_kib / 1024.0, ticks / clock_ticks())
+    ticks / clock_ticks()
 }
 
 /// Resident memory of a process now (MiB), 0 once it is gone.
 pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A memory figure of `/proc/PID/status` (given in kB) in MiB, 0 if absent.
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }

@@ -145,8 +145,7 @@ pub async fn run(options: &LatencyOptions<'_>) -> anyhow::Result<LatencyRun> {
     pace::wait_for(reply_latencies, measured, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (peak_rss_mib, cpu_after) = workers.stats();
-    memory.abort();
-    let rss_mib_by_30s = memory.await_windows().await;
+    let rss_mib_by_30s = memory.finish().await;
     let database_after = database_state(&db).await?;
     workers.stop();
     listening.stop();
@@ -390,8 +389,8 @@ async fn same_work(
     Ok((reply, Percentiles::of(pace::take(&listening.events))))
 }
 
-/// Samples the largest worker's resident memory every second from now, after `warmup`; the
-/// task, once aborted, yields the most of each 30 s.
+/// Samples the largest worker's resident memory every second from now, after `warmup`, until
+/// [`SampledMemory::finish`].
 fn sample_memory(pids: Vec<u32>, warmup: Duration) -> SampledMemory {
     let windows = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let task = tokio::spawn({
@@ -424,11 +423,9 @@ struct SampledMemory {
 }
 
 impl SampledMemory {
-    fn abort(&self) {
+    /// Stops sampling; the most of each 30 s so far.
+    async fn finish(self) -> Vec<f64> {
         self.task.abort();
-    }
-
-    async fn await_windows(self) -> Vec<f64> {
         let _ = self.task.await;
         std::mem::take(&mut *self.windows.lock().expect("not poisoned"))
     }

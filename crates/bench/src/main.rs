@@ -119,6 +119,15 @@ pub enum Mode {
     },
 }
 
+/// Figures with one decimal, separated by spaces.
+fn one_decimal(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
     if values.is_empty() {
@@ -523,19 +532,11 @@ async fn latency_mode(c: &Common, options: &latency::LatencyOptions<'_>) -> anyh
         );
         println!(
             "        reply p99 per 30 s: {}",
-            run.reply_p99_by_30s
-                .iter()
-                .map(|p| format!("{p:.1}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            one_decimal(&run.reply_p99_by_30s)
         );
         println!(
             "        worker RSS per 30 s (MiB): {}",
-            run.rss_mib_by_30s
-                .iter()
-                .map(|m| format!("{m:.1}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            one_decimal(&run.rss_mib_by_30s)
         );
         if let (Some(reply), Some(event)) = (&run.same_work_reply, &run.same_work_event) {
             println!(

@@ -55,14 +55,8 @@ impl Snapshot {
             } else {
                 continue;
             };
-            // After the command name: utime and stime are fields 14 and 15.
-            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let ticks: f64 = [11, 12]
-                .iter()
-                .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-                .sum();
-            // `/proc` counts USER_HZ ticks, 100 a second on Linux.
-            processes.insert(pid, (kind, ticks / 100.0));
+            let seconds = super::env::cpu_seconds(&stat[close + 1..]);
+            processes.insert(pid, (kind, seconds));
         }
         Self(processes)
     }
